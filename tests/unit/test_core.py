@@ -1,0 +1,212 @@
+"""The node core's coordination logic on an in-memory network (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simnet import CLIENT, SimCluster
+from zring.membership import MemberStatus
+from zring.protocol import Message, MsgType, encode, decode
+
+
+@pytest.fixture
+def cluster():
+    sim = SimCluster()
+    for i in range(1, 4):
+        sim.add(f"node{i}")
+    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == 3, 10)
+    return sim
+
+
+def put(sim, node, key, value, **extra):
+    return sim.request(node, MsgType.PUT, {"key": key, "value": value, **extra})
+
+
+def get(sim, node, key, **extra):
+    return sim.request(node, MsgType.GET, {"key": key, **extra})
+
+
+def holders(sim, key):
+    return sorted(c.config.node_id for c in sim.cores.values()
+                  if (r := c.store.get(key)) is not None and not r.is_tombstone)
+
+
+def test_seeds_converge_on_one_ring(cluster):
+    for core in cluster.cores.values():
+        assert core.ring.nodes == ["node1", "node2", "node3"]
+        assert all(m.status == MemberStatus.NORMAL for m in core.members.all())
+
+
+def test_put_then_get_through_any_node(cluster):
+    reply = put(cluster, "node1", "k", b"v")
+    assert reply.type == MsgType.OK
+    assert len(reply.body["stored_on"]) >= 2 and len(reply.body["replicated_to"]) == 3
+    cluster.run(1)
+    assert holders(cluster, "k") == ["node1", "node2", "node3"]
+    for node in ("node1", "node2", "node3"):
+        reply = get(cluster, node, "k")
+        assert reply.body["found"] and reply.body["value"] == b"v"
+
+
+def test_values_keep_their_type(cluster):
+    put(cluster, "node1", "text", "héllo")
+    put(cluster, "node1", "blob", b"\x00\xff")
+    assert get(cluster, "node2", "text").body["value"] == "héllo"
+    assert get(cluster, "node2", "blob").body["value"] == b"\x00\xff"
+
+
+def test_last_writer_wins_and_delete_tombstones(cluster):
+    put(cluster, "node1", "k", b"one")
+    put(cluster, "node2", "k", b"two")
+    assert get(cluster, "node3", "k").body["value"] == b"two"
+    reply = cluster.request("node3", MsgType.DELETE, {"key": "k"})
+    assert reply.type == MsgType.OK
+    assert get(cluster, "node1", "k").body["found"] is False
+    cluster.run(1)
+    assert all(c.store.get("k").is_tombstone for c in cluster.cores.values())
+
+
+def test_replication_factor_one_stores_on_one_node(cluster):
+    reply = put(cluster, "node1", "solo", b"v", n=1, w=1)
+    assert reply.type == MsgType.OK and len(reply.body["replicated_to"]) == 1
+    cluster.run(1)
+    assert holders(cluster, "solo") == reply.body["replicated_to"]
+
+
+def test_write_fails_clearly_without_quorum(cluster):
+    cluster.down.update(a for a, c in cluster.cores.items() if c.config.node_id != "node1")
+    reply = put(cluster, "node1", "k", b"v")
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "unavailable"
+    reply = get(cluster, "node1", "k")
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "unavailable"
+
+
+def test_read_survives_one_dead_replica_and_repairs_stale_ones(cluster):
+    put(cluster, "node1", "k", b"v1")
+    cluster.run(1)
+    node3 = cluster.node("node3")
+    cluster.down.add(node3.config.address)
+    put(cluster, "node1", "k", b"v2")
+    assert get(cluster, "node2", "k").body["value"] == b"v2"
+    cluster.down.clear()
+    assert node3.store.get("k").value == b"v1"
+    reply = get(cluster, "node3", "k", r=3)
+    assert reply.body["value"] == b"v2"
+    cluster.run(1)
+    assert node3.store.get("k").value == b"v2"  # read repair
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"key": "k", "value": b"v", "w": 4}, "invalid"),
+    ({"key": "k", "value": 5}, "protocol"),
+    ({"key": "x" * 5000, "value": b"v"}, "invalid"),
+    ({"key": "k", "value": b"v" * (4 * 1024 * 1024 + 1)}, "invalid"),
+    ({"value": b"v"}, "protocol"),
+])
+def test_bad_requests_get_clear_errors(cluster, body, code):
+    reply = cluster.request("node1", MsgType.PUT, body)
+    assert reply.type == MsgType.ERROR and reply.body["code"] == code
+    assert put(cluster, "node1", "after", b"ok").type == MsgType.OK
+
+
+@pytest.mark.parametrize("frame", [b"", b"\xc1", b"\x93\x01", encode(Message(MsgType.OK, 1, {})),
+                                   b"\x93\xcd\x03\xe7\x01\x80"])
+def test_malformed_frames_get_an_error_and_the_node_keeps_serving(cluster, frame):
+    core = cluster.node("node1")
+    effects = core.handle_frame((CLIENT,), frame, cluster.now)
+    assert len(effects) == 1 and effects[0].message.type == MsgType.ERROR
+    assert put(cluster, "node1", "after", b"ok").type == MsgType.OK
+
+
+def test_join_streams_only_moved_ranges_and_old_replicas_drop_them(cluster):
+    for i in range(300):
+        assert put(cluster, "node1", f"key{i}", b"v").type == MsgType.OK
+    cluster.run(1)
+    before = {c.config.node_id: c.store.count() for c in cluster.cores.values()}
+    assert before == {"node1": 300, "node2": 300, "node3": 300}
+    cluster.add("node4", seed=False)
+    node4 = cluster.node("node4")
+    assert cluster.run_until(lambda: node4.members.own.status == MemberStatus.NORMAL
+                             and cluster.converged(), 30)
+    cluster.run(2)
+    counts = {c.config.node_id: c.store.count() for c in cluster.cores.values()}
+    assert sum(counts.values()) == 900  # N=3 copies of each key, none lost, none extra
+    ring = node4.ring
+    for i in range(300):
+        assert holders(cluster, f"key{i}") == sorted(ring.get_nodes(f"key{i}", 3))
+    for core in cluster.cores.values():
+        assert core.ring.nodes == ["node1", "node2", "node3", "node4"]
+
+
+def test_writes_during_a_join_reach_the_joiner(cluster):
+    cluster.add("node4", seed=False)
+    node4 = cluster.node("node4")
+    written = 0
+    while node4.members.own.status != MemberStatus.NORMAL and written < 2000:
+        assert put(cluster, "node2", f"live{written}", b"v").type == MsgType.OK
+        written += 1
+    assert cluster.run_until(lambda: cluster.converged(), 30)
+    cluster.run(2)
+    for i in range(written):
+        assert holders(cluster, f"live{i}") == sorted(node4.ring.get_nodes(f"live{i}", 3))
+
+
+def test_graceful_leave_hands_data_over(cluster):
+    cluster.add("node4", seed=False)
+    assert cluster.run_until(lambda: cluster.node("node4").members.own.status ==
+                             MemberStatus.NORMAL and cluster.converged(), 30)
+    for i in range(200):
+        put(cluster, "node1", f"key{i}", b"v")
+    reply = cluster.request("node1", MsgType.REMOVE_NODE, {"node_id": "node2"})
+    assert reply.type == MsgType.OK
+    node2 = cluster.node("node2")
+    assert cluster.run_until(lambda: node2.members.own.status == MemberStatus.LEFT, 30)
+    cluster.run(5)
+    ring = cluster.node("node1").ring
+    assert ring.nodes == ["node1", "node3", "node4"]
+    for i in range(200):
+        assert holders(cluster, f"key{i}") == sorted(ring.get_nodes(f"key{i}", 3))
+
+
+def test_forced_removal_rebuilds_replicas_from_survivors(cluster):
+    cluster.add("node4", seed=False)
+    assert cluster.run_until(lambda: cluster.node("node4").members.own.status ==
+                             MemberStatus.NORMAL and cluster.converged(), 30)
+    for i in range(200):
+        put(cluster, "node1", f"key{i}", b"v")
+    cluster.run(1)
+    dead = cluster.node("node3")
+    cluster.down.add(dead.config.address)
+    reply = cluster.request("node1", MsgType.REMOVE_NODE, {"node_id": "node3", "graceful": False})
+    assert reply.type == MsgType.OK
+    cluster.run(10)
+    ring = cluster.node("node1").ring
+    assert ring.nodes == ["node1", "node2", "node4"]
+    for i in range(200):
+        assert [n for n in holders(cluster, f"key{i}") if n != "node3"] == \
+            sorted(ring.get_nodes(f"key{i}", 3))
+
+
+def test_rebalance_moves_misplaced_keys_to_their_owners(cluster):
+    core = cluster.node("node1")
+    from zring.storage.base import Record
+    from zring.hashing import key_position
+    from zring.versions import Version
+    # plant keys on node1 only, as if written with n=1 elsewhere
+    for i in range(50):
+        core.store.put(Record(f"m{i}", b"v", Version(1 << 20, "node1"), key_position(f"m{i}")))
+    reply = cluster.request("node2", MsgType.REBALANCE, {}, max_seconds=30)
+    assert reply.type == MsgType.OK
+    for i in range(50):
+        assert holders(cluster, f"m{i}") == ["node1", "node2", "node3"]
+
+
+def test_cluster_status_and_local_keys(cluster):
+    put(cluster, "node1", "a", b"1")
+    cluster.run(1)
+    reply = cluster.request("node2", MsgType.CLUSTER_STATUS, {})
+    rows = {row["node_id"]: row for row in reply.body["members"]}
+    assert set(rows) == {"node1", "node2", "node3"}
+    assert all(r["status"] == "normal" and r["liveness"] == "up" for r in rows.values())
+    assert rows["node2"]["keys_count"] == 1
+    assert cluster.request("node3", MsgType.LOCAL_KEYS, {}).body["keys"] == ["a"]

@@ -1,0 +1,44 @@
+"""NodeConfig: every interval, timeout and limit of a node in one place (units in names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zring.ring import DEFAULT_VNODES
+
+__all__ = ["NodeConfig", "DEFAULT_GOSSIP_PORT_OFFSET"]
+
+DEFAULT_GOSSIP_PORT_OFFSET = 1000  # a node's PUB listens on its ROUTER port + this by default
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: str
+    address: str                       # ROUTER endpoint peers and clients connect to
+    gossip_address: str                # PUB endpoint peers subscribe to
+    seeds: list[str] = field(default_factory=list)   # ROUTER endpoints to learn members from
+    data_dir: str | None = None        # None: in-memory store (tests only)
+    weight: float = 1.0
+
+    # replication defaults (each overridable per request)
+    replicas: int = 3                  # N
+    write_quorum: int = 2              # W
+    read_quorum: int = 2               # R
+    vnodes: int = DEFAULT_VNODES
+
+    # limits
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 4 * 1024 * 1024
+    max_pending_requests: int = 10_000
+
+    # timing
+    request_timeout_s: float = 2.0          # coordinator gives up waiting for replicas
+    gossip_interval_s: float = 0.5          # heartbeat + full member table
+    down_after_s: float = 3.0               # no heartbeat this long: shown as down
+    join_retry_s: float = 0.5               # resend JOIN / ranges that failed
+    join_settle_timeout_s: float = 10.0     # stream even if some members never confirmed us
+    stream_batch_records: int = 2000        # records per RANGE_PULL reply
+    stream_batch_bytes: int = 8 * 1024 * 1024
+    stream_intervals_per_pull: int = 1024
+    stream_pulls_in_flight: int = 4          # per source
+    left_linger_s: float = 3.0              # a decommissioned node keeps gossiping LEFT this long

@@ -1,0 +1,1019 @@
+"""The node's logic as one sans-IO state machine.
+
+    effects = node.handle_frame(route, frame, now)      # a request on the ROUTER
+    effects = node.handle_reply(address, frame, now)    # a peer's reply on a DEALER
+    effects = node.handle_gossip(frame, now)            # a gossip message on the SUB
+    effects = node.tick(now)                            # timers
+    deadline = node.next_deadline()
+
+``now`` is wall-clock seconds (it also feeds the hybrid logical clock). The node never waits:
+a request it forwards is an entry in ``_calls`` keyed by request id, completed by the reply or
+by its deadline, so a slow peer delays only the requests that need that peer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+import structlog
+
+from zring.config import NodeConfig
+from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
+from zring.core.streaming import Interval, RangePull, RecordPush
+from zring.errors import (InvalidRequest, NotMember, ProtocolError, Unavailable, ZringError)
+from zring.hashing import key_position
+from zring.membership import Member, MemberStatus, MemberTable
+from zring.protocol import (CLIENT_TYPES, Message, MsgType, decode, encode, record_from_wire,
+                            record_to_wire)
+from zring.ring import HashRing, ring_changes
+from zring.storage.base import Record, Store
+from zring.versions import HybridClock, Version
+
+__all__ = ["NodeCore"]
+
+log = structlog.get_logger("zring.node")
+
+_FULL_RANGE = (0, (1 << 64) - 1)
+ReplyFn = Callable[[str, Message | None, float], list]
+
+
+@dataclass(slots=True)
+class _Call:
+    """A request this node sent to a peer and still waits on."""
+
+    node_id: str
+    deadline: float
+    on_reply: ReplyFn
+
+
+@dataclass(slots=True)
+class _Quorum:
+    """A client write or read this node coordinates."""
+
+    route: tuple[bytes, ...]
+    request_id: int
+    kind: MsgType
+    key: str
+    needed: int
+    natural: list[str]                      # the preference list (acks from these count)
+    record: Record | None = None            # the write, for PUT/DELETE
+    acks: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    replies: dict[str, Record | None] = field(default_factory=dict)
+    answered: bool = False
+
+
+@dataclass(slots=True)
+class _Admin:
+    """A fan-out admin request (rebalance) waiting on every node."""
+
+    route: tuple[bytes, ...]
+    request_id: int
+    waiting: set[str]
+    failed: list[str] = field(default_factory=list)
+    answered: bool = False
+
+
+class NodeCore:
+    def __init__(self, config: NodeConfig, store: Store, now: float) -> None:
+        self.config = config
+        self.store = store
+        self.clock = HybridClock()
+        self.members = MemberTable(self._load_own_member(now))
+        self._load_members(now)
+        self.ring = HashRing(self.members.ring_weights(), vnodes=config.vnodes)
+        self._ids = itertools.count(1)
+        self._calls: dict[int, _Call] = {}
+        self._call_deadlines: list[tuple[float, int]] = []
+        self._quorums: dict[int, _Quorum] = {}
+        self._admins: dict[int, _Admin] = {}
+        self._subscribed: set[str] = set()
+        self._seed_contacted = False
+        self._next_gossip_at = now
+        self._next_seed_contact_at = now
+        self._next_count_at = now
+        self._key_count = 0
+        self._confirmed_by: set[str] = set()   # members whose gossip shows our current record
+        self._announced_at = now
+        self._join_pull: RangePull | None = None
+        self._join_ring_fingerprint = 0
+        self._takeovers: list[RangePull] = []
+        self._push: RecordPush | None = None
+        self._push_kind = ""
+        self._left_at: float | None = None
+        self.stats: dict[str, int] = defaultdict(int)
+        self.log = log.bind(node_id=config.node_id)
+
+    # ------------------------------------------------------------------ state on disk
+
+    def _load_own_member(self, now: float) -> Member:
+        config = self.config
+        saved = self.store.get_meta("members")
+        own_address_is_seed = config.address in config.seeds
+        heartbeat = int(now * 1000)  # restarts resume above any heartbeat peers saw before
+        if saved:
+            for wire in msgpack.unpackb(saved, raw=False):
+                member = Member.from_wire(wire)
+                if member.node_id == config.node_id:
+                    return Member(config.node_id, config.address, config.gossip_address,
+                                  member.status, member.generation + 1, heartbeat,
+                                  config.weight, 0, member.streamed)
+        status = MemberStatus.NORMAL if own_address_is_seed else MemberStatus.JOINING
+        return Member(config.node_id, config.address, config.gossip_address, status, 1,
+                      heartbeat, config.weight)
+
+    def _load_members(self, now: float) -> None:
+        saved = self.store.get_meta("members")
+        if saved:
+            others = [Member.from_wire(w) for w in msgpack.unpackb(saved, raw=False)]
+            self.members.merge([m for m in others if m.node_id != self.config.node_id], now)
+
+    def _save_members(self) -> None:
+        self.store.set_meta("members", msgpack.packb(self.members.to_wire(), use_bin_type=True))
+
+    # ------------------------------------------------------------------ entry points
+
+    def start(self, now: float) -> list[Effect]:
+        """Effects to run once the sockets are bound."""
+        effects = self._sync_subscriptions()
+        self._save_members()
+        effects += self._contact_seeds(now)
+        self.log.info("node_started", status=self.members.own.status.name,
+                      members=len(self.members.all()))
+        return effects
+
+    def handle_frame(self, route: tuple[bytes, ...], frame: bytes, now: float) -> list[Effect]:
+        """A request from a client or a peer arrived on the ROUTER."""
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            self.stats["bad_frames"] += 1
+            self.log.warning("frame_rejected", error=str(exc))
+            request_id = exc.details.get("request_id")
+            if request_id is None:
+                request_id = 0
+            return [Reply(route, _error(request_id, exc))]
+        handler = self._handlers.get(message.type)
+        if handler is None:
+            self.stats["bad_frames"] += 1
+            return [Reply(route, _error(message.request_id, ProtocolError(
+                f"{message.type.name} is not a request")))]
+        self.log.debug("request_received", type=message.type.name, id=message.request_id)
+        try:
+            return handler(self, route, message, now)
+        except ZringError as exc:
+            return [Reply(route, _error(message.request_id, exc))]
+
+    def handle_reply(self, address: str, frame: bytes, now: float) -> list[Effect]:
+        """A peer answered one of our requests."""
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            self.stats["bad_replies"] += 1
+            self.log.warning("reply_rejected", peer=address, error=str(exc))
+            return []
+        call = self._calls.pop(message.request_id, None)
+        if call is None:
+            return []  # late or unknown: its deadline already answered it
+        if message.type not in (MsgType.OK, MsgType.ERROR):
+            message = None
+        effects = call.on_reply(call.node_id, message, now)
+        return effects + self._pump_streams(now)
+
+    def handle_gossip(self, frame: bytes, now: float) -> list[Effect]:
+        try:
+            message = decode(frame)
+            if message.type != MsgType.GOSSIP:
+                raise ProtocolError("not a gossip message")
+            records = [Member.from_wire(w) for w in message.body["members"]]
+        except ProtocolError as exc:
+            self.stats["bad_gossip"] += 1
+            self.log.warning("gossip_rejected", error=str(exc))
+            return []
+        sender = message.body["sender"]
+        if sender in self.members:
+            self.members.heard_from(sender, now)
+        own = self.members.own
+        if any(r.node_id == own.node_id and r.generation >= own.generation for r in records):
+            self._confirmed_by.add(sender)
+        return self._merge(records, now)
+
+    def tick(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while self._call_deadlines and self._call_deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(self._call_deadlines)
+            call = self._calls.pop(request_id, None)
+            if call is not None:
+                self.stats["peer_timeouts"] += 1
+                effects += call.on_reply(call.node_id, None, now)
+        if now >= self._next_count_at:
+            self._key_count = self.store.count()
+            self._next_count_at = now + 2.0
+        if now >= self._next_gossip_at:
+            effects += self._gossip(now)
+        if now >= self._next_seed_contact_at:
+            effects += self._contact_seeds(now)
+        effects += self._advance_join(now)
+        effects += self._advance_leave(now)
+        effects += self._pump_streams(now)
+        return effects
+
+    def next_deadline(self) -> float:
+        times = [self._next_gossip_at, self._next_count_at]
+        if self._call_deadlines:
+            times.append(self._call_deadlines[0][0])
+        if self._needs_seed_contact():
+            times.append(self._next_seed_contact_at)
+        for stream in self._streams():
+            retry = stream.next_retry_at()
+            if retry is not None:
+                times.append(retry)
+        return min(times)
+
+    # ------------------------------------------------------------------ peer calls
+
+    def _call(self, node_id: str, msg_type: MsgType, body: dict, on_reply: ReplyFn,
+              now: float, timeout_s: float | None = None) -> list[Effect]:
+        member = self.members.get(node_id)
+        if member is None:
+            return on_reply(node_id, None, now)
+        return self._call_address(member.address, node_id, msg_type, body, on_reply, now,
+                                  timeout_s)
+
+    def _call_address(self, address: str, node_id: str, msg_type: MsgType, body: dict,
+                      on_reply: ReplyFn, now: float,
+                      timeout_s: float | None = None) -> list[Effect]:
+        request_id = next(self._ids)
+        deadline = now + (timeout_s or self.config.request_timeout_s)
+        self._calls[request_id] = _Call(node_id, deadline, on_reply)
+        heapq.heappush(self._call_deadlines, (deadline, request_id))
+        return [Send(address, Message(msg_type, request_id, body))]
+
+    def _stream_call(self, now: float):
+        def call(node_id: str, msg_type: MsgType, body: dict, on_reply: ReplyFn) -> list:
+            return self._call(node_id, msg_type, body, on_reply, now)
+        return call
+
+    # ------------------------------------------------------------------ client: data
+
+    def _on_put(self, route, message: Message, now: float) -> list[Effect]:
+        body = message.body
+        key = self._check_key(body["key"])
+        value = body["value"]
+        if len(value) > self.config.max_value_bytes:
+            raise InvalidRequest(f"value of {len(value)} bytes exceeds the limit of "
+                                 f"{self.config.max_value_bytes}")
+        return self._coordinate_write(route, message, key, value, now)
+
+    def _on_delete(self, route, message: Message, now: float) -> list[Effect]:
+        key = self._check_key(message.body["key"])
+        return self._coordinate_write(route, message, key, None, now)
+
+    def _coordinate_write(self, route, message: Message, key: str, value, now: float):
+        n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
+        position = key_position(key)
+        natural = self.ring.get_nodes_at(position, n)
+        if len(natural) < quorum:
+            raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
+                              f"fewer than w={quorum}")
+        pending = self._pending_targets(position, n, natural)
+        record = Record(key, value, self.clock.version(int(now * 1000), self.config.node_id),
+                        position)
+        op = _Quorum(route, message.request_id, message.type, key, quorum, natural, record)
+        op_id = next(self._ids)
+        self._quorums[op_id] = op
+        effects: list[Effect] = []
+        wire = [record_to_wire(record)]
+        for target in natural + pending:
+            if target == self.config.node_id:
+                self.store.put(record)
+                effects += self._on_write_ack(op_id, target, True, now)
+            else:
+                effects += self._call(target, MsgType.REPLICA_WRITE, {"records": wire},
+                                      lambda node, reply, t: self._on_write_ack(
+                                          op_id, node, reply is not None
+                                          and reply.type == MsgType.OK, t), now)
+        return effects
+
+    def _on_write_ack(self, op_id: int, node_id: str, ok: bool, now: float) -> list[Effect]:
+        op = self._quorums.get(op_id)
+        if op is None:
+            return []
+        if node_id in op.natural:
+            (op.acks if ok else op.failed).append(node_id)
+        effects: list[Effect] = []
+        if not op.answered:
+            if len(op.acks) >= op.needed:
+                op.answered = True
+                body = {"version": list(op.record.version), "stored_on": list(op.acks),
+                        "replicated_to": list(op.natural)}
+                effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
+            elif len(op.natural) - len(op.failed) < op.needed:
+                op.answered = True
+                self.stats["writes_unavailable"] += 1
+                effects.append(Reply(op.route, _error(op.request_id, Unavailable(
+                    f"write reached {len(op.acks)} of w={op.needed} replicas "
+                    f"({', '.join(op.failed)} failed); it may still be applied",
+                    acked=list(op.acks), failed=list(op.failed)))))
+        if len(op.acks) + len(op.failed) >= len(op.natural):
+            del self._quorums[op_id]
+        return effects
+
+    def _on_get(self, route, message: Message, now: float) -> list[Effect]:
+        key = self._check_key(message.body["key"])
+        n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
+        position = key_position(key)
+        natural = self.ring.get_nodes_at(position, n)
+        if len(natural) < quorum:
+            raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
+                              f"fewer than r={quorum}")
+        op = _Quorum(route, message.request_id, MsgType.GET, key, quorum, natural)
+        op_id = next(self._ids)
+        self._quorums[op_id] = op
+        effects: list[Effect] = []
+        for target in natural:
+            if target == self.config.node_id:
+                effects += self._on_read_reply(op_id, target, True, self.store.get(key), now)
+            else:
+                effects += self._call(target, MsgType.REPLICA_READ, {"key": key},
+                                      lambda node, reply, t: self._on_remote_read(
+                                          op_id, node, reply, t), now)
+        return effects
+
+    def _on_remote_read(self, op_id: int, node_id: str, reply: Message | None, now: float):
+        if reply is None or reply.type != MsgType.OK:
+            return self._on_read_reply(op_id, node_id, False, None, now)
+        wire = reply.body.get("record")
+        try:
+            record = None if wire is None else record_from_wire(wire)
+        except ProtocolError:
+            return self._on_read_reply(op_id, node_id, False, None, now)
+        if record is not None:
+            self.clock.observe(record.version.timestamp)
+        return self._on_read_reply(op_id, node_id, True, record, now)
+
+    def _on_read_reply(self, op_id: int, node_id: str, ok: bool, record: Record | None,
+                       now: float) -> list[Effect]:
+        op = self._quorums.get(op_id)
+        if op is None:
+            return []
+        if ok:
+            op.replies[node_id] = record
+        else:
+            op.failed.append(node_id)
+        effects: list[Effect] = []
+        if not op.answered:
+            if len(op.replies) >= op.needed:
+                op.answered = True
+                newest = _newest(op.replies.values())
+                found = newest is not None and not newest.is_tombstone
+                body = {"found": found, "value": newest.value if found else None,
+                        "version": list(newest.version) if newest else None,
+                        "served_by": list(op.replies)}
+                effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
+            elif len(op.natural) - len(op.failed) < op.needed:
+                op.answered = True
+                self.stats["reads_unavailable"] += 1
+                effects.append(Reply(op.route, _error(op.request_id, Unavailable(
+                    f"read reached {len(op.replies)} of r={op.needed} replicas "
+                    f"({', '.join(op.failed)} failed)"))))
+        if len(op.replies) + len(op.failed) >= len(op.natural):
+            del self._quorums[op_id]
+            effects += self._read_repair(op, now)
+        return effects
+
+    def _read_repair(self, op: _Quorum, now: float) -> list[Effect]:
+        """Bring every replica that answered with an older version up to the newest."""
+        newest = _newest(op.replies.values())
+        if newest is None:
+            return []
+        effects: list[Effect] = []
+        wire = [record_to_wire(newest)]
+        for node_id, record in op.replies.items():
+            if record is None or record.version < newest.version:
+                self.stats["read_repairs"] += 1
+                if node_id == self.config.node_id:
+                    self.store.put(newest)
+                else:
+                    effects += self._call(node_id, MsgType.REPLICA_WRITE, {"records": wire},
+                                          lambda *_: [], now)
+        return effects
+
+    def _check_key(self, key: str) -> str:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > self.config.max_key_bytes:
+            raise InvalidRequest(f"key of {size} bytes exceeds the limit of "
+                                 f"{self.config.max_key_bytes}")
+        return key
+
+    def _quorum_args(self, body: dict, quorum_name: str, default_quorum: int):
+        n = body.get("n") or self.config.replicas
+        quorum = body.get(quorum_name) or min(default_quorum, n)
+        if not 1 <= quorum <= n:
+            raise InvalidRequest(f"{quorum_name}={quorum} must be between 1 and n={n}")
+        if n > 64:
+            raise InvalidRequest(f"n={n} exceeds 64 replicas")
+        return n, quorum
+
+    def _pending_targets(self, position: int, n: int, natural: list[str]) -> list[str]:
+        """Joining or gaining nodes that will own this key once the current change completes:
+        they get writes now (not counted towards the quorum), so nothing written while
+        their ranges stream is missed."""
+        future = self._future_ring()
+        if future is None:
+            return []
+        return [node for node in future.get_nodes_at(position, n) if node not in natural]
+
+    def _future_ring(self) -> HashRing | None:
+        joining = [m for m in self.members.all() if m.status == MemberStatus.JOINING
+                   and m.node_id in self._known_streaming]
+        leaving = self.members.with_status(MemberStatus.LEAVING)
+        if not joining and not leaving:
+            return None
+        if self._future is None:
+            future = self.ring.copy()
+            for member in joining:
+                future.add_node(member.node_id, member.weight)
+            for member in leaving:
+                if member.node_id in future:
+                    future.remove_node(member.node_id)
+            self._future = future
+        return self._future
+
+    _future: HashRing | None = None
+    _known_streaming: frozenset[str] = frozenset()
+
+    # ------------------------------------------------------------------ peer: data
+
+    def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
+        records = []
+        for item in message.body["records"]:
+            record = record_from_wire(item)
+            if len(record.key.encode("utf-8", "surrogatepass")) > self.config.max_key_bytes or (
+                    record.value is not None
+                    and len(record.value) > self.config.max_value_bytes):
+                raise InvalidRequest("record exceeds the key or value size limit")
+            records.append(record)
+        if records:
+            self.clock.observe(max(r.version.timestamp for r in records))
+        stored = self.store.put_many(records)
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
+
+    def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
+        record = self.store.get(message.body["key"])
+        body = {"record": None if record is None else record_to_wire(record)}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
+        body = message.body
+        intervals = body["intervals"]
+        limit = min(max(body["limit"], 1), self.config.stream_batch_records)
+        after = body.get("after")
+        if len(intervals) > 65_536:
+            raise InvalidRequest("too many intervals in one pull")
+        records: list[Record] = []
+        size = 0
+        more = False
+        for interval in intervals:
+            if (not isinstance(interval, list) or len(interval) != 2
+                    or any(type(v) is not int or not 0 <= v < 1 << 64 for v in interval)):
+                raise InvalidRequest("intervals must be [low, high] position pairs")
+            low, high = interval
+            if after is not None and high <= after:
+                continue
+            page = self.store.scan_range(low, high, after=after, limit=limit - len(records) + 1)
+            for record in page:
+                if len(records) >= limit or size >= self.config.stream_batch_bytes:
+                    more = True
+                    break
+                records.append(record)
+                size += len(record.key) + (len(record.value) if record.value else 0)
+            if more:
+                break
+        if more and records:
+            # never split records sharing one position across pages: the cursor is a position
+            last = records[-1].position
+            tail = self.store.scan_range(last, last, limit=1 << 20)
+            held = {r.key for r in records}
+            records += [r for r in tail if r.key not in held]
+        reply = {"records": [record_to_wire(r) for r in records], "more": more}
+        return [Reply(route, Message(MsgType.OK, message.request_id, reply))]
+
+    # ------------------------------------------------------------------ client: cluster
+
+    def _on_ping(self, route, message: Message, now: float) -> list[Effect]:
+        body = {"node_id": self.config.node_id, "status": self.members.own.status.name.lower()}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_ring_state(self, route, message: Message, now: float) -> list[Effect]:
+        body = {
+            "vnodes": self.config.vnodes,
+            "replicas": self.config.replicas,
+            "write_quorum": self.config.write_quorum,
+            "read_quorum": self.config.read_quorum,
+            "fingerprint": self.ring.fingerprint(),
+            "nodes": [{"node_id": m.node_id, "weight": m.weight, "address": m.address}
+                      for m in self.members.all() if m.in_ring],
+            "members": self._member_rows(now),
+        }
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_cluster_status(self, route, message: Message, now: float) -> list[Effect]:
+        body = {"node_id": self.config.node_id, "members": self._member_rows(now),
+                "fingerprint": self.ring.fingerprint()}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _member_rows(self, now: float) -> list[dict]:
+        rows = []
+        shares = self.ring.primary_shares()
+        for member in self.members.all():
+            own = member.node_id == self.config.node_id
+            if own:
+                self._key_count = self.store.count()
+            rows.append({
+                "node_id": member.node_id, "address": member.address,
+                "gossip_address": member.gossip_address,
+                "status": member.status.name.lower(),
+                "liveness": "up" if self.members.is_up(member.node_id, now,
+                                                       self.config.down_after_s) else "down",
+                "keys_count": self._key_count if own else member.keys,
+                "ownership": shares.get(member.node_id, 0.0),
+                "weight": member.weight,
+            })
+        return rows
+
+    def _on_local_keys(self, route, message: Message, now: float) -> list[Effect]:
+        limit = message.body.get("limit")
+        keys = []
+        for key in self.store.keys():
+            if limit is not None and len(keys) >= limit:
+                break
+            keys.append(key)
+        body = {"node_id": self.config.node_id, "keys": keys}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_add_node(self, route, message: Message, now: float) -> list[Effect]:
+        node_id, address = message.body["node_id"], message.body["address"]
+        member = self.members.get(node_id)
+        if member is not None and member.status in (MemberStatus.NORMAL, MemberStatus.JOINING):
+            body = {"node_id": node_id, "status": member.status.name.lower()}
+            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        self._check_no_change_in_progress(node_id)
+
+        def on_admitted(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if reply is None:
+                return [Reply(route, _error(message.request_id, Unavailable(
+                    f"no answer from {node_id} at {address}; is it running?")))]
+            if reply.type == MsgType.ERROR:
+                return [Reply(route, reply_as(reply, message.request_id))]
+            return [Reply(route, Message(MsgType.OK, message.request_id,
+                                         {"node_id": node_id, "status": "joining"}))]
+        return self._call_address(address, node_id, MsgType.ADMIT,
+                                  {"seed": self.config.address}, on_admitted, now)
+
+    def _on_remove_node(self, route, message: Message, now: float) -> list[Effect]:
+        node_id = message.body["node_id"]
+        graceful = message.body.get("graceful", True)
+        member = self.members.get(node_id)
+        if member is None or member.status == MemberStatus.LEFT:
+            raise NotMember(f"{node_id} is not a member of the cluster")
+        if not graceful:
+            return self._on_force_remove(route, Message(MsgType.FORCE_REMOVE,
+                                                        message.request_id,
+                                                        {"node_id": node_id}), now)
+        if member.status == MemberStatus.LEAVING:
+            return [Reply(route, Message(MsgType.OK, message.request_id,
+                                         {"node_id": node_id, "status": "leaving"}))]
+        self._check_no_change_in_progress(node_id)
+        if node_id == self.config.node_id:
+            return self._on_leave(route, message, now)
+
+        def on_leaving(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if reply is None:
+                return [Reply(route, _error(message.request_id, Unavailable(
+                    f"{node_id} did not answer; to remove a dead node use graceful=False")))]
+            return [Reply(route, reply_as(reply, message.request_id))]
+        return self._call(node_id, MsgType.LEAVE, {}, on_leaving, now)
+
+    def _check_no_change_in_progress(self, node_id: str) -> None:
+        busy = [m.node_id for m in self.members.all()
+                if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
+                and m.node_id != node_id and self.members.is_up(m.node_id, 0, float("inf"))]
+        if busy:
+            from zring.errors import MembershipConflict
+            raise MembershipConflict(f"a membership change is in progress ({', '.join(busy)}); "
+                                     "retry when it completes")
+
+    def _on_force_remove(self, route, message: Message, now: float) -> list[Effect]:
+        node_id = message.body["node_id"]
+        if node_id == self.config.node_id:
+            raise InvalidRequest("a node cannot force-remove itself; remove it from another "
+                                 "node, or remove it gracefully")
+        member = self.members.get(node_id)
+        if member is None:
+            raise NotMember(f"{node_id} is not a member of the cluster")
+        if member.status != MemberStatus.LEFT:
+            self.members.set_status(node_id, MemberStatus.LEFT, streamed=False)
+            self.log.info("member_removed", member=node_id, graceful=False)
+            effects = self._after_membership_change(now) + self._gossip(now)
+        else:
+            effects = []
+        return effects + [Reply(route, Message(MsgType.OK, message.request_id,
+                                               {"node_id": node_id, "status": "left"}))]
+
+    def _on_rebalance(self, route, message: Message, now: float) -> list[Effect]:
+        targets = [m.node_id for m in self.members.all() if m.in_ring]
+        admin_id = next(self._ids)
+        admin = _Admin(route, message.request_id, set(targets))
+        self._admins[admin_id] = admin
+        effects: list[Effect] = []
+        for node_id in targets:
+            effects += self._call(node_id, MsgType.REBALANCE_LOCAL, {},
+                                  lambda node, reply, t: self._on_rebalanced(admin_id, node,
+                                                                            reply), now,
+                                  timeout_s=600.0)
+        return effects
+
+    def _on_rebalanced(self, admin_id: int, node_id: str, reply: Message | None):
+        admin = self._admins.get(admin_id)
+        if admin is None:
+            return []
+        admin.waiting.discard(node_id)
+        if reply is None or reply.type != MsgType.OK:
+            admin.failed.append(node_id)
+        if admin.waiting:
+            return []
+        del self._admins[admin_id]
+        if admin.failed:
+            return [Reply(admin.route, _error(admin.request_id, Unavailable(
+                f"rebalance did not complete on {', '.join(admin.failed)}")))]
+        return [Reply(admin.route, Message(MsgType.OK, admin.request_id, {}))]
+
+    # ------------------------------------------------------------------ peer: cluster
+
+    def _on_join(self, route, message: Message, now: float) -> list[Effect]:
+        member = Member.from_wire(message.body["member"])
+        known = self.members.get(member.node_id)
+        if known is not None and known.address != member.address and known.status not in (
+                MemberStatus.LEFT,) and self.members.is_up(member.node_id, now,
+                                                           self.config.down_after_s):
+            raise InvalidRequest(f"node id {member.node_id} is already used by "
+                                 f"{known.address}")
+        self.members.heard_from(member.node_id, now)
+        effects = self._merge([member], now)
+        body = {"members": self.members.to_wire()}
+        return effects + [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_admit(self, route, message: Message, now: float) -> list[Effect]:
+        own = self.members.own
+        if own.status == MemberStatus.LEFT:
+            self.store.delete_range(*_FULL_RANGE)  # a returning node starts empty
+            self.members.set_status(own.node_id, MemberStatus.JOINING, streamed=False)
+            self._save_members()
+            self._confirmed_by.clear()
+            self._left_at = None
+        if message.body["seed"] not in self.config.seeds:
+            self.config.seeds.append(message.body["seed"])
+        self._next_seed_contact_at = now
+        self._seed_contacted = False
+        body = {"node_id": own.node_id, "status": self.members.own.status.name.lower()}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))] + \
+            self._contact_seeds(now)
+
+    def _on_leave(self, route, message: Message, now: float) -> list[Effect]:
+        own = self.members.own
+        if own.status == MemberStatus.NORMAL:
+            if len(self.ring) <= 1:
+                raise InvalidRequest("the last node of a cluster cannot leave it")
+            self.members.set_status(own.node_id, MemberStatus.LEAVING)
+            self._confirmed_by.clear()
+            self._announced_at = now
+            self.log.info("member_leaving", member=own.node_id)
+            effects = self._after_membership_change(now) + self._gossip(now)
+        elif own.status == MemberStatus.LEAVING:
+            effects = []
+        else:
+            raise InvalidRequest(f"{own.node_id} is {own.status.name.lower()}; only a "
+                                 "normal member can leave")
+        return effects + [Reply(route, Message(MsgType.OK, message.request_id,
+                                               {"node_id": own.node_id, "status": "leaving"}))]
+
+    def _on_rebalance_local(self, route, message: Message, now: float) -> list[Effect]:
+        if self._push is not None and not self._push.done:
+            raise InvalidRequest(f"a {self._push_kind} is already running on this node")
+        n = self.config.replicas
+        own_id = self.config.node_id
+        ring = self.ring
+
+        def route_record(record: Record) -> list[str]:
+            return [x for x in ring.get_nodes_at(record.position, n) if x != own_id]
+
+        def misplaced(record: Record) -> bool:
+            return own_id not in ring.get_nodes_at(record.position, n)
+
+        self._push = RecordPush("rebalance", self.store, route_record, misplaced,
+                                self.config.stream_batch_records, self.config.join_retry_s)
+        self._push_kind = "rebalance"
+        self._push_reply = (route, message.request_id)
+        self.log.info("rebalance_started")
+        return self._pump_streams(now)
+
+    _push_reply: tuple | None = None
+
+    # ------------------------------------------------------------------ membership
+
+    def _merge(self, records: list[Member], now: float) -> list[Effect]:
+        if not self.members.merge(records, now):
+            return self._sync_subscriptions()
+        return self._after_membership_change(now)
+
+    def _after_membership_change(self, now: float) -> list[Effect]:
+        """Rebuild the ring from the member table; act on what moved."""
+        self._save_members()
+        self._future = None
+        self._known_streaming = frozenset(m.node_id for m in self.members.all()
+                                          if m.status == MemberStatus.JOINING)
+        effects = self._sync_subscriptions()
+        new_weights = self.members.ring_weights()
+        if new_weights == self.ring.weights:
+            return effects
+        old_ring = self.ring
+        new_ring = HashRing(new_weights, vnodes=self.config.vnodes)
+        self.ring = new_ring
+        self.log.info("ring_changed", nodes=new_ring.nodes, fingerprint=new_ring.fingerprint())
+        own = self.members.own
+        if own.status == MemberStatus.LEFT:
+            return effects
+        if own.node_id not in old_ring and own.node_id in new_ring and own.streamed:
+            return effects  # we joined by streaming; nothing more to move here
+        return effects + self._move_ranges(old_ring, new_ring, now)
+
+    def _move_ranges(self, old_ring: HashRing, new_ring: HashRing, now: float):
+        """Drop ranges a streamed joiner took over; pull ranges we gained some other way."""
+        own_id = self.config.node_id
+        joined = {n for n in new_ring.nodes if n not in old_ring and self.members[n].streamed}
+        handed_off = {n for n in old_ring.nodes if n not in new_ring
+                      and self.members[n].status == MemberStatus.LEFT
+                      and self.members[n].streamed}
+        drop: list[Interval] = []
+        pulls: dict[str, list[Interval]] = defaultdict(list)
+        for change in ring_changes(old_ring, new_ring, self.config.replicas):
+            if own_id in change.lost and change.gained and set(change.gained) <= joined:
+                drop += change.intervals()
+            if own_id in change.gained and not (set(change.lost) & handed_off):
+                for source in change.old_nodes:
+                    member = self.members.get(source)
+                    if source != own_id and member and member.status != MemberStatus.LEFT:
+                        pulls[source] += change.intervals()
+        dropped = sum(self.store.delete_range(low, high) for low, high in drop)
+        if dropped:
+            self.log.info("ranges_dropped", records=dropped, ranges=len(drop))
+        if pulls:
+            pull = self._new_pull("takeover", pulls)
+            self._takeovers.append(pull)
+            self.log.info("takeover_started", sources=sorted(pulls),
+                          intervals=sum(map(len, pulls.values())))
+            return pull.pump(self._stream_call(now), now)
+        return []
+
+    def _new_pull(self, name: str, sources: dict[str, list[Interval]]) -> RangePull:
+        config = self.config
+        return RangePull(name, self.store, sources, config.stream_intervals_per_pull,
+                         config.stream_batch_records, config.stream_pulls_in_flight,
+                         config.join_retry_s)
+
+    def _sync_subscriptions(self) -> list[Effect]:
+        wanted = {m.gossip_address for m in self.members.peers()}
+        effects: list[Effect] = [Subscribe(a) for a in sorted(wanted - self._subscribed)]
+        effects += [Unsubscribe(a) for a in sorted(self._subscribed - wanted)]
+        self._subscribed = wanted
+        return effects
+
+    def _gossip(self, now: float) -> list[Effect]:
+        self._next_gossip_at = now + self.config.gossip_interval_s
+        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count)
+        body = {"sender": self.config.node_id, "members": self.members.to_wire()}
+        return [Publish(Message(MsgType.GOSSIP, 0, body))]
+
+    def _needs_seed_contact(self) -> bool:
+        own = self.members.own
+        if own.status == MemberStatus.LEFT:
+            return False
+        known = {m.address for m in self.members.all()}
+        return any(seed not in known for seed in self.config.seeds) or (
+            own.status == MemberStatus.JOINING and not self._seed_contacted)
+
+    def _contact_seeds(self, now: float) -> list[Effect]:
+        """Introduce ourselves to every seed we have not met (and, joining, to any seed)."""
+        self._next_seed_contact_at = now + self.config.join_retry_s
+        if not self._needs_seed_contact():
+            return []
+        known = {m.address for m in self.members.all()}
+        effects: list[Effect] = []
+        body = {"member": self.members.own.to_wire()}
+        for seed in self.config.seeds:
+            if seed == self.config.address:
+                continue
+            if seed in known and self._seed_contacted:
+                continue
+            effects += self._call_address(seed, seed, MsgType.JOIN, body, self._on_seed_reply,
+                                          now)
+        return effects
+
+    def _on_seed_reply(self, seed: str, reply: Message | None, now: float) -> list[Effect]:
+        if reply is None or reply.type != MsgType.OK:
+            return []
+        try:
+            records = [Member.from_wire(w) for w in reply.body.get("members", [])]
+        except ProtocolError:
+            return []
+        if not self._seed_contacted:
+            self._seed_contacted = True
+            self._announced_at = now
+        for record in records:
+            if record.address == seed:
+                self.members.heard_from(record.node_id, now)
+        return self._merge(records, now)
+
+    # ------------------------------------------------------------------ join and leave
+
+    def _everyone_confirmed(self, now: float) -> bool:
+        """All live owners have gossiped our current record back: they route accordingly."""
+        if now - self._announced_at > self.config.join_settle_timeout_s:
+            return True
+        for member in self.members.all():
+            if member.node_id == self.config.node_id or not member.in_ring:
+                continue
+            if member.node_id not in self._confirmed_by and self.members.is_up(
+                    member.node_id, now, self.config.down_after_s):
+                return False
+        return True
+
+    def _advance_join(self, now: float) -> list[Effect]:
+        own = self.members.own
+        if own.status != MemberStatus.JOINING or not self._seed_contacted:
+            return []
+        if not self.ring.nodes:
+            return []  # nobody to join yet
+        if self._join_pull is None:
+            if not self._everyone_confirmed(now):
+                return []
+            return self._start_join_pull(now)
+        if self.ring.fingerprint() != self._join_ring_fingerprint:
+            self.log.info("join_restarted", reason="ring changed while streaming")
+            self._join_pull.cancelled = True
+            return self._start_join_pull(now)
+        for source in self._join_pull.pending_sources():
+            if not self.members.is_up(source, now, self.config.down_after_s):
+                abandoned = self._join_pull.drop_source(source)
+                if abandoned:
+                    self.log.warning("join_source_skipped", source=source, chunks=abandoned)
+        if not self._join_pull.done:
+            return []
+        pull = self._join_pull
+        self._join_pull = None
+        self.members.set_status(own.node_id, MemberStatus.NORMAL, streamed=True)
+        self.log.info("member_joined", records=pull.records_received,
+                      bytes=pull.bytes_received)
+        return self._after_membership_change(now) + self._gossip(now)
+
+    def _start_join_pull(self, now: float) -> list[Effect]:
+        own = self.members.own
+        future = self.ring.copy()
+        future.add_node(own.node_id, own.weight)
+        sources: dict[str, list[Interval]] = defaultdict(list)
+        for change in ring_changes(self.ring, future, self.config.replicas):
+            if own.node_id in change.gained:
+                for source in change.old_nodes:
+                    sources[source] += change.intervals()
+        self._join_ring_fingerprint = self.ring.fingerprint()
+        self._join_pull = self._new_pull("join", sources)
+        self.log.info("join_streaming", sources=sorted(sources),
+                      intervals=sum(map(len, sources.values())))
+        return self._join_pull.pump(self._stream_call(now), now)
+
+    def _advance_leave(self, now: float) -> list[Effect]:
+        own = self.members.own
+        if own.status == MemberStatus.LEFT:
+            if self._left_at is not None and now - self._left_at >= self.config.left_linger_s:
+                self._left_at = None
+                return [Shutdown("left the cluster")]
+            return []
+        if own.status != MemberStatus.LEAVING:
+            return []
+        if self._push is None or self._push_kind != "leave":
+            if self._push is not None and not self._push.done:
+                return []  # let a running rebalance finish first
+            if not self._everyone_confirmed(now):
+                return []
+            current = self.ring
+            future = current.copy()
+            future.remove_node(own.node_id)
+            n = self.config.replicas
+
+            def gainers(record: Record) -> list[str]:
+                before = current.get_nodes_at(record.position, n)
+                return [x for x in future.get_nodes_at(record.position, n) if x not in before]
+
+            self._push = RecordPush("leave", self.store, gainers, lambda record: False,
+                                    self.config.stream_batch_records, self.config.join_retry_s)
+            self._push_kind = "leave"
+            self.log.info("leave_streaming")
+            return self._pump_streams(now)
+        if not self._push.done:
+            return []
+        sent = self._push.records_sent
+        self._push = None
+        self.members.set_status(own.node_id, MemberStatus.LEFT, streamed=True)
+        self._left_at = now
+        self.log.info("member_left", records_sent=sent)
+        effects = self._after_membership_change(now) + self._gossip(now)
+        self.store.delete_range(*_FULL_RANGE)
+        return effects
+
+    # ------------------------------------------------------------------ streams
+
+    def _streams(self) -> list:
+        streams: list = list(self._takeovers)
+        if self._join_pull is not None:
+            streams.append(self._join_pull)
+        if self._push is not None:
+            streams.append(self._push)
+        return streams
+
+    def _pump_streams(self, now: float) -> list[Effect]:
+        call = self._stream_call(now)
+        effects: list[Effect] = []
+        for stream in self._streams():
+            effects += stream.pump(call, now)
+        finished = [t for t in self._takeovers if t.done]
+        for pull in finished:
+            self._takeovers.remove(pull)
+            self.log.info("takeover_done", records=pull.records_received)
+        if self._push is not None and self._push_kind == "rebalance" and self._push.done:
+            push, self._push = self._push, None
+            self.log.info("rebalance_done", sent=push.records_sent,
+                          dropped=push.records_dropped)
+            if self._push_reply is not None:
+                route, request_id = self._push_reply
+                self._push_reply = None
+                effects.append(Reply(route, Message(MsgType.OK, request_id, {
+                    "sent": push.records_sent, "dropped": push.records_dropped})))
+        return effects
+
+    def status_summary(self) -> dict:
+        return {"node_id": self.config.node_id, "status": self.members.own.status.name,
+                "pending_calls": len(self._calls), "streams": len(self._streams())}
+
+    _handlers: dict = {}
+
+
+NodeCore._handlers = {
+    MsgType.PUT: NodeCore._on_put,
+    MsgType.GET: NodeCore._on_get,
+    MsgType.DELETE: NodeCore._on_delete,
+    MsgType.RING_STATE: NodeCore._on_ring_state,
+    MsgType.CLUSTER_STATUS: NodeCore._on_cluster_status,
+    MsgType.LOCAL_KEYS: NodeCore._on_local_keys,
+    MsgType.ADD_NODE: NodeCore._on_add_node,
+    MsgType.REMOVE_NODE: NodeCore._on_remove_node,
+    MsgType.REBALANCE: NodeCore._on_rebalance,
+    MsgType.PING: NodeCore._on_ping,
+    MsgType.REPLICA_WRITE: NodeCore._on_replica_write,
+    MsgType.REPLICA_READ: NodeCore._on_replica_read,
+    MsgType.JOIN: NodeCore._on_join,
+    MsgType.RANGE_PULL: NodeCore._on_range_pull,
+    MsgType.ADMIT: NodeCore._on_admit,
+    MsgType.LEAVE: NodeCore._on_leave,
+    MsgType.REBALANCE_LOCAL: NodeCore._on_rebalance_local,
+    MsgType.FORCE_REMOVE: NodeCore._on_force_remove,
+}
+assert CLIENT_TYPES <= NodeCore._handlers.keys()
+
+
+def _error(request_id: int, exc: ZringError) -> Message:
+    body = {"code": exc.code, "message": exc.message or str(exc)}
+    if exc.details:
+        body["details"] = {k: v for k, v in exc.details.items() if k != "request_id"}
+    return Message(MsgType.ERROR, request_id, body)
+
+
+def reply_as(reply: Message, request_id: int) -> Message:
+    """A peer's reply relayed to our own requester."""
+    return Message(reply.type, request_id, reply.body)
+
+
+def _newest(records) -> Record | None:
+    newest = None
+    for record in records:
+        if record is not None and (newest is None or record.version > newest.version):
+            newest = record
+    return newest
+
+
+__all__ += ["encode", "Version"]

@@ -1,0 +1,161 @@
+"""The member table: who is in the cluster, in what state, and who was heard lately (pure).
+
+Ownership follows ``status``, which changes only by explicit events (join, leave, remove);
+liveness (``up``/``down``, from heartbeats) changes routing only. Every node gossips its whole
+table; ``merge`` keeps, per member, the record with the higher ``generation`` (bumped on each
+status change), and on a tie the higher heartbeat. Stale records are dropped quietly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from enum import IntEnum
+from typing import Any
+
+from zring.errors import ProtocolError
+
+__all__ = ["Member", "MemberStatus", "MemberTable"]
+
+
+class MemberStatus(IntEnum):
+    """Rank orders conflicting records of one generation: the later stage wins."""
+
+    JOINING = 1    # announced; streaming its ranges; receives writes for them (pending)
+    NORMAL = 2     # owns its ranges
+    LEAVING = 3    # still owns its ranges while it hands them over
+    LEFT = 4       # gone: owns nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    node_id: str
+    address: str             # ROUTER endpoint
+    gossip_address: str      # PUB endpoint
+    status: MemberStatus
+    generation: int          # bumped by whoever changes status; newer generation wins
+    heartbeat: int           # bumped only by the member itself
+    weight: float = 1.0
+    keys: int = 0            # live keys it holds, as it last reported
+    streamed: bool = False   # joined by streaming its ranges (old replicas may then drop them)
+
+    @property
+    def in_ring(self) -> bool:
+        return self.status in (MemberStatus.NORMAL, MemberStatus.LEAVING)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = asdict(self)
+        wire["status"] = int(self.status)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: object) -> Member:
+        if not isinstance(wire, dict):
+            raise ProtocolError("a member record must be a map")
+        try:
+            member = cls(
+                node_id=wire["node_id"], address=wire["address"],
+                gossip_address=wire["gossip_address"], status=MemberStatus(wire["status"]),
+                generation=wire["generation"], heartbeat=wire["heartbeat"],
+                weight=wire.get("weight", 1.0), keys=wire.get("keys", 0),
+                streamed=wire.get("streamed", False))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad member record: {exc}") from None
+        if not (isinstance(member.node_id, str) and member.node_id
+                and isinstance(member.address, str) and isinstance(member.gossip_address, str)
+                and type(member.generation) is int and type(member.heartbeat) is int
+                and type(member.keys) is int and type(member.streamed) is bool
+                and type(member.weight) in (int, float) and member.weight > 0
+                and 0 <= member.generation < 1 << 63 and 0 <= member.heartbeat < 1 << 63):
+            raise ProtocolError(f"bad member record for {wire.get('node_id')!r}")
+        return member
+
+    def newer_than(self, other: Member) -> bool:
+        return ((self.generation, self.status, self.heartbeat)
+                > (other.generation, other.status, other.heartbeat))
+
+
+class MemberTable:
+    """Every known member's newest record, and when each was last heard from."""
+
+    def __init__(self, own: Member) -> None:
+        self.own_id = own.node_id
+        self._members: dict[str, Member] = {own.node_id: own}
+        self._last_heard: dict[str, float] = {}
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._members
+
+    def __getitem__(self, node_id: str) -> Member:
+        return self._members[node_id]
+
+    def get(self, node_id: str) -> Member | None:
+        return self._members.get(node_id)
+
+    @property
+    def own(self) -> Member:
+        return self._members[self.own_id]
+
+    def all(self) -> list[Member]:
+        return sorted(self._members.values(), key=lambda m: m.node_id)
+
+    def peers(self) -> list[Member]:
+        """Other members that are not gone."""
+        return [m for m in self.all() if m.node_id != self.own_id
+                and m.status != MemberStatus.LEFT]
+
+    def ring_weights(self) -> dict[str, float]:
+        """Members that own ranges, with their weights."""
+        return {m.node_id: m.weight for m in self._members.values() if m.in_ring}
+
+    def with_status(self, status: MemberStatus) -> list[Member]:
+        return [m for m in self.all() if m.status == status]
+
+    def update_own(self, **changes: Any) -> Member:
+        own = replace(self.own, **changes)
+        self._members[self.own_id] = own
+        return own
+
+    def set_status(self, node_id: str, status: MemberStatus, **changes: Any) -> Member:
+        """Change a member's status, bumping its generation so the change wins everywhere."""
+        member = self._members[node_id]
+        member = replace(member, status=status, generation=member.generation + 1, **changes)
+        self._members[node_id] = member
+        return member
+
+    def merge(self, records: list[Member], now: float) -> bool:
+        """Adopt newer records; True when a status, generation or address changed."""
+        changed = False
+        for record in records:
+            current = self._members.get(record.node_id)
+            if record.node_id == self.own_id:
+                # Only we may advance our heartbeat; someone else's newer generation for us
+                # (a forced removal) is adopted, keeping our own heartbeat counting.
+                if current is not None and record.generation > current.generation:
+                    self._members[self.own_id] = replace(record, heartbeat=current.heartbeat)
+                    changed = True
+                continue
+            if current is None or record.newer_than(current):
+                if current is None or record.heartbeat > current.heartbeat:
+                    self._last_heard[record.node_id] = now
+                if current is None or (record.generation, record.status, record.address,
+                                       record.gossip_address, record.weight) != (
+                        current.generation, current.status, current.address,
+                        current.gossip_address, current.weight):
+                    changed = True
+                self._members[record.node_id] = record
+        return changed
+
+    def heard_from(self, node_id: str, now: float) -> None:
+        self._last_heard[node_id] = now
+
+    def last_heard(self, node_id: str) -> float | None:
+        return self._last_heard.get(node_id)
+
+    def is_up(self, node_id: str, now: float, down_after_s: float) -> bool:
+        if node_id == self.own_id:
+            return True
+        heard = self._last_heard.get(node_id)
+        return heard is not None and now - heard < down_after_s
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [m.to_wire() for m in self.all()]

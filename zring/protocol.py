@@ -1,0 +1,176 @@
+"""Wire messages: one msgpack frame ``[type, request_id, body]`` (pure: no sockets).
+
+Every frame, from a client or a peer, is decoded here with hard limits and checked against
+its type's schema before any handler sees it, so a handler only ever gets well-typed fields.
+Message type numbers are append-only: never renumber or reuse one.
+
+Replies carry the request id of the request they answer: ``OK`` with a body, or ``ERROR``
+with ``{"code", "message"}`` (codes are those of :mod:`zring.errors`). Gossip is published
+with request id 0 and gets no reply.
+
+Records travel as ``[key, value, timestamp, writer]`` (value ``None`` = tombstone); the
+receiver recomputes the position from the key rather than trusting the sender.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from zring.errors import ProtocolError
+from zring.hashing import key_position
+from zring.storage.base import Record
+from zring.versions import Version
+
+__all__ = ["MsgType", "Message", "encode", "decode", "record_to_wire", "record_from_wire",
+           "MAX_FRAME_BYTES", "CLIENT_TYPES", "PEER_TYPES"]
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # also the sockets' MAXMSGSIZE
+_MAX_INT = (1 << 64) - 1
+
+
+class MsgType(IntEnum):
+    # replies
+    OK = 1
+    ERROR = 2
+    # client requests (any node coordinates them)
+    PUT = 10
+    GET = 11
+    DELETE = 12
+    RING_STATE = 13
+    CLUSTER_STATUS = 14
+    LOCAL_KEYS = 15
+    ADD_NODE = 16
+    REMOVE_NODE = 17
+    REBALANCE = 18
+    PING = 19
+    # node-to-node requests
+    REPLICA_WRITE = 40
+    REPLICA_READ = 41
+    JOIN = 42
+    RANGE_PULL = 43
+    ADMIT = 44
+    LEAVE = 45
+    REBALANCE_LOCAL = 46
+    FORCE_REMOVE = 47
+    # published on the gossip PUB socket
+    GOSSIP = 60
+
+
+CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING_STATE,
+                          MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
+                          MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING})
+PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
+                        MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
+                        MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE})
+
+
+@dataclass(slots=True)
+class Message:
+    type: MsgType
+    request_id: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+# Field schemas: name -> (accepted types, required). Unknown fields are ignored (a newer
+# peer may send more); a known field of the wrong type is a ProtocolError.
+_OPT_INT = (int, type(None))
+_VALUE = (bytes, str)
+_SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
+    MsgType.OK: {},
+    MsgType.ERROR: {"code": ((str,), True), "message": ((str,), True)},
+    MsgType.PUT: {"key": ((str,), True), "value": (_VALUE, True), "n": (_OPT_INT, False),
+                  "w": (_OPT_INT, False)},
+    MsgType.GET: {"key": ((str,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
+    MsgType.DELETE: {"key": ((str,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False)},
+    MsgType.RING_STATE: {},
+    MsgType.CLUSTER_STATUS: {},
+    MsgType.LOCAL_KEYS: {"limit": (_OPT_INT, False)},
+    MsgType.ADD_NODE: {"node_id": ((str,), True), "address": ((str,), True)},
+    MsgType.REMOVE_NODE: {"node_id": ((str,), True), "graceful": ((bool,), False)},
+    MsgType.REBALANCE: {},
+    MsgType.PING: {},
+    MsgType.REPLICA_WRITE: {"records": ((list,), True)},
+    MsgType.REPLICA_READ: {"key": ((str,), True)},
+    MsgType.JOIN: {"member": ((dict,), True)},
+    MsgType.RANGE_PULL: {"intervals": ((list,), True), "after": (_OPT_INT, False),
+                         "limit": ((int,), True)},
+    MsgType.ADMIT: {"seed": ((str,), True)},
+    MsgType.LEAVE: {},
+    MsgType.REBALANCE_LOCAL: {},
+    MsgType.FORCE_REMOVE: {"node_id": ((str,), True)},
+    MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
+}
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb([int(message.type), message.request_id, message.body],
+                         use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    """Decode and validate one frame; any defect raises ProtocolError."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        # msgpack bounds every declared length by the frame's own size, and its C unpacker
+        # refuses nesting deeper than its stack; both fail here rather than allocate.
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise ProtocolError("a frame must be [type, request_id, body]")
+    type_number, request_id, body = raw
+    if type(type_number) is not int:
+        raise ProtocolError("message type must be an int")
+    try:
+        msg_type = MsgType(type_number)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {type_number}", request_id=request_id
+                            if _is_request_id(request_id) else None) from None
+    if not _is_request_id(request_id):
+        raise ProtocolError("request id must be an int in [0, 2**64)")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{msg_type.name} body must be a map", request_id=request_id)
+    for name, (types, required) in _SCHEMAS[msg_type].items():
+        if name not in body:
+            if required:
+                raise ProtocolError(f"{msg_type.name} needs field {name!r}",
+                                    request_id=request_id)
+            continue
+        value = body[name]
+        # bool is an int subclass: only accept it where bool is named
+        if not isinstance(value, types) or (type(value) is bool and bool not in types):
+            raise ProtocolError(f"{msg_type.name} field {name!r} has the wrong type "
+                                f"({type(value).__name__})", request_id=request_id)
+        if type(value) is int and not 0 <= value <= _MAX_INT:
+            raise ProtocolError(f"{msg_type.name} field {name!r} is out of range",
+                                request_id=request_id)
+    return Message(msg_type, request_id, body)
+
+
+def _is_request_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_INT
+
+
+def record_to_wire(record: Record) -> list:
+    return [record.key, record.value, record.version.timestamp, record.version.node_id]
+
+
+def record_from_wire(item: object) -> Record:
+    """A record from a peer, checked field by field; its position is recomputed."""
+    if not isinstance(item, list) or len(item) != 4:
+        raise ProtocolError("a record must be [key, value, timestamp, writer]")
+    key, value, timestamp, writer = item
+    if not isinstance(key, str):
+        raise ProtocolError("record key must be a str")
+    if value is not None and not isinstance(value, (bytes, str)):
+        raise ProtocolError("record value must be bytes, str or nil")
+    if type(timestamp) is not int or not 0 <= timestamp < (1 << 63):
+        raise ProtocolError("record timestamp must be an int in [0, 2**63)")
+    if not isinstance(writer, str):
+        raise ProtocolError("record writer must be a str")
+    return Record(key, value, Version(timestamp, writer), key_position(key))

@@ -1,0 +1,180 @@
+"""The one ZMQ poll loop of a node: sockets in, NodeCore, effects out.
+
+Sockets: a ROUTER for requests (clients and peers), a PUB for gossip, one DEALER per peer
+address for our own requests (identity = our node id, so the peer's ROUTER answers back on
+it), and one SUB connected to every member's PUB. Nothing here blocks: the poll timeout is
+the core's nearest deadline, and every send is non-blocking (a full or unconnected queue
+drops the message; the core's deadline then answers for it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import structlog
+import zmq
+
+from zring.config import NodeConfig
+from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
+from zring.core.node import NodeCore
+from zring.protocol import MAX_FRAME_BYTES, encode
+from zring.storage import MemoryStore, SQLiteStore
+
+__all__ = ["NodeServer", "run_node"]
+
+log = structlog.get_logger("zring.server")
+
+_HWM = 10_000
+_MAX_ROUTE_FRAMES = 4   # identity, optional delimiter: anything longer is not ours to answer
+_GOSSIP_TOPIC = b""
+
+
+class NodeServer:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        if config.data_dir:
+            os.makedirs(config.data_dir, exist_ok=True)
+            self.store = SQLiteStore(os.path.join(config.data_dir, "zring.db"))
+        else:
+            self.store = MemoryStore()
+        self.context = zmq.Context.instance()
+        self.router = self._socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reclaims its id
+        self.router.bind(config.address)
+        self.pub = self._socket(zmq.PUB)
+        self.pub.bind(config.gossip_address)
+        self.sub = self._socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, _GOSSIP_TOPIC)
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.dealer_by_socket: dict[zmq.Socket, str] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.core = NodeCore(config, self.store, time.time())
+        self.running = True
+        self.log = log.bind(node_id=config.node_id)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, _HWM)
+        sock.setsockopt(zmq.RCVHWM, _HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        return sock
+
+    def _dealer(self, address: str) -> zmq.Socket:
+        dealer = self.dealers.get(address)
+        if dealer is None:
+            dealer = self._socket(zmq.DEALER)
+            dealer.setsockopt_string(zmq.IDENTITY, f"{self.config.node_id}:{os.getpid()}")
+            dealer.connect(address)
+            self.dealers[address] = dealer
+            self.dealer_by_socket[dealer] = address
+            self.poller.register(dealer, zmq.POLLIN)
+        return dealer
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self) -> None:
+        self._perform(self.core.start(time.time()))
+        self.log.info("node_listening", address=self.config.address,
+                      gossip=self.config.gossip_address)
+        while self.running:
+            timeout_ms = max(0.0, (self.core.next_deadline() - time.time()) * 1000)
+            try:
+                events = dict(self.poller.poll(min(timeout_ms, 1000.0)))
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            if self.router in events:
+                self._drain_router()
+            if self.sub in events:
+                self._drain_sub()
+            for sock in events:
+                address = self.dealer_by_socket.get(sock)
+                if address is not None:
+                    self._drain_dealer(sock, address)
+            self._perform(self.core.tick(time.time()))
+
+    def _drain_router(self, budget: int = 1000) -> None:
+        for _ in range(budget):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
+                self.core.stats["bad_frames"] += 1
+                self.log.warning("frame_dropped", reason="unexpected frame count",
+                                 frames=len(frames))
+                continue
+            route, payload = tuple(frames[:-1]), frames[-1]
+            self._perform(self.core.handle_frame(route, payload, time.time()))
+
+    def _drain_sub(self, budget: int = 1000) -> None:
+        for _ in range(budget):
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 1:
+                self.core.stats["bad_gossip"] += 1
+                continue
+            self._perform(self.core.handle_gossip(frames[0], time.time()))
+
+    def _drain_dealer(self, sock: zmq.Socket, address: str, budget: int = 1000) -> None:
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 1:
+                self.core.stats["bad_replies"] += 1
+                continue
+            self._perform(self.core.handle_reply(address, frames[0], time.time()))
+
+    # ------------------------------------------------------------------ effects
+
+    def _perform(self, effects) -> None:
+        for effect in effects:
+            kind = type(effect)
+            try:
+                if kind is Reply:
+                    self.router.send_multipart([*effect.route, encode(effect.message)],
+                                               zmq.NOBLOCK)
+                elif kind is Send:
+                    self._dealer(effect.address).send(encode(effect.message), zmq.NOBLOCK)
+                elif kind is Publish:
+                    self.pub.send(encode(effect.message), zmq.NOBLOCK)
+                elif kind is Subscribe:
+                    self.sub.connect(effect.gossip_address)
+                elif kind is Unsubscribe:
+                    self.sub.disconnect(effect.gossip_address)
+                elif kind is Shutdown:
+                    self.log.info("node_stopping", reason=effect.reason)
+                    self.running = False
+            except zmq.Again:
+                self.core.stats["sends_dropped"] += 1
+            except zmq.ZMQError as exc:
+                self.log.warning("effect_failed", effect=kind.__name__, error=str(exc))
+
+    def close(self) -> None:
+        for sock in [self.router, self.pub, self.sub, *self.dealers.values()]:
+            sock.close(linger=0)
+        self.store.close()
+
+
+def run_node(config: NodeConfig) -> int:
+    server = NodeServer(config)
+
+    def stop(signum, frame):  # SIGTERM from supervisord: finish the current loop and exit
+        server.running = False
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve()
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,86 @@
+"""The Store interface every node core writes through (pure interface: no I/O here).
+
+A store holds one record per key: the newest value the node has seen, or a tombstone, with its
+version and the key's ring position. ``put`` applies last-writer-wins itself, so replaying or
+reordering writes is harmless. Records are indexed by position so a ring range streams (and is
+dropped) without a scan of every key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from zring.versions import Version
+
+__all__ = ["Record", "Store", "Value"]
+
+Value = bytes | str
+
+
+class Record(NamedTuple):
+    key: str
+    value: Value | None      # None: tombstone (the key was deleted at ``version``)
+    version: Version
+    position: int            # zring.hashing.key_position(key), unsigned 64-bit
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+
+class Store(ABC):
+    """A node's durable (or, for tests, in-memory) record table."""
+
+    @abstractmethod
+    def get(self, key: str) -> Record | None:
+        """The record for ``key`` (a tombstone included), or None if never seen."""
+
+    @abstractmethod
+    def put(self, record: Record) -> bool:
+        """Store ``record`` unless the held version is newer or equal; True if stored."""
+
+    @abstractmethod
+    def put_many(self, records: Iterable[Record]) -> int:
+        """``put`` each record in one transaction; returns how many were stored."""
+
+    @abstractmethod
+    def scan_range(self, low: int, high: int, *, after: int | None = None,
+                   limit: int = 1000) -> list[Record]:
+        """Records with ``low <= position <= high`` (and ``position > after`` when given),
+        ordered by position then key, at most ``limit``. Tombstones included."""
+
+    @abstractmethod
+    def delete_range(self, low: int, high: int) -> int:
+        """Forget every record with ``low <= position <= high``; returns how many."""
+
+    @abstractmethod
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        """Forget these records outright (no tombstone); returns how many."""
+
+    @abstractmethod
+    def keys(self, *, include_tombstones: bool = False) -> Iterator[str]:
+        """Every key held, in position order."""
+
+    @abstractmethod
+    def count(self, *, include_tombstones: bool = False) -> int:
+        """How many keys are held."""
+
+    @abstractmethod
+    def get_meta(self, name: str) -> bytes | None:
+        """A small named blob the node keeps beside its data (its membership, its clock)."""
+
+    @abstractmethod
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Durably replace the named blob."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and connections; the store is unusable afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
