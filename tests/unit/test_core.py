@@ -6,7 +6,7 @@ import pytest
 
 from simnet import CLIENT, SimCluster
 from zring.membership import MemberStatus
-from zring.protocol import Message, MsgType, encode, decode
+from zring.protocol import Message, MsgType, encode
 
 
 @pytest.fixture

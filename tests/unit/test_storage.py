@@ -1,0 +1,410 @@
+"""Stores: last writer wins, position-ordered ranges, meta, and the SQLite file contract.
+
+Every behavioural test runs against both ``MemoryStore`` and ``SQLiteStore``: the simulation
+relies on the memory store behaving exactly like the durable one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zring.errors import StorageError
+from zring.hashing import RING_SIZE, key_position
+from zring.storage import MemoryStore, Record, SQLiteStore, Store
+from zring.versions import Version
+
+TOP = RING_SIZE - 1
+
+
+def record(key: str, value: bytes | str | None, timestamp: int, node: str = "n1",
+           position: int | None = None) -> Record:
+    if position is None:
+        position = key_position(key)
+    return Record(key, value, Version(timestamp, node), position)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        opened: Store = MemoryStore()
+    else:
+        opened = SQLiteStore(tmp_path / "store.db")
+    yield opened
+    opened.close()
+
+
+def put_at(store: Store, positions: dict[str, int]) -> None:
+    """Store one live record per key at a chosen position (collisions and edges on demand)."""
+    store.put_many(record(key, f"v-{key}", 1, position=pos) for key, pos in positions.items())
+
+
+def page_through(store: Store, low: int, high: int, limit: int) -> list[str]:
+    keys: list[str] = []
+    after = None
+    while page := store.scan_range(low, high, after=after, limit=limit):
+        # over the limit only when one position group fills the page
+        assert len(page) <= limit or len({r.position for r in page}) == 1
+        keys.extend(r.key for r in page)
+        after = page[-1].position
+    return keys
+
+
+# ------------------------------------------------------------------ last writer wins
+
+
+def test_get_missing_key_is_none(store):
+    assert store.get("nothing") is None
+
+
+def test_newer_version_wins_and_older_or_equal_is_ignored(store):
+    assert store.put(record("k", "first", 10))
+    assert not store.put(record("k", "older", 9))
+    assert not store.put(record("k", "same version", 10))
+    assert store.get("k").value == "first"
+    assert store.put(record("k", "newer", 11))
+    assert store.get("k") == record("k", "newer", 11)
+
+
+def test_node_id_breaks_timestamp_ties(store):
+    assert store.put(record("k", "from a", 10, node="a"))
+    assert store.put(record("k", "from b", 10, node="b"))
+    assert not store.put(record("k", "from a again", 10, node="a"))
+    assert store.get("k").version == Version(10, "b")
+
+
+def test_tombstone_wins_when_newer_and_blocks_older_writes(store):
+    store.put(record("k", b"v", 10))
+    assert store.put(record("k", None, 11))
+    held = store.get("k")
+    assert held.is_tombstone and held.version == Version(11, "n1")
+    assert not store.put(record("k", b"late", 10))
+    assert store.get("k").is_tombstone
+    assert store.put(record("k", b"revived", 12))
+    assert store.get("k").value == b"revived"
+
+
+def test_put_many_applies_lww_in_order_and_counts_stored(store):
+    store.put(record("a", "held", 5))
+    batch = [record("a", "old", 4), record("b", "b1", 1), record("b", "b2", 2),
+             record("b", "b0", 0), record("c", None, 3)]
+    assert store.put_many(batch) == 3
+    assert store.get("a").value == "held"
+    assert store.get("b").value == "b2"
+    assert store.get("c").is_tombstone
+    assert store.put_many([]) == 0
+
+
+def test_put_many_is_all_or_nothing(store):
+    bad = record("bad", "v", 1, position=RING_SIZE)
+    with pytest.raises(ValueError):
+        store.put_many([record("good", "v", 1), bad])
+    assert store.get("good") is None
+
+
+def test_out_of_range_position_or_timestamp_is_refused(store):
+    with pytest.raises(ValueError, match="position"):
+        store.put(record("k", "v", 1, position=-1))
+    with pytest.raises(ValueError, match="timestamp"):
+        store.put(record("k", "v", 1 << 63))
+    assert store.count(include_tombstones=True) == 0
+
+
+# ------------------------------------------------------------------ values and keys
+
+
+@pytest.mark.parametrize("value", [b"", "", b"\x00\xffbytes", "text", "ünïcødé ✓", b"1", "1"])
+def test_values_round_trip_with_their_type(store, value):
+    store.put(record("k", value, 1))
+    held = store.get("k").value
+    assert held == value and type(held) is type(value)
+
+
+def test_unicode_and_odd_keys(store):
+    keys = ["ключ", "键", "emoji 🎉", "", "with\x00nul", "a" * 1000]
+    store.put_many(record(key, key, 1) for key in keys)
+    for key in keys:
+        assert store.get(key) == record(key, key, 1)
+    assert sorted(store.keys()) == sorted(keys)
+
+
+def test_large_value(store):
+    value = bytes(range(256)) * 4096  # 1 MiB
+    store.put(record("big", value, 1))
+    assert store.get("big").value == value
+
+
+# ------------------------------------------------------------------ ranges
+
+
+def test_scan_range_bounds_are_inclusive_and_ordered(store):
+    put_at(store, {"a": 10, "b": 20, "c": 30, "d": 40})
+    assert [r.key for r in store.scan_range(20, 30)] == ["b", "c"]
+    assert [r.key for r in store.scan_range(0, TOP)] == ["a", "b", "c", "d"]
+    assert [r.key for r in store.scan_range(11, 19)] == []
+    assert store.scan_range(30, 20) == []  # wrapping ranges are split by the caller
+    assert [r.key for r in store.scan_range(0, TOP, after=20)] == ["c", "d"]
+    assert [r.key for r in store.scan_range(25, TOP, after=5)] == ["c", "d"]
+    assert store.scan_range(0, 40, after=40) == []
+    assert [r.key for r in store.scan_range(0, TOP, limit=3)] == ["a", "b", "c"]
+
+
+def test_scan_range_includes_tombstones(store):
+    store.put(record("gone", None, 5, position=7))
+    assert store.scan_range(0, 10) == [record("gone", None, 5, position=7)]
+
+
+def test_positions_at_both_ends_of_the_ring_round_trip(store):
+    # the SQLite backend stores position - 2**63 in a signed column; order must survive it
+    edges = {"zero": 0, "one": 1, "below_mid": (1 << 63) - 1, "mid": 1 << 63,
+             "above_mid": (1 << 63) + 1, "second_top": TOP - 1, "top": TOP}
+    put_at(store, edges)
+    for key, pos in edges.items():
+        assert store.get(key).position == pos
+    by_position = sorted(edges, key=edges.get)
+    assert [r.key for r in store.scan_range(0, TOP)] == by_position
+    assert list(store.keys()) == by_position
+    assert [r.key for r in store.scan_range(1 << 63, TOP)] == ["mid", "above_mid", "second_top",
+                                                                "top"]
+    assert [r.key for r in store.scan_range(0, (1 << 63) - 1)] == ["zero", "one", "below_mid"]
+    assert [r.key for r in store.scan_range(TOP, TOP)] == ["top"]
+    assert store.scan_range(0, TOP, after=TOP) == []
+    assert store.delete_range(TOP - 1, TOP) == 2
+    assert store.delete_range(0, 0) == 1
+    assert [r.key for r in store.scan_range(0, TOP)] == ["one", "below_mid", "mid", "above_mid"]
+
+
+def test_cursor_paging_visits_every_record_once(store):
+    positions = {f"k{i:03}": i * 7 for i in range(100)}
+    put_at(store, positions)
+    for limit in (1, 3, 10, 100, 1000):
+        assert page_through(store, 0, TOP, limit) == sorted(positions, key=positions.get)
+    assert page_through(store, 70, 140, 4) == [f"k{i:03}" for i in range(10, 21)]
+
+
+def test_colliding_positions_order_by_key_and_never_split_a_page(store):
+    # equal positions (a 64-bit hash collision) sort by key; a page ends only between
+    # positions, so paging by ``after=position`` cannot skip the rest of a collision group
+    put_at(store, {"a": 1, "c": 2, "b": 2, "d": 2, "e": 3, "f": 4, "g": 4})
+    assert [r.key for r in store.scan_range(0, TOP)] == ["a", "b", "c", "d", "e", "f", "g"]
+    assert [r.key for r in store.scan_range(0, TOP, limit=2)] == ["a"]
+    assert [r.key for r in store.scan_range(0, TOP, limit=3)] == ["a"]
+    assert [r.key for r in store.scan_range(0, TOP, limit=4)] == ["a", "b", "c", "d"]
+    for limit in range(1, 9):
+        assert page_through(store, 0, TOP, limit) == ["a", "b", "c", "d", "e", "f", "g"]
+
+
+def test_group_larger_than_limit_comes_whole(store):
+    put_at(store, {"x": 5, "y": 5, "z": 5, "after": 6})
+    assert [r.key for r in store.scan_range(0, TOP, limit=2)] == ["x", "y", "z"]
+    assert [r.key for r in store.scan_range(0, TOP, after=5, limit=2)] == ["after"]
+
+
+def test_scan_limit_must_be_positive(store):
+    with pytest.raises(ValueError):
+        store.scan_range(0, TOP, limit=0)
+
+
+def test_delete_range_is_inclusive_and_counts_tombstones(store):
+    put_at(store, {"a": 10, "b": 20, "c": 30, "d": 40})
+    store.put(record("b", None, 2, position=20))
+    assert store.delete_range(20, 30) == 2
+    assert store.get("b") is None and store.get("c") is None
+    assert list(store.keys(include_tombstones=True)) == ["a", "d"]
+    assert store.delete_range(40, 10) == 0
+    assert store.delete_range(0, TOP) == 2
+    assert store.count(include_tombstones=True) == 0
+
+
+def test_delete_keys_forgets_records_outright(store):
+    store.put_many([record("a", "1", 1), record("b", None, 1), record("c", "3", 1)])
+    assert store.delete_keys(iter(["a", "b", "missing"])) == 2
+    assert store.get("a") is None and store.get("b") is None
+    assert list(store.keys(include_tombstones=True)) == ["c"]
+    assert store.delete_keys([]) == 0
+    assert store.put(record("a", "again", 0))  # no tombstone left behind: any version is new
+
+
+def test_keys_in_position_order_and_tombstones_on_request(store):
+    keys = [f"key{i}" for i in range(2500)]  # more than one SQLite keys() batch
+    store.put_many(record(key, "v", 1) for key in keys)
+    store.put_many(record(key, None, 2) for key in keys[::2])
+    live = sorted(keys[1::2], key=lambda k: (key_position(k), k))
+    assert list(store.keys()) == live
+    assert list(store.keys(include_tombstones=True)) == sorted(
+        keys, key=lambda k: (key_position(k), k))
+    assert store.count() == 1250
+    assert store.count(include_tombstones=True) == 2500
+
+
+def test_writing_while_iterating_keys(store):
+    store.put_many(record(f"k{i}", "v", 1) for i in range(1500))
+    for key in store.keys():  # noqa: SIM118 - a Store is not iterable
+        store.put(record(key, None, 2))
+    assert store.count() == 0 and store.count(include_tombstones=True) == 1500
+
+
+def test_count_follows_overwrites_and_tombstones(store):
+    assert store.count() == 0
+    store.put(record("a", "1", 1))
+    store.put(record("a", "2", 2))
+    store.put(record("b", None, 1))
+    assert (store.count(), store.count(include_tombstones=True)) == (1, 2)
+    store.put(record("b", "back", 2))
+    store.put(record("a", None, 3))
+    assert (store.count(), store.count(include_tombstones=True)) == (1, 2)
+
+
+# ------------------------------------------------------------------ meta and lifecycle
+
+
+def test_meta_round_trip(store):
+    assert store.get_meta("members") is None
+    store.set_meta("members", b"\x00one")
+    store.set_meta("members", b"\x00two")
+    store.set_meta("clock", bytearray(b"42"))
+    assert store.get_meta("members") == b"\x00two"
+    assert store.get_meta("clock") == b"42" and type(store.get_meta("clock")) is bytes
+
+
+def test_closed_store_refuses_use(store):
+    store.put(record("k", "v", 1))
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        store.get("k")
+    with pytest.raises(StorageError, match="closed"):
+        store.put(record("k", "v", 2))
+
+
+def test_context_manager_closes(store):
+    with store as held:
+        held.put(record("k", "v", 1))
+    with pytest.raises(StorageError):
+        store.count()
+
+
+# ------------------------------------------------------------------ the SQLite file
+
+
+def test_sqlite_persists_across_reopen(tmp_path):
+    path = tmp_path / "nested" / "dir" / "node.db"  # parent directories are created
+    with SQLiteStore(path) as first:
+        first.put_many([record("a", b"bytes", 1), record("b", "text", 2), record("c", None, 3),
+                        record("top", "t", 1, position=TOP)])
+        first.set_meta("clock", b"123")
+    with SQLiteStore(str(path), synchronous="full") as second:
+        assert second.get("a").value == b"bytes"
+        assert second.get("b") == record("b", "text", 2)
+        assert second.get("c").is_tombstone
+        assert second.get("top").position == TOP
+        assert second.get_meta("clock") == b"123"
+        assert second.get_meta("format") == b"1"
+        assert not second.put(record("b", "stale", 1))
+
+
+def test_sqlite_uses_wal(tmp_path):
+    path = tmp_path / "node.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_refuses_a_second_opener(tmp_path):
+    # two nodes pointed at one data directory must not share (and corrupt) one store
+    path = tmp_path / "node.db"
+    with SQLiteStore(path) as first:
+        with pytest.raises(StorageError, match="locked") as caught:
+            SQLiteStore(path)
+        assert str(path) in str(caught.value)
+        first.put(record("k", "v", 1))
+    with SQLiteStore(path) as again:
+        assert again.get("k").value == "v"
+
+
+def test_sqlite_refuses_a_file_that_is_not_sqlite(tmp_path):
+    path = tmp_path / "garbage.db"
+    garbage = b"this is not a database " * 200
+    path.write_bytes(garbage)
+    with pytest.raises(StorageError, match="not a SQLite database") as caught:
+        SQLiteStore(path)
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == garbage  # left alone, not replaced by an empty store
+
+
+def test_sqlite_refuses_an_unknown_format(tmp_path):
+    path = tmp_path / "future.db"
+    with SQLiteStore(path) as store:
+        store.set_meta("format", b"999")
+    with pytest.raises(StorageError, match="format") as caught:
+        SQLiteStore(path)
+    assert str(path) in str(caught.value)
+
+
+def test_sqlite_refuses_a_foreign_database(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE something (x)")
+    conn.close()
+    with pytest.raises(StorageError, match="not a zring store") as caught:
+        SQLiteStore(path)
+    assert str(path) in str(caught.value)
+
+
+def test_sqlite_unopenable_path_is_a_storage_error(tmp_path):
+    with pytest.raises(StorageError) as caught:
+        SQLiteStore(tmp_path)  # a directory
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_sqlite_rejects_unknown_synchronous_mode(tmp_path):
+    with pytest.raises(ValueError):
+        SQLiteStore(tmp_path / "x.db", synchronous="sometimes; DROP TABLE records")
+
+
+# ------------------------------------------------------------------ both stores agree
+
+
+writes = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "ключ", "e"]),
+        st.one_of(st.none(), st.binary(max_size=4), st.text(max_size=4)),
+        st.integers(min_value=0, max_value=5),
+        st.sampled_from(["n1", "n2", "ü"]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=writes, batched=st.booleans())
+def test_random_writes_leave_each_key_at_its_greatest_version(writes, batched):
+    expected: dict[str, Record] = {}
+    stored_flags = []
+    for key, value, timestamp, node in writes:
+        rec = record(key, value, timestamp, node)
+        newer = key not in expected or rec.version > expected[key].version
+        stored_flags.append(newer)
+        if newer:
+            expected[key] = rec
+
+    with tempfile.TemporaryDirectory() as directory:
+        stores = [MemoryStore(), SQLiteStore(Path(directory) / "s.db")]
+        for store in stores:
+            records = [record(k, v, t, n) for k, v, t, n in writes]
+            if batched:
+                assert store.put_many(records) == sum(stored_flags)
+            else:
+                assert [store.put(r) for r in records] == stored_flags
+            for key, rec in expected.items():
+                held = store.get(key)
+                assert held == rec and type(held.value) is type(rec.value)
+            assert store.scan_range(0, TOP) == sorted(
+                expected.values(), key=lambda r: (r.position, r.key))
+            assert store.count() == sum(not r.is_tombstone for r in expected.values())
+            store.close()

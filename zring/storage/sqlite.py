@@ -1,0 +1,325 @@
+"""SQLite store: the durable default, one file per node.
+
+One connection in WAL mode with explicit transactions. Last writer wins is decided inside the
+upsert itself, so a put is one statement and a batch is one ``executemany``. Ring positions are
+unsigned 64-bit but SQLite integers are signed, so a position is stored shifted down by 2**63,
+which keeps their order. This module does file I/O only: no clock, no sleeping, no threads
+(SQLite's busy handler waits at most ``BUSY_TIMEOUT_MS``, and only if another process holds
+the file).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from zring.errors import StorageError
+from zring.hashing import RING_SIZE
+from zring.storage.base import Record, Store
+from zring.versions import Version
+
+__all__ = ["BUSY_TIMEOUT_MS", "CACHE_KIB", "FORMAT_VERSION", "SQLiteStore"]
+
+FORMAT_VERSION = b"1"  # bump with any change to the schema or to how a column is encoded
+BUSY_TIMEOUT_MS = 100  # only another process can hold the file; never stall the poll loop long
+CACHE_KIB = 64 * 1024  # page cache ceiling: random-key inserts slow down ~2x once it thrashes
+_SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+_MIN_SQLITE = (3, 24, 0)  # upsert (3.24) and row-value comparison (3.15)
+
+_POSITION_SHIFT = 1 << 63  # stored pos = position - 2**63: signed, same order
+_TIMESTAMP_LIMIT = 1 << 63
+_KEYS_BATCH = 1000
+
+_SCHEMA = (
+    """
+    CREATE TABLE records (
+        key    TEXT PRIMARY KEY NOT NULL,
+        value,                   -- untyped: TEXT stays str, BLOB stays bytes; NULL: tombstone
+        ts     INTEGER NOT NULL, -- version timestamp (HLC)
+        writer TEXT NOT NULL,    -- version node id
+        pos    INTEGER NOT NULL  -- ring position - 2**63
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX records_by_position ON records (pos, key)",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+)
+
+_UPSERT = """
+INSERT INTO records (key, value, ts, writer, pos) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    value = excluded.value, ts = excluded.ts, writer = excluded.writer, pos = excluded.pos
+WHERE (excluded.ts, excluded.writer) > (records.ts, records.writer)
+"""
+_GET = "SELECT value, ts, writer, pos FROM records WHERE key = ?"
+_SCAN = """
+SELECT key, value, ts, writer, pos FROM records
+WHERE pos BETWEEN ? AND ? ORDER BY pos, key LIMIT ?
+"""
+_DELETE_RANGE = "DELETE FROM records WHERE pos BETWEEN ? AND ?"
+_DELETE_KEY = "DELETE FROM records WHERE key = ?"
+_KEYS_FIRST = "SELECT pos, key, value IS NULL FROM records ORDER BY pos, key LIMIT ?"
+_KEYS_NEXT = """
+SELECT pos, key, value IS NULL FROM records
+WHERE (pos, key) > (?, ?) ORDER BY pos, key LIMIT ?
+"""
+_COUNT_ALL = "SELECT count(*) FROM records"
+_COUNT_LIVE = "SELECT count(*) FROM records WHERE value IS NOT NULL"
+_GET_META = "SELECT value FROM meta WHERE name = ?"
+_SET_META = """
+INSERT INTO meta (name, value) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+"""
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def _translating_errors(method: _Method) -> _Method:
+    """Re-raise any ``sqlite3.Error`` from ``method`` as a ``StorageError`` naming the file."""
+
+    @functools.wraps(method)
+    def translated(self: SQLiteStore, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+
+    return translated  # type: ignore[return-value]
+
+
+class SQLiteStore(Store):
+    """A ``Store`` in the SQLite file at ``path`` (created, with its directory, if missing).
+
+    ``synchronous="NORMAL"`` (the default) survives a crash of the process; ``"FULL"`` also
+    survives power loss, at the price of an fsync per commit.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self._closed = False
+        synchronous = synchronous.upper()
+        if synchronous not in _SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old for {self.path}; "
+                               f"zring needs {'.'.join(map(str, _MIN_SQLITE))} or newer")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory for {self.path}: {exc}",
+                               path=str(self.path)) from exc
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+        self._cursor = self._conn.cursor()  # reused: saves a cursor object per call
+        try:
+            self._configure(synchronous)
+            self._open_schema()
+        except BaseException:
+            self._conn.close()
+            self._closed = True
+            raise
+
+    # ------------------------------------------------------------------ records
+
+    @_translating_errors
+    def get(self, key: str) -> Record | None:
+        # fetchall, not fetchone: reading to the end resets the statement, which ends the
+        # read transaction instead of holding a WAL snapshot open until the next call
+        rows = self._cursor.execute(_GET, (key,)).fetchall()
+        if not rows:
+            return None
+        value, timestamp, writer, pos = rows[0]
+        return Record(key, value, Version(timestamp, writer), pos + _POSITION_SHIFT)
+
+    @_translating_errors
+    def put(self, record: Record) -> bool:
+        self._cursor.execute(_UPSERT, _row(record))  # autocommit: one statement, one commit
+        return self._cursor.rowcount > 0
+
+    @_translating_errors
+    def put_many(self, records: Iterable[Record]) -> int:
+        with self._transaction():
+            self._cursor.executemany(_UPSERT, map(_row, records))
+            return self._cursor.rowcount
+
+    @_translating_errors
+    def scan_range(self, low: int, high: int, *, after: int | None = None,
+                   limit: int = 1000) -> list[Record]:
+        """See ``Store.scan_range``. A page never ends partway through records that share a
+        position (a hash collision), so paging with ``after=page[-1].position`` skips nothing.
+        To keep that promise a page may hold fewer than ``limit`` records, or, only when more
+        than ``limit`` records share one position, all of them."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = low if after is None else max(low, after + 1)
+        if start > high:
+            return []
+        rows = self._scan(start, high, limit + 1)
+        if len(rows) > limit:
+            rows = self._whole_position_groups(rows, limit)
+        shift = _POSITION_SHIFT
+        return [Record(key, value, Version(timestamp, writer), pos + shift)
+                for key, value, timestamp, writer, pos in rows]
+
+    @_translating_errors
+    def delete_range(self, low: int, high: int) -> int:
+        if low > high:
+            return 0
+        self._cursor.execute(_DELETE_RANGE, (low - _POSITION_SHIFT, high - _POSITION_SHIFT))
+        return self._cursor.rowcount
+
+    @_translating_errors
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        with self._transaction():
+            self._cursor.executemany(_DELETE_KEY, ((key,) for key in keys))
+            return self._cursor.rowcount
+
+    def keys(self, *, include_tombstones: bool = False) -> Iterator[str]:
+        """Every key in position order, read in batches so no statement stays open while the
+        caller holds the iterator (the caller may write to the store meanwhile)."""
+        try:
+            rows = self._conn.execute(_KEYS_FIRST, (_KEYS_BATCH,)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+        return self._iter_keys(rows, include_tombstones)
+
+    @_translating_errors
+    def count(self, *, include_tombstones: bool = False) -> int:
+        query = _COUNT_ALL if include_tombstones else _COUNT_LIVE
+        return self._cursor.execute(query).fetchall()[0][0]
+
+    # ------------------------------------------------------------------ meta
+
+    @_translating_errors
+    def get_meta(self, name: str) -> bytes | None:
+        rows = self._cursor.execute(_GET_META, (name,)).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    @_translating_errors
+    def set_meta(self, name: str, value: bytes) -> None:
+        # autocommit: committed on return, as durable as ``synchronous`` makes it
+        self._cursor.execute(_SET_META, (name, bytes(value)))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._conn.close()
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        if self._closed:
+            return StorageError(f"store {self.path} is closed", path=str(self.path))
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            return StorageError(f"store {self.path} is locked: is another node or process "
+                                f"using it? ({exc})", path=str(self.path))
+        return StorageError(f"store {self.path}: {exc}", path=str(self.path))
+
+    def _configure(self, synchronous: str) -> None:
+        try:
+            # Exclusive locking, set before the first read of the file: the connection keeps
+            # its file lock instead of taking and dropping it per transaction (half the cost
+            # of a get), WAL needs no shared-memory file, and a second process opening the
+            # same store (two nodes given one data directory) fails fast instead of sharing it.
+            self._conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            # the first statement that reads the file: a file that is not SQLite fails here
+            journal_mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                raise StorageError(f"{self.path} is not a zring store (not a SQLite database)",
+                                   path=str(self.path)) from exc
+            raise self._storage_error(exc) from exc
+        if journal_mode.lower() != "wal" and str(self.path) != ":memory:":
+            raise StorageError(f"cannot put {self.path} in WAL mode (journal mode stays "
+                               f"{journal_mode!r}); is it on a network file system?",
+                               path=str(self.path))
+
+    @_translating_errors
+    def _open_schema(self) -> None:
+        """Create the tables in an empty file, or check that the file is a store we can read."""
+        with self._transaction():
+            tables = {name for (name,) in self._cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+            if not tables:
+                for statement in _SCHEMA:
+                    self._cursor.execute(statement)
+                self._cursor.execute(_SET_META, ("format", FORMAT_VERSION))
+                return
+            if not {"records", "meta"} <= tables:
+                raise StorageError(f"{self.path} is a SQLite database but not a zring store "
+                                   f"(it has tables {sorted(tables)})", path=str(self.path))
+            rows = self._cursor.execute(_GET_META, ("format",)).fetchall()
+            found = rows[0][0] if rows else None
+            if found != FORMAT_VERSION:
+                raise StorageError(f"{self.path} has storage format {found!r}; this version of "
+                                   f"zring reads format {FORMAT_VERSION!r} only",
+                                   path=str(self.path))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:  # SQLite rolls back by itself after some I/O errors
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _scan(self, low: int, high: int, limit: int) -> list[tuple]:
+        return self._cursor.execute(
+            _SCAN, (low - _POSITION_SHIFT, high - _POSITION_SHIFT, limit)).fetchall()
+
+    def _whole_position_groups(self, rows: list[tuple], limit: int) -> list[tuple]:
+        """Cut ``rows`` (``limit + 1`` long) to at most ``limit`` without splitting a
+        position group; if one group fills the page, return the whole group."""
+        last_pos = rows[limit - 1][4]
+        if rows[limit][4] != last_pos:
+            return rows[:limit]
+        end = limit - 1
+        while end > 0 and rows[end - 1][4] == last_pos:
+            end -= 1
+        if end > 0:
+            return rows[:end]
+        return self._cursor.execute(
+            "SELECT key, value, ts, writer, pos FROM records WHERE pos = ? ORDER BY key",
+            (last_pos,)).fetchall()
+
+    def _iter_keys(self, rows: list[tuple], include_tombstones: bool) -> Iterator[str]:
+        while rows:
+            for _, key, is_tombstone in rows:
+                if include_tombstones or not is_tombstone:
+                    yield key
+            if len(rows) < _KEYS_BATCH:
+                return
+            last_pos, last_key, _ = rows[-1]
+            try:
+                rows = self._conn.execute(_KEYS_NEXT, (last_pos, last_key, _KEYS_BATCH)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc) from exc
+
+
+def _row(record: Record) -> tuple:
+    """``record`` as upsert parameters, checked against the column ranges."""
+    key, value, (timestamp, writer), position = record
+    if not 0 <= position < RING_SIZE:
+        raise ValueError(f"position {position} of {key!r} is outside [0, 2**64)")
+    if not 0 <= timestamp < _TIMESTAMP_LIMIT:
+        raise ValueError(f"timestamp {timestamp} of {key!r} is outside [0, 2**63)")
+    return key, value, timestamp, writer, position - _POSITION_SHIFT
