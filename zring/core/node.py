@@ -25,14 +25,15 @@ import structlog
 from zring.config import NodeConfig
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush
-from zring.errors import (InvalidRequest, NotMember, ProtocolError, Unavailable, ZringError)
+from zring.errors import (InvalidRequest, MembershipConflict, NotMember, ProtocolError,
+                          Unavailable, ZringError)
 from zring.hashing import key_position
 from zring.membership import Member, MemberStatus, MemberTable
-from zring.protocol import (CLIENT_TYPES, Message, MsgType, decode, encode, record_from_wire,
+from zring.protocol import (CLIENT_TYPES, Message, MsgType, decode, record_from_wire,
                             record_to_wire)
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Record, Store
-from zring.versions import HybridClock, Version
+from zring.versions import HybridClock
 
 __all__ = ["NodeCore"]
 
@@ -105,6 +106,8 @@ class NodeCore:
         self._takeovers: list[RangePull] = []
         self._push: RecordPush | None = None
         self._push_kind = ""
+        self._push_reply: tuple[tuple[bytes, ...], int] | None = None  # who awaits a rebalance
+        self._future: HashRing | None = None  # the ring once joins/leaves complete (cached)
         self._left_at: float | None = None
         self.stats: dict[str, int] = defaultdict(int)
         self.log = log.bind(node_id=config.node_id)
@@ -430,8 +433,7 @@ class NodeCore:
         return [node for node in future.get_nodes_at(position, n) if node not in natural]
 
     def _future_ring(self) -> HashRing | None:
-        joining = [m for m in self.members.all() if m.status == MemberStatus.JOINING
-                   and m.node_id in self._known_streaming]
+        joining = self.members.with_status(MemberStatus.JOINING)
         leaving = self.members.with_status(MemberStatus.LEAVING)
         if not joining and not leaving:
             return None
@@ -444,9 +446,6 @@ class NodeCore:
                     future.remove_node(member.node_id)
             self._future = future
         return self._future
-
-    _future: HashRing | None = None
-    _known_streaming: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ peer: data
 
@@ -563,7 +562,7 @@ class NodeCore:
         if member is not None and member.status in (MemberStatus.NORMAL, MemberStatus.JOINING):
             body = {"node_id": node_id, "status": member.status.name.lower()}
             return [Reply(route, Message(MsgType.OK, message.request_id, body))]
-        self._check_no_change_in_progress(node_id)
+        self._check_no_change_in_progress(node_id, now)
 
         def on_admitted(node: str, reply: Message | None, t: float) -> list[Effect]:
             if reply is None:
@@ -589,7 +588,7 @@ class NodeCore:
         if member.status == MemberStatus.LEAVING:
             return [Reply(route, Message(MsgType.OK, message.request_id,
                                          {"node_id": node_id, "status": "leaving"}))]
-        self._check_no_change_in_progress(node_id)
+        self._check_no_change_in_progress(node_id, now)
         if node_id == self.config.node_id:
             return self._on_leave(route, message, now)
 
@@ -600,12 +599,14 @@ class NodeCore:
             return [Reply(route, reply_as(reply, message.request_id))]
         return self._call(node_id, MsgType.LEAVE, {}, on_leaving, now)
 
-    def _check_no_change_in_progress(self, node_id: str) -> None:
+    def _check_no_change_in_progress(self, node_id: str, now: float) -> None:
+        """One membership change at a time: two overlapping ones would stream against a
+        ring that is about to change again."""
         busy = [m.node_id for m in self.members.all()
                 if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
-                and m.node_id != node_id and self.members.is_up(m.node_id, 0, float("inf"))]
+                and m.node_id != node_id
+                and self.members.is_up(m.node_id, now, self.config.down_after_s)]
         if busy:
-            from zring.errors import MembershipConflict
             raise MembershipConflict(f"a membership change is in progress ({', '.join(busy)}); "
                                      "retry when it completes")
 
@@ -723,8 +724,6 @@ class NodeCore:
         self.log.info("rebalance_started")
         return self._pump_streams(now)
 
-    _push_reply: tuple | None = None
-
     # ------------------------------------------------------------------ membership
 
     def _merge(self, records: list[Member], now: float) -> list[Effect]:
@@ -736,8 +735,6 @@ class NodeCore:
         """Rebuild the ring from the member table; act on what moved."""
         self._save_members()
         self._future = None
-        self._known_streaming = frozenset(m.node_id for m in self.members.all()
-                                          if m.status == MemberStatus.JOINING)
         effects = self._sync_subscriptions()
         new_weights = self.members.ring_weights()
         if new_weights == self.ring.weights:
@@ -966,10 +963,6 @@ class NodeCore:
                     "sent": push.records_sent, "dropped": push.records_dropped})))
         return effects
 
-    def status_summary(self) -> dict:
-        return {"node_id": self.config.node_id, "status": self.members.own.status.name,
-                "pending_calls": len(self._calls), "streams": len(self._streams())}
-
     _handlers: dict = {}
 
 
@@ -1015,5 +1008,3 @@ def _newest(records) -> Record | None:
             newest = record
     return newest
 
-
-__all__ += ["encode", "Version"]
