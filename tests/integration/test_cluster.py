@@ -20,7 +20,15 @@ KEYS = 10_000
 
 @pytest.fixture
 def cluster(tmp_path):
+    """A private cluster for tests that kill, stop, add or remove nodes."""
     with TestCluster(tmp_path, nodes=3, spares=1) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One cluster for the tests that only read and write (each uses its own keys)."""
+    with TestCluster(tmp_path_factory.mktemp("shared")) as running:
         yield running
 
 
@@ -29,25 +37,25 @@ def local_placements(cluster: TestCluster, names) -> dict[str, set[str]]:
     return {name: set(client.local_keys(name)) for name in names}
 
 
-def test_put_get_delete_through_every_node(cluster):
-    client = cluster.client("node1")
+def test_put_get_delete_through_every_node(shared):
+    client = shared.client("node1")
     result = client.put("greeting", "hello")
     assert result.success and len(result.stored_on) >= 2
     assert sorted(result.replicated_to) == ["node1", "node2", "node3"]
     for name in ("node1", "node2", "node3"):
-        got = cluster.client(name).get("greeting")
+        got = shared.client(name).get("greeting")
         assert got.found and got.value == "hello"
     client.put("blob", b"\x00\x01")
-    assert cluster.client("node2").get("blob").value == b"\x00\x01"
+    assert shared.client("node2").get("blob").value == b"\x00\x01"
     assert client.delete("greeting").success
-    assert not cluster.client("node3").get("greeting").found
+    assert not shared.client("node3").get("greeting").found
     assert client.get_node("blob") == client.get_nodes("blob", 3)[0]
     assert sorted(m.node_id for m in client.cluster_status().members) == \
         ["node1", "node2", "node3"]
 
 
-def test_cli_round_trip(cluster):
-    seeds = ["--seeds", ",".join(cluster.seeds)]
+def test_cli_round_trip(shared):
+    seeds = ["--seeds", ",".join(shared.seeds)]
 
     def zring(*args):
         return subprocess.run([sys.executable, "-m", "zring.cli", *seeds, *args],
@@ -63,12 +71,12 @@ def test_cli_round_trip(cluster):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "error" in bad.stderr
 
 
-def test_rf1_spreads_keys_evenly_over_three_nodes(cluster):
-    client = cluster.client()
+def test_rf1_spreads_keys_evenly_over_three_nodes(shared):
+    client = shared.client()
     for i in range(KEYS):
-        client.put(f"key_{i}", b"v", replicas=1, w=1)
-    counts = [len(keys) for keys in local_placements(cluster, ["node1", "node2", "node3"])
-              .values()]
+        client.put(f"rf1_{i}", b"v", replicas=1, w=1)
+    placements = local_placements(shared, ["node1", "node2", "node3"]).values()
+    counts = [sum(key.startswith("rf1_") for key in keys) for keys in placements]
     assert sum(counts) == KEYS
     assert statistics.pstdev(counts) < 0.10 * statistics.mean(counts), counts
 
@@ -177,13 +185,13 @@ def raw_request(address: str, *frames: bytes, timeout_ms: int = 3000):
     (msgpack.packb([11, 9]), "protocol"),                               # truncated message
     (msgpack.packb([[[[[[[[[[[]]]]]]]]]]]), "protocol"),                # nested junk
 ])
-def test_bad_frames_get_an_error_reply_and_the_node_keeps_serving(cluster, frame, code):
-    reply = raw_request(cluster.addresses["node1"], frame)
+def test_bad_frames_get_an_error_reply_and_the_node_keeps_serving(shared, frame, code):
+    reply = raw_request(shared.addresses["node1"], frame)
     assert reply is not None and reply[0] == 2 and reply[2]["code"] == code, reply
-    assert cluster.client("node1").put("after-bad-frame", b"ok").success
+    assert shared.client("node1").put("after-bad-frame", b"ok").success
 
 
-def test_frames_that_cannot_be_answered_are_dropped(cluster):
-    assert raw_request(cluster.addresses["node1"], b"a", b"b", b"c", b"d", b"e",
+def test_frames_that_cannot_be_answered_are_dropped(shared):
+    assert raw_request(shared.addresses["node1"], b"a", b"b", b"c", b"d", b"e",
                        timeout_ms=500) is None
-    assert cluster.client("node1").get("anything").found is False
+    assert shared.client("node1").get("anything").found is False
