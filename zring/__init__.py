@@ -1,0 +1,75 @@
+"""zring: a replicated key-value cluster on a consistent-hash ring, over ZeroMQ.
+
+    from zring import Client
+    with Client() as client:              # seeds from $ZRING_SEEDS, else 127.0.0.1:7001..7003
+        client.put("k", b"v")
+        client.get("k").value
+
+``import zring`` stays light: the errors load at once; the client (pyzmq) and the ring
+(numpy) load on first use of their names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zring.errors import (
+    InvalidRequest,
+    MembershipConflict,
+    NotMember,
+    ProtocolError,
+    StorageError,
+    Timeout,
+    Unavailable,
+    ZringError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Client": "zring.client",
+    "PutResult": "zring.client",
+    "GetResult": "zring.client",
+    "DeleteResult": "zring.client",
+    "RingState": "zring.client",
+    "RingNode": "zring.client",
+    "ClusterStatus": "zring.client",
+    "MemberInfo": "zring.client",
+    "MembershipResult": "zring.client",
+    "HashRing": "zring.ring",
+}
+
+__all__ = [
+    "Client", "ClusterStatus", "DeleteResult", "GetResult", "HashRing", "InvalidRequest",
+    "MemberInfo", "MembershipConflict", "MembershipResult", "NotMember", "ProtocolError",
+    "PutResult", "RingNode", "RingState", "StorageError", "Timeout", "Unavailable",
+    "ZringError", "__version__",
+]
+
+if TYPE_CHECKING:
+    from zring.client import (
+        Client,
+        ClusterStatus,
+        DeleteResult,
+        GetResult,
+        MemberInfo,
+        MembershipResult,
+        PutResult,
+        RingNode,
+        RingState,
+    )
+    from zring.ring import HashRing
+
+
+def __getattr__(name: str):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'zring' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -27,8 +27,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import xxhash
@@ -45,8 +44,7 @@ _SPLIT = 0xFFFF          # direct-table marker: a token splits this bucket, so b
 _MAX_NODES = _SPLIT - 1  # node indices must fit the 16-bit tables
 
 
-@dataclass(frozen=True, slots=True)
-class RangeChange:
+class RangeChange(NamedTuple):
     """Positions ``(start, end]`` (clockwise, wrapping past 2**64 - 1 when ``start >= end``)
     whose preference list is ``old_nodes`` in one ring and ``new_nodes`` in the other."""
 
@@ -274,26 +272,32 @@ class HashRing:
         return sum(table.itemsize * len(table)
                    for table in (self._tokens, self._owner_ids, self._starts, self._direct))
 
-    def _ranges_reaching(self, nodes: set[str], count: int) -> Iterator[tuple[int, int]]:
-        """Token ranges ``(start, end]`` whose ``count``-node preference list contains one of
-        ``nodes``: for each of their tokens, walk counter-clockwise while the walk from there
-        would still reach that token before collecting ``count`` distinct nodes."""
-        tokens, owner_ids, names = self._tokens, self._owner_ids, self._names
-        size = len(tokens)
-        targets = {i for i, name in enumerate(names) if name in nodes}
-        if not targets:
-            return
-        for index in range(size):
-            if owner_ids[index] not in targets:
-                continue
-            seen: set[int] = set()
-            k = index
-            for _ in range(size):
-                yield tokens[k - 1], tokens[k]
-                k = k - 1 if k else size - 1
-                seen.add(owner_ids[k])
-                if len(seen) >= count or owner_ids[k] in targets:
-                    break
+    def _preference_table(self, count: int) -> np.ndarray:
+        """Row ``i``: the preference list (node indices) of the range ending at token ``i``.
+
+        Vectorised walk: step ``d`` looks at the owner ``d`` tokens ahead for every row that
+        still lacks members, so the work is the total walk length, done in numpy.
+        """
+        self._ensure_built()
+        size = len(self._tokens)
+        wanted = min(count, len(self._names) - 1)
+        owners = np.frombuffer(self._owner_ids, dtype=np.uint16)[:size]
+        table = np.full((size, max(wanted, 1)), _SPLIT, dtype=np.uint16)
+        if size == 0 or wanted < 1:
+            return table[:, :0]
+        table[:, 0] = owners
+        filled = np.ones(size, dtype=np.int64)
+        pending = np.arange(size) if wanted > 1 else np.arange(0)
+        step = 1
+        while pending.size and step < size:
+            candidates = owners[(pending + step) % size]
+            fresh = ~(table[pending] == candidates[:, None]).any(axis=1)
+            rows = pending[fresh]
+            table[rows, filled[rows]] = candidates[fresh]
+            filled[rows] += 1
+            pending = pending[filled[pending] < wanted]
+            step += 1
+        return table
 
     # ---------------------------------------------------------------- build
 
@@ -338,65 +342,72 @@ class HashRing:
 def ring_changes(old: HashRing, new: HashRing, count: int) -> list[RangeChange]:
     """The ranges whose ``count``-node preference list differs between ``old`` and ``new``.
 
-    A preference list can only change where the old or the new one contains a node whose
-    tokens changed (joined, left or re-weighted): a walk that meets none of their tokens sees
-    the same nodes in both rings. So only the few ranges just counter-clockwise of those
-    tokens are examined, split at the other ring's tokens, and compared. Adjacent ranges with
-    the same change are merged. The result is sorted by ``end``.
+    Every token of either ring bounds a range; for each such elementary range the two
+    preference lists are looked up in each ring's preference table and compared, all in
+    numpy. Adjacent ranges with the same change are merged. The result is sorted by ``end``.
     """
     if count < 1:
         raise ValueError("count must be >= 1")
-    if old.vnodes != new.vnodes:
-        changed = set(old.weights) | set(new.weights)
-    else:
-        old_w, new_w = old.weights, new.weights
-        changed = {n for n in old_w.keys() | new_w.keys() if old_w.get(n) != new_w.get(n)}
-    if not changed:
+    if old.vnodes == new.vnodes and old.weights == new.weights:
         return []
     old._ensure_built()
     new._ensure_built()
-    pieces: set[tuple[int, int]] = set()
-    for ring, other in ((old, new), (new, old)):
-        for start, end in ring._ranges_reaching(changed, count):
-            pieces.update(_split(start, end, other._tokens))
-    changes = []
-    for start, end in pieces:
-        before = tuple(old.get_nodes_at(end, count))
-        after = tuple(new.get_nodes_at(end, count))
-        if before != after:
-            changes.append(RangeChange(start, end, before, after))
-    changes.sort(key=lambda change: change.end)
-    return _merge_adjacent(changes)
+    names = sorted(set(old.nodes) | set(new.nodes))
+    none = len(names)
+    width = min(count, len(names))
+    old_tokens = np.frombuffer(old._tokens, dtype=np.uint64)
+    new_tokens = np.frombuffer(new._tokens, dtype=np.uint64)
+    bounds = np.union1d(old_tokens, new_tokens)
+    old_lists = _lists_at(old, old_tokens, bounds, count, names, width)
+    new_lists = _lists_at(new, new_tokens, bounds, count, names, width)
+    differs = (old_lists != new_lists).any(axis=1)
+    starts = np.roll(bounds, 1)
+    changed = np.nonzero(differs)[0]
+    if changed.size == 0:
+        return []
+    # merge runs of adjacent ranges that change the same way
+    same_as_previous = np.zeros(changed.size, dtype=bool)
+    same_as_previous[1:] = (changed[1:] == changed[:-1] + 1) & (
+        old_lists[changed[1:]] == old_lists[changed[:-1]]).all(axis=1) & (
+        new_lists[changed[1:]] == new_lists[changed[:-1]]).all(axis=1)
+    run_starts = np.nonzero(~same_as_previous)[0]
+    run_ends = np.append(run_starts[1:], changed.size) - 1
+    firsts, lasts = changed[run_starts], changed[run_ends]
+    node_tuples: dict[tuple[int, ...], tuple[str, ...]] = {}  # few distinct lists: share them
+
+    def as_names(row: list[int]) -> tuple[str, ...]:
+        key = tuple(row)
+        found = node_tuples.get(key)
+        if found is None:
+            found = node_tuples[key] = tuple(names[i] for i in row if i != none)
+        return found
+
+    changes = [RangeChange(start, end, as_names(before), as_names(after))
+               for start, end, before, after in zip(
+                   starts[firsts].tolist(), bounds[lasts].tolist(),
+                   old_lists[firsts].tolist(), new_lists[firsts].tolist())]
+    if len(changes) > 1:  # the first and last range may meet across position 0
+        head, tail = changes[0], changes[-1]
+        if (tail.end == head.start and tail.end != head.end
+                and (tail.old_nodes, tail.new_nodes) == (head.old_nodes, head.new_nodes)):
+            changes[0] = RangeChange(tail.start, head.end, head.old_nodes, head.new_nodes)
+            changes.pop()
+    return changes
 
 
-def _split(start: int, end: int, cuts: array) -> Iterator[tuple[int, int]]:
-    """``(start, end]`` cut at every position of sorted ``cuts`` strictly inside it."""
-    if start < end:
-        inside = cuts[bisect_left(cuts, start + 1): bisect_left(cuts, end)]
-    else:  # wraps (or is the whole ring when start == end)
-        inside = chain(cuts[bisect_left(cuts, start + 1):], cuts[: bisect_left(cuts, end)])
-    previous = start
-    for cut in inside:
-        if cut != previous:
-            yield previous, cut
-            previous = cut
-    if previous != end or start == end:
-        yield previous, end
-
-
-def _merge_adjacent(changes: list[RangeChange]) -> list[RangeChange]:
-    merged: list[RangeChange] = []
-    for change in changes:
-        last = merged[-1] if merged else None
-        if (last is not None and last.end == change.start
-                and (last.old_nodes, last.new_nodes) == (change.old_nodes, change.new_nodes)):
-            merged[-1] = RangeChange(last.start, change.end, last.old_nodes, last.new_nodes)
-        else:
-            merged.append(change)
-    if len(merged) > 1:  # the first and last range may meet across position 0
-        first, last = merged[0], merged[-1]
-        if (last.end == first.start and last.end != first.end
-                and (last.old_nodes, last.new_nodes) == (first.old_nodes, first.new_nodes)):
-            merged[0] = RangeChange(last.start, first.end, first.old_nodes, first.new_nodes)
-            merged.pop()
-    return merged
+def _lists_at(ring: HashRing, tokens: np.ndarray, positions: np.ndarray, count: int,
+              names: list[str], width: int) -> np.ndarray:
+    """Preference lists of ``ring`` at ``positions``, as indices into ``names`` padded with
+    ``len(names)`` to ``width`` columns."""
+    none = len(names)
+    lists = np.full((len(positions), width), none, dtype=np.int64)
+    if len(tokens) == 0:
+        return lists
+    table = ring._preference_table(count)
+    index = np.searchsorted(tokens, positions, side="left")
+    index[index == len(tokens)] = 0
+    remap = np.array([names.index(n) for n in ring._names[:-1]] + [none], dtype=np.int64)
+    rows = table[index].astype(np.int64)
+    rows[rows == _SPLIT] = len(remap) - 1
+    lists[:, :rows.shape[1]] = remap[rows]
+    return lists

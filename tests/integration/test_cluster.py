@@ -9,8 +9,8 @@ import sys
 import msgpack
 import pytest
 import zmq
-
 from cluster import TestCluster, wait_for
+
 from zring import InvalidRequest, Unavailable
 
 pytestmark = pytest.mark.integration

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from simnet import CLIENT, SimCluster
+
 from zring.membership import MemberStatus
 from zring.protocol import Message, MsgType, encode
 
@@ -189,8 +189,8 @@ def test_forced_removal_rebuilds_replicas_from_survivors(cluster):
 
 def test_rebalance_moves_misplaced_keys_to_their_owners(cluster):
     core = cluster.node("node1")
-    from zring.storage.base import Record
     from zring.hashing import key_position
+    from zring.storage.base import Record
     from zring.versions import Version
     # plant keys on node1 only, as if written with n=1 elsewhere
     for i in range(50):

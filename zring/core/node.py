@@ -25,12 +25,17 @@ import structlog
 from zring.config import NodeConfig
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush
-from zring.errors import (InvalidRequest, MembershipConflict, NotMember, ProtocolError,
-                          Unavailable, ZringError)
+from zring.errors import (
+    InvalidRequest,
+    MembershipConflict,
+    NotMember,
+    ProtocolError,
+    Unavailable,
+    ZringError,
+)
 from zring.hashing import key_position
 from zring.membership import Member, MemberStatus, MemberTable
-from zring.protocol import (CLIENT_TYPES, Message, MsgType, decode, record_from_wire,
-                            record_to_wire)
+from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Record, Store
 from zring.versions import HybridClock

@@ -1,0 +1,618 @@
+"""Client and `zring` command: argument parsing, result decoding, retries, exit codes.
+
+Nothing here starts a node. The transport tests talk to a scripted ROUTER over ``inproc://``
+in this process (the client uses the shared ZMQ context), so they need no ports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import ClassVar
+
+import pytest
+import zmq
+
+import zring
+from zring import cli
+from zring.client import (
+    DEFAULT_SEEDS,
+    Client,
+    ClusterStatus,
+    GetResult,
+    MemberInfo,
+    PutResult,
+    RingNode,
+    RingState,
+    parse_seeds,
+    seeds_from_env,
+)
+from zring.errors import (
+    InvalidRequest,
+    MembershipConflict,
+    NotMember,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    ZringError,
+)
+from zring.protocol import Message, MsgType, decode, encode
+from zring.versions import Version
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def member(node_id="n1", status="normal", liveness="up", keys=10, ownership=0.5, weight=1.0):
+    return MemberInfo(node_id, f"tcp://127.0.0.1:700{node_id[-1]}", status, liveness, keys,
+                      ownership, weight)
+
+
+# ------------------------------------------------------------------ seeds
+
+
+def test_parse_seeds_accepts_str_and_list_and_adds_tcp():
+    assert parse_seeds("tcp://a:1, b:2,,") == ["tcp://a:1", "tcp://b:2"]
+    assert parse_seeds(["tcp://a:1", " ipc:///tmp/x "]) == ["tcp://a:1", "ipc:///tmp/x"]
+    assert parse_seeds("") == []
+
+
+def test_seeds_from_env_or_default():
+    assert seeds_from_env({"ZRING_SEEDS": "tcp://h:1,tcp://h:2"}) == ["tcp://h:1", "tcp://h:2"]
+    assert seeds_from_env({}) == list(DEFAULT_SEEDS)
+    assert seeds_from_env({"ZRING_SEEDS": " "}) == list(DEFAULT_SEEDS)
+    assert DEFAULT_SEEDS == ("tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002",
+                             "tcp://127.0.0.1:7003")
+
+
+def test_client_seeds_default_from_env(monkeypatch):
+    monkeypatch.setenv("ZRING_SEEDS", "tcp://10.0.0.1:7001,tcp://10.0.0.2:7001")
+    assert Client().seeds == ["tcp://10.0.0.1:7001", "tcp://10.0.0.2:7001"]
+    monkeypatch.delenv("ZRING_SEEDS")
+    assert Client().seeds == list(DEFAULT_SEEDS)
+    assert Client("tcp://x:1").seeds == ["tcp://x:1"]
+
+
+@pytest.mark.parametrize("kwargs", [{"seeds": ""}, {"seeds": []}, {"timeout": 0},
+                                    {"timeout": "5"}, {"retries": -1}, {"retries": 1.5}])
+def test_client_rejects_bad_settings(kwargs):
+    kwargs.setdefault("seeds", "tcp://x:1")
+    with pytest.raises(InvalidRequest):
+        Client(**kwargs)
+
+
+# ------------------------------------------------------------------ requests (no sockets)
+
+
+class Recorder(Client):
+    """A client whose transport records requests and answers from a table."""
+
+    def __init__(self, replies=None):
+        super().__init__("tcp://unused:1")
+        self.sent: list[tuple[MsgType, dict]] = []
+        self.replies = replies or {}
+
+    def _execute(self, msg_type, body, timeout=None, retries=None):
+        self.sent.append((msg_type, body))
+        reply = self.replies.get(msg_type, {})
+        return reply() if callable(reply) else reply
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.put(1, b"v"), lambda c: c.put(b"k", b"v"), lambda c: c.put("k", 1),
+    lambda c: c.put("k", bytearray(b"v")), lambda c: c.put("k", "v", w="2"),
+    lambda c: c.put("k", "v", replicas=True), lambda c: c.get(None), lambda c: c.get("k", r=1.0),
+    lambda c: c.delete(3), lambda c: c.get_nodes(1, 2), lambda c: c.local_keys(7),
+])
+def test_argument_types_checked_before_sending(call):
+    client = Recorder()
+    with pytest.raises(InvalidRequest):
+        call(client)
+    assert client.sent == []
+
+
+def test_request_bodies():
+    version = [123 << 16, "n1"]
+    client = Recorder({
+        MsgType.PUT: {"version": version, "stored_on": ["n1", "n2"],
+                      "replicated_to": ["n1", "n2", "n3"]},
+        MsgType.GET: {"found": True, "value": b"v", "version": version, "served_by": ["n2"]},
+        MsgType.DELETE: {"version": version, "stored_on": ["n1"], "replicated_to": ["n1"]},
+    })
+    put = client.put("k", b"v", replicas=3, w=2)
+    assert put == PutResult(True, ("n1", "n2"), ("n1", "n2", "n3"), Version(123 << 16, "n1"))
+    got = client.get("k", r=1)
+    assert got == GetResult(b"v", True, ("n2",), Version(123 << 16, "n1"))
+    assert client.delete("k").stored_on == ("n1",)
+    assert client.sent == [
+        (MsgType.PUT, {"key": "k", "value": b"v", "n": 3, "w": 2}),
+        (MsgType.GET, {"key": "k", "n": None, "r": 1}),
+        (MsgType.DELETE, {"key": "k", "n": None, "w": None}),
+    ]
+    with pytest.raises(AttributeError):  # frozen
+        put.success = False
+
+
+def test_get_not_found():
+    client = Recorder({MsgType.GET: {"found": False, "value": None, "version": None,
+                                     "served_by": ["n1", "n2"]}})
+    result = client.get("missing")
+    assert (result.found, result.value, result.version) == (False, None, None)
+
+
+def ring_body(nodes=("n1", "n2", "n3"), fingerprint=1):
+    return {"vnodes": 64, "replicas": 3, "write_quorum": 2, "read_quorum": 2,
+            "fingerprint": fingerprint,
+            "nodes": [{"node_id": n, "weight": 1.0, "address": f"tcp://h:{i}"}
+                      for i, n in enumerate(nodes)],
+            "members": []}
+
+
+def test_routing_matches_hash_ring_and_caches_it_by_fingerprint():
+    body = ring_body()
+    client = Recorder({MsgType.RING_STATE: lambda: body})
+    expected = zring.HashRing(["n1", "n2", "n3"], vnodes=64)
+    assert client.get_nodes("user:1", 2) == expected.get_nodes("user:1", 2)
+    assert client.get_nodes("user:1") == expected.get_nodes("user:1", 3)  # default N
+    assert client.get_node("user:9") == expected.get_node("user:9")
+    first = client._ring
+    client.get_node("other")
+    assert client._ring is first               # same fingerprint: not rebuilt
+    assert len(client.sent) == 4               # but ring_state is asked every time
+    body = ring_body(("n1", "n2"), fingerprint=2)
+    assert client.get_node("user:9") == zring.HashRing(["n1", "n2"], vnodes=64).get_node(
+        "user:9")
+    assert client._ring is not first
+
+
+def test_get_node_on_empty_ring_is_unavailable():
+    client = Recorder({MsgType.RING_STATE: ring_body(nodes=())})
+    with pytest.raises(Unavailable):
+        client.get_node("k")
+
+
+def test_ring_state_and_cluster_status_decoding():
+    row = {"node_id": "n1", "address": "tcp://h:1", "gossip_address": "tcp://h:2",
+           "status": "normal", "liveness": "up", "keys_count": 5, "ownership": 0.25,
+           "weight": 2.0}
+    body = ring_body() | {"members": [row]}
+    client = Recorder({MsgType.RING_STATE: body,
+                       MsgType.CLUSTER_STATUS: {"node_id": "n1", "members": [row],
+                                                "fingerprint": 7}})
+    state = client.ring_state()
+    assert (state.vnodes, state.replicas, state.write_quorum, state.read_quorum) == (64, 3, 2, 2)
+    assert state.nodes[0] == RingNode("n1", 1.0, "tcp://h:0")
+    status = client.cluster_status()
+    assert status.members == (MemberInfo("n1", "tcp://h:1", "normal", "up", 5, 0.25, 2.0,
+                                         "tcp://h:2"),)
+    assert (status.answered_by, status.fingerprint) == ("n1", 7)
+    assert status.member("n1").keys_count == 5 and status.member("zz") is None
+
+
+def status_body(*members):
+    return {"node_id": "n1", "fingerprint": 1, "members": [
+        {"node_id": m, "address": f"tcp://h:{m}", "status": s, "liveness": "up",
+         "keys_count": 0, "ownership": 0.0, "weight": 1.0} for m, s in members]}
+
+
+def test_local_keys_asks_the_node_directly():
+    client = Recorder({MsgType.CLUSTER_STATUS: status_body(("n1", "normal"), ("n2", "left"))})
+    asked = []
+    client._execute_at = lambda address, msg_type, body, timeout=None: (
+        asked.append((address, msg_type, body)) or {"node_id": "n1", "keys": ["a", "b"]})
+    assert client.local_keys("n1", limit=5) == ["a", "b"]
+    assert asked == [("tcp://h:n1", MsgType.LOCAL_KEYS, {"limit": 5})]
+    for unknown in ("n9", "n2"):  # never a member, or gone
+        with pytest.raises(NotMember):
+            client.local_keys(unknown)
+
+
+def test_add_node_waits_until_normal(monkeypatch):
+    monkeypatch.setattr("zring.client._WAIT_POLL_S", 0.001)
+    client = Recorder({MsgType.ADD_NODE: {"node_id": "n4", "status": "joining"}})
+    seen = iter(["joining", "joining", "normal"])
+    polled = []
+
+    def execute_at(address, msg_type, body, timeout=None):
+        polled.append(address)
+        return status_body(("n4", next(seen)))
+    client._execute_at = execute_at
+    result = client.add_node("n4", "tcp://h:4")
+    assert (result.node_id, result.status) == ("n4", "normal")
+    assert client.sent == [(MsgType.ADD_NODE, {"node_id": "n4", "address": "tcp://h:4"})]
+    assert len(polled) == 3
+    assert client.add_node("n4", "tcp://h:4", wait=False).status == "joining"
+
+
+def test_add_node_wait_times_out(monkeypatch):
+    monkeypatch.setattr("zring.client._WAIT_POLL_S", 0.001)
+    client = Recorder({MsgType.ADD_NODE: {"node_id": "n4", "status": "joining"}})
+    client._execute_at = lambda *a, **k: status_body(("n4", "joining"))
+    with pytest.raises(Timeout, match="n4 is still joining"):
+        client.add_node("n4", "tcp://h:4", timeout=0.05)
+
+
+def test_remove_node_polls_other_nodes_until_left(monkeypatch):
+    monkeypatch.setattr("zring.client._WAIT_POLL_S", 0.001)
+    client = Recorder({
+        MsgType.CLUSTER_STATUS: status_body(("n1", "normal"), ("n2", "normal")),
+        MsgType.REMOVE_NODE: {"node_id": "n2", "status": "leaving"}})
+    client.seeds = ["tcp://h:n2", "tcp://h:n1"]
+    client._seed_index = 0
+    seen = iter(["leaving", "left"])
+    polled = []
+
+    def execute_at(address, msg_type, body, timeout=None):
+        polled.append(address)
+        return status_body(("n2", next(seen)))
+    client._execute_at = execute_at
+    assert client.remove_node("n2", graceful=False).status == "left"
+    assert (MsgType.REMOVE_NODE, {"node_id": "n2", "graceful": False}) in client.sent
+    assert "tcp://h:n2" not in polled
+    assert client._current_seed() == "tcp://h:n1"  # moved off the node that leaves
+    with pytest.raises(NotMember):
+        client.remove_node("n9")
+
+
+def test_rebalance_sends_once_with_its_own_timeout():
+    calls = []
+
+    class Spy(Client):
+        def _execute(self, msg_type, body, timeout=None, retries=None):
+            calls.append((msg_type, timeout, retries))
+            return {}
+    Spy("tcp://x:1").rebalance(timeout=42)
+    assert calls == [(MsgType.REBALANCE, 42, 0)]
+
+
+# ------------------------------------------------------------------ transport (inproc)
+
+
+class FakeNode:
+    """A ROUTER on inproc that answers each request with ``script(message)``: a list of
+    Messages to send back (possibly none: silence)."""
+
+    _count = 0
+
+    def __init__(self, script):
+        FakeNode._count += 1
+        self.endpoint = f"inproc://zring-fake-{FakeNode._count}"
+        self.script = script
+        self.received: list[Message] = []
+        self._router = zmq.Context.instance().socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.bind(self.endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            if not self._router.poll(20):
+                continue
+            route, frame = self._router.recv_multipart()
+            message = decode(frame)
+            self.received.append(message)
+            for reply in self.script(message):
+                self._router.send_multipart([route, encode(reply)])
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self._router.close(linger=0)
+
+
+@pytest.fixture
+def fake_nodes():
+    nodes = []
+
+    def start(script):
+        node = FakeNode(script)
+        nodes.append(node)
+        return node
+    yield start
+    for node in nodes:
+        node.close()
+
+
+def ok(request, body):
+    return Message(MsgType.OK, request.request_id, body)
+
+
+def test_stale_replies_are_ignored(fake_nodes):
+    node = fake_nodes(lambda m: [Message(MsgType.OK, m.request_id + 1000, {"node_id": "old"}),
+                                 ok(m, {"node_id": "n1", "status": "normal"})])
+    with Client([node.endpoint], timeout=2) as client:
+        assert client.ping() == {"node_id": "n1", "status": "normal"}
+        assert client.ping()["node_id"] == "n1"
+
+
+def test_silence_fails_over_to_the_next_seed(fake_nodes):
+    silent = fake_nodes(lambda m: [])
+    alive = fake_nodes(lambda m: [ok(m, {"node_id": "n2"})])
+    with Client([silent.endpoint, alive.endpoint], timeout=0.1, retries=2) as client:
+        client._seed_index = 0
+        assert client.ping() == {"node_id": "n2"}
+        assert client._current_seed() == alive.endpoint  # sticks to the one that answered
+    assert len(silent.received) == 1 and len(alive.received) == 1
+    assert silent.received[0].request_id == alive.received[0].request_id  # same request
+
+
+def test_timeout_after_bounded_tries(fake_nodes):
+    silent = fake_nodes(lambda m: [])
+    client = Client([silent.endpoint], timeout=0.05, retries=2)
+    with client, pytest.raises(Timeout, match=r"no reply to PING within 0.05s .* \(3 tries\)"):
+        client.ping()
+    assert len(silent.received) == 3
+
+
+@pytest.mark.parametrize("code, exc_type", [
+    ("unavailable", Unavailable), ("invalid", InvalidRequest), ("not_member", NotMember),
+    ("conflict", MembershipConflict), ("protocol", ProtocolError), ("new-code", ZringError)])
+def test_error_replies_raise_and_are_not_retried(fake_nodes, code, exc_type):
+    node = fake_nodes(lambda m: [Message(MsgType.ERROR, m.request_id, {
+        "code": code, "message": "nope", "details": {"acked": ["n1"], "message": "x"}})])
+    client = Client([node.endpoint, node.endpoint], timeout=2, retries=3)
+    with client, pytest.raises(exc_type, match="nope") as raised:
+        client.put("k", "v")
+    assert type(raised.value) is exc_type
+    assert raised.value.details == {"acked": ["n1"]}
+    assert len(node.received) == 1
+
+
+def test_execute_at_uses_its_own_socket(fake_nodes):
+    other = fake_nodes(lambda m: [ok(m, {"node_id": "n7", "keys": ["x"]})])
+    with Client(["inproc://zring-nobody"], timeout=1) as client:
+        assert client._execute_at(other.endpoint, MsgType.LOCAL_KEYS, {})["keys"] == ["x"]
+        assert client._socket is None
+
+
+# ------------------------------------------------------------------ `zring node` arguments
+
+
+def node_args(*extra):
+    return cli.build_parser().parse_args(["node", "--id", "node1", "--listen",
+                                          "tcp://127.0.0.1:7001", *extra])
+
+
+def test_node_config_defaults(monkeypatch):
+    monkeypatch.delenv("ZRING_SEEDS", raising=False)
+    config = cli.node_config_from_args(node_args("--data-dir", "/tmp/d"))
+    assert config.node_id == "node1"
+    assert config.address == "tcp://127.0.0.1:7001"
+    assert config.gossip_address == "tcp://127.0.0.1:8001"
+    assert config.seeds == list(DEFAULT_SEEDS)
+    assert config.data_dir == "/tmp/d"
+    assert (config.replicas, config.write_quorum, config.read_quorum) == (3, 2, 2)
+    assert config.weight == 1.0
+
+
+def test_node_config_from_every_option(monkeypatch):
+    monkeypatch.setenv("ZRING_SEEDS", "tcp://ignored:1")
+    config = cli.node_config_from_args(node_args(
+        "--gossip", "tcp://127.0.0.1:9999", "--seeds", "tcp://a:1,tcp://b:2", "--memory",
+        "--replicas", "5", "--write-quorum", "3", "--read-quorum", "4", "--vnodes", "128",
+        "--weight", "2.5"))
+    assert config.gossip_address == "tcp://127.0.0.1:9999"
+    assert config.seeds == ["tcp://a:1", "tcp://b:2"]
+    assert config.data_dir is None
+    assert (config.replicas, config.write_quorum, config.read_quorum) == (5, 3, 4)
+    assert (config.vnodes, config.weight) == (128, 2.5)
+
+
+def test_node_seeds_from_env_and_global_flag(monkeypatch):
+    monkeypatch.setenv("ZRING_SEEDS", "tcp://e:1,tcp://e:2")
+    assert cli.node_config_from_args(node_args("--memory")).seeds == ["tcp://e:1", "tcp://e:2"]
+    args = cli.build_parser().parse_args(["--seeds", "tcp://g:1", "node", "--id", "x",
+                                          "--listen", "tcp://h:1", "--memory"])
+    assert cli.node_config_from_args(args).seeds == ["tcp://g:1"]
+
+
+def test_default_gossip_address():
+    assert cli.default_gossip_address("tcp://10.1.2.3:7005") == "tcp://10.1.2.3:8005"
+    assert cli.default_gossip_address("tcp://*:7001", offset=5) == "tcp://*:7006"
+    for listen in ("ipc:///tmp/x", "tcp://host", "tcp://h:65000"):
+        with pytest.raises(ValueError):
+            cli.default_gossip_address(listen)
+
+
+@pytest.mark.parametrize("argv", [
+    ["node", "--id", "n", "--listen", "tcp://h:1"],                               # no store
+    ["node", "--id", "n", "--listen", "tcp://h:1", "--memory", "--data-dir", "d"],  # both
+    ["node", "--listen", "tcp://h:1", "--memory"],                                # no id
+    ["node", "--id", "n", "--listen", "ipc:///x", "--memory"],                    # no gossip
+    ["node", "--id", "n", "--listen", "tcp://h:1", "--memory", "--write-quorum", "4"],
+    ["node", "--id", "n", "--listen", "tcp://h:1", "--memory", "--log-format", "xml"],
+    ["node", "--id", "n", "--listen", "tcp://h:1", "--memory", "--weight", "0"],
+    ["put", "only-key"], ["get"], ["frobnicate"], [], ["get", "k", "--timeout", "-1"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    assert cli.main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_node_command_runs_the_server(monkeypatch):
+    started = []
+    monkeypatch.setattr("zring.server.run_node", lambda config: started.append(config) or 0)
+    monkeypatch.setattr("zring.log.configure_logging", lambda level, fmt: started.append(
+        (level, fmt)))
+    assert cli.main(["node", "--id", "n", "--listen", "tcp://h:1", "--memory",
+                     "--log-format", "console", "--log-level", "debug"]) == 0
+    assert started[0] == ("debug", "console")
+    assert started[1].node_id == "n" and started[1].data_dir is None
+
+
+# ------------------------------------------------------------------ output formatting
+
+
+def test_format_status_table():
+    status = ClusterStatus(members=[
+        member("n1", ownership=0.3333), member("n2", liveness="down", keys=12345),
+        member("n3", status="joining", ownership=0.0), member("n4", status="leaving"),
+        member("n5", status="left", liveness="down")], answered_by="n1", fingerprint=255)
+    lines = cli.format_status(status).splitlines()
+    assert lines[0] == "Status=Up/Down"
+    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Owns", "Weight"]
+    rows = [line.split() for line in lines[3:7]]
+    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "33.3%", "1"]
+    assert rows[1][:4] == ["DN", "n2", "tcp://127.0.0.1:7002", "12345"]
+    assert [r[0] for r in rows] == ["UN", "DN", "UJ", "UL"]
+    assert "n5" not in "\n".join(lines[3:7]) and "1 left member hidden" in lines[7]
+    assert lines[-1] == "as seen by n1, ring fingerprint 00000000000000ff"
+    # columns line up: every row's Address starts where the header's does
+    column = lines[2].index("Address")
+    assert all(line[column:].startswith("tcp://") for line in lines[3:7])
+    shown = cli.format_status(status, show_left=True)
+    assert "DX  n5" in shown and "hidden" not in shown
+
+
+def test_state_codes():
+    assert [cli.state_code(liveness, status) for liveness, status in [
+        ("up", "normal"), ("down", "normal"), ("up", "joining"), ("up", "leaving"),
+        ("down", "left")]] == ["UN", "DN", "UJ", "UL", "DX"]
+
+
+def test_format_ring():
+    state = RingState(64, 3, 2, 2, 0xABC, (RingNode("n1", 1.0, "tcp://h:1"),
+                                           RingNode("n2", 0.5, "tcp://h:2")),
+                      (member("n1", ownership=0.6667), member("n2", ownership=0.3333)))
+    text = cli.format_ring(state)
+    assert "nodes        2" in text and "vnodes       64" in text
+    assert "N=3 W=2 R=2" in text and "0000000000000abc" in text
+    assert "66.67%" in text and "33.33%" in text
+    assert text.splitlines()[-1].split() == ["n2", "tcp://h:2", "0.5", "32", "33.33%"]
+
+
+# ------------------------------------------------------------------ client commands
+
+
+class FakeClient:
+    """Stands in for zring.client.Client in `zring` commands."""
+
+    raise_on_call: ClassVar[BaseException | None] = None
+    created: ClassVar[list[FakeClient]] = []
+
+    def __init__(self, seeds, timeout=5.0, retries=3):
+        self.seeds, self.timeout = seeds, timeout
+        FakeClient.created.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def _maybe_raise(self):
+        if FakeClient.raise_on_call is not None:
+            raise FakeClient.raise_on_call
+
+    def get(self, key, r=None, replicas=None):
+        self._maybe_raise()
+        if key == "missing":
+            return GetResult(None, False, ("n1", "n2"), None)
+        return GetResult(b"\xffraw" if key == "bin" else "hello", True, ("n1",), None)
+
+    def put(self, key, value, w=None, replicas=None):
+        self._maybe_raise()
+        self.put_args = (key, value, w, replicas)
+        return PutResult(True, ("n1", "n2"), ("n1", "n2", "n3"), None)
+
+    def cluster_status(self):
+        self._maybe_raise()
+        return ClusterStatus(members=(member("n1"),))
+
+
+@pytest.fixture
+def fake_client(monkeypatch):
+    monkeypatch.setattr("zring.client.Client", FakeClient)
+    FakeClient.raise_on_call = None
+    FakeClient.created = []
+    return FakeClient
+
+
+def test_get_prints_value(fake_client, capsys):
+    assert cli.main(["get", "k"]) == 0
+    assert capsys.readouterr().out == "hello\n"
+
+
+def test_get_writes_bytes_values_raw(fake_client, capsysbinary):
+    assert cli.main(["get", "bin"]) == 0
+    assert capsysbinary.readouterr().out == b"\xffraw\n"
+
+
+def test_get_not_found_exits_1(fake_client, capsys):
+    assert cli.main(["get", "missing"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "not found: missing" in captured.err
+
+
+def test_put_passes_options(fake_client, capsys):
+    assert cli.main(["put", "k", "v", "--w", "3", "--replicas", "4"]) == 0
+    assert fake_client.created[0].put_args == ("k", "v", 3, 4)
+    assert "n1, n2" in capsys.readouterr().out
+
+
+def test_status_prints_table(fake_client, capsys):
+    assert cli.main(["status"]) == 0
+    assert "UN  n1" in capsys.readouterr().out
+
+
+def test_seeds_and_timeout_before_or_after_the_command(fake_client, monkeypatch):
+    monkeypatch.setenv("ZRING_SEEDS", "tcp://env:1")
+    cli.main(["status"])
+    cli.main(["--seeds", "tcp://a:1,tcp://b:1", "--timeout", "2", "status"])
+    cli.main(["status", "--seeds", "tcp://c:1", "--timeout", "0.5"])
+    cli.main(["--seeds", "tcp://d:1", "status"])
+    assert [(c.seeds, c.timeout) for c in fake_client.created] == [
+        (["tcp://env:1"], 5.0), (["tcp://a:1", "tcp://b:1"], 2.0), (["tcp://c:1"], 0.5),
+        (["tcp://d:1"], 5.0)]
+
+
+@pytest.mark.parametrize("exc", [Unavailable("write reached 1 of w=2 replicas"),
+                                 Timeout("no reply to GET"), NotMember("n9 is not a member"),
+                                 InvalidRequest("key too large")])
+def test_zring_errors_exit_1_with_message(fake_client, capsys, exc):
+    fake_client.raise_on_call = exc
+    assert cli.main(["get", "k"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {exc.message}\n"
+    assert "Traceback" not in captured.err
+
+
+def test_interrupt_exits_130(fake_client, capsys):
+    fake_client.raise_on_call = KeyboardInterrupt()
+    assert cli.main(["status"]) == 130
+
+
+def test_unexpected_errors_are_not_hidden(fake_client):
+    fake_client.raise_on_call = RuntimeError("bug")
+    with pytest.raises(RuntimeError):
+        cli.main(["status"])
+
+
+def test_help_and_version_exit_0(capsys):
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["--version"]) == 0
+    assert zring.__version__ in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ package
+
+
+def test_package_exports():
+    for name in ("Client", "PutResult", "GetResult", "DeleteResult", "RingState",
+                 "ClusterStatus", "MemberInfo", "HashRing", "ZringError", "ProtocolError",
+                 "InvalidRequest", "Unavailable", "Timeout", "NotMember", "MembershipConflict",
+                 "StorageError"):
+        assert name in zring.__all__ and getattr(zring, name) is not None
+    assert zring.Client is Client and zring.__version__ == "0.1.0"
+    with pytest.raises(AttributeError):
+        zring.NoSuchThing  # noqa: B018
+
+
+def test_import_zring_is_light():
+    code = ("import sys, zring; heavy = [m for m in ('zmq', 'numpy', 'zring.server', "
+            "'zring.client', 'zring.ring') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

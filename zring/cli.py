@@ -1,0 +1,386 @@
+"""The ``zring`` command: run a node, or talk to a cluster.
+
+    zring node --id node1 --listen tcp://127.0.0.1:7001 --data-dir var/node1
+    zring put KEY VALUE            zring get KEY            zring delete KEY
+    zring status                   zring ring               zring local-keys NODE_ID
+    zring add-node NODE_ID ADDRESS zring remove-node NODE_ID [--force]
+    zring rebalance                zring ping
+
+Client commands find the cluster through ``--seeds`` (comma-separated ROUTER endpoints),
+else ``$ZRING_SEEDS``, else the local supervisord cluster (127.0.0.1:7001..7003).
+
+Exit codes: 0 success; 1 a zring error (printed as ``error: ...``) or a key not found;
+2 bad arguments; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from zring import __version__
+from zring.errors import ZringError
+
+if TYPE_CHECKING:
+    from zring.client import Client, ClusterStatus, RingState
+    from zring.config import NodeConfig
+
+__all__ = ["build_parser", "default_gossip_address", "format_ring", "format_status", "main",
+           "node_config_from_args", "state_code"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_STATE_LETTERS = {"normal": "N", "joining": "J", "leaving": "L", "left": "X"}
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def default_gossip_address(listen: str, offset: int | None = None) -> str:
+    """``tcp://host:port`` -> ``tcp://host:(port + offset)`` (offset: the config default)."""
+    if offset is None:
+        from zring.config import DEFAULT_GOSSIP_PORT_OFFSET
+        offset = DEFAULT_GOSSIP_PORT_OFFSET
+    scheme, sep, rest = listen.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon or not host or not port.isdigit():
+        raise ValueError(f"cannot derive a gossip endpoint from {listen!r}; pass --gossip")
+    gossip_port = int(port) + offset
+    if not 0 < gossip_port < 65536:
+        raise ValueError(f"gossip port {gossip_port} is out of range; pass --gossip")
+    return f"tcp://{host}:{gossip_port}"
+
+
+def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """The NodeConfig described by ``zring node`` arguments (ValueError if inconsistent)."""
+    from zring.client import parse_seeds, seeds_from_env
+    from zring.config import NodeConfig
+    if args.memory == bool(args.data_dir):
+        raise ValueError("give exactly one of --data-dir DIR and --memory")
+    seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
+    gossip = args.gossip or default_gossip_address(args.listen)
+    options = {name: getattr(args, name) for name in
+               ("replicas", "write_quorum", "read_quorum", "vnodes", "weight")
+               if getattr(args, name) is not None}
+    config = NodeConfig(node_id=args.id, address=args.listen, gossip_address=gossip,
+                        seeds=seeds, data_dir=None if args.memory else args.data_dir,
+                        **options)
+    if not 1 <= config.write_quorum <= config.replicas:
+        raise ValueError(f"--write-quorum {config.write_quorum} must be between 1 and "
+                         f"--replicas {config.replicas}")
+    if not 1 <= config.read_quorum <= config.replicas:
+        raise ValueError(f"--read-quorum {config.read_quorum} must be between 1 and "
+                         f"--replicas {config.replicas}")
+    if config.vnodes < 1 or not config.weight > 0:
+        raise ValueError("--vnodes and --weight must be positive")
+    return config
+
+
+def state_code(liveness: str, status: str) -> str:
+    """Two letters as in ``nodetool status``: Up/Down, then Normal/Joining/Leaving (X: left)."""
+    return ("U" if liveness == "up" else "D") + _STATE_LETTERS.get(status, "?")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+           right: frozenset[int] = frozenset()) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column)
+              for column in zip(headers, *rows, strict=True)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
+    """A ``nodetool status``-like table of the members."""
+    members = [m for m in status.members if show_left or m.status != "left"]
+    rows = [(state_code(m.liveness, m.status), m.node_id, m.address, str(m.keys_count),
+             f"{m.ownership * 100:.1f}%", f"{m.weight:g}") for m in members]
+    lines = ["Status=Up/Down", "|/ State=Normal/Leaving/Joining" +
+             ("/X=left" if show_left else "")]
+    lines += _table(("--", "Node", "Address", "Keys", "Owns", "Weight"), rows,
+                    right=frozenset({3, 4}))
+    hidden = len(status.members) - len(members)
+    if hidden:
+        lines.append(f"({hidden} left member{'s' if hidden > 1 else ''} hidden; --all shows "
+                     "them)")
+    if status.answered_by:
+        lines.append(f"as seen by {status.answered_by}, ring fingerprint "
+                     f"{status.fingerprint:016x}")
+    return "\n".join(lines)
+
+
+def format_ring(state: RingState) -> str:
+    """The ring's parameters and each owning node's share of it."""
+    ownership = {m.node_id: m.ownership for m in state.members}
+    lines = [f"nodes        {len(state.nodes)}",
+             f"vnodes       {state.vnodes}",
+             f"replicas     N={state.replicas} W={state.write_quorum} R={state.read_quorum}",
+             f"fingerprint  {state.fingerprint:016x}", ""]
+    rows = [(n.node_id, n.address, f"{n.weight:g}", str(round(state.vnodes * n.weight)),
+             f"{ownership.get(n.node_id, 0.0) * 100:.2f}%") for n in state.nodes]
+    lines += _table(("Node", "Address", "Weight", "Tokens", "Owns (primary)"), rows,
+                    right=frozenset({3, 4}))
+    return "\n".join(lines)
+
+
+def _print_value(value: bytes | str) -> None:
+    if isinstance(value, str):
+        print(value)
+        return
+    sys.stdout.flush()
+    sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
+    sys.stdout.buffer.flush()
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _cmd_node(config: NodeConfig, args: argparse.Namespace) -> int:
+    import zmq
+
+    from zring.log import configure_logging
+    from zring.server import run_node
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return run_node(config)
+    except zmq.ZMQError as exc:  # typically: the address is already in use
+        raise ZringError(f"node {config.node_id} cannot start on {config.address} / "
+                         f"{config.gossip_address}: {exc}") from None
+
+
+def _cmd_put(client: Client, args: argparse.Namespace) -> int:
+    result = client.put(args.key, args.value, w=args.w, replicas=args.replicas)
+    print(f"OK: stored on {', '.join(result.stored_on)} "
+          f"(replicas: {', '.join(result.replicated_to)})")
+    return 0
+
+
+def _cmd_get(client: Client, args: argparse.Namespace) -> int:
+    result = client.get(args.key, r=args.r, replicas=args.replicas)
+    if not result.found:
+        print(f"not found: {args.key}", file=sys.stderr)
+        return 1
+    _print_value(result.value)
+    return 0
+
+
+def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    result = client.delete(args.key, w=args.w, replicas=args.replicas)
+    print(f"OK: deleted on {', '.join(result.stored_on)} "
+          f"(replicas: {', '.join(result.replicated_to)})")
+    return 0
+
+
+def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    print(format_status(client.cluster_status(), show_left=args.all))
+    return 0
+
+
+def _cmd_ring(client: Client, args: argparse.Namespace) -> int:
+    print(format_ring(client.ring_state()))
+    return 0
+
+
+def _cmd_add_node(client: Client, args: argparse.Namespace) -> int:
+    if not args.no_wait:
+        print(f"adding {args.node_id}; waiting until it has streamed its ranges...",
+              file=sys.stderr)
+    result = client.add_node(args.node_id, args.address, wait=not args.no_wait,
+                             timeout=args.wait_timeout)
+    print(f"{result.node_id}: {result.status}")
+    return 0
+
+
+def _cmd_remove_node(client: Client, args: argparse.Namespace) -> int:
+    if not args.no_wait:
+        print(f"removing {args.node_id}; waiting until it has left...", file=sys.stderr)
+    result = client.remove_node(args.node_id, graceful=not args.force, wait=not args.no_wait,
+                                timeout=args.wait_timeout)
+    print(f"{result.node_id}: {result.status}")
+    return 0
+
+
+def _cmd_rebalance(client: Client, args: argparse.Namespace) -> int:
+    result = client.rebalance(timeout=args.wait_timeout)
+    details = ", ".join(f"{k}={v}" for k, v in sorted(result.items()))
+    print("OK: rebalanced" + (f" ({details})" if details else ""))
+    return 0
+
+
+def _cmd_local_keys(client: Client, args: argparse.Namespace) -> int:
+    for key in client.local_keys(args.node_id, limit=args.limit):
+        print(key)
+    return 0
+
+
+def _cmd_ping(client: Client, args: argparse.Namespace) -> int:
+    reply = client.ping()
+    print(f"{reply.get('node_id', '?')}: {reply.get('status', '?')}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --seeds and --timeout are accepted before or after the subcommand: the subcommands'
+    # copies default to SUPPRESS so that they never overwrite a value given before.
+    def connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+        default = argparse.SUPPRESS if suppress else None
+        parser.add_argument("--seeds", default=default, metavar="A,B,C",
+                            help="comma-separated node endpoints (default: $ZRING_SEEDS, "
+                                 "else tcp://127.0.0.1:7001..7003)")
+        parser.add_argument("--timeout", type=_positive_float, default=default,
+                            metavar="SECONDS",
+                            help="wait this long for each reply before trying the next seed "
+                                 "(default 5)")
+
+    parser = argparse.ArgumentParser(prog="zring", description=(
+        "A replicated key-value cluster on a consistent-hash ring, over ZeroMQ."))
+    parser.add_argument("--version", action="version", version=f"zring {__version__}")
+    connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def client_command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        connection_options(sub, suppress=True)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    node = commands.add_parser("node", help="run a node (in the foreground)",
+                               description="Run a node in the foreground until SIGTERM.")
+    node.set_defaults(handler=None)
+    node.add_argument("--id", required=True, help="node id, unique in the cluster")
+    node.add_argument("--listen", required=True, metavar="ENDPOINT",
+                      help="ROUTER endpoint for clients and peers, e.g. tcp://127.0.0.1:7001")
+    node.add_argument("--gossip", metavar="ENDPOINT",
+                      help="PUB endpoint for gossip (default: --listen port + 1000)")
+    node.add_argument("--seeds", default=argparse.SUPPRESS, metavar="A,B,C",
+                      help="seed ROUTER endpoints (default: $ZRING_SEEDS, else "
+                           "tcp://127.0.0.1:7001..7003); a node listed here starts as a "
+                           "normal member, any other joins")
+    store = node.add_mutually_exclusive_group(required=True)
+    store.add_argument("--data-dir", metavar="DIR", help="directory of the SQLite store")
+    store.add_argument("--memory", action="store_true",
+                       help="keep data in memory only (tests; lost on exit)")
+    node.add_argument("--replicas", type=_positive_int, help="N (default 3)")
+    node.add_argument("--write-quorum", type=_positive_int, help="W (default 2)")
+    node.add_argument("--read-quorum", type=_positive_int, help="R (default 2)")
+    node.add_argument("--vnodes", type=_positive_int, help="virtual nodes per unit of weight")
+    node.add_argument("--weight", type=_positive_float, help="share of the ring (default 1.0)")
+    node.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    node.add_argument("--log-format", choices=("json", "console"), default="json")
+
+    put = client_command("put", _cmd_put, "write a value")
+    put.add_argument("key")
+    put.add_argument("value")
+    put.add_argument("--w", type=_positive_int, help="acks to wait for (default: cluster W)")
+    put.add_argument("--replicas", type=_positive_int, help="N for this key (default: cluster N)")
+
+    get = client_command("get", _cmd_get, "read a value (exit 1 if not found)")
+    get.add_argument("key")
+    get.add_argument("--r", type=_positive_int, help="replicas to read (default: cluster R)")
+    get.add_argument("--replicas", type=_positive_int, help="N for this key (default: cluster N)")
+
+    delete = client_command("delete", _cmd_delete, "delete a key")
+    delete.add_argument("key")
+    delete.add_argument("--w", type=_positive_int, help="acks to wait for (default: cluster W)")
+    delete.add_argument("--replicas", type=_positive_int,
+                        help="N for this key (default: cluster N)")
+
+    status = client_command("status", _cmd_status, "members, state, keys and ownership")
+    status.add_argument("--all", action="store_true", help="also show members that left")
+
+    client_command("ring", _cmd_ring, "the ring: parameters and each node's share")
+
+    add = client_command("add-node", _cmd_add_node,
+                         "admit a running node; wait until it has streamed its ranges")
+    add.add_argument("node_id")
+    add.add_argument("address", help="its ROUTER endpoint, e.g. tcp://127.0.0.1:7004")
+    add.add_argument("--no-wait", action="store_true", help="return once it is joining")
+    add.add_argument("--wait-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
+                     help="give up waiting after this long (default 120)")
+
+    remove = client_command("remove-node", _cmd_remove_node,
+                            "decommission a node: it hands its ranges over, then leaves")
+    remove.add_argument("node_id")
+    remove.add_argument("--force", action="store_true",
+                        help="remove at once without handing data over (for a dead node)")
+    remove.add_argument("--no-wait", action="store_true", help="return once it is leaving")
+    remove.add_argument("--wait-timeout", type=_positive_float, default=120.0,
+                        metavar="SECONDS", help="give up waiting after this long (default 120)")
+
+    rebalance = client_command("rebalance", _cmd_rebalance,
+                               "move every record to the nodes that should hold it")
+    rebalance.add_argument("--wait-timeout", type=_positive_float, default=600.0,
+                           metavar="SECONDS", help="give up after this long (default 600)")
+
+    local = client_command("local-keys", _cmd_local_keys, "keys stored on one node")
+    local.add_argument("node_id")
+    local.add_argument("--limit", type=_positive_int, help="at most this many keys")
+
+    client_command("ping", _cmd_ping, "ask one node who it is")
+    return parser
+
+
+def _client_from_args(args: argparse.Namespace) -> Client:
+    from zring.client import Client, parse_seeds, seeds_from_env
+    seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
+    return Client(seeds, timeout=args.timeout or 5.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if args.handler is None:
+            try:
+                config = node_config_from_args(args)
+            except ValueError as exc:
+                parser.error(str(exc))  # exits 2 with the usage line
+            return _cmd_node(config, args)
+        with _client_from_args(args) as client:
+            return args.handler(client, args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    except ZringError as exc:
+        print(f"error: {exc.message or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `zring local-keys n1 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

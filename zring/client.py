@@ -1,0 +1,499 @@
+"""Client: talk to a zring cluster through any of its nodes (Lazy Pirate over a DEALER).
+
+    with Client(["tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"]) as client:
+        client.put("user:1", b"alice")
+        client.get("user:1").value          # b"alice"
+
+Any node coordinates any request, so the client keeps one DEALER connected to one seed at a
+time. Every request waits at most ``timeout`` seconds for its reply (a poll, never a blocking
+recv); on silence the socket is closed with LINGER 0 (dropping the unsent request and any late
+reply), the next seed is connected, and the request is resent, up to ``retries`` more times
+with a short backoff. Then :class:`~zring.errors.Timeout` is raised. An ERROR reply raises the
+matching :mod:`zring.errors` exception at once: the cluster answered, so retrying elsewhere
+would not help (a write that was refused with ``Unavailable`` may still have been applied on
+some replicas, as the message says).
+
+Replies are matched by request id; a stray reply to an earlier request is ignored.
+
+A client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+import zmq
+
+from zring.errors import (
+    InvalidRequest,
+    NotMember,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    error_from_code,
+)
+from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
+from zring.versions import Version
+
+if TYPE_CHECKING:
+    from zring.ring import HashRing
+
+__all__ = [
+    "DEFAULT_SEEDS", "Client", "ClusterStatus", "DeleteResult", "GetResult", "MemberInfo",
+    "MembershipResult", "PutResult", "RingNode", "RingState", "parse_seeds", "seeds_from_env",
+]
+
+DEFAULT_SEEDS: tuple[str, ...] = ("tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002",
+                                  "tcp://127.0.0.1:7003")
+SEEDS_ENV = "ZRING_SEEDS"
+
+_BACKOFF_BASE_S = 0.05     # sleep before retry k: base * 2**k, capped
+_BACKOFF_MAX_S = 1.0
+_WAIT_POLL_S = 0.25        # add_node / remove_node: pause between status polls
+
+
+# ------------------------------------------------------------------ seeds
+
+
+def parse_seeds(seeds: str | Iterable[str]) -> list[str]:
+    """``"tcp://a:1, b:2"`` or a list -> endpoints; ``host:port`` gets ``tcp://``."""
+    items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+    endpoints = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidRequest(f"a seed must be a str endpoint, got {item!r}")
+        item = item.strip()
+        if item:
+            endpoints.append(item if "://" in item else f"tcp://{item}")
+    return endpoints
+
+
+def seeds_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Seeds from ``$ZRING_SEEDS``, else the local cluster (127.0.0.1:7001..7003)."""
+    value = (os.environ if environ is None else environ).get(SEEDS_ENV, "")
+    return parse_seeds(value) or list(DEFAULT_SEEDS)
+
+
+# ------------------------------------------------------------------ results
+
+
+def _version(wire: Any) -> Version | None:
+    return None if wire is None else Version(wire[0], wire[1])
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    success: bool
+    stored_on: tuple[str, ...]       # replicas that acknowledged before the reply (>= w)
+    replicated_to: tuple[str, ...]   # the key's preference list (the write went to all)
+    version: Version | None          # (HLC timestamp, coordinator): last writer wins
+
+    @classmethod
+    def from_body(cls, body: dict) -> PutResult:
+        return cls(True, tuple(body.get("stored_on", ())), tuple(body.get("replicated_to", ())),
+                   _version(body.get("version")))
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    success: bool
+    stored_on: tuple[str, ...]       # replicas that stored the tombstone before the reply
+    replicated_to: tuple[str, ...]
+    version: Version | None          # the tombstone's version
+
+    @classmethod
+    def from_body(cls, body: dict) -> DeleteResult:
+        return cls(True, tuple(body.get("stored_on", ())), tuple(body.get("replicated_to", ())),
+                   _version(body.get("version")))
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    value: bytes | str | None        # as stored; None when not found
+    found: bool
+    served_by: tuple[str, ...]       # replicas whose answers made the quorum
+    version: Version | None          # the newest version seen (a tombstone's when deleted)
+
+    @classmethod
+    def from_body(cls, body: dict) -> GetResult:
+        return cls(body.get("value"), bool(body.get("found")), tuple(body.get("served_by", ())),
+                   _version(body.get("version")))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    node_id: str
+    address: str             # ROUTER endpoint
+    status: str              # joining / normal / leaving / left  (ownership)
+    liveness: str            # up / down  (heartbeats, as the answering node sees them)
+    keys_count: int          # live keys the member last reported
+    ownership: float         # share of the ring it owns as first replica (0..1)
+    weight: float
+    gossip_address: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict) -> MemberInfo:
+        return cls(row["node_id"], row["address"], row["status"], row["liveness"],
+                   row.get("keys_count", 0), row.get("ownership", 0.0), row.get("weight", 1.0),
+                   row.get("gossip_address", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    members: tuple[MemberInfo, ...]
+    answered_by: str = ""    # the node that answered (its view of the cluster)
+    fingerprint: int = 0     # that node's ring fingerprint
+
+    @classmethod
+    def from_body(cls, body: dict) -> ClusterStatus:
+        return cls(tuple(MemberInfo.from_row(r) for r in body.get("members", ())),
+                   body.get("node_id", ""), body.get("fingerprint", 0))
+
+    def member(self, node_id: str) -> MemberInfo | None:
+        return next((m for m in self.members if m.node_id == node_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RingNode:
+    node_id: str
+    weight: float
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RingState:
+    vnodes: int
+    replicas: int                    # N
+    write_quorum: int                # W
+    read_quorum: int                 # R
+    fingerprint: int
+    nodes: tuple[RingNode, ...]      # members that own ranges (normal, leaving)
+    members: tuple[MemberInfo, ...]  # every known member
+
+    @classmethod
+    def from_body(cls, body: dict) -> RingState:
+        return cls(body["vnodes"], body["replicas"], body["write_quorum"], body["read_quorum"],
+                   body["fingerprint"],
+                   tuple(RingNode(n["node_id"], n["weight"], n["address"])
+                         for n in body.get("nodes", ())),
+                   tuple(MemberInfo.from_row(r) for r in body.get("members", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipResult:
+    node_id: str
+    status: str   # after add_node / remove_node: the reply's, or the awaited status
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidRequest(f"key must be a str, got {type(key).__name__}")
+    return key
+
+
+def _value(value: object) -> bytes | str:
+    if not isinstance(value, (bytes, str)):
+        raise InvalidRequest(f"value must be bytes or str, got {type(value).__name__}")
+    return value
+
+
+def _count(value: object, name: str) -> int | None:
+    if value is not None and (type(value) is not int):
+        raise InvalidRequest(f"{name} must be an int or None, got {type(value).__name__}")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+# ------------------------------------------------------------------ client
+
+
+class Client:
+    """A connection to a zring cluster through its seed nodes.
+
+    ``seeds``: ROUTER endpoints (a list or a comma-separated str; default ``$ZRING_SEEDS``,
+    else 127.0.0.1:7001..7003). ``timeout``: seconds to wait for each reply. ``retries``:
+    how many times a silent request is resent, each time to the next seed.
+    """
+
+    def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
+                 retries: int = 3) -> None:
+        self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
+        if not self.seeds:
+            raise InvalidRequest("no seed endpoints given")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidRequest(f"timeout must be a positive number, got {timeout!r}")
+        if type(retries) is not int or retries < 0:
+            raise InvalidRequest(f"retries must be an int >= 0, got {retries!r}")
+        self.timeout = float(timeout)
+        self.retries = retries
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._seed_index = random.randrange(len(self.seeds))  # spread clients over seeds
+        self._ids = itertools.count(random.getrandbits(32) + 1)
+        self._ring: HashRing | None = None
+        self._ring_fingerprint: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Client(seeds={self.seeds!r}, timeout={self.timeout}, retries={self.retries})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (LINGER 0: nothing pending is kept). The client stays usable."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    # -------------------------------------------------------------- data
+
+    def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
+            w: int | None = None) -> PutResult:
+        """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
+        return PutResult.from_body(self._execute(MsgType.PUT, {
+            "key": _key(key), "value": _value(value), "n": _count(replicas, "replicas"),
+            "w": _count(w, "w")}))
+
+    def get(self, key: str, *, r: int | None = None, replicas: int | None = None) -> GetResult:
+        """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
+        return GetResult.from_body(self._execute(MsgType.GET, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}))
+
+    def delete(self, key: str, *, w: int | None = None,
+               replicas: int | None = None) -> DeleteResult:
+        """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
+        return DeleteResult.from_body(self._execute(MsgType.DELETE, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}))
+
+    # -------------------------------------------------------------- ring and cluster
+
+    def ring_state(self) -> RingState:
+        return RingState.from_body(self._execute(MsgType.RING_STATE, {}))
+
+    def cluster_status(self) -> ClusterStatus:
+        return ClusterStatus.from_body(self._execute(MsgType.CLUSTER_STATUS, {}))
+
+    def ping(self) -> dict:
+        return self._execute(MsgType.PING, {})
+
+    def get_node(self, key: str) -> str:
+        """The node that owns ``key`` (its first replica), from the cluster's current ring."""
+        return self.get_nodes(key, 1)[0]
+
+    def get_nodes(self, key: str, count: int | None = None) -> list[str]:
+        """The key's preference list: ``count`` (default: the cluster's N) distinct nodes."""
+        key, count = _key(key), _count(count, "count")
+        state = self.ring_state()
+        nodes = self._ring_for(state).get_nodes(key, state.replicas if count is None else count)
+        if not nodes:
+            raise Unavailable("the ring has no nodes")
+        return nodes
+
+    def local_keys(self, node_id: str, *, limit: int | None = None) -> list[str]:
+        """Keys stored on ``node_id`` itself (asked directly, not through a coordinator)."""
+        member, _ = self._member(_text(node_id, "node id"))
+        body = {"limit": _count(limit, "limit")}
+        return list(self._execute_at(member.address, MsgType.LOCAL_KEYS, body)["keys"])
+
+    # -------------------------------------------------------------- membership
+
+    def add_node(self, node_id: str, address: str, *, wait: bool = True,
+                 timeout: float = 120) -> MembershipResult:
+        """Admit the running node at ``address``; with ``wait``, return once it is normal
+        (it has streamed its ranges) or raise Timeout after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        reply = self._execute(MsgType.ADD_NODE, {"node_id": _text(node_id, "node id"),
+                                                 "address": _text(address, "address")})
+        if not wait:
+            return MembershipResult(reply.get("node_id", node_id), reply.get("status", ""))
+        return self._wait_for_status(node_id, "normal", deadline, self.seeds)
+
+    def remove_node(self, node_id: str, *, graceful: bool = True, wait: bool = True,
+                    timeout: float = 120) -> MembershipResult:
+        """Decommission ``node_id``: gracefully (it hands its ranges over, then leaves) or,
+        with ``graceful=False``, at once (for a dead node; its replicas are rebuilt by the
+        others). With ``wait``, return once the other nodes see it as left."""
+        deadline = time.monotonic() + timeout
+        leaving, status = self._member(_text(node_id, "node id"))
+        reply = self._execute(MsgType.REMOVE_NODE, {"node_id": node_id,
+                                                    "graceful": bool(graceful)})
+        if self._current_seed() == leaving.address:
+            self._next_seed()  # it is about to exit: ask someone else from now on
+        if not wait:
+            return MembershipResult(reply.get("node_id", node_id), reply.get("status", ""))
+        others = [s for s in self.seeds if s != leaving.address]
+        others += [m.address for m in status.members
+                   if m.node_id != node_id and m.status != "left" and m.address not in others]
+        return self._wait_for_status(node_id, "left", deadline, others)
+
+    def rebalance(self, timeout: float = 600) -> dict:
+        """Move every record to the nodes that should hold it (all nodes, in parallel); sent
+        once, never retried: it is a long operation."""
+        return self._execute(MsgType.REBALANCE, {}, timeout=timeout, retries=0)
+
+    # -------------------------------------------------------------- helpers
+
+    def _ring_for(self, state: RingState) -> HashRing:
+        """The ring of ``state``, rebuilt only when its fingerprint changes."""
+        if self._ring is None or self._ring_fingerprint != state.fingerprint:
+            from zring.ring import HashRing  # numpy: only clients that route pay for it
+            self._ring = HashRing({n.node_id: n.weight for n in state.nodes},
+                                  vnodes=state.vnodes)
+            self._ring_fingerprint = state.fingerprint
+        return self._ring
+
+    def _member(self, node_id: str) -> tuple[MemberInfo, ClusterStatus]:
+        status = self.cluster_status()
+        member = status.member(node_id)
+        if member is None or member.status == "left":
+            raise NotMember(f"{node_id} is not a member of the cluster")
+        return member, status
+
+    def _wait_for_status(self, node_id: str, wanted: str, deadline: float,
+                         endpoints: list[str]) -> MembershipResult:
+        """Poll the members at ``endpoints`` in turn until one shows ``node_id`` as
+        ``wanted``; a silent or failing endpoint is skipped until the deadline."""
+        if not endpoints:
+            raise Unavailable(f"no other node to ask whether {node_id} is {wanted}")
+        last_seen, last_error = "unknown", None
+        for endpoint in itertools.cycle(endpoints):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                body = self._execute_at(endpoint, MsgType.CLUSTER_STATUS, {},
+                                        timeout=min(self.timeout, remaining))
+            except (Timeout, Unavailable) as exc:
+                last_error = exc
+                continue
+            member = ClusterStatus.from_body(body).member(node_id)
+            last_seen = member.status if member else "unknown"
+            if last_seen == wanted:
+                return MembershipResult(node_id, wanted)
+            time.sleep(max(0.0, min(_WAIT_POLL_S, deadline - time.monotonic())))
+        detail = f" (last error: {last_error})" if last_seen == "unknown" and last_error else ""
+        raise Timeout(f"{node_id} is still {last_seen}, not {wanted}, after waiting"
+                      f"{detail}", node_id=node_id, status=last_seen)
+
+    # -------------------------------------------------------------- transport
+
+    def _execute(self, msg_type: MsgType, body: dict, timeout: float | None = None,
+                 retries: int | None = None) -> dict:
+        """Send one request through the seeds (Lazy Pirate); the OK body, or raise."""
+        timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
+        request = Message(msg_type, next(self._ids), body)
+        frame = encode(request)
+        tried: list[str] = []
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
+            endpoint = self._current_seed()
+            tried.append(endpoint)
+            reply = self._exchange(self._connected_socket(), endpoint, request.request_id,
+                                   frame, timeout)
+            if reply is not None:
+                return _unwrap(reply, msg_type)
+            self.close()  # silence: drop the request and any late reply with the socket
+            self._next_seed()
+        raise Timeout(f"no reply to {msg_type.name} within {timeout:g}s from "
+                      f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
+
+    def _execute_at(self, endpoint: str, msg_type: MsgType, body: dict,
+                    timeout: float | None = None) -> dict:
+        """Send one request to one node, once, through a short-lived DEALER."""
+        timeout = self.timeout if timeout is None else timeout
+        request_id = next(self._ids)
+        socket = self._new_socket(endpoint)
+        try:
+            reply = self._exchange(socket, endpoint, request_id,
+                                   encode(Message(msg_type, request_id, body)), timeout)
+        finally:
+            socket.close(linger=0)
+        if reply is None:
+            raise Timeout(f"no reply to {msg_type.name} within {timeout:g}s from {endpoint}")
+        return _unwrap(reply, msg_type)
+
+    def _exchange(self, socket: zmq.Socket, endpoint: str, request_id: int, frame: bytes,
+                  timeout: float) -> Message | None:
+        """Send ``frame`` and wait up to ``timeout`` for the reply with ``request_id``;
+        None on silence (including a send that could not be queued in time)."""
+        deadline = time.monotonic() + timeout
+        try:
+            if not socket.poll(timeout * 1000, zmq.POLLOUT):
+                return None
+            socket.send(frame, zmq.NOBLOCK)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not socket.poll(remaining * 1000, zmq.POLLIN):
+                    return None
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+                try:
+                    reply = decode(frames[-1])
+                except ProtocolError as exc:
+                    raise ProtocolError(f"bad reply from {endpoint}: {exc}") from None
+                if reply.request_id == request_id:
+                    return reply
+                # a reply to an earlier request of ours: ignore it
+        except zmq.Again:
+            return None
+        except BaseException:
+            if socket is self._socket:
+                self.close()  # the request may still be answered: never read that reply
+            raise
+        return None
+
+    def _current_seed(self) -> str:
+        return self.seeds[self._seed_index]
+
+    def _next_seed(self) -> None:
+        self.close()
+        self._seed_index = (self._seed_index + 1) % len(self.seeds)
+
+    def _connected_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            self._socket = self._new_socket(self._current_seed())
+        return self._socket
+
+    def _new_socket(self, endpoint: str) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.SNDHWM, 1000)
+        socket.setsockopt(zmq.RCVHWM, 1000)
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
+        return socket
+
+
+def _unwrap(reply: Message, request_type: MsgType) -> dict:
+    """The body of an OK reply; an ERROR reply raised as its exception."""
+    body = reply.body
+    if reply.type == MsgType.OK:
+        return body
+    if reply.type == MsgType.ERROR:
+        details = body.get("details")
+        details = ({k: v for k, v in details.items() if isinstance(k, str) and k != "message"}
+                   if isinstance(details, dict) else None)
+        raise error_from_code(body["code"], body["message"], details)
+    raise ProtocolError(f"unexpected {reply.type.name} reply to {request_type.name}")
+
