@@ -14,7 +14,8 @@ latency-bound, as a simple application sees them):
     get          zring get(key) at the cluster's default R          vs  redis GET
     get R=1      zring get(key, r=1)                                vs  redis GET
 
-For each: throughput (ops/s), p50 and p99 latency (ms) and the ratio zring/redis of both.
+For each: throughput (ops/s), zring's mean latency, p50 and p99 latency (ms) and the ratio
+zring/redis of both.
 Every loop is bounded by --ops and by --max-seconds, and every process this tool starts
 (redis-server, the temporary cluster's nodes) is stopped in a ``finally``: terminate, then
 kill after a deadline.
@@ -58,6 +59,11 @@ class Result:
     @property
     def ops_per_s(self) -> float:
         return self.ops / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def mean_ms(self) -> float:
+        if not self.latencies_ns:
+            return float("nan")
+        return sum(self.latencies_ns) / len(self.latencies_ns) / 1e6
 
     def percentile_ms(self, q: float) -> float:
         """Nearest-rank percentile of the successful operations' latencies."""
@@ -308,14 +314,14 @@ def format_table(zring: dict[str, Result], redis_results: dict[str, Result] | No
               "get": f"get (R={quorums.get('r', '?')})",
               "get_r1": "get (R=1)"}
     redis_names = {"put": "SET", "get": "GET", "get_r1": "GET"}
-    header = ["workload", "zring ops/s", "p50 ms", "p99 ms"]
+    header = ["workload", "zring ops/s", "mean ms", "p50 ms", "p99 ms"]
     if redis_results:
         header += ["redis op", "ops/s", "p50 ms", "p99 ms", "ops/s z/r", "p50 z/r"]
     header += ["errors", "misses"]
     rows = [header]
     for key, label in labels.items():
         z = zring[key]
-        row = [label, f"{z.ops_per_s:,.0f}", f"{z.percentile_ms(0.50):.3f}",
+        row = [label, f"{z.ops_per_s:,.0f}", f"{z.mean_ms():.3f}", f"{z.percentile_ms(0.50):.3f}",
                f"{z.percentile_ms(0.99):.3f}"]
         errors, misses = [str(z.errors)], [str(z.misses)]
         if redis_results:

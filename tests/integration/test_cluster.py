@@ -195,3 +195,28 @@ def test_frames_that_cannot_be_answered_are_dropped(shared):
     assert raw_request(shared.addresses["node1"], b"a", b"b", b"c", b"d", b"e",
                        timeout_ms=500) is None
     assert shared.client("node1").get("anything").found is False
+
+
+def test_add_node_admits_a_returning_node_and_rebalance_restores_placement(cluster):
+    client = cluster.client("node1")
+    cluster.chaos("start", "node4")
+    cluster.wait_converged(["node1", "node2", "node3", "node4"], timeout_s=120)
+    # it joined by itself: admitting it again is a no-op
+    assert client.add_node("node4", cluster.addresses["node4"]).status == "normal"
+    client.remove_node("node4", graceful=True, wait=True, timeout=120)
+    wait_for(lambda: cluster.supervisor().getProcessInfo("node4")["statename"] == "EXITED",
+             30, "node4 to exit after leaving")
+    # restarted, a node that left stays out until it is admitted
+    cluster.chaos("start", "node4")
+    assert "node4" not in client.get_nodes("any", 4)
+    client.add_node("node4", cluster.addresses["node4"], wait=True, timeout=120)
+    cluster.wait_converged(["node1", "node2", "node3", "node4"], timeout_s=60)
+    everyone = ["node1", "node2", "node3", "node4"]
+    for i in range(300):
+        client.put(f"rb_{i}", b"v", replicas=1, w=1)
+    client.rebalance()
+    placements = local_placements(cluster, everyone)
+    for i in range(0, 300, 7):
+        key = f"rb_{i}"
+        assert sorted(n for n in everyone if key in placements[n]) == \
+            sorted(client.get_nodes(key, 3))
