@@ -34,7 +34,18 @@ class NodeConfig:
     # timing
     request_timeout_s: float = 2.0          # coordinator gives up waiting for replicas
     gossip_interval_s: float = 0.5          # heartbeat + full member table
-    down_after_s: float = 3.0               # no heartbeat this long: shown as down
+
+    # failure detection (phi accrual over heartbeat intervals): with 0.5 s heartbeats a
+    # silent member is suspected after ~1.8 s and declared down after ~2.1 s
+    phi_suspect: float = 3.0
+    phi_down: float = 8.0
+    fd_min_std_s: float = 0.1               # floor on the interval deviation
+    fd_acceptable_pause_s: float = 1.0      # silence tolerated on top of the mean interval
+
+    # hinted handoff
+    hint_window_s: float = 3 * 3600.0       # no new hints for a member down longer than this
+    hint_replay_interval_s: float = 1.0     # how often to look for hints to deliver
+    hint_batch_records: int = 500
     join_retry_s: float = 0.5               # resend JOIN / ranges that failed
     join_settle_timeout_s: float = 10.0     # stream even if some members never confirmed us
     stream_batch_records: int = 2000        # records per RANGE_PULL reply

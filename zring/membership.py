@@ -13,6 +13,7 @@ from enum import IntEnum
 from typing import Any
 
 from zring.errors import ProtocolError
+from zring.failure import Liveness, PhiAccrualDetector
 
 __all__ = ["Member", "MemberStatus", "MemberTable"]
 
@@ -36,6 +37,7 @@ class Member:
     heartbeat: int           # bumped only by the member itself
     weight: float = 1.0
     keys: int = 0            # live keys it holds, as it last reported
+    hints: int = 0           # hints it holds for other members, as it last reported
     streamed: bool = False   # joined by streaming its ranges (old replicas may then drop them)
 
     @property
@@ -57,13 +59,14 @@ class Member:
                 gossip_address=wire["gossip_address"], status=MemberStatus(wire["status"]),
                 generation=wire["generation"], heartbeat=wire["heartbeat"],
                 weight=wire.get("weight", 1.0), keys=wire.get("keys", 0),
-                streamed=wire.get("streamed", False))
+                hints=wire.get("hints", 0), streamed=wire.get("streamed", False))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad member record: {exc}") from None
         if not (isinstance(member.node_id, str) and member.node_id
                 and isinstance(member.address, str) and isinstance(member.gossip_address, str)
                 and type(member.generation) is int and type(member.heartbeat) is int
-                and type(member.keys) is int and type(member.streamed) is bool
+                and type(member.keys) is int and type(member.hints) is int
+                and type(member.streamed) is bool
                 and type(member.weight) in (int, float) and member.weight > 0
                 and 0 <= member.generation < 1 << 63 and 0 <= member.heartbeat < 1 << 63):
             raise ProtocolError(f"bad member record for {wire.get('node_id')!r}")
@@ -75,12 +78,12 @@ class Member:
 
 
 class MemberTable:
-    """Every known member's newest record, and when each was last heard from."""
+    """Every known member's newest record, and how alive each seems (failure detector)."""
 
-    def __init__(self, own: Member) -> None:
+    def __init__(self, own: Member, detector: PhiAccrualDetector) -> None:
         self.own_id = own.node_id
         self._members: dict[str, Member] = {own.node_id: own}
-        self._last_heard: dict[str, float] = {}
+        self.detector = detector
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
@@ -136,7 +139,7 @@ class MemberTable:
                 continue
             if current is None or record.newer_than(current):
                 if current is None or record.heartbeat > current.heartbeat:
-                    self._last_heard[record.node_id] = now
+                    self.detector.heartbeat(record.node_id, now)
                 if current is None or (record.generation, record.status, record.address,
                                        record.gossip_address, record.weight) != (
                         current.generation, current.status, current.address,
@@ -146,16 +149,21 @@ class MemberTable:
         return changed
 
     def heard_from(self, node_id: str, now: float) -> None:
-        self._last_heard[node_id] = now
+        """Direct evidence the member is alive (it answered us)."""
+        if not self.detector.known(node_id):
+            self.detector.heartbeat(node_id, now)
 
     def last_heard(self, node_id: str) -> float | None:
-        return self._last_heard.get(node_id)
+        return self.detector.last_heard(node_id)
 
-    def is_up(self, node_id: str, now: float, down_after_s: float) -> bool:
+    def liveness(self, node_id: str, now: float) -> Liveness:
         if node_id == self.own_id:
-            return True
-        heard = self._last_heard.get(node_id)
-        return heard is not None and now - heard < down_after_s
+            return Liveness.UP
+        return self.detector.liveness(node_id, now)
+
+    def is_up(self, node_id: str, now: float) -> bool:
+        """Not (yet) declared down: a suspect still gets requests."""
+        return self.liveness(node_id, now) != Liveness.DOWN
 
     def to_wire(self) -> list[dict[str, Any]]:
         return [m.to_wire() for m in self.all()]

@@ -56,6 +56,7 @@ class MsgType(IntEnum):
     LEAVE = 45
     REBALANCE_LOCAL = 46
     FORCE_REMOVE = 47
+    HINT_WRITE = 48
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -65,7 +66,7 @@ CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
-                        MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE})
+                        MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE})
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.LEAVE: {},
     MsgType.REBALANCE_LOCAL: {},
     MsgType.FORCE_REMOVE: {"node_id": ((str,), True)},
+    MsgType.HINT_WRITE: {"target": ((str,), True), "records": ((list,), True)},
     MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
 }
 

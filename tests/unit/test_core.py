@@ -210,3 +210,91 @@ def test_cluster_status_and_local_keys(cluster):
     assert all(r["status"] == "normal" and r["liveness"] == "up" for r in rows.values())
     assert rows["node2"]["keys_count"] == 1
     assert cluster.request("node3", MsgType.LOCAL_KEYS, {}).body["keys"] == ["a"]
+
+
+# ------------------------------------------------------------------ failures
+
+
+def liveness_of(sim, observer, node_id):
+    core = sim.node(observer)
+    return core.members.liveness(node_id, sim.now).value
+
+
+def test_a_silent_node_is_suspected_then_declared_down_and_comes_back(cluster):
+    node3 = cluster.node("node3")
+    cluster.run(5)  # a few seconds of heartbeats to learn the rhythm
+    cluster.down.add(node3.config.address)
+    went_down_at = cluster.now
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "suspect", 5)
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "down", 5)
+    assert cluster.now - went_down_at <= 2.6
+    assert liveness_of(cluster, "node2", "node3") == "down"
+    cluster.down.clear()
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "up", 2)
+    # liveness never changed ownership
+    assert cluster.node("node1").ring.nodes == ["node1", "node2", "node3"]
+
+
+def test_writes_for_a_down_replica_are_hinted_and_replayed(cluster):
+    cluster.add("node4", seed=False)
+    node4 = cluster.node("node4")
+    assert cluster.run_until(lambda: node4.members.own.status == MemberStatus.NORMAL
+                             and cluster.converged(), 30)
+    cluster.run(3)
+    node2 = cluster.node("node2")
+    cluster.down.add(node2.config.address)
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node2") == "down", 5)
+    ring = cluster.node("node1").ring
+    keys = [f"hinted{i}" for i in range(200) if "node2" in ring.get_nodes(f"hinted{i}", 3)]
+    for key in keys:
+        reply = put(cluster, "node1", key, b"while-down")
+        assert reply.type == MsgType.OK and "node2" not in reply.body["stored_on"]
+        assert get(cluster, "node3", key).body["value"] == b"while-down"  # reads skip node2
+    held = sum(c.store.hint_counts().get("node2", 0) for c in cluster.cores.values())
+    assert held == len(keys)
+    assert node2.store.get(keys[0]) is None
+    cluster.down.clear()
+    assert cluster.run_until(lambda: all(
+        node2.store.get(k) is not None and node2.store.get(k).value == b"while-down"
+        for k in keys), 10)
+    cluster.run(2)
+    assert all(not c.store.hint_counts() for c in cluster.cores.values())
+    assert sum(c.stats["hints_delivered"] for c in cluster.cores.values()) == len(keys)
+
+
+def test_with_no_spare_node_the_coordinator_holds_the_hint(cluster):
+    cluster.run(3)
+    node3 = cluster.node("node3")
+    cluster.down.add(node3.config.address)
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "down", 5)
+    reply = put(cluster, "node1", "k", b"v")
+    assert reply.type == MsgType.OK and sorted(reply.body["stored_on"]) == ["node1", "node2"]
+    assert cluster.node("node1").store.hint_counts() == {"node3": 1}
+    cluster.down.clear()
+    assert cluster.run_until(lambda: node3.store.get("k") is not None, 5)
+
+
+def test_reads_fail_fast_when_too_few_replicas_are_up(cluster):
+    cluster.run(3)
+    cluster.down.update(c.config.address for c in cluster.cores.values()
+                        if c.config.node_id in ("node2", "node3"))
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "down", 5)
+    started = cluster.now
+    reply = get(cluster, "node1", "k")
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "unavailable"
+    assert "down" in reply.body["message"] and cluster.now - started < 0.1
+
+
+def test_hints_for_a_removed_node_go_to_the_current_replicas(cluster):
+    cluster.run(3)
+    node3 = cluster.node("node3")
+    cluster.down.add(node3.config.address)
+    assert cluster.run_until(lambda: liveness_of(cluster, "node1", "node3") == "down", 5)
+    assert put(cluster, "node1", "orphan", b"v").type == MsgType.OK
+    reply = cluster.request("node2", MsgType.REMOVE_NODE, {"node_id": "node3",
+                                                           "graceful": False})
+    assert reply.type == MsgType.OK
+    cluster.run(5)
+    assert all(not c.store.hint_counts() for a, c in cluster.cores.items()
+               if a != node3.config.address)
+    assert holders(cluster, "orphan") == ["node1", "node2"]

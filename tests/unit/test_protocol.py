@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zring.errors import ProtocolError
+from zring.failure import PhiAccrualDetector
 from zring.hashing import key_position
 from zring.membership import Member, MemberStatus, MemberTable
 from zring.protocol import (
@@ -112,7 +113,7 @@ def test_member_records_round_trip_and_bad_ones_are_refused():
 
 
 def test_merge_keeps_newer_generations_and_drops_stale_records():
-    table = MemberTable(member("me"))
+    table = MemberTable(member("me"), PhiAccrualDetector(expected_interval_s=0.5))
     assert table.merge([member("n2", generation=2, heartbeat=5)], now=1.0)
     assert not table.merge([member("n2", generation=1, heartbeat=99)], now=2.0)  # stale
     assert table["n2"].heartbeat == 5
@@ -122,11 +123,11 @@ def test_merge_keeps_newer_generations_and_drops_stale_records():
     assert not table.merge([member("n2", generation=3, heartbeat=7,
                                    status=MemberStatus.LEAVING)], now=4.0)
     assert table.last_heard("n2") == 4.0
-    assert table.is_up("n2", 5.0, down_after_s=3.0)
-    assert not table.is_up("n2", 8.0, down_after_s=3.0)
+    assert table.is_up("n2", 5.0)
+    assert not table.is_up("n2", 8.0)
 
 
 def test_a_forced_removal_of_ourselves_is_adopted_but_our_heartbeat_is_ours():
-    table = MemberTable(member("me", heartbeat=50))
+    table = MemberTable(member("me", heartbeat=50), PhiAccrualDetector(expected_interval_s=0.5))
     table.merge([member("me", generation=2, heartbeat=1, status=MemberStatus.LEFT)], now=1.0)
     assert table.own.status == MemberStatus.LEFT and table.own.heartbeat == 50

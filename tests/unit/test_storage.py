@@ -1,4 +1,4 @@
-"""Stores: last writer wins, position-ordered ranges, meta, and the SQLite file contract.
+"""Stores: last writer wins, position-ordered ranges, meta, hints, and the SQLite file contract.
 
 Every behavioural test runs against both ``MemoryStore`` and ``SQLiteStore``: the simulation
 relies on the memory store behaving exactly like the durable one.
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import MemoryStore, Record, SQLiteStore, Store
+from zring.storage.base import Hint
 from zring.versions import Version
 
 TOP = RING_SIZE - 1
@@ -37,6 +38,11 @@ def store(request, tmp_path):
         opened = SQLiteStore(tmp_path / "store.db")
     yield opened
     opened.close()
+
+
+def hint(target: str, key: str, value: bytes | str | None, timestamp: int,
+         created_ms: int = 1000, position: int | None = None) -> Hint:
+    return Hint(0, target, record(key, value, timestamp, position=position), created_ms)
 
 
 def put_at(store: Store, positions: dict[str, int]) -> None:
@@ -289,6 +295,134 @@ def test_context_manager_closes(store):
         store.count()
 
 
+# ------------------------------------------------------------------ hints
+
+
+def test_hints_come_back_oldest_first_with_ids_assigned(store):
+    added = [hint("n2", f"k{i}", f"v{i}", i + 1, created_ms=100 + i) for i in range(5)]
+    assert store.add_hints(added) == 5
+    held = store.hints_for("n2")
+    assert [h.record for h in held] == [h.record for h in added]
+    assert [h.created_ms for h in held] == [100, 101, 102, 103, 104]
+    assert all(h.target == "n2" for h in held)
+    ids = [h.hint_id for h in held]
+    assert ids == sorted(set(ids)) and ids[0] > 0  # assigned, distinct, increasing
+    assert store.hints_for("n2", limit=2) == held[:2]
+    assert store.hints_for("n2", limit=5000) == held
+
+
+def test_add_hints_ignores_given_ids_and_ids_keep_growing(store):
+    assert store.add_hints([Hint(42, "n2", record("a", "1", 1), 5)]) == 1
+    assert store.add_hints(iter([hint("n2", "b", "2", 2), hint("n3", "c", "3", 3)])) == 2
+    assert store.add_hints([]) == 0
+    first, second = store.hints_for("n2")
+    (third,) = store.hints_for("n3")
+    assert first.hint_id < second.hint_id < third.hint_id
+    # deleting the newest hint does not make its id free for the next one
+    store.delete_hints([third.hint_id])
+    store.add_hints([hint("n3", "d", "4", 4)])
+    assert store.hints_for("n3")[0].hint_id > third.hint_id
+
+
+def test_hints_are_kept_per_target(store):
+    store.add_hints([hint("n2", "a", "for n2", 1), hint("n3", "a", "for n3", 1),
+                     hint("n2", "b", "also n2", 2)])
+    assert [(h.record.key, h.record.value) for h in store.hints_for("n2")] == [
+        ("a", "for n2"), ("b", "also n2")]
+    assert [(h.record.key, h.record.value) for h in store.hints_for("n3")] == [("a", "for n3")]
+    assert store.hints_for("nobody") == []
+
+
+def test_hints_for_one_key_are_not_deduplicated(store):
+    store.add_hints([hint("n2", "k", "old", 1), hint("n2", "k", None, 3),
+                     hint("n2", "k", "older", 0), hint("n2", "k", "old", 1)])
+    assert [(h.record.value, h.record.version.timestamp) for h in store.hints_for("n2")] == [
+        ("old", 1), (None, 3), ("older", 0), ("old", 1)]
+
+
+def test_hints_keep_tombstones_types_and_positions(store):
+    added = [hint("n2", "gone", None, 7), hint("n2", "bytes", b"\x00\xff", 8),
+             hint("n2", "text", "ünï", 9), hint("n2", "top", "t", 10, position=TOP),
+             hint("n2", "zero", "z", 11, position=0)]
+    store.add_hints(added)
+    held = store.hints_for("n2")
+    assert [h.record for h in held] == [h.record for h in added]
+    assert held[0].record.is_tombstone
+    assert type(held[1].record.value) is bytes and type(held[2].record.value) is str
+    assert held[0].record.position == key_position("gone")
+    assert held[0].record.version == Version(7, "n1")
+
+
+def test_hints_stay_out_of_the_records(store):
+    store.put(record("live", "v", 1))
+    store.add_hints([hint("n2", "hinted", "v", 1), hint("n2", "live", "newer", 5),
+                     hint("n2", "dead", None, 1)])
+    assert store.get("hinted") is None and store.get("dead") is None
+    assert store.get("live") == record("live", "v", 1)
+    assert list(store.keys(include_tombstones=True)) == ["live"]
+    assert store.count(include_tombstones=True) == 1
+    assert [r.key for r in store.scan_range(0, TOP)] == ["live"]
+    assert store.delete_range(0, TOP) == 1
+    assert len(store.hints_for("n2")) == 3  # dropping a range leaves the hints alone
+
+
+def test_delete_hints(store):
+    store.add_hints([hint("n2", f"k{i}", "v", 1) for i in range(4)] + [hint("n3", "x", "v", 1)])
+    ids = [h.hint_id for h in store.hints_for("n2")]
+    (other,) = store.hints_for("n3")
+    assert store.delete_hints(iter([ids[0], ids[2], 10_000])) == 2
+    assert [h.hint_id for h in store.hints_for("n2")] == [ids[1], ids[3]]
+    assert store.delete_hints([ids[0]]) == 0  # already gone
+    assert store.delete_hints([]) == 0
+    assert store.delete_hints([ids[1], ids[3], other.hint_id]) == 3
+    assert store.hints_for("n2") == [] and store.hints_for("n3") == []
+
+
+def test_hint_counts(store):
+    assert store.hint_counts() == {}
+    store.add_hints([hint("n2", "a", "v", 1), hint("n2", "b", None, 1), hint("n3", "a", "v", 1)])
+    assert store.hint_counts() == {"n2": 2, "n3": 1}
+    store.delete_hints([h.hint_id for h in store.hints_for("n3")])
+    assert store.hint_counts() == {"n2": 2}  # a target with no hints left is not listed
+
+
+def test_expire_hints_by_creation_time(store):
+    store.add_hints([hint("n2", "a", "v", 1, created_ms=100),
+                     hint("n3", "b", "v", 1, created_ms=50),
+                     hint("n2", "c", "v", 1, created_ms=200),
+                     hint("n2", "d", "v", 1, created_ms=99)])
+    assert store.expire_hints(100) == 2  # strictly before: 50 and 99
+    assert [h.record.key for h in store.hints_for("n2")] == ["a", "c"]
+    assert store.hint_counts() == {"n2": 2}
+    assert store.expire_hints(100) == 0
+    assert store.expire_hints(201) == 2
+    assert store.hint_counts() == {}
+
+
+def test_add_hints_is_all_or_nothing_and_checks_ranges(store):
+    with pytest.raises(ValueError, match="position"):
+        store.add_hints([hint("n2", "good", "v", 1),
+                         hint("n2", "bad", "v", 1, position=RING_SIZE)])
+    with pytest.raises(ValueError, match="timestamp"):
+        store.add_hints([hint("n2", "bad", "v", 1 << 63)])
+    with pytest.raises(ValueError, match="created_ms"):
+        store.add_hints([hint("n2", "bad", "v", 1, created_ms=-1)])
+    assert store.hint_counts() == {}
+
+
+def test_hints_for_limit_must_be_positive(store):
+    with pytest.raises(ValueError):
+        store.hints_for("n2", limit=0)
+
+
+def test_closed_store_refuses_hints(store):
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.add_hints([hint("n2", "k", "v", 1)])
+    with pytest.raises(StorageError, match="closed"):
+        store.hint_counts()
+
+
 # ------------------------------------------------------------------ the SQLite file
 
 
@@ -306,6 +440,58 @@ def test_sqlite_persists_across_reopen(tmp_path):
         assert second.get_meta("clock") == b"123"
         assert second.get_meta("format") == b"1"
         assert not second.put(record("b", "stale", 1))
+
+
+def test_sqlite_hints_persist_across_reopen(tmp_path):
+    path = tmp_path / "node.db"
+    with SQLiteStore(path) as first:
+        assert first.add_hints([hint("n2", "a", b"bytes", 1, created_ms=10),
+                                hint("n2", "b", None, 2, created_ms=20),
+                                hint("n3", "top", "t", 3, position=TOP)]) == 3
+        held = first.hints_for("n2") + first.hints_for("n3")
+    with SQLiteStore(path) as second:
+        assert second.hints_for("n2") + second.hints_for("n3") == held
+        assert second.hint_counts() == {"n2": 2, "n3": 1}
+        second.add_hints([hint("n2", "c", "v", 4)])
+        assert second.hints_for("n2")[-1].hint_id > max(h.hint_id for h in held)
+
+
+def test_sqlite_format_1_store_without_hints_gains_them_on_open(tmp_path):
+    # a format-"1" file written before hints existed: no hints table, no tombstone index
+    path = tmp_path / "old.db"
+    with SQLiteStore(path) as store:
+        store.put(record("k", "v", 1))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE hints")
+        conn.execute("DROP INDEX records_tombstones_by_ts")
+    conn.close()
+    with SQLiteStore(path) as reopened:
+        assert reopened.get_meta("format") == b"1"
+        assert reopened.get("k") == record("k", "v", 1)
+        assert reopened.hint_counts() == {}
+        reopened.add_hints([hint("n2", "k", "v", 2)])
+        assert len(reopened.hints_for("n2")) == 1
+    with sqlite3.connect(path) as conn:
+        indexes = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert {"hints_by_target", "hints_by_created", "records_tombstones_by_ts"} <= indexes
+
+
+def test_sqlite_hint_and_tombstone_queries_use_their_indexes(tmp_path):
+    path = tmp_path / "node.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        def plan(query: str, *args: object) -> str:
+            return " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", args))
+
+        assert "hints_by_target" in plan(
+            "SELECT * FROM hints WHERE target = ? ORDER BY id LIMIT 10", "n2")
+        assert "hints_by_target" in plan("SELECT target, count(*) FROM hints GROUP BY target")
+        assert "hints_by_created" in plan("DELETE FROM hints WHERE created_ms < ?", 5)
+        assert "records_tombstones_by_ts" in plan(
+            "SELECT key FROM records WHERE value IS NULL AND ts < ? ORDER BY ts", 5)
+    conn.close()
 
 
 def test_sqlite_uses_wal(tmp_path):
@@ -407,4 +593,47 @@ def test_random_writes_leave_each_key_at_its_greatest_version(writes, batched):
             assert store.scan_range(0, TOP) == sorted(
                 expected.values(), key=lambda r: (r.position, r.key))
             assert store.count() == sum(not r.is_tombstone for r in expected.values())
+            store.close()
+
+
+hint_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.lists(st.tuples(
+            st.sampled_from(["n2", "n3", "n4"]),
+            st.sampled_from(["a", "b", "ключ"]),
+            st.one_of(st.none(), st.binary(max_size=3), st.text(max_size=3)),
+            st.integers(min_value=0, max_value=5),
+            st.integers(min_value=0, max_value=20)), max_size=5)),
+        st.tuples(st.just("delete"), st.lists(st.integers(min_value=1, max_value=40),
+                                              max_size=5)),
+        st.tuples(st.just("expire"), st.integers(min_value=0, max_value=21)),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=hint_ops, limit=st.integers(min_value=1, max_value=8))
+def test_random_hint_operations_agree_between_stores(ops, limit):
+    with tempfile.TemporaryDirectory() as directory:
+        stores = [MemoryStore(), SQLiteStore(Path(directory) / "s.db")]
+        for op, arg in ops:
+            if op == "add":
+                batch = [hint(t, k, v, ts, created_ms=c) for t, k, v, ts, c in arg]
+                results = [s.add_hints(batch) for s in stores]
+                assert results == [len(batch)] * 2
+            elif op == "delete":
+                results = [s.delete_hints(arg) for s in stores]
+                assert results[0] == results[1]
+            else:
+                results = [s.expire_hints(arg) for s in stores]
+                assert results[0] == results[1]
+            memory, durable = stores
+            assert memory.hint_counts() == durable.hint_counts()
+            for target in ("n2", "n3", "n4"):
+                held = memory.hints_for(target, limit=limit)
+                assert held == durable.hints_for(target, limit=limit)
+                assert [type(h.record.value) for h in held] == [
+                    type(h.record.value) for h in durable.hints_for(target, limit=limit)]
+        for store in stores:
             store.close()

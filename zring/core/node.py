@@ -33,11 +33,12 @@ from zring.errors import (
     Unavailable,
     ZringError,
 )
+from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
 from zring.membership import Member, MemberStatus, MemberTable
 from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
-from zring.storage.base import Record, Store
+from zring.storage.base import Hint, Record, Store
 from zring.versions import HybridClock
 
 __all__ = ["NodeCore"]
@@ -66,8 +67,9 @@ class _Quorum:
     kind: MsgType
     key: str
     needed: int
-    natural: list[str]                      # the preference list (acks from these count)
+    counted: list[str]                      # nodes whose answers count towards the quorum
     record: Record | None = None            # the write, for PUT/DELETE
+    replicas: list[str] = field(default_factory=list)  # the key's preference list
     acks: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     replies: dict[str, Record | None] = field(default_factory=dict)
@@ -90,7 +92,11 @@ class NodeCore:
         self.config = config
         self.store = store
         self.clock = HybridClock()
-        self.members = MemberTable(self._load_own_member(now))
+        detector = PhiAccrualDetector(
+            expected_interval_s=config.gossip_interval_s, suspect_phi=config.phi_suspect,
+            down_phi=config.phi_down, min_std_s=config.fd_min_std_s,
+            acceptable_pause_s=config.fd_acceptable_pause_s)
+        self.members = MemberTable(self._load_own_member(now), detector)
         self._load_members(now)
         self.ring = HashRing(self.members.ring_weights(), vnodes=config.vnodes)
         self._ids = itertools.count(1)
@@ -114,6 +120,11 @@ class NodeCore:
         self._push_reply: tuple[tuple[bytes, ...], int] | None = None  # who awaits a rebalance
         self._future: HashRing | None = None  # the ring once joins/leaves complete (cached)
         self._left_at: float | None = None
+        self._liveness: dict[str, Liveness] = {}      # last liveness logged per member
+        self._next_hint_replay_at = now
+        self._hints_in_flight: set[str] = set()       # targets with a delivery under way
+        self._hint_count = 0
+        self._last_tick = now
         self.stats: dict[str, int] = defaultdict(int)
         self.log = log.bind(node_id=config.node_id)
 
@@ -212,6 +223,7 @@ class NodeCore:
         return self._merge(records, now)
 
     def tick(self, now: float) -> list[Effect]:
+        self._last_tick = now
         effects: list[Effect] = []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
             _, request_id = heapq.heappop(self._call_deadlines)
@@ -222,6 +234,9 @@ class NodeCore:
         if now >= self._next_count_at:
             self._key_count = self.store.count()
             self._next_count_at = now + 2.0
+        effects += self._check_liveness(now)
+        if now >= self._next_hint_replay_at:
+            effects += self._replay_hints(now)
         if now >= self._next_gossip_at:
             effects += self._gossip(now)
         if now >= self._next_seed_contact_at:
@@ -232,7 +247,12 @@ class NodeCore:
         return effects
 
     def next_deadline(self) -> float:
-        times = [self._next_gossip_at, self._next_count_at]
+        times = [self._next_gossip_at, self._next_count_at, self._next_hint_replay_at]
+        detector = self.members.detector
+        for member in self.members.peers():
+            change_at = detector.next_change_at(member.node_id, self._last_tick)
+            if change_at is not None:
+                times.append(change_at)
         if self._call_deadlines:
             times.append(self._call_deadlines[0][0])
         if self._needs_seed_contact():
@@ -289,15 +309,23 @@ class NodeCore:
         if len(natural) < quorum:
             raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
                               f"fewer than w={quorum}")
-        pending = self._pending_targets(position, n, natural)
         record = Record(key, value, self.clock.version(int(now * 1000), self.config.node_id),
                         position)
-        op = _Quorum(route, message.request_id, message.type, key, quorum, natural, record)
+        live = [x for x in natural if self.members.is_up(x, now)]
+        holders, local_hints = self._hint_holders(position, n, natural, now)
+        # Sloppy quorum (Dynamo): a live stand-in holding a hint counts like the replica.
+        counted = live + list(holders)
+        op = _Quorum(route, message.request_id, message.type, key, quorum, counted, record,
+                     replicas=natural)
         op_id = next(self._ids)
         self._quorums[op_id] = op
         effects: list[Effect] = []
         wire = [record_to_wire(record)]
-        for target in natural + pending:
+        if local_hints:
+            self.store.add_hints(Hint(0, target, record, int(now * 1000))
+                                 for target in local_hints)
+            self.stats["hints_stored"] += len(local_hints)
+        for target in live + self._pending_targets(position, n, natural, now):
             if target == self.config.node_id:
                 self.store.put(record)
                 effects += self._on_write_ack(op_id, target, True, now)
@@ -306,29 +334,63 @@ class NodeCore:
                                       lambda node, reply, t: self._on_write_ack(
                                           op_id, node, reply is not None
                                           and reply.type == MsgType.OK, t), now)
+        for holder, target in holders.items():
+            if holder == self.config.node_id:
+                self.store.add_hints([Hint(0, target, record, int(now * 1000))])
+                self.stats["hints_stored"] += 1
+                effects += self._on_write_ack(op_id, holder, True, now)
+            else:
+                effects += self._call(holder, MsgType.HINT_WRITE,
+                                      {"target": target, "records": wire},
+                                      lambda node, reply, t: self._on_write_ack(
+                                          op_id, node, reply is not None
+                                          and reply.type == MsgType.OK, t), now)
+        if not op.counted:
+            effects += self._on_write_ack(op_id, "", False, now)  # nobody to ask: answer now
         return effects
+
+    def _hint_holders(self, position: int, n: int, natural: list[str], now: float):
+        """For each down replica, the next live node past the preference list that will hold
+        its write as a hint; with no such node, we hold the hint ourselves (uncounted)."""
+        down = [x for x in natural if not self.members.is_up(x, now)]
+        if not down:
+            return {}, []
+        spares = [x for x in self.ring.get_nodes_at(position, len(self.ring))[n:]
+                  if self.members.is_up(x, now)]
+        holders: dict[str, str] = {}
+        local: list[str] = []
+        for target in down:
+            heard = self.members.last_heard(target)
+            if heard is not None and now - heard > self.config.hint_window_s:
+                self.stats["hints_skipped_window"] += 1
+                continue  # down past the hint window: repair brings it back
+            if spares:
+                holders[spares.pop(0)] = target
+            else:
+                local.append(target)
+        return holders, local
 
     def _on_write_ack(self, op_id: int, node_id: str, ok: bool, now: float) -> list[Effect]:
         op = self._quorums.get(op_id)
         if op is None:
             return []
-        if node_id in op.natural:
+        if node_id in op.counted:
             (op.acks if ok else op.failed).append(node_id)
         effects: list[Effect] = []
         if not op.answered:
             if len(op.acks) >= op.needed:
                 op.answered = True
                 body = {"version": list(op.record.version), "stored_on": list(op.acks),
-                        "replicated_to": list(op.natural)}
+                        "replicated_to": list(op.replicas)}
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
-            elif len(op.natural) - len(op.failed) < op.needed:
+            elif len(op.counted) - len(op.failed) < op.needed:
                 op.answered = True
                 self.stats["writes_unavailable"] += 1
                 effects.append(Reply(op.route, _error(op.request_id, Unavailable(
                     f"write reached {len(op.acks)} of w={op.needed} replicas "
                     f"({', '.join(op.failed)} failed); it may still be applied",
                     acked=list(op.acks), failed=list(op.failed)))))
-        if len(op.acks) + len(op.failed) >= len(op.natural):
+        if len(op.acks) + len(op.failed) >= len(op.counted):
             del self._quorums[op_id]
         return effects
 
@@ -337,14 +399,18 @@ class NodeCore:
         n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
         position = key_position(key)
         natural = self.ring.get_nodes_at(position, n)
-        if len(natural) < quorum:
-            raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
-                              f"fewer than r={quorum}")
-        op = _Quorum(route, message.request_id, MsgType.GET, key, quorum, natural)
+        live = [x for x in natural if self.members.is_up(x, now)]
+        if len(live) < quorum:
+            down = [x for x in natural if x not in live]
+            raise Unavailable(f"{len(live)} of the key's {len(natural)} replicas are up "
+                              f"({', '.join(down) or 'too few nodes'} down), fewer than "
+                              f"r={quorum}")
+        op = _Quorum(route, message.request_id, MsgType.GET, key, quorum, live,
+                     replicas=natural)
         op_id = next(self._ids)
         self._quorums[op_id] = op
         effects: list[Effect] = []
-        for target in natural:
+        for target in live:
             if target == self.config.node_id:
                 effects += self._on_read_reply(op_id, target, True, self.store.get(key), now)
             else:
@@ -384,13 +450,13 @@ class NodeCore:
                         "version": list(newest.version) if newest else None,
                         "served_by": list(op.replies)}
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
-            elif len(op.natural) - len(op.failed) < op.needed:
+            elif len(op.counted) - len(op.failed) < op.needed:
                 op.answered = True
                 self.stats["reads_unavailable"] += 1
                 effects.append(Reply(op.route, _error(op.request_id, Unavailable(
                     f"read reached {len(op.replies)} of r={op.needed} replicas "
                     f"({', '.join(op.failed)} failed)"))))
-        if len(op.replies) + len(op.failed) >= len(op.natural):
+        if len(op.replies) + len(op.failed) >= len(op.counted):
             del self._quorums[op_id]
             effects += self._read_repair(op, now)
         return effects
@@ -428,14 +494,16 @@ class NodeCore:
             raise InvalidRequest(f"n={n} exceeds 64 replicas")
         return n, quorum
 
-    def _pending_targets(self, position: int, n: int, natural: list[str]) -> list[str]:
+    def _pending_targets(self, position: int, n: int, natural: list[str],
+                         now: float) -> list[str]:
         """Joining or gaining nodes that will own this key once the current change completes:
         they get writes now (not counted towards the quorum), so nothing written while
         their ranges stream is missed."""
         future = self._future_ring()
         if future is None:
             return []
-        return [node for node in future.get_nodes_at(position, n) if node not in natural]
+        return [node for node in future.get_nodes_at(position, n)
+                if node not in natural and self.members.is_up(node, now)]
 
     def _future_ring(self) -> HashRing | None:
         joining = self.members.with_status(MemberStatus.JOINING)
@@ -455,8 +523,12 @@ class NodeCore:
     # ------------------------------------------------------------------ peer: data
 
     def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
+        stored = self.store.put_many(self._records_from_peer(message.body["records"]))
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
+
+    def _records_from_peer(self, items: list) -> list[Record]:
         records = []
-        for item in message.body["records"]:
+        for item in items:
             record = record_from_wire(item)
             if len(record.key.encode("utf-8", "surrogatepass")) > self.config.max_key_bytes or (
                     record.value is not None
@@ -465,13 +537,20 @@ class NodeCore:
             records.append(record)
         if records:
             self.clock.observe(max(r.version.timestamp for r in records))
-        stored = self.store.put_many(records)
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
+        return records
 
     def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
         record = self.store.get(message.body["key"])
         body = {"record": None if record is None else record_to_wire(record)}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
+        target = message.body["target"]
+        records = self._records_from_peer(message.body["records"])
+        stored = self.store.add_hints(Hint(0, target, record, int(now * 1000))
+                                      for record in records)
+        self.stats["hints_stored"] += stored
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
 
     def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
         body = message.body
@@ -543,9 +622,9 @@ class NodeCore:
                 "node_id": member.node_id, "address": member.address,
                 "gossip_address": member.gossip_address,
                 "status": member.status.name.lower(),
-                "liveness": "up" if self.members.is_up(member.node_id, now,
-                                                       self.config.down_after_s) else "down",
+                "liveness": self.members.liveness(member.node_id, now).value,
                 "keys_count": self._key_count if own else member.keys,
+                "hints": self._hint_count if own else member.hints,
                 "ownership": shares.get(member.node_id, 0.0),
                 "weight": member.weight,
             })
@@ -610,7 +689,7 @@ class NodeCore:
         busy = [m.node_id for m in self.members.all()
                 if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
                 and m.node_id != node_id
-                and self.members.is_up(m.node_id, now, self.config.down_after_s)]
+                and self.members.is_up(m.node_id, now)]
         if busy:
             raise MembershipConflict(f"a membership change is in progress ({', '.join(busy)}); "
                                      "retry when it completes")
@@ -666,8 +745,7 @@ class NodeCore:
         member = Member.from_wire(message.body["member"])
         known = self.members.get(member.node_id)
         if known is not None and known.address != member.address and known.status not in (
-                MemberStatus.LEFT,) and self.members.is_up(member.node_id, now,
-                                                           self.config.down_after_s):
+                MemberStatus.LEFT,) and self.members.is_up(member.node_id, now):
             raise InvalidRequest(f"node id {member.node_id} is already used by "
                                  f"{known.address}")
         self.members.heard_from(member.node_id, now)
@@ -798,7 +876,8 @@ class NodeCore:
 
     def _gossip(self, now: float) -> list[Effect]:
         self._next_gossip_at = now + self.config.gossip_interval_s
-        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count)
+        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count,
+                                hints=self._hint_count)
         body = {"sender": self.config.node_id, "members": self.members.to_wire()}
         return [Publish(Message(MsgType.GOSSIP, 0, body))]
 
@@ -852,7 +931,7 @@ class NodeCore:
             if member.node_id == self.config.node_id or not member.in_ring:
                 continue
             if member.node_id not in self._confirmed_by and self.members.is_up(
-                    member.node_id, now, self.config.down_after_s):
+                    member.node_id, now):
                 return False
         return True
 
@@ -871,7 +950,7 @@ class NodeCore:
             self._join_pull.cancelled = True
             return self._start_join_pull(now)
         for source in self._join_pull.pending_sources():
-            if not self.members.is_up(source, now, self.config.down_after_s):
+            if not self.members.is_up(source, now):
                 abandoned = self._join_pull.drop_source(source)
                 if abandoned:
                     self.log.warning("join_source_skipped", source=source, chunks=abandoned)
@@ -938,6 +1017,88 @@ class NodeCore:
         self.store.delete_range(*_FULL_RANGE)
         return effects
 
+    # ------------------------------------------------------------------ failures
+
+    def _check_liveness(self, now: float) -> list[Effect]:
+        """Log each member's liveness changes; a member back up gets its hints promptly."""
+        for member in self.members.peers():
+            liveness = self.members.liveness(member.node_id, now)
+            previous = self._liveness.get(member.node_id)
+            if liveness == previous:
+                continue
+            self._liveness[member.node_id] = liveness
+            if previous is None and liveness == Liveness.UP:
+                continue
+            self.log.info(f"member_{_LIVENESS_EVENT[liveness]}", member=member.node_id,
+                          phi=round(min(self.members.detector.phi(member.node_id, now), 99), 1))
+            if liveness == Liveness.UP:
+                self._next_hint_replay_at = now
+        return []
+
+    def _replay_hints(self, now: float) -> list[Effect]:
+        """Deliver held hints to members that are up again (or, for members that left, to
+        the key's current replicas); drop hints older than the hint window."""
+        self._next_hint_replay_at = now + self.config.hint_replay_interval_s
+        expired = self.store.expire_hints(int((now - self.config.hint_window_s) * 1000))
+        if expired:
+            self.stats["hints_expired"] += expired
+            self.log.warning("hints_expired", count=expired)
+        counts = self.store.hint_counts()
+        self._hint_count = sum(counts.values())
+        effects: list[Effect] = []
+        for target in counts:
+            if target in self._hints_in_flight:
+                continue
+            member = self.members.get(target)
+            gone = member is None or member.status == MemberStatus.LEFT
+            if gone or self.members.liveness(target, now) == Liveness.UP:
+                effects += self._deliver_hints(target, gone, now)
+        return effects
+
+    def _deliver_hints(self, target: str, gone: bool, now: float) -> list[Effect]:
+        hints = self.store.hints_for(target, limit=self.config.hint_batch_records)
+        if not hints:
+            self._hints_in_flight.discard(target)
+            return []
+        self._hints_in_flight.add(target)
+        # A member that left gets nothing: its hints go to the keys' current replicas.
+        destinations: dict[str, list[Record]] = defaultdict(list)
+        for hint in hints:
+            owners = (self.ring.get_nodes_at(hint.record.position, self.config.replicas)
+                      if gone else [target])
+            for owner in owners:
+                destinations[owner].append(hint.record)
+        waiting = set(destinations)
+        failed: list[str] = []
+
+        def on_ack(node: str, reply: Message | None, t: float) -> list[Effect]:
+            waiting.discard(node)
+            if reply is None or reply.type != MsgType.OK:
+                failed.append(node)
+            if waiting:
+                return []
+            if failed:
+                self._hints_in_flight.discard(target)
+                return []
+            self.store.delete_hints(h.hint_id for h in hints)
+            self.stats["hints_delivered"] += len(hints)
+            self._hint_count = max(0, self._hint_count - len(hints))
+            self.log.info("hints_delivered", target=target, count=len(hints), rerouted=gone)
+            self._hints_in_flight.discard(target)
+            self._next_hint_replay_at = t  # the next batch on the next tick
+            return []
+
+        effects: list[Effect] = []
+        for owner, records in destinations.items():
+            if owner == self.config.node_id:
+                self.store.put_many(records)
+                effects += on_ack(owner, Message(MsgType.OK, 0, {}), now)
+            else:
+                effects += self._call(owner, MsgType.REPLICA_WRITE,
+                                      {"records": [record_to_wire(r) for r in records]},
+                                      on_ack, now)
+        return effects
+
     # ------------------------------------------------------------------ streams
 
     def _streams(self) -> list:
@@ -990,8 +1151,12 @@ NodeCore._handlers = {
     MsgType.LEAVE: NodeCore._on_leave,
     MsgType.REBALANCE_LOCAL: NodeCore._on_rebalance_local,
     MsgType.FORCE_REMOVE: NodeCore._on_force_remove,
+    MsgType.HINT_WRITE: NodeCore._on_hint_write,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
+
+
+_LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
 
 
 def _error(request_id: int, exc: ZringError) -> Message:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from zring.versions import Version
 
-__all__ = ["Record", "Store", "Value"]
+__all__ = ["Hint", "Record", "Store", "Value"]
 
 Value = bytes | str
 
@@ -28,6 +28,15 @@ class Record(NamedTuple):
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+
+class Hint(NamedTuple):
+    """A write this node holds for a replica that was down when it was made."""
+
+    hint_id: int             # assigned by the store; 0 before it is stored
+    target: str              # the node id the write belongs to
+    record: Record
+    created_ms: int          # wall-clock ms when the hint was stored (for the hint window)
 
 
 class Store(ABC):
@@ -74,6 +83,29 @@ class Store(ABC):
     @abstractmethod
     def set_meta(self, name: str, value: bytes) -> None:
         """Durably replace the named blob."""
+
+    # Hints (hinted handoff): durable like records, kept apart from them.
+
+    @abstractmethod
+    def add_hints(self, hints: Iterable[Hint]) -> int:
+        """Store hints durably in one transaction (their ``hint_id`` is ignored and assigned);
+        returns how many were stored."""
+
+    @abstractmethod
+    def hints_for(self, target: str, *, limit: int = 1000) -> list[Hint]:
+        """The oldest hints for ``target``, at most ``limit``, oldest first."""
+
+    @abstractmethod
+    def delete_hints(self, hint_ids: Iterable[int]) -> int:
+        """Forget these hints (delivered or expired); returns how many."""
+
+    @abstractmethod
+    def hint_counts(self) -> dict[str, int]:
+        """How many hints are held for each target."""
+
+    @abstractmethod
+    def expire_hints(self, created_before_ms: int) -> int:
+        """Drop hints created before ``created_before_ms``; returns how many."""
 
     @abstractmethod
     def close(self) -> None:

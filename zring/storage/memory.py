@@ -1,7 +1,9 @@
 """In-memory store for tests and the simulation: the same rules as ``SQLiteStore``, no files.
 
 Records live in a dict by key; a sorted list of ``(position, key)`` gives range scans and range
-deletes without touching every key. Every rule the durable store enforces (last writer wins,
+deletes without touching every key. Hints (hinted handoff) live apart from the records: a dict
+by id, and per target a dict in id order (ids only grow, so insertion order is oldest first).
+Every rule the durable store enforces (last writer wins,
 position and timestamp ranges, whole position groups per page) is enforced here too, so a
 simulated cluster fails where a real one would.
 """
@@ -15,7 +17,7 @@ from sortedcontainers import SortedList
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE
-from zring.storage.base import Record, Store
+from zring.storage.base import Hint, Record, Store
 
 __all__ = ["MemoryStore"]
 
@@ -30,6 +32,9 @@ class MemoryStore(Store):
         self._by_position: SortedList = SortedList()  # (position, key): collisions ordered by key
         self._tombstones = 0
         self._meta: dict[str, bytes] = {}
+        self._hints: dict[int, Hint] = {}
+        self._hints_by_target: dict[str, dict[int, Hint]] = {}  # each in id order
+        self._last_hint_id = 0  # ids are never reused, like SQLite's AUTOINCREMENT
         self._closed = False
 
     # ------------------------------------------------------------------ records
@@ -114,6 +119,48 @@ class MemoryStore(Store):
         self._check_open()
         self._meta[name] = bytes(value)
 
+    # ------------------------------------------------------------------ hints
+
+    def add_hints(self, hints: Iterable[Hint]) -> int:
+        self._check_open()
+        batch = list(hints)
+        for hint in batch:  # all or nothing, like the durable store's transaction
+            _check_hint(hint)
+        for hint in batch:
+            self._last_hint_id += 1
+            stored = hint._replace(hint_id=self._last_hint_id)
+            self._hints[stored.hint_id] = stored
+            self._hints_by_target.setdefault(stored.target, {})[stored.hint_id] = stored
+        return len(batch)
+
+    def hints_for(self, target: str, *, limit: int = 1000) -> list[Hint]:
+        self._check_open()
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        return list(islice(self._hints_by_target.get(target, {}).values(), limit))
+
+    def delete_hints(self, hint_ids: Iterable[int]) -> int:
+        self._check_open()
+        deleted = 0
+        for hint_id in hint_ids:
+            hint = self._hints.pop(hint_id, None)
+            if hint is not None:
+                self._forget_hint(hint)
+                deleted += 1
+        return deleted
+
+    def hint_counts(self) -> dict[str, int]:
+        self._check_open()
+        return {target: len(held) for target, held in self._hints_by_target.items()}
+
+    def expire_hints(self, created_before_ms: int) -> int:
+        self._check_open()
+        doomed = [hint for hint in self._hints.values() if hint.created_ms < created_before_ms]
+        for hint in doomed:
+            del self._hints[hint.hint_id]
+            self._forget_hint(hint)
+        return len(doomed)
+
     def close(self) -> None:
         self._closed = True
 
@@ -145,6 +192,13 @@ class MemoryStore(Store):
         if self._records.pop(key).value is None:
             self._tombstones -= 1
 
+    def _forget_hint(self, hint: Hint) -> None:
+        """Drop ``hint`` from its target's dict; the caller has taken it out of ``_hints``."""
+        held = self._hints_by_target[hint.target]
+        del held[hint.hint_id]
+        if not held:
+            del self._hints_by_target[hint.target]
+
     def _entries_between(self, low: int, high: int) -> Iterator[tuple[int, str]]:
         # (p,) sorts before every (p, key) and (p + 1,) after them all
         return self._by_position.irange((low,), (high + 1,), inclusive=(True, False))
@@ -169,3 +223,10 @@ def _check_ranges(record: Record) -> None:
         raise ValueError(f"position {record.position} of {record.key!r} is outside [0, 2**64)")
     if not 0 <= record.version[0] < _TIMESTAMP_LIMIT:
         raise ValueError(f"timestamp {record.version[0]} of {record.key!r} is outside [0, 2**63)")
+
+
+def _check_hint(hint: Hint) -> None:
+    _check_ranges(hint.record)
+    if not 0 <= hint.created_ms < _TIMESTAMP_LIMIT:
+        raise ValueError(f"created_ms {hint.created_ms} of the hint for {hint.target!r} is "
+                         f"outside [0, 2**63)")

@@ -6,6 +6,11 @@ unsigned 64-bit but SQLite integers are signed, so a position is stored shifted 
 which keeps their order. This module does file I/O only: no clock, no sleeping, no threads
 (SQLite's busy handler waits at most ``BUSY_TIMEOUT_MS``, and only if another process holds
 the file).
+
+Hints (hinted handoff) sit in their own table, in id order per target; several hints for one
+key may coexist (the replay applies last writer wins at the target). Tables and indexes added
+after format "1" was first written are created with IF NOT EXISTS on open, so an existing
+format-"1" file gains them (no released data predates them).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TypeVar
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE
-from zring.storage.base import Record, Store
+from zring.storage.base import Hint, Record, Store
 from zring.versions import Version
 
 __all__ = ["BUSY_TIMEOUT_MS", "CACHE_KIB", "FORMAT_VERSION", "SQLiteStore"]
@@ -48,6 +53,27 @@ _SCHEMA = (
     "CREATE INDEX records_by_position ON records (pos, key)",
     "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
 )
+# Run on every open, after the format check: a format-"1" file written before these existed
+# gains them. Anything that changes an existing table or column still needs a format bump.
+_SCHEMA_ADDITIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS hints (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: ids only grow
+        target     TEXT NOT NULL,    -- the node id the write belongs to
+        key        TEXT NOT NULL,
+        value,                       -- as in records; NULL: tombstone
+        ts         INTEGER NOT NULL,
+        writer     TEXT NOT NULL,
+        pos        INTEGER NOT NULL, -- ring position - 2**63, as in records
+        created_ms INTEGER NOT NULL  -- wall-clock ms when the hint was stored
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS hints_by_target ON hints (target, id)",
+    "CREATE INDEX IF NOT EXISTS hints_by_created ON hints (created_ms)",
+    # for tombstone garbage collection (oldest tombstones first); partial, so live writes
+    # never touch it
+    "CREATE INDEX IF NOT EXISTS records_tombstones_by_ts ON records (ts) WHERE value IS NULL",
+)
 
 _UPSERT = """
 INSERT INTO records (key, value, ts, writer, pos) VALUES (?, ?, ?, ?, ?)
@@ -74,6 +100,17 @@ _SET_META = """
 INSERT INTO meta (name, value) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value
 """
+
+_ADD_HINT = """
+INSERT INTO hints (target, key, value, ts, writer, pos, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_HINTS_FOR = """
+SELECT id, key, value, ts, writer, pos, created_ms FROM hints
+WHERE target = ? ORDER BY id LIMIT ?
+"""
+_DELETE_HINT = "DELETE FROM hints WHERE id = ?"
+_HINT_COUNTS = "SELECT target, count(*) FROM hints GROUP BY target"
+_EXPIRE_HINTS = "DELETE FROM hints WHERE created_ms < ?"
 
 _Method = TypeVar("_Method", bound=Callable)
 
@@ -206,6 +243,40 @@ class SQLiteStore(Store):
         # autocommit: committed on return, as durable as ``synchronous`` makes it
         self._cursor.execute(_SET_META, (name, bytes(value)))
 
+    # ------------------------------------------------------------------ hints
+
+    @_translating_errors
+    def add_hints(self, hints: Iterable[Hint]) -> int:
+        with self._transaction():
+            self._cursor.executemany(_ADD_HINT, map(_hint_row, hints))
+            return self._cursor.rowcount
+
+    @_translating_errors
+    def hints_for(self, target: str, *, limit: int = 1000) -> list[Hint]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        rows = self._cursor.execute(_HINTS_FOR, (target, limit)).fetchall()
+        shift = _POSITION_SHIFT
+        return [Hint(hint_id, target,
+                     Record(key, value, Version(timestamp, writer), pos + shift), created_ms)
+                for hint_id, key, value, timestamp, writer, pos, created_ms in rows]
+
+    @_translating_errors
+    def delete_hints(self, hint_ids: Iterable[int]) -> int:
+        with self._transaction():
+            self._cursor.executemany(_DELETE_HINT, ((hint_id,) for hint_id in hint_ids))
+            return self._cursor.rowcount
+
+    @_translating_errors
+    def hint_counts(self) -> dict[str, int]:
+        # GROUP BY over the (target, id) index: a covering index scan, no sort
+        return dict(self._cursor.execute(_HINT_COUNTS).fetchall())
+
+    @_translating_errors
+    def expire_hints(self, created_before_ms: int) -> int:
+        self._cursor.execute(_EXPIRE_HINTS, (created_before_ms,))  # autocommit
+        return self._cursor.rowcount
+
     def close(self) -> None:
         if self._closed:
             return
@@ -257,7 +328,7 @@ class SQLiteStore(Store):
             tables = {name for (name,) in self._cursor.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
             if not tables:
-                for statement in _SCHEMA:
+                for statement in _SCHEMA + _SCHEMA_ADDITIONS:
                     self._cursor.execute(statement)
                 self._cursor.execute(_SET_META, ("format", FORMAT_VERSION))
                 return
@@ -270,6 +341,8 @@ class SQLiteStore(Store):
                 raise StorageError(f"{self.path} has storage format {found!r}; this version of "
                                    f"zring reads format {FORMAT_VERSION!r} only",
                                    path=str(self.path))
+            for statement in _SCHEMA_ADDITIONS:
+                self._cursor.execute(statement)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -323,3 +396,12 @@ def _row(record: Record) -> tuple:
     if not 0 <= timestamp < _TIMESTAMP_LIMIT:
         raise ValueError(f"timestamp {timestamp} of {key!r} is outside [0, 2**63)")
     return key, value, timestamp, writer, position - _POSITION_SHIFT
+
+
+def _hint_row(hint: Hint) -> tuple:
+    """``hint`` as insert parameters, checked against the column ranges (its id is ignored)."""
+    _, target, record, created_ms = hint
+    if not 0 <= created_ms < _TIMESTAMP_LIMIT:
+        raise ValueError(f"created_ms {created_ms} of the hint for {target!r} is outside "
+                         f"[0, 2**63)")
+    return (target, *_row(record), created_ms)
