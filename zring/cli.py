@@ -79,8 +79,12 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 
 def state_code(liveness: str, status: str) -> str:
-    """Two letters as in ``nodetool status``: Up/Down, then Normal/Joining/Leaving (X: left)."""
-    return ("U" if liveness == "up" else "D") + _STATE_LETTERS.get(status, "?")
+    """Two letters as in ``nodetool status``: Up/Suspect/Down, then Normal/Joining/Leaving
+    (X: left)."""
+    return _LIVENESS_LETTERS.get(liveness, "?") + _STATE_LETTERS.get(status, "?")
+
+
+_LIVENESS_LETTERS = {"up": "U", "suspect": "S", "down": "D"}
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
@@ -99,11 +103,11 @@ def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
     """A ``nodetool status``-like table of the members."""
     members = [m for m in status.members if show_left or m.status != "left"]
     rows = [(state_code(m.liveness, m.status), m.node_id, m.address, str(m.keys_count),
-             f"{m.ownership * 100:.1f}%", f"{m.weight:g}") for m in members]
-    lines = ["Status=Up/Down", "|/ State=Normal/Leaving/Joining" +
+             str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}") for m in members]
+    lines = ["Status=Up/Suspect/Down", "|/ State=Normal/Leaving/Joining" +
              ("/X=left" if show_left else "")]
-    lines += _table(("--", "Node", "Address", "Keys", "Owns", "Weight"), rows,
-                    right=frozenset({3, 4}))
+    lines += _table(("--", "Node", "Address", "Keys", "Hints", "Owns", "Weight"), rows,
+                    right=frozenset({3, 4, 5}))
     hidden = len(status.members) - len(members)
     if hidden:
         lines.append(f"({hidden} left member{'s' if hidden > 1 else ''} hidden; --all shows "

@@ -131,17 +131,18 @@ class MemberInfo:
     node_id: str
     address: str             # ROUTER endpoint
     status: str              # joining / normal / leaving / left  (ownership)
-    liveness: str            # up / down  (heartbeats, as the answering node sees them)
+    liveness: str            # up / suspect / down  (as the answering node's detector sees it)
     keys_count: int          # live keys the member last reported
     ownership: float         # share of the ring it owns as first replica (0..1)
     weight: float
     gossip_address: str = ""
+    hints: int = 0           # writes it holds for members that were down
 
     @classmethod
     def from_row(cls, row: dict) -> MemberInfo:
         return cls(row["node_id"], row["address"], row["status"], row["liveness"],
                    row.get("keys_count", 0), row.get("ownership", 0.0), row.get("weight", 1.0),
-                   row.get("gossip_address", ""))
+                   row.get("gossip_address", ""), row.get("hints", 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,10 +451,10 @@ def test_format_status_table():
         member("n3", status="joining", ownership=0.0), member("n4", status="leaving"),
         member("n5", status="left", liveness="down")], answered_by="n1", fingerprint=255)
     lines = cli.format_status(status).splitlines()
-    assert lines[0] == "Status=Up/Down"
-    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Owns", "Weight"]
+    assert lines[0] == "Status=Up/Suspect/Down"
+    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Hints", "Owns", "Weight"]
     rows = [line.split() for line in lines[3:7]]
-    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "33.3%", "1"]
+    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "0", "33.3%", "1"]
     assert rows[1][:4] == ["DN", "n2", "tcp://127.0.0.1:7002", "12345"]
     assert [r[0] for r in rows] == ["UN", "DN", "UJ", "UL"]
     assert "n5" not in "\n".join(lines[3:7]) and "1 left member hidden" in lines[7]
@@ -469,7 +469,7 @@ def test_format_status_table():
 def test_state_codes():
     assert [cli.state_code(liveness, status) for liveness, status in [
         ("up", "normal"), ("down", "normal"), ("up", "joining"), ("up", "leaving"),
-        ("down", "left")]] == ["UN", "DN", "UJ", "UL", "DX"]
+        ("down", "left"), ("suspect", "normal")]] == ["UN", "DN", "UJ", "UL", "DX", "SN"]
 
 
 def test_format_ring():
