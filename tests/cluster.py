@@ -125,7 +125,13 @@ class TestCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for(self.socket_path.exists, 15, "supervisord's socket")
         self.wait_converged(sorted(self.autostart), timeout_s)
+        self.wait_running(sorted(self.autostart))
         return self
+
+    def wait_running(self, names: list[str], timeout_s: float = 30) -> None:
+        """supervisord itself reports them RUNNING (past startsecs), so chaos can act."""
+        wait_for(lambda: all(self.supervisor().getProcessInfo(n)["statename"] == "RUNNING"
+                             for n in names), timeout_s, f"{names} RUNNING in supervisord")
 
     def stop(self) -> None:
         for client in self._clients:
