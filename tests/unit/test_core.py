@@ -298,3 +298,16 @@ def test_hints_for_a_removed_node_go_to_the_current_replicas(cluster):
     assert all(not c.store.hint_counts() for a, c in cluster.cores.items()
                if a != node3.config.address)
     assert holders(cluster, "orphan") == ["node1", "node2"]
+
+
+def test_a_replica_that_misses_a_write_before_detection_gets_it_as_a_hint(cluster):
+    cluster.run(3)
+    node3 = cluster.node("node3")
+    cluster.down.add(node3.config.address)  # dead, but not yet detected
+    assert liveness_of(cluster, "node1", "node3") == "up"
+    reply = put(cluster, "node1", "early", b"v")
+    assert reply.type == MsgType.OK
+    assert cluster.run_until(lambda: cluster.node("node1").store.hint_counts() == {"node3": 1},
+                             3)
+    cluster.down.clear()
+    assert cluster.run_until(lambda: node3.store.get("early") is not None, 5)

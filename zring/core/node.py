@@ -70,6 +70,7 @@ class _Quorum:
     counted: list[str]                      # nodes whose answers count towards the quorum
     record: Record | None = None            # the write, for PUT/DELETE
     replicas: list[str] = field(default_factory=list)  # the key's preference list
+    hinted_for: dict[str, str] = field(default_factory=dict)  # stand-in -> replica it covers
     acks: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     replies: dict[str, Record | None] = field(default_factory=dict)
@@ -316,7 +317,7 @@ class NodeCore:
         # Sloppy quorum (Dynamo): a live stand-in holding a hint counts like the replica.
         counted = live + list(holders)
         op = _Quorum(route, message.request_id, message.type, key, quorum, counted, record,
-                     replicas=natural)
+                     replicas=natural, hinted_for=holders)
         op_id = next(self._ids)
         self._quorums[op_id] = op
         effects: list[Effect] = []
@@ -349,6 +350,15 @@ class NodeCore:
             effects += self._on_write_ack(op_id, "", False, now)  # nobody to ask: answer now
         return effects
 
+    def _hint_missed_write(self, op: _Quorum, node_id: str, now: float) -> None:
+        """A replica (or its stand-in) did not acknowledge in time: keep the write as a hint
+        here, as Cassandra's coordinator does, so a replica that died before the detector
+        noticed still gets it once it is back."""
+        target = op.hinted_for.get(node_id, node_id)
+        if target in op.replicas and target != self.config.node_id:
+            self.store.add_hints([Hint(0, target, op.record, int(now * 1000))])
+            self.stats["hints_stored"] += 1
+
     def _hint_holders(self, position: int, n: int, natural: list[str], now: float):
         """For each down replica, the next live node past the preference list that will hold
         its write as a hint; with no such node, we hold the hint ourselves (uncounted)."""
@@ -376,6 +386,8 @@ class NodeCore:
             return []
         if node_id in op.counted:
             (op.acks if ok else op.failed).append(node_id)
+            if not ok:
+                self._hint_missed_write(op, node_id, now)
         effects: list[Effect] = []
         if not op.answered:
             if len(op.acks) >= op.needed:
