@@ -203,7 +203,7 @@ def test_rebalance_moves_misplaced_keys_to_their_owners(cluster):
 
 def test_cluster_status_and_local_keys(cluster):
     put(cluster, "node1", "a", b"1")
-    cluster.run(1)
+    cluster.run(2.5)
     reply = cluster.request("node2", MsgType.CLUSTER_STATUS, {})
     rows = {row["node_id"]: row for row in reply.body["members"]}
     assert set(rows) == {"node1", "node2", "node3"}

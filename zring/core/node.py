@@ -627,10 +627,8 @@ class NodeCore:
         rows = []
         shares = self.ring.primary_shares()
         for member in self.members.all():
-            own = member.node_id == self.config.node_id
-            if own:
-                self._key_count = self.store.count()
-            rows.append({
+            own = member.node_id == self.config.node_id  # counts refresh every 2 s: a
+            rows.append({                                  # COUNT over 1M rows is ~0.1 s
                 "node_id": member.node_id, "address": member.address,
                 "gossip_address": member.gossip_address,
                 "status": member.status.name.lower(),
