@@ -311,3 +311,15 @@ def test_a_replica_that_misses_a_write_before_detection_gets_it_as_a_hint(cluste
                              3)
     cluster.down.clear()
     assert cluster.run_until(lambda: node3.store.get("early") is not None, 5)
+
+
+def test_a_node_refuses_new_requests_past_its_pending_limit(cluster):
+    core = cluster.node("node1")
+    core.config.max_pending_requests = 2
+    cluster.down.update(a for a, c in cluster.cores.items() if c is not core)
+    frames = [encode(Message(MsgType.PUT, i, {"key": f"k{i}", "value": b"v"}))
+              for i in range(1, 4)]
+    replies = [e for f in frames for e in core.handle_frame((CLIENT,), f, cluster.now)
+               if e.__class__.__name__ == "Reply"]
+    assert [r.message.body["code"] for r in replies] == ["unavailable"]
+    assert "retry later" in replies[0].message.body["message"]

@@ -184,6 +184,12 @@ class NodeCore:
             return [Reply(route, _error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
         self.log.debug("request_received", type=message.type.name, id=message.request_id)
+        if (message.type in _QUORUM_TYPES
+                and len(self._quorums) >= self.config.max_pending_requests):
+            self.stats["overloaded"] += 1
+            return [Reply(route, _error(message.request_id, Unavailable(
+                f"{self.config.node_id} is coordinating {len(self._quorums)} requests; "
+                "retry later")))]
         try:
             return handler(self, route, message, now)
         except ZringError as exc:
@@ -919,7 +925,10 @@ class NodeCore:
         return effects
 
     def _on_seed_reply(self, seed: str, reply: Message | None, now: float) -> list[Effect]:
-        if reply is None or reply.type != MsgType.OK:
+        if reply is None:
+            return []
+        if reply.type != MsgType.OK:
+            self.log.warning("join_refused", seed=seed, error=reply.body.get("message"))
             return []
         try:
             records = [Member.from_wire(w) for w in reply.body.get("members", [])]
@@ -1168,6 +1177,7 @@ NodeCore._handlers = {
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
 
+_QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE})
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
 
 
