@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from cluster import TestCluster, wait_for
 
 pytestmark = pytest.mark.integration
