@@ -62,7 +62,8 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
     gossip = args.gossip or default_gossip_address(args.listen)
     options = {name: getattr(args, name) for name in
-               ("replicas", "write_quorum", "read_quorum", "vnodes", "weight")
+               ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync",
+                "fsync_period_s")
                if getattr(args, name) is not None}
     config = NodeConfig(node_id=args.id, address=args.listen, gossip_address=gossip,
                         seeds=seeds, data_dir=None if args.memory else args.data_dir,
@@ -297,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--read-quorum", type=_positive_int, help="R (default 2)")
     node.add_argument("--vnodes", type=_positive_int, help="virtual nodes per unit of weight")
     node.add_argument("--weight", type=_positive_float, help="share of the ring (default 1.0)")
+    node.add_argument("--fsync", choices=("always", "periodic"),
+                      help="always: fsync before acknowledging (group commit); periodic "
+                           "(default): fsync every --fsync-period seconds")
+    node.add_argument("--fsync-period", dest="fsync_period_s", type=_positive_float,
+                      help="seconds between fsyncs with --fsync periodic (default 1)")
     node.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
     node.add_argument("--log-format", choices=("json", "console"), default="json")
 

@@ -20,6 +20,12 @@ class NodeConfig:
     data_dir: str | None = None        # None: in-memory store (tests only)
     weight: float = 1.0
 
+    # durability (like Redis's appendfsync): "always" fsyncs every commit before any reply
+    # leaves (one commit per poll cycle: a group commit); "periodic" commits without fsync
+    # and forces the data to disk every fsync_period_s
+    fsync: str = "periodic"
+    fsync_period_s: float = 1.0
+
     # replication defaults (each overridable per request)
     replicas: int = 3                  # N
     write_quorum: int = 2              # W

@@ -34,9 +34,13 @@ _GOSSIP_TOPIC = b""
 class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        if config.fsync not in ("always", "periodic"):
+            raise ValueError(f"fsync must be 'always' or 'periodic', not {config.fsync!r}")
         if config.data_dir:
             os.makedirs(config.data_dir, exist_ok=True)
-            self.store = SQLiteStore(os.path.join(config.data_dir, "zring.db"))
+            synchronous = "FULL" if config.fsync == "always" else "NORMAL"
+            self.store = SQLiteStore(os.path.join(config.data_dir, "zring.db"),
+                                     synchronous=synchronous)
         else:
             self.store = MemoryStore()
         self.context = zmq.Context.instance()
@@ -78,28 +82,41 @@ class NodeServer:
     # ------------------------------------------------------------------ loop
 
     def serve(self) -> None:
-        self._perform(self.core.start(time.time()))
+        with self.store.group_commit():
+            effects = self.core.start(time.time())
+        self._perform(effects)
         self.log.info("node_listening", address=self.config.address,
-                      gossip=self.config.gossip_address)
+                      gossip=self.config.gossip_address, fsync=self.config.fsync)
+        periodic = self.config.fsync == "periodic"
+        next_sync_at = time.monotonic() + self.config.fsync_period_s
         while self.running:
-            timeout_ms = max(0.0, (self.core.next_deadline() - time.time()) * 1000)
+            deadline = self.core.next_deadline() - time.time()
+            if periodic:
+                deadline = min(deadline, next_sync_at - time.monotonic())
             try:
-                events = dict(self.poller.poll(min(timeout_ms, 1000.0)))
+                events = dict(self.poller.poll(max(0.0, min(deadline * 1000, 1000.0))))
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EINTR:
                     continue
                 raise
-            if self.router in events:
-                self._drain_router()
-            if self.sub in events:
-                self._drain_sub()
-            for sock in events:
-                address = self.dealer_by_socket.get(sock)
-                if address is not None:
-                    self._drain_dealer(sock, address)
-            self._perform(self.core.tick(time.time()))
+            # Everything this cycle writes is one commit; replies leave only after it.
+            effects: list = []
+            with self.store.group_commit():
+                if self.router in events:
+                    self._drain_router(effects)
+                if self.sub in events:
+                    self._drain_sub(effects)
+                for sock in events:
+                    address = self.dealer_by_socket.get(sock)
+                    if address is not None:
+                        self._drain_dealer(sock, address, effects)
+                effects += self.core.tick(time.time())
+            self._perform(effects)
+            if periodic and time.monotonic() >= next_sync_at:
+                self.store.sync()
+                next_sync_at = time.monotonic() + self.config.fsync_period_s
 
-    def _drain_router(self, budget: int = 1000) -> None:
+    def _drain_router(self, effects: list, budget: int = 1000) -> None:
         for _ in range(budget):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -111,9 +128,9 @@ class NodeServer:
                                  frames=len(frames))
                 continue
             route, payload = tuple(frames[:-1]), frames[-1]
-            self._perform(self.core.handle_frame(route, payload, time.time()))
+            effects += self.core.handle_frame(route, payload, time.time())
 
-    def _drain_sub(self, budget: int = 1000) -> None:
+    def _drain_sub(self, effects: list, budget: int = 1000) -> None:
         for _ in range(budget):
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
@@ -122,9 +139,10 @@ class NodeServer:
             if len(frames) != 1:
                 self.core.stats["bad_gossip"] += 1
                 continue
-            self._perform(self.core.handle_gossip(frames[0], time.time()))
+            effects += self.core.handle_gossip(frames[0], time.time())
 
-    def _drain_dealer(self, sock: zmq.Socket, address: str, budget: int = 1000) -> None:
+    def _drain_dealer(self, sock: zmq.Socket, address: str, effects: list,
+                      budget: int = 1000) -> None:
         for _ in range(budget):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -133,7 +151,7 @@ class NodeServer:
             if len(frames) != 1:
                 self.core.stats["bad_replies"] += 1
                 continue
-            self._perform(self.core.handle_reply(address, frames[0], time.time()))
+            effects += self.core.handle_reply(address, frames[0], time.time())
 
     # ------------------------------------------------------------------ effects
 
@@ -161,6 +179,7 @@ class NodeServer:
                 self.log.warning("effect_failed", effect=kind.__name__, error=str(exc))
 
     def close(self) -> None:
+        self.store.sync()
         for sock in [self.router, self.pub, self.sub, *self.dealers.values()]:
             sock.close(linger=0)
         self.store.close()

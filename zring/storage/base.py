@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from zring.versions import Version
@@ -106,6 +107,18 @@ class Store(ABC):
     @abstractmethod
     def expire_hints(self, created_before_ms: int) -> int:
         """Drop hints created before ``created_before_ms``; returns how many."""
+
+    # Durability. The node's loop runs each poll cycle inside ``group_commit()`` and sends
+    # its replies only after it returns, so one commit (one fsync under ``always``) covers
+    # every write of the cycle and nothing is acknowledged before it is committed.
+
+    @contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """Make every write inside one transaction, committed on exit."""
+        yield
+
+    def sync(self) -> None:  # noqa: B027 - optional: a store without files has nothing to sync
+        """Force what is committed to stable storage (the ``periodic`` fsync policy)."""
 
     @abstractmethod
     def close(self) -> None:

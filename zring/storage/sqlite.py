@@ -154,6 +154,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
         self._cursor = self._conn.cursor()  # reused: saves a cursor object per call
+        self._batch_depth = 0
         try:
             self._configure(synchronous)
             self._open_schema()
@@ -345,7 +346,49 @@ class SQLiteStore(Store):
                 self._cursor.execute(statement)
 
     @contextmanager
+    def group_commit(self) -> Iterator[None]:
+        if self._batch_depth == 0:
+            self._begin()
+        self._batch_depth += 1
+        try:
+            yield
+        except BaseException:
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._batch_depth -= 1
+        if self._batch_depth == 0:
+            self._commit()
+
+    @_translating_errors
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    @_translating_errors
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    @_translating_errors
+    def sync(self) -> None:
+        # In WAL mode with synchronous=NORMAL commits are not fsynced; a checkpoint syncs
+        # the WAL, then the database file.
+        if not self._conn.in_transaction:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    @contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self._batch_depth:  # inside a group commit: a savepoint keeps this call atomic
+            self._conn.execute("SAVEPOINT call")
+            try:
+                yield
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK TO call")
+                    self._conn.execute("RELEASE call")
+                raise
+            self._conn.execute("RELEASE call")
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
