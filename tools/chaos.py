@@ -10,6 +10,8 @@
     python tools/chaos.py status
     python tools/chaos.py kill --random     # any running node (start --random: a stopped one,
                                             # resume --random: a paused one)
+    python tools/chaos.py kill --all        # every running node at once (a whole-cluster crash)
+    python tools/chaos.py kill node1 node2  # several named nodes
 
 The socket comes from the ``[supervisorctl] serverurl`` of ``--conf`` (default: the repo's
 supervisord.conf), parsed by supervisor's own config reader, so ``%(here)s`` and
@@ -265,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaos.py", description="Fault injection for zring nodes run by supervisord.")
     parser.add_argument("action", choices=[*ACTIONS, "status"])
-    parser.add_argument("name", nargs="?", help="program name, e.g. node2")
+    parser.add_argument("names", nargs="*", metavar="name", help="program name, e.g. node2")
     parser.add_argument("--random", action="store_true",
                         help="pick a node at random (a running one; stopped for start, "
                              "paused for resume)")
+    parser.add_argument("--all", action="store_true",
+                        help="every running node (every stopped one for start)")
     parser.add_argument("--conf", default=DEFAULT_CONF,
                         help="supervisord config (default: %(default)s)")
     return parser
@@ -277,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.action != "status" and bool(args.name) == bool(args.random):
-        parser.error(f"{args.action} needs a node name or --random (not both)")
-    if args.action == "status" and (args.name or args.random):
+    chosen = sum((bool(args.names), args.random, args.all))
+    if args.action != "status" and chosen != 1:
+        parser.error(f"{args.action} needs node names, --random or --all (one of them)")
+    if args.action == "status" and chosen:
         parser.error("status takes no node name")
     try:
         proxy = connect(args.conf)
@@ -287,8 +292,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in status_lines(proxy):
                 print(line)
             return 0
-        name = pick_random(proxy, args.action) if args.random else args.name
-        print(ACTIONS[args.action](proxy, name), flush=True)
+        if args.random:
+            names = [pick_random(proxy, args.action)]
+        elif args.all:
+            wanted = (lambda info: not _running(info)) if args.action == "start" else _running
+            names = [info["name"] for info in processes(proxy) if wanted(info)]
+            if not names:
+                raise ChaosError(f"no node to {args.action}")
+        else:
+            names = args.names
+        for name in names:
+            print(ACTIONS[args.action](proxy, name), flush=True)
         return 0
     except ChaosError as exc:
         print(f"chaos.py: error: {exc}", file=sys.stderr)
