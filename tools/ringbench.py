@@ -301,8 +301,10 @@ def measure_speed(keys: list[str]) -> dict[str, dict[str, float | None]]:
         "build_s": {name: build_seconds(make, 50) for name, make in IMPLEMENTATIONS.items()},
         "layout10": {ZRING: HashRing(unit_weights(10)).memory_bytes() / 2**20},
         "layout50": {ZRING: HashRing(unit_weights(50)).memory_bytes() / 2**20},
-        "traced10": {name: traced_bytes(make, 10) / 2**20 for name, make in IMPLEMENTATIONS.items()},
-        "traced50": {name: traced_bytes(make, 50) / 2**20 for name, make in IMPLEMENTATIONS.items()},
+        "traced10": {name: traced_bytes(make, 10) / 2**20
+                     for name, make in IMPLEMENTATIONS.items()},
+        "traced50": {name: traced_bytes(make, 50) / 2**20
+                     for name, make in IMPLEMENTATIONS.items()},
     }
 
 

@@ -53,12 +53,12 @@ def test_no_acknowledged_write_is_lost_over_repeated_whole_cluster_crashes(tmp_p
         try:
             for round_number in range(ROUNDS):
                 acks_before = load.acks
-                wait_for(lambda: load.acks >= acks_before + 50, 30,
+                wait_for(lambda before=acks_before: load.acks >= before + 50, 30,
                          f"writes to resume in round {round_number}")
                 pids = node_pids(cluster)
                 cluster.chaos("kill", "--all")
-                wait_for(lambda: all(new != old for new, old in
-                                     zip(node_pids(cluster), pids, strict=True)),
+                wait_for(lambda old_pids=pids: all(
+                    new != old for new, old in zip(node_pids(cluster), old_pids, strict=True)),
                          30, "supervisord to restart every node")
                 cluster.wait_running(NODES, timeout_s=60)
                 cluster.wait_converged(NODES, timeout_s=60)
