@@ -52,6 +52,13 @@ class NodeConfig:
     hint_window_s: float = 3 * 3600.0       # no new hints for a member down longer than this
     hint_replay_interval_s: float = 1.0     # how often to look for hints to deliver
     hint_batch_records: int = 500
+
+    # anti-entropy and tombstones
+    repair_interval_s: float = 3600.0       # background repair with one peer this often (0: off)
+    repair_timeout_s: float = 600.0
+    repair_page_records: int = 2000         # records hashed per loop cycle
+    tombstone_grace_s: float = 10 * 86400.0  # like gc_grace_seconds: repair more often than this
+    tombstone_gc_interval_s: float = 60.0
     join_retry_s: float = 0.5               # resend JOIN / ranges that failed
     join_settle_timeout_s: float = 10.0     # stream even if some members never confirmed us
     stream_batch_records: int = 2000        # records per RANGE_PULL reply

@@ -47,6 +47,7 @@ class MsgType(IntEnum):
     REMOVE_NODE = 17
     REBALANCE = 18
     PING = 19
+    REPAIR = 20
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -57,16 +58,21 @@ class MsgType(IntEnum):
     REBALANCE_LOCAL = 46
     FORCE_REMOVE = 47
     HINT_WRITE = 48
+    REPAIR_LOCAL = 49
+    REPAIR_TREE = 50
+    REPAIR_SYNC = 51
     # published on the gossip PUB socket
     GOSSIP = 60
 
 
 CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING_STATE,
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
-                          MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING})
+                          MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
+                          MsgType.REPAIR})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
-                        MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE})
+                        MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
+                        MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_SYNC})
 
 
 @dataclass(slots=True)
@@ -98,12 +104,16 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REPLICA_READ: {"key": ((str,), True)},
     MsgType.JOIN: {"member": ((dict,), True)},
     MsgType.RANGE_PULL: {"intervals": ((list,), True), "after": (_OPT_INT, False),
-                         "limit": ((int,), True)},
+                         "limit": ((int,), True), "shared_with": ((str,), False)},
     MsgType.ADMIT: {"seed": ((str,), True)},
     MsgType.LEAVE: {},
     MsgType.REBALANCE_LOCAL: {},
     MsgType.FORCE_REMOVE: {"node_id": ((str,), True)},
     MsgType.HINT_WRITE: {"target": ((str,), True), "records": ((list,), True)},
+    MsgType.REPAIR: {},
+    MsgType.REPAIR_LOCAL: {},
+    MsgType.REPAIR_TREE: {"peer": ((str,), True), "fingerprint": ((int,), True)},
+    MsgType.REPAIR_SYNC: {"peer": ((str,), True), "segments": ((list,), True)},
     MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
 }
 

@@ -323,3 +323,61 @@ def test_a_node_refuses_new_requests_past_its_pending_limit(cluster):
                if e.__class__.__name__ == "Reply"]
     assert [r.message.body["code"] for r in replies] == ["unavailable"]
     assert "retry later" in replies[0].message.body["message"]
+
+
+# ------------------------------------------------------------------ anti-entropy
+
+
+def store_state(core):
+    return {key: core.store.get(key) for key in core.store.keys(include_tombstones=True)}
+
+
+def test_repair_exchanges_only_what_differs_and_replicas_converge(cluster):
+    from zring.storage.base import Record
+    from zring.versions import Version
+    for i in range(300):
+        put(cluster, "node1", f"key{i}", f"v{i}".encode())
+    cluster.run(1)
+    node1, node2, node3 = (cluster.node(n) for n in ("node1", "node2", "node3"))
+    node3.store.delete_keys([f"key{i}" for i in range(0, 300, 10)])           # missing
+    for i in range(1, 300, 30):                                                # newer on one
+        rec = node2.store.get(f"key{i}")
+        node2.store.put(Record(rec.key, b"newer", Version(rec.version.timestamp + 1, "x"),
+                               rec.position))
+    reply = cluster.request("node1", MsgType.REPAIR, {}, max_seconds=60)
+    assert reply.type == MsgType.OK, reply.body
+    assert 0 < reply.body["segments_differing"] <= 3 * 40  # 40 keys differ, 3 pairs
+    assert reply.body["records_pulled"] + reply.body["records_pushed"] < 300  # not a full copy
+    assert store_state(node1) == store_state(node2) == store_state(node3)
+    assert node3.store.get("key10").value == b"v10" and node1.store.get("key1").value == b"newer"
+
+
+def test_repair_of_identical_replicas_moves_no_records(cluster):
+    for i in range(100):
+        put(cluster, "node1", f"same{i}", b"v")
+    cluster.run(1)
+    reply = cluster.request("node2", MsgType.REPAIR, {}, max_seconds=60)
+    assert reply.body["segments_differing"] == 0 and reply.body["records_pulled"] == 0
+    assert reply.body["sessions"] == 3  # every pair once
+
+
+def test_a_wiped_replica_gets_every_key_back(cluster):
+    for i in range(200):
+        put(cluster, "node1", f"wiped{i}", b"v")
+    cluster.run(1)
+    node2 = cluster.node("node2")
+    node2.store.delete_range(0, (1 << 64) - 1)
+    assert cluster.request("node3", MsgType.REPAIR, {}, max_seconds=60).type == MsgType.OK
+    assert node2.store.count() == 200
+
+
+def test_background_repair_runs_at_its_pace():
+    sim = SimCluster()
+    for i in range(1, 4):
+        sim.add(f"node{i}", repair_interval_s=5.0)
+    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == 3, 10)
+    for i in range(50):
+        put(sim, "node1", f"bg{i}", b"v")
+    sim.run(1)
+    sim.node("node3").store.delete_keys([f"bg{i}" for i in range(50)])
+    assert sim.run_until(lambda: sim.node("node3").store.count() == 50, 30)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from array import array
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import msgpack
 import structlog
 
 from zring.config import NodeConfig
+from zring.core import repair
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush
 from zring.errors import (
@@ -39,7 +41,7 @@ from zring.membership import Member, MemberStatus, MemberTable
 from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Hint, Record, Store
-from zring.versions import HybridClock
+from zring.versions import LOGICAL_BITS, HybridClock
 
 __all__ = ["NodeCore"]
 
@@ -79,13 +81,14 @@ class _Quorum:
 
 @dataclass(slots=True)
 class _Admin:
-    """A fan-out admin request (rebalance) waiting on every node."""
+    """A fan-out admin request (rebalance, repair) waiting on every node."""
 
     route: tuple[bytes, ...]
     request_id: int
+    operation: str
     waiting: set[str]
     failed: list[str] = field(default_factory=list)
-    answered: bool = False
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class NodeCore:
@@ -126,6 +129,14 @@ class NodeCore:
         self._hints_in_flight: set[str] = set()       # targets with a delivery under way
         self._hint_count = 0
         self._last_tick = now
+        self._tree_jobs: list[tuple[repair.TreeBuilder, Callable[[float], list]]] = []
+        self._callback_pulls: list[tuple[RangePull, Callable[[RangePull, float], list]]] = []
+        self._repairs: dict[str, repair.RepairSession] = {}   # ours, by peer
+        self._repair_waiters: list[tuple[tuple[bytes, ...], int, set[str], dict]] = []
+        self._next_repair_at = now + config.repair_interval_s if config.repair_interval_s \
+            else float("inf")
+        self._repair_turn = 0
+        self._next_gc_at = now + config.tombstone_gc_interval_s
         self.stats: dict[str, int] = defaultdict(int)
         self.log = log.bind(node_id=config.node_id)
 
@@ -251,6 +262,11 @@ class NodeCore:
         effects += self._advance_join(now)
         effects += self._advance_leave(now)
         effects += self._pump_streams(now)
+        effects += self._step_trees(now)
+        if now >= self._next_repair_at:
+            effects += self._background_repair(now)
+        if now >= self._next_gc_at:
+            self._collect_tombstones(now)
         return effects
 
     def next_deadline(self) -> float:
@@ -262,6 +278,9 @@ class NodeCore:
                 times.append(change_at)
         if self._call_deadlines:
             times.append(self._call_deadlines[0][0])
+        if self._tree_jobs:
+            times.append(self._last_tick)  # keep hashing: the next page at once
+        times += [self._next_repair_at, self._next_gc_at]
         if self._needs_seed_contact():
             times.append(self._next_seed_contact_at)
         for stream in self._streams():
@@ -571,14 +590,22 @@ class NodeCore:
         return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
 
     def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
+        """A page of our records in the given intervals, after a cursor position. With
+        ``shared_with``, only records whose replicas include that node and us (repair);
+        ``last`` is the last position scanned, so a filtered page still moves the cursor."""
         body = message.body
         intervals = body["intervals"]
         limit = min(max(body["limit"], 1), self.config.stream_batch_records)
         after = body.get("after")
         if len(intervals) > 65_536:
             raise InvalidRequest("too many intervals in one pull")
+        shared_with = body.get("shared_with")
+        keep = (repair.shared(self.ring, self.config.replicas, shared_with,
+                              self.config.node_id) if shared_with else None)
         records: list[Record] = []
+        scanned = 0
         size = 0
+        last = None
         more = False
         for interval in intervals:
             if (not isinstance(interval, list) or len(interval) != 2
@@ -587,22 +614,18 @@ class NodeCore:
             low, high = interval
             if after is not None and high <= after:
                 continue
-            page = self.store.scan_range(low, high, after=after, limit=limit - len(records) + 1)
+            # scan_range never splits records sharing one position across pages
+            page = self.store.scan_range(low, high, after=after, limit=limit - scanned)
             for record in page:
-                if len(records) >= limit or size >= self.config.stream_batch_bytes:
-                    more = True
-                    break
-                records.append(record)
-                size += len(record.key) + (len(record.value) if record.value else 0)
-            if more:
+                scanned += 1
+                last = record.position
+                if keep is None or keep(record.position):
+                    records.append(record)
+                    size += len(record.key) + (len(record.value) if record.value else 0)
+            if scanned >= limit or size >= self.config.stream_batch_bytes:
+                more = True
                 break
-        if more and records:
-            # never split records sharing one position across pages: the cursor is a position
-            last = records[-1].position
-            tail = self.store.scan_range(last, last, limit=1 << 20)
-            held = {r.key for r in records}
-            records += [r for r in tail if r.key not in held]
-        reply = {"records": [record_to_wire(r) for r in records], "more": more}
+        reply = {"records": [record_to_wire(r) for r in records], "more": more, "last": last}
         return [Reply(route, Message(MsgType.OK, message.request_id, reply))]
 
     # ------------------------------------------------------------------ client: cluster
@@ -731,31 +754,39 @@ class NodeCore:
 
     def _on_rebalance(self, route, message: Message, now: float) -> list[Effect]:
         targets = [m.node_id for m in self.members.all() if m.in_ring]
+        return self._fan_out(route, message, "rebalance", MsgType.REBALANCE_LOCAL, targets, now)
+
+    def _fan_out(self, route, message: Message, operation: str, msg_type: MsgType,
+                 targets: list[str], now: float) -> list[Effect]:
+        """Ask every target to run ``operation``; answer once all did, summing their counts."""
         admin_id = next(self._ids)
-        admin = _Admin(route, message.request_id, set(targets))
-        self._admins[admin_id] = admin
+        self._admins[admin_id] = _Admin(route, message.request_id, operation, set(targets))
         effects: list[Effect] = []
         for node_id in targets:
-            effects += self._call(node_id, MsgType.REBALANCE_LOCAL, {},
-                                  lambda node, reply, t: self._on_rebalanced(admin_id, node,
-                                                                            reply), now,
-                                  timeout_s=600.0)
+            effects += self._call(node_id, msg_type, {},
+                                  lambda node, reply, t: self._on_fan_out_reply(
+                                      admin_id, node, reply), now,
+                                  timeout_s=self.config.repair_timeout_s)
         return effects
 
-    def _on_rebalanced(self, admin_id: int, node_id: str, reply: Message | None):
+    def _on_fan_out_reply(self, admin_id: int, node_id: str, reply: Message | None):
         admin = self._admins.get(admin_id)
         if admin is None:
             return []
         admin.waiting.discard(node_id)
         if reply is None or reply.type != MsgType.OK:
             admin.failed.append(node_id)
+        else:
+            for name, value in reply.body.items():
+                if type(value) is int:
+                    admin.totals[name] += value
         if admin.waiting:
             return []
         del self._admins[admin_id]
         if admin.failed:
             return [Reply(admin.route, _error(admin.request_id, Unavailable(
-                f"rebalance did not complete on {', '.join(admin.failed)}")))]
-        return [Reply(admin.route, Message(MsgType.OK, admin.request_id, {}))]
+                f"{admin.operation} did not complete on {', '.join(sorted(admin.failed))}")))]
+        return [Reply(admin.route, Message(MsgType.OK, admin.request_id, dict(admin.totals)))]
 
     # ------------------------------------------------------------------ peer: cluster
 
@@ -1120,10 +1151,196 @@ class NodeCore:
                                       on_ack, now)
         return effects
 
+    # ------------------------------------------------------------------ anti-entropy
+
+    def _on_repair(self, route, message: Message, now: float) -> list[Effect]:
+        """``zring repair``: every node repairs with each peer after it in id order, so each
+        pair of replicas is compared once."""
+        targets = [m.node_id for m in self.members.all()
+                   if m.in_ring and self.members.is_up(m.node_id, now)]
+        return self._fan_out(route, message, "repair", MsgType.REPAIR_LOCAL, targets, now)
+
+    def _on_repair_local(self, route, message: Message, now: float) -> list[Effect]:
+        peers = [m.node_id for m in self.members.all()
+                 if m.in_ring and m.node_id > self.config.node_id
+                 and self.members.is_up(m.node_id, now)]
+        effects: list[Effect] = []
+        waiting: set[str] = set()
+        for peer in peers:
+            if peer not in self._repairs:
+                effects += self._start_repair(peer, now)
+            if peer in self._repairs:
+                waiting.add(peer)
+        summary: dict[str, int] = defaultdict(int)
+        self._repair_waiters.append((route, message.request_id, waiting, summary))
+        return effects + self._answer_repair_waiters()
+
+    def _start_repair(self, peer: str, now: float) -> list[Effect]:
+        own = self.config.node_id
+        belongs = repair.shared(self.ring, self.config.replicas, own, peer)
+        tree = repair.TreeBuilder(self.store, belongs, self.config.repair_page_records)
+        session = repair.RepairSession(peer, self.ring.fingerprint(), tree, now)
+        self._repairs[peer] = session
+        self._tree_jobs.append((tree, lambda t: self._repair_progress(session, t)))
+        self.log.info("repair_started", peer=peer)
+
+        def on_tree(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if reply is None or reply.type != MsgType.OK:
+                return self._repair_failed(session, "no tree from the peer" if reply is None
+                                           else reply.body.get("message", "error"), t)
+            leaves = reply.body.get("leaves")
+            if not isinstance(leaves, bytes) or len(leaves) != 8 * repair.SEGMENTS:
+                return self._repair_failed(session, "malformed tree from the peer", t)
+            session.peer_leaves = array("Q", leaves)
+            session.peer_root = reply.body.get("root")
+            session.bytes_exchanged += len(leaves)
+            return self._repair_progress(session, t)
+
+        return self._call(peer, MsgType.REPAIR_TREE,
+                          {"peer": own, "fingerprint": session.ring_fingerprint}, on_tree, now,
+                          timeout_s=self.config.repair_timeout_s)
+
+    def _repair_progress(self, session: repair.RepairSession, now: float) -> list[Effect]:
+        if session.phase != "hashing" or not session.tree.done or session.peer_leaves is None:
+            return []
+        if self.ring.fingerprint() != session.ring_fingerprint:
+            return self._repair_failed(session, "the ring changed during repair", now)
+        if session.peer_root == session.tree.root():
+            session.segments = []
+            return self._repair_finished(session, now)
+        session.segments = repair.differing_segments(session.tree.leaves, session.peer_leaves)
+        session.phase = "pulling"
+        pull = self._new_pull("repair", {session.peer: repair.segment_intervals(
+            session.segments)})
+        pull.shared_with = self.config.node_id
+
+        def on_pulled(done: RangePull, t: float) -> list[Effect]:
+            session.records_pulled = done.records_received
+            session.bytes_exchanged += done.bytes_received
+            session.phase = "syncing"
+
+            def on_synced(node: str, reply: Message | None, t2: float) -> list[Effect]:
+                if reply is None or reply.type != MsgType.OK:
+                    return self._repair_failed(session, "the peer did not pull back", t2)
+                session.bytes_exchanged += int(reply.body.get("bytes", 0))
+                session.records_pushed = int(reply.body.get("records", 0))
+                return self._repair_finished(session, t2)
+            return self._call(session.peer, MsgType.REPAIR_SYNC,
+                              {"peer": self.config.node_id, "segments": session.segments},
+                              on_synced, t, timeout_s=self.config.repair_timeout_s)
+
+        self._callback_pulls.append((pull, on_pulled))
+        return pull.pump(self._stream_call(now), now)
+
+    def _repair_finished(self, session: repair.RepairSession, now: float) -> list[Effect]:
+        session.phase = "done"
+        self._repairs.pop(session.peer, None)
+        self.stats["repairs"] += 1
+        self.log.info("repair_done", peer=session.peer, records_hashed=session.tree.records,
+                      segments_differing=len(session.segments or ()),
+                      records_pulled=session.records_pulled,
+                      records_pushed=session.records_pushed,
+                      bytes=session.bytes_exchanged, seconds=round(now - session.started_at, 3))
+        for _, _, waiting, summary in self._repair_waiters:
+            if session.peer in waiting:
+                summary["segments_differing"] += len(session.segments or ())
+                summary["records_pulled"] += session.records_pulled
+                summary["records_pushed"] += session.records_pushed
+                summary["bytes_exchanged"] += session.bytes_exchanged
+                summary["records_hashed"] += session.tree.records
+                summary["sessions"] += 1
+        return self._answer_repair_waiters(done=session.peer)
+
+    def _repair_failed(self, session: repair.RepairSession, error: str, now: float):
+        session.phase = "failed"
+        session.error = error
+        self._repairs.pop(session.peer, None)
+        self._tree_jobs = [(t, cb) for t, cb in self._tree_jobs if t is not session.tree]
+        self.stats["repairs_failed"] += 1
+        self.log.warning("repair_failed", peer=session.peer, error=error)
+        for _, _, waiting, summary in self._repair_waiters:
+            if session.peer in waiting:
+                summary["sessions_failed"] += 1
+        return self._answer_repair_waiters(done=session.peer)
+
+    def _answer_repair_waiters(self, done: str | None = None) -> list[Effect]:
+        effects: list[Effect] = []
+        for waiter in list(self._repair_waiters):
+            route, request_id, waiting, summary = waiter
+            waiting.discard(done)
+            if waiting:
+                continue
+            self._repair_waiters.remove(waiter)
+            if summary.get("sessions_failed"):
+                effects.append(Reply(route, _error(request_id, Unavailable(
+                    f"{summary['sessions_failed']} repair sessions of "
+                    f"{self.config.node_id} failed; see its log"))))
+            else:
+                effects.append(Reply(route, Message(MsgType.OK, request_id, dict(summary))))
+        return effects
+
+    def _on_repair_tree(self, route, message: Message, now: float) -> list[Effect]:
+        peer = message.body["peer"]
+        if message.body["fingerprint"] != self.ring.fingerprint():
+            raise InvalidRequest("our rings differ; repair once membership has converged")
+        belongs = repair.shared(self.ring, self.config.replicas, peer, self.config.node_id)
+        tree = repair.TreeBuilder(self.store, belongs, self.config.repair_page_records)
+
+        def send_tree(now: float) -> list[Effect]:
+            body = {"root": tree.root(), "leaves": tree.leaves.tobytes(),
+                    "records": tree.records}
+            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        self._tree_jobs.append((tree, send_tree))
+        return []
+
+    def _on_repair_sync(self, route, message: Message, now: float) -> list[Effect]:
+        peer, segments = message.body["peer"], message.body["segments"]
+        if any(type(s) is not int or not 0 <= s < repair.SEGMENTS for s in segments):
+            raise InvalidRequest("segments must be ints in [0, 4096)")
+        pull = self._new_pull("repair", {peer: repair.segment_intervals(segments)})
+        pull.shared_with = self.config.node_id
+
+        def on_pulled(done: RangePull, t: float) -> list[Effect]:
+            body = {"records": done.records_received, "bytes": done.bytes_received}
+            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        self._callback_pulls.append((pull, on_pulled))
+        return pull.pump(self._stream_call(now), now)
+
+    def _step_trees(self, now: float) -> list[Effect]:
+        """Hash one page for the oldest tree under construction."""
+        if not self._tree_jobs:
+            return []
+        tree, on_done = self._tree_jobs[0]
+        tree.step()
+        if not tree.done:
+            return []
+        self._tree_jobs.pop(0)
+        return on_done(now)
+
+    def _background_repair(self, now: float) -> list[Effect]:
+        """One repair session at a time with the next peer in turn (configurable pace)."""
+        self._next_repair_at = now + self.config.repair_interval_s
+        peers = [m.node_id for m in self.members.all() if m.in_ring
+                 and m.node_id != self.config.node_id and self.members.is_up(m.node_id, now)]
+        if not peers or self._repairs or self.members.own.status != MemberStatus.NORMAL:
+            return []
+        self._repair_turn += 1
+        return self._start_repair(peers[self._repair_turn % len(peers)], now)
+
+    def _collect_tombstones(self, now: float) -> None:
+        """Forget tombstones older than the grace period. A replica that missed a delete
+        must be repaired within the grace period, or the deleted value could come back."""
+        self._next_gc_at = now + self.config.tombstone_gc_interval_s
+        cutoff_ms = int((now - self.config.tombstone_grace_s) * 1000)
+        purged = self.store.purge_tombstones(max(0, cutoff_ms) << LOGICAL_BITS)
+        if purged:
+            self.stats["tombstones_purged"] += purged
+            self.log.info("tombstones_purged", count=purged)
+
     # ------------------------------------------------------------------ streams
 
     def _streams(self) -> list:
-        streams: list = list(self._takeovers)
+        streams: list = list(self._takeovers) + [pull for pull, _ in self._callback_pulls]
         if self._join_pull is not None:
             streams.append(self._join_pull)
         if self._push is not None:
@@ -1135,6 +1352,9 @@ class NodeCore:
         effects: list[Effect] = []
         for stream in self._streams():
             effects += stream.pump(call, now)
+        for entry in [e for e in self._callback_pulls if e[0].done]:
+            self._callback_pulls.remove(entry)
+            effects += entry[1](entry[0], now)
         finished = [t for t in self._takeovers if t.done]
         for pull in finished:
             self._takeovers.remove(pull)
@@ -1173,6 +1393,10 @@ NodeCore._handlers = {
     MsgType.REBALANCE_LOCAL: NodeCore._on_rebalance_local,
     MsgType.FORCE_REMOVE: NodeCore._on_force_remove,
     MsgType.HINT_WRITE: NodeCore._on_hint_write,
+    MsgType.REPAIR: NodeCore._on_repair,
+    MsgType.REPAIR_LOCAL: NodeCore._on_repair_local,
+    MsgType.REPAIR_TREE: NodeCore._on_repair_tree,
+    MsgType.REPAIR_SYNC: NodeCore._on_repair_sync,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
