@@ -349,6 +349,12 @@ class Client:
         once, never retried: it is a long operation."""
         return self._execute(MsgType.REBALANCE, {}, timeout=timeout, retries=0)
 
+    def repair(self, timeout: float = 600) -> dict:
+        """Anti-entropy now: every pair of replicas compares hash trees and exchanges the
+        records that differ. Returns the summed figures (sessions, segments_differing,
+        records_pulled, records_pushed, bytes_exchanged). Sent once, never retried."""
+        return self._execute(MsgType.REPAIR, {}, timeout=timeout, retries=0)
+
     # -------------------------------------------------------------- helpers
 
     def _ring_for(self, state: RingState) -> HashRing:
