@@ -381,3 +381,28 @@ def test_background_repair_runs_at_its_pace():
     sim.run(1)
     sim.node("node3").store.delete_keys([f"bg{i}" for i in range(50)])
     assert sim.run_until(lambda: sim.node("node3").store.count() == 50, 30)
+
+
+def test_a_delete_missed_by_a_replica_stays_deleted_through_repair_and_gc():
+    sim = SimCluster()
+    for i in range(1, 4):
+        sim.add(f"node{i}", hint_window_s=5.0, tombstone_grace_s=60.0,
+                tombstone_gc_interval_s=10.0)
+    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == 3, 10)
+    put(sim, "node1", "doomed", b"old")
+    sim.run(3)
+    node3 = sim.node("node3")
+    sim.down.add(node3.config.address)
+    assert sim.run_until(lambda: liveness_of(sim, "node1", "node3") == "down", 5)
+    assert sim.request("node1", MsgType.DELETE, {"key": "doomed"}).type == MsgType.OK
+    sim.run(10)  # past the hint window: the hint for node3 expires undelivered
+    assert all(not c.store.hint_counts() for c in sim.cores.values())
+    sim.down.clear()
+    sim.run(3)
+    assert node3.store.get("doomed").value == b"old"  # the replica missed the delete
+    assert sim.request("node2", MsgType.REPAIR, {}, max_seconds=60).type == MsgType.OK
+    assert node3.store.get("doomed").is_tombstone
+    sim.run(80)  # past the grace period: every tombstone is collected
+    assert all(c.store.get("doomed") is None for c in sim.cores.values())
+    assert get(sim, "node3", "doomed", r=3).body["found"] is False
+    assert sum(c.stats["tombstones_purged"] for c in sim.cores.values()) == 3
