@@ -5,31 +5,38 @@
     zring status                   zring ring               zring local-keys NODE_ID
     zring add-node NODE_ID ADDRESS zring remove-node NODE_ID [--force]
     zring rebalance                zring ping
+    zring check --data-dir var/node1 [--rebuild]   (offline: verify a stopped node's store)
 
 Client commands find the cluster through ``--seeds`` (comma-separated ROUTER endpoints),
 else ``$ZRING_SEEDS``, else the local supervisord cluster (127.0.0.1:7001..7003).
 
-Exit codes: 0 success; 1 a zring error (printed as ``error: ...``) or a key not found;
-2 bad arguments; 130 interrupted.
+Exit codes: 0 success; 1 a zring error (printed as ``error: ...``), a key not found or a
+damaged store (``zring check``); 2 bad arguments; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from zring import __version__
-from zring.errors import ZringError
+from zring.errors import StorageError, ZringError
 
 if TYPE_CHECKING:
     from zring.client import Client, ClusterStatus, RingState
     from zring.config import NodeConfig
+    from zring.storage import Store
 
-__all__ = ["build_parser", "default_gossip_address", "format_ring", "format_status", "main",
-           "node_config_from_args", "state_code"]
+__all__ = ["STORE_FILE", "build_parser", "default_gossip_address", "format_ring",
+           "format_status", "main", "move_store_aside", "node_config_from_args", "state_code"]
+
+STORE_FILE = "zring.db"  # a node's store in its --data-dir, as zring.server opens it
+_STORE_COMPANIONS = ("-wal", "-shm")  # SQLite's files beside it: they belong to it
+_DAMAGE_REASONS = ("damaged", "foreign")  # StorageError reasons that --rebuild may cure
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _STATE_LETTERS = {"normal": "N", "joining": "J", "leaving": "L", "left": "X"}
@@ -156,6 +163,141 @@ def _cmd_node(config: NodeConfig, args: argparse.Namespace) -> int:
     except zmq.ZMQError as exc:  # typically: the address is already in use
         raise ZringError(f"node {config.node_id} cannot start on {config.address} / "
                          f"{config.gossip_address}: {exc}") from None
+    except StorageError as exc:
+        raise ZringError(_store_error_message(exc, config.data_dir)) from None
+
+
+def _store_error_message(exc: StorageError, data_dir: str | None) -> str:
+    """One line: what is wrong with the store, naming its file, and what to do about it."""
+    message = exc.message or str(exc)
+    if not data_dir:
+        return message
+    path = os.path.join(data_dir, STORE_FILE)
+    if str(exc.details.get("path", path)) not in message:
+        message = f"store {path}: {message}"
+    if exc.details.get("reason") not in _DAMAGE_REASONS:
+        return message  # locked, another format, I/O: a rebuild would not be the cure
+    return (f"{message}; run `zring check --data-dir {shlex.quote(data_dir)}` (and --rebuild "
+            "to start it empty and repair it from its replicas)")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from zring.storage import SQLiteStore
+    data_dir = args.data_dir
+    path = os.path.join(data_dir, STORE_FILE)
+    companions = [path + suffix for suffix in _STORE_COMPANIONS if os.path.lexists(path + suffix)]
+    if not os.path.isfile(path) and not companions:
+        raise ZringError(f"no store at {path}: is --data-dir right? (a node creates its store "
+                         "when it first starts)")
+    summary = ""
+    if not os.path.isfile(path):
+        problems = [f"the database file is missing but {', '.join(companions)} remain"]
+    else:
+        try:
+            store = SQLiteStore(path)
+        except StorageError as exc:
+            if exc.details.get("reason") not in _DAMAGE_REASONS:
+                raise _not_rebuilt(exc, args.rebuild) from None
+            problems = [exc.message]
+        else:
+            problems, summary = _check_open_store(store, path)
+    if not problems:
+        print(summary)
+        if args.rebuild:
+            print("nothing to rebuild: the store is healthy (--rebuild only moves a damaged "
+                  "store aside)")
+        return 0
+    print(f"damaged: {path}")
+    for problem in problems:
+        print(f"  {problem}")
+    quoted = shlex.quote(data_dir)
+    if not args.rebuild:
+        print(f"to start this node empty and repair it from its replicas: stop it, run "
+              f"`zring check --data-dir {quoted} --rebuild`, start it, then run `zring repair`")
+        return 1
+    moved = move_store_aside(path)
+    for source, target in moved:
+        print(f"moved {source} -> {target}")
+    print(f"""next:
+  1. start the node as before (e.g. zring node ... --data-dir {quoted}). It comes back
+     EMPTY, as a new node with the same id: its saved membership was in the same file.
+  2. once it is up, run `zring repair`: it gets its data back from its replicas.
+  3. keep the moved-aside files until the node is repaired; nothing was deleted.""")
+    return 0
+
+
+def _check_open_store(store: Store, path: str) -> tuple[list[str], str]:
+    """(problems, summary line) of an open store; closes it."""
+    problems: list[str] = []
+    summary = ""
+    try:
+        problems = store.check()
+        if not problems:
+            keys = store.count()
+            tombstones = store.count(include_tombstones=True) - keys
+            found = store.get_meta("format") or b"?"
+            summary = (f"ok: {path}, {keys} keys, {tombstones} tombstones, "
+                       f"format {found.decode(errors='replace')}")
+    except StorageError as exc:
+        if exc.details.get("reason") not in _DAMAGE_REASONS:
+            raise
+        problems = [exc.message]
+    finally:
+        try:
+            store.close()
+        except StorageError as exc:  # a damaged file can fail its last checkpoint too
+            problems.append(exc.message)
+    return problems, summary
+
+
+def _not_rebuilt(exc: StorageError, rebuild: bool) -> ZringError:
+    """The error for a store that cannot be checked for a reason other than damage."""
+    message = exc.message or str(exc)
+    if rebuild:
+        message += ("; --rebuild moves only a damaged store aside, and this one is not known "
+                    "to be damaged")
+    return ZringError(message)
+
+
+def move_store_aside(path: str) -> list[tuple[str, str]]:
+    """Rename the store at ``path`` and its -wal/-shm files to ``PATH.damaged-<UTC time>``
+    (never deleting anything); returns the (from, to) pairs. The companions go first: a
+    write-ahead log left beside the new, empty store could be replayed into it."""
+    from datetime import datetime, timezone
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{path}.damaged-{stamp}"
+    attempt = 1
+    while any(os.path.lexists(base + suffix) for suffix in ("", *_STORE_COMPANIONS)):
+        attempt += 1
+        base = f"{path}.damaged-{stamp}-{attempt}"
+    moved: list[tuple[str, str]] = []
+    for suffix in (*_STORE_COMPANIONS, ""):
+        source, target = path + suffix, base + suffix
+        if not os.path.lexists(source):
+            continue
+        try:
+            os.rename(source, target)
+        except OSError as exc:
+            done = "; ".join(f"{a} -> {b}" for a, b in moved) or "nothing"
+            raise ZringError(f"cannot move {source} aside: {exc} (moved so far: {done})"
+                             ) from None
+        moved.append((source, target))
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    return moved
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make renames in ``directory`` durable (best effort: not every platform can)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _cmd_put(client: Client, args: argparse.Namespace) -> int:
@@ -355,6 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--limit", type=_positive_int, help="at most this many keys")
 
     client_command("ping", _cmd_ping, "ask one node who it is")
+
+    check_help = "verify a stopped node's store (offline; exit 1 if damaged)"
+    check = commands.add_parser("check", help=check_help, description=(
+        f"Verify a stopped node's store, DIR/{STORE_FILE}: every page and index of the "
+        "SQLite file, the storage format, and each record. With --rebuild, a damaged or "
+        "unreadable store is moved aside (with its -wal/-shm files) to "
+        f"{STORE_FILE}.damaged-<UTC time>, never deleted; the node then starts empty, as a "
+        "new node with the same id, and `zring repair` brings its data back from its "
+        "replicas. Stop the node first: a store in use is reported as locked."))
+    check.set_defaults(handler=None)
+    check.add_argument("--data-dir", required=True, metavar="DIR",
+                       help="the node's data directory (as given to `zring node`)")
+    check.add_argument("--rebuild", action="store_true",
+                       help="if the store is damaged, move it aside so that the node starts "
+                            "empty (then run `zring repair`); a healthy store is left alone")
     return parser
 
 
@@ -371,7 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        if args.handler is None:
+        if args.command == "check":
+            return _cmd_check(args)
+        if args.command == "node":
             try:
                 config = node_config_from_args(args)
             except ValueError as exc:

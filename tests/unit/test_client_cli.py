@@ -6,6 +6,9 @@ in this process (the client uses the shared ZMQ context), so they need no ports.
 
 from __future__ import annotations
 
+import re
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -594,6 +597,204 @@ def test_help_and_version_exit_0(capsys):
     assert cli.main(["--help"]) == 0
     assert cli.main(["--version"]) == 0
     assert zring.__version__ in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ `zring check`, damaged stores
+
+
+def make_store(data_dir, count=100):
+    """A node store in ``data_dir`` with ``count`` keys, every 10th deleted."""
+    from zring.hashing import key_position
+    from zring.storage import Record, SQLiteStore
+    path = data_dir / cli.STORE_FILE
+    with SQLiteStore(path) as store:
+        store.put_many(Record(f"k{i}", None if i % 10 == 0 else f"v{i}", Version(i + 1, "n1"),
+                              key_position(f"k{i}")) for i in range(count))
+        store.set_meta("members", b"saved membership")
+    return path
+
+
+def damage_store(path):
+    """Overwrite two pages' worth in the middle of the file with junk."""
+    with open(path, "r+b") as file:
+        file.seek(path.stat().st_size // 2)
+        file.write(b"\xab" * 8192)
+
+
+def moved_aside(data_dir):
+    return sorted(p.name for p in data_dir.iterdir() if ".damaged-" in p.name)
+
+
+def test_check_healthy_store(tmp_path, capsys):
+    path = make_store(tmp_path)
+    assert cli.main(["check", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"ok: {path}, 90 keys, 10 tombstones, format 1\n"
+
+
+def test_check_rebuild_leaves_a_healthy_store_alone(tmp_path, capsys):
+    path = make_store(tmp_path)
+    before = path.read_bytes()
+    assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ") and "nothing to rebuild" in out
+    assert path.read_bytes() == before and moved_aside(tmp_path) == []
+
+
+def test_check_without_a_store_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no-such-dir"
+    for extra in ([], ["--rebuild"]):
+        assert cli.main(["check", "--data-dir", str(missing), *extra]) == 1
+        assert f"error: no store at {missing / cli.STORE_FILE}" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("how", ["garbage", "overwritten"])
+def test_check_reports_a_damaged_store_and_leaves_it(tmp_path, capsys, how):
+    path = tmp_path / cli.STORE_FILE
+    if how == "garbage":
+        path.write_bytes(b"not a database at all " * 300)
+    else:
+        damage_store(make_store(tmp_path, count=2000))
+    before = path.read_bytes()
+    assert cli.main(["check", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"damaged: {path}\n  ")
+    assert "--rebuild" in out and "zring repair" in out
+    assert path.read_bytes() == before and moved_aside(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["garbage", "overwritten"])
+def test_check_rebuild_moves_a_damaged_store_aside(tmp_path, capsys, how):
+    from zring.storage import SQLiteStore
+    path = tmp_path / cli.STORE_FILE
+    if how == "garbage":
+        path.write_bytes(b"not a database at all " * 300)
+    else:
+        damage_store(make_store(tmp_path, count=2000))
+    # a stale shared-memory file (SQLite ignores it: the store uses exclusive locking); a
+    # write-ahead log, SQLite would recover on open, as the node does, so it is not faked
+    (tmp_path / f"{cli.STORE_FILE}-shm").write_bytes(b"shared memory")
+    damaged = path.read_bytes()
+    assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "damaged: " in out and "EMPTY" in out and "zring repair" in out
+    base, shm = moved_aside(tmp_path)
+    assert re.fullmatch(r"zring\.db\.damaged-\d{8}T\d{6}Z", base) and shm == f"{base}-shm"
+    assert (tmp_path / base).read_bytes() == damaged  # kept, byte for byte
+    assert (tmp_path / shm).read_bytes() == b"shared memory"
+    assert f"moved {path} -> {tmp_path / base}" in out
+    assert f"moved {path}-shm -> {tmp_path / shm}" in out
+    assert sorted(p.name for p in tmp_path.glob(f"{cli.STORE_FILE}*")) == [base, shm]
+    with SQLiteStore(path) as fresh:  # what the node will find: an empty store
+        assert fresh.count(include_tombstones=True) == 0 and fresh.get_meta("members") is None
+    assert cli.main(["check", "--data-dir", str(tmp_path)]) == 0
+
+
+def test_check_rebuild_refuses_a_store_in_use(tmp_path, capsys):
+    from zring.storage import SQLiteStore
+    path = make_store(tmp_path)
+    with SQLiteStore(path):  # a running node holds it
+        assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "locked" in err and "only a damaged store" in err
+    assert path.exists() and moved_aside(tmp_path) == []
+
+
+def test_check_rebuild_refuses_a_store_of_another_format(tmp_path, capsys):
+    from zring.storage import SQLiteStore
+    path = make_store(tmp_path)
+    with SQLiteStore(path) as store:
+        store.set_meta("format", b"2")  # written by a newer zring: upgrade, do not discard
+    assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 1
+    assert "format" in capsys.readouterr().err
+    assert path.exists() and moved_aside(tmp_path) == []
+
+
+def test_check_rebuild_of_orphaned_companions(tmp_path, capsys):
+    # the database file is gone but its write-ahead log is not: a new store must not get it
+    (tmp_path / f"{cli.STORE_FILE}-wal").write_bytes(b"log")
+    assert cli.main(["check", "--data-dir", str(tmp_path)]) == 1
+    assert "missing" in capsys.readouterr().out
+    assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 0
+    assert [name[-4:] for name in moved_aside(tmp_path)] == ["-wal"]
+    assert list(tmp_path.glob(f"{cli.STORE_FILE}-wal")) == []
+
+
+def test_move_store_aside_takes_the_companions_along(tmp_path):
+    path = tmp_path / cli.STORE_FILE
+    files = {"": b"db", "-wal": b"log", "-shm": b"shm"}
+    for suffix, content in files.items():
+        (tmp_path / f"{cli.STORE_FILE}{suffix}").write_bytes(content)
+    moved = cli.move_store_aside(str(path))
+    assert [source for source, _ in moved] == [f"{path}-wal", f"{path}-shm", str(path)]
+    target = moved[-1][1]
+    assert re.fullmatch(r".*/zring\.db\.damaged-\d{8}T\d{6}Z", target)
+    for suffix, content in files.items():
+        assert (tmp_path / f"{target}{suffix}").read_bytes() == content
+    assert not any((tmp_path / f"{cli.STORE_FILE}{suffix}").exists() for suffix in files)
+
+
+def test_move_store_aside_never_overwrites(tmp_path):
+    path = tmp_path / cli.STORE_FILE
+    for content in (b"first", b"second", b"third"):
+        path.write_bytes(content)
+        cli.move_store_aside(str(path))
+    kept = sorted((tmp_path / name).read_bytes() for name in moved_aside(tmp_path))
+    assert kept == [b"first", b"second", b"third"]
+
+
+def free_endpoints():
+    """Two loopback endpoints nobody listens on (in case the node binds before failing)."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    return [f"tcp://127.0.0.1:{port}" for port in ports]
+
+
+def run_node_on(data_dir, monkeypatch):
+    monkeypatch.setattr("zring.log.configure_logging", lambda level, fmt: None)
+    listen, gossip = free_endpoints()
+    return cli.main(["node", "--id", "n1", "--listen", listen, "--gossip", gossip,
+                     "--seeds", listen, "--data-dir", str(data_dir)])
+
+
+@pytest.mark.parametrize("how", ["garbage", "foreign"])
+def test_node_on_a_damaged_store_exits_1_with_what_to_do(tmp_path, capsys, monkeypatch, how):
+    path = tmp_path / cli.STORE_FILE
+    if how == "garbage":
+        path.write_bytes(b"not a database at all " * 300)
+    else:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE something (x)")
+        conn.close()
+    assert run_node_on(tmp_path, monkeypatch) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    assert str(path) in captured.err
+    assert f"run `zring check --data-dir {tmp_path}` (and --rebuild" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_node_on_a_store_in_use_says_so_without_the_rebuild_hint(tmp_path, capsys,
+                                                                 monkeypatch):
+    from zring.storage import SQLiteStore
+    path = make_store(tmp_path)
+    with SQLiteStore(path):
+        assert run_node_on(tmp_path, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: store {path} is locked") and "--rebuild" not in err
+
+
+def test_store_error_hint_quotes_the_directory():
+    from zring.errors import StorageError
+    exc = StorageError("file is not a database", reason="damaged")
+    message = cli._store_error_message(exc, "/var/my node")
+    assert message.startswith("store /var/my node/zring.db: file is not a database; ")
+    assert "`zring check --data-dir '/var/my node'`" in message
+    assert cli._store_error_message(exc, None) == "file is not a database"
 
 
 # ------------------------------------------------------------------ package

@@ -6,6 +6,7 @@ relies on the memory store behaving exactly like the durable one.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import MemoryStore, Record, SQLiteStore, Store
+from zring.storage import sqlite as sqlite_store
 from zring.storage.base import Hint
-from zring.versions import Version
+from zring.versions import LOGICAL_BITS, Version
 
 TOP = RING_SIZE - 1
 
@@ -266,6 +268,78 @@ def test_count_follows_overwrites_and_tombstones(store):
     assert (store.count(), store.count(include_tombstones=True)) == (1, 2)
 
 
+# ------------------------------------------------------------------ tombstone collection
+
+
+def ms(milliseconds: int) -> int:
+    """The HLC timestamp of a wall-clock millisecond (logical counter 0)."""
+    return milliseconds << LOGICAL_BITS
+
+
+def test_purge_tombstones_forgets_only_tombstones_older_than_the_cutoff(store):
+    store.put_many([record("old-1", None, ms(100)), record("old-2", None, ms(199) + 5),
+                    record("edge", None, ms(200)), record("new", None, ms(300)),
+                    record("old-live", "v", ms(50)), record("old-bytes", b"", ms(60))])
+    assert store.purge_tombstones(ms(200)) == 2
+    assert store.get("old-1") is None and store.get("old-2") is None
+    assert store.get("edge").is_tombstone and store.get("new").is_tombstone  # ts >= cutoff
+    assert store.get("old-live").value == "v" and store.get("old-bytes").value == b""
+    assert (store.count(), store.count(include_tombstones=True)) == (2, 4)
+    assert [r.key for r in store.scan_range(0, TOP)] == sorted(
+        ["edge", "new", "old-live", "old-bytes"], key=lambda k: (key_position(k), k))
+    assert store.purge_tombstones(ms(200)) == 0  # nothing left below the cutoff
+    assert store.purge_tombstones(ms(10_000)) == 2
+    assert (store.count(), store.count(include_tombstones=True)) == (2, 2)
+
+
+def test_purge_tombstones_honours_the_limit_oldest_first(store):
+    store.put_many(record(f"k{i}", None, ms(1000 - i)) for i in range(25))
+    store.put(record("live", "v", 1))
+    assert store.purge_tombstones(ms(2000), limit=10) == 10
+    left = {r.key for r in store.scan_range(0, TOP)}
+    assert left == {f"k{i}" for i in range(15)} | {"live"}  # the 10 oldest went
+    assert store.purge_tombstones(ms(2000), limit=10) == 10
+    assert store.purge_tombstones(ms(2000), limit=10) == 5
+    assert store.purge_tombstones(ms(2000), limit=10) == 0
+    assert list(store.keys(include_tombstones=True)) == ["live"]
+
+
+def test_purge_follows_overwrites_and_deletes(store):
+    store.put(record("revived", None, ms(1)))
+    store.put(record("revived", "back", ms(2)))        # a tombstone no more
+    store.put(record("deleted", "v", ms(1)))
+    store.put(record("deleted", None, ms(3)))          # a tombstone now, at ms(3)
+    store.put(record("dropped", None, ms(1)))
+    assert store.delete_keys(["dropped"]) == 1         # forgotten already
+    store.put(record("ranged", None, ms(1), position=5))
+    assert store.delete_range(5, 5) == 1
+    assert store.purge_tombstones(ms(3)) == 0
+    assert store.purge_tombstones(ms(4)) == 1
+    assert store.get("deleted") is None and store.get("revived").value == "back"
+    # once forgotten, an older write is taken again: why tombstones wait out a grace period
+    assert store.put(record("deleted", "stale", ms(2)))
+
+
+def test_purge_tombstones_limit_must_be_positive(store):
+    with pytest.raises(ValueError):
+        store.purge_tombstones(ms(1), limit=0)
+
+
+def test_closed_store_refuses_purge(store):
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.purge_tombstones(ms(1))
+
+
+def test_purge_tombstones_at_the_ends_of_the_timestamp_range(store):
+    store.put_many([record("zero", None, 0), record("top", None, (1 << 63) - 1)])
+    assert store.purge_tombstones(0) == 0
+    assert store.purge_tombstones(-5) == 0
+    assert store.purge_tombstones(1) == 1
+    assert store.purge_tombstones(1 << 70) == 1  # any int is a valid cutoff
+    assert store.count(include_tombstones=True) == 0
+
+
 # ------------------------------------------------------------------ meta and lifecycle
 
 
@@ -494,6 +568,171 @@ def test_sqlite_hint_and_tombstone_queries_use_their_indexes(tmp_path):
     conn.close()
 
 
+@pytest.mark.parametrize("statement", ["_PURGE_BELOW", "_PURGE_UP_TO"])
+def test_sqlite_purge_uses_the_tombstone_index(tmp_path, statement):
+    path = tmp_path / "node.db"
+    fill(path, 300)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ANALYZE")  # with statistics too
+        plan = [row[-1] for row in conn.execute(
+            f"EXPLAIN QUERY PLAN {getattr(sqlite_store, statement)}", (5, 10))]
+    conn.close()
+    assert any("records_tombstones_by_ts" in step for step in plan), plan
+    assert any("PRIMARY KEY" in step for step in plan), plan  # then each delete by key
+    assert not any(step.startswith("SCAN records") for step in plan), plan
+
+
+# ------------------------------------------------------------------ checking a store file
+
+
+def fill(path: Path, count: int = 5000) -> None:
+    """A store of ``count`` records (every 7th a tombstone), some hints and a membership."""
+    with SQLiteStore(path) as store:
+        store.put_many(record(f"key-{i}", None if i % 7 == 0 else f"value-{i}" * 5, ms(i))
+                       for i in range(count))
+        store.add_hints([hint("n2", f"key-{i}", b"v", ms(i)) for i in range(50)])
+        store.set_meta("members", b"membership" * 10)
+    assert not Path(f"{path}-wal").exists()  # closing checkpointed everything into the file
+
+
+def damage(path: Path, offset: int, length: int, seed: int = 1) -> None:
+    junk = random.Random(seed).randbytes(length)
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        file.write(junk)
+
+
+def test_check_finds_nothing_wrong_with_a_healthy_store(tmp_path):
+    path = tmp_path / "node.db"
+    fill(path, 500)
+    with SQLiteStore(path) as store:
+        assert store.check() == []
+        assert store.count() == 500 - 72
+
+
+def test_memory_store_check_is_empty():
+    assert MemoryStore().check() == []
+
+
+def test_check_reports_a_wrong_format_and_missing_indexes(tmp_path):
+    path = tmp_path / "node.db"
+    with SQLiteStore(path) as store:
+        store.put(record("k", "v", 1))
+        store.set_meta("format", b"2")  # what a bug or a stray tool could leave behind
+        store._conn.execute("DROP INDEX records_by_position")
+        problems = store.check()
+    assert any("format" in p and "b'2'" in p for p in problems), problems
+    assert any("records_by_position" in p for p in problems), problems
+
+
+def test_check_reports_damaged_rows(tmp_path):
+    path = tmp_path / "node.db"
+    with SQLiteStore(path) as store:
+        store.put_many([record("good", "v", 1), record("moved", "v", 1), record("bad", "v", 1)])
+        store.add_hints([hint("n2", "hinted", "v", 1)])
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE records SET pos = pos + 1 WHERE key = 'moved'")
+        conn.execute("UPDATE records SET value = CAST(x'ff00' AS TEXT), ts = -1 "
+                     "WHERE key = 'bad'")
+        conn.execute("UPDATE hints SET key = CAST(x'c3' AS TEXT)")
+    conn.close()
+    with SQLiteStore(path) as store:
+        problems = store.check()
+        assert store.get("good").value == "v"
+        with pytest.raises(StorageError, match="damaged") as caught:
+            store.get("bad")  # junk that does not decode is damage, not a bare sqlite error
+        assert caught.value.details["reason"] == "damaged"
+    by_row = {problem.split(":")[0]: problem for problem in problems}
+    assert len(by_row) == 3, problems
+    assert "hash" in by_row["records row 'moved'"]
+    assert "text value is not UTF-8" in by_row["records row 'bad'"]
+    assert "timestamp" in by_row["records row 'bad'"]
+    assert "key is not UTF-8" in by_row["hints row '\ufffd'"]
+
+
+def test_check_caps_what_it_lists(tmp_path):
+    path = tmp_path / "node.db"
+    fill(path, 100)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE records SET pos = pos + 1")
+    conn.close()
+    with SQLiteStore(path) as store:
+        problems = store.check()
+    assert len(problems) == 21 and problems[-1] == "records: 80 more damaged rows"
+
+
+@pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_a_partly_overwritten_store_is_refused_or_reported(tmp_path, where):
+    # never silently empty or healthy: either opening fails naming the file, or check()
+    # lists problems (a page's worth of junk always hits some page's header)
+    path = tmp_path / "node.db"
+    fill(path)
+    size = path.stat().st_size
+    damage(path, int(size * where), 4096 + 100)
+    try:
+        store = SQLiteStore(path)
+    except StorageError as exc:
+        assert str(path) in str(exc) and exc.details["reason"] == "damaged"
+        return
+    with store:
+        assert store.check() != []
+
+
+def test_a_store_with_a_damaged_header_is_refused(tmp_path):
+    path = tmp_path / "node.db"
+    fill(path, 100)
+    damage(path, 0, 100)
+    with pytest.raises(StorageError, match="not a SQLite database") as caught:
+        SQLiteStore(path)
+    assert str(path) in str(caught.value) and caught.value.details["reason"] == "damaged"
+
+
+def test_a_store_with_a_damaged_schema_is_refused(tmp_path):
+    path = tmp_path / "node.db"
+    fill(path, 100)
+    damage(path, 100, 3000)  # the rest of page 1: sqlite_master
+    with pytest.raises(StorageError) as caught:
+        SQLiteStore(path)
+    assert str(path) in str(caught.value) and caught.value.details["reason"] == "damaged"
+
+
+def test_a_failed_read_does_not_keep_the_file_locked_after_close(tmp_path):
+    path = tmp_path / "node.db"
+    fill(path)
+    damage(path, path.stat().st_size // 2, 8192)
+    store = SQLiteStore(path)
+    with pytest.raises(StorageError, match="damaged"):
+        store.count()
+    store.close()
+    with sqlite3.connect(path) as conn:  # would fail with "database is locked"
+        conn.execute("PRAGMA schema_version").fetchall()
+    conn.close()
+
+
+def test_storage_errors_say_why(tmp_path):
+    path = tmp_path / "node.db"
+    with SQLiteStore(path) as first:
+        with pytest.raises(StorageError) as caught:
+            SQLiteStore(path)
+        assert caught.value.details == {"path": str(path), "reason": "locked"}
+        first.set_meta("format", b"999")
+    with pytest.raises(StorageError) as caught:
+        SQLiteStore(path)
+    assert caught.value.details["reason"] == "format"
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE something (x)")
+    conn.close()
+    with pytest.raises(StorageError) as caught:
+        SQLiteStore(other)
+    assert caught.value.details["reason"] == "foreign"
+    closed = SQLiteStore(tmp_path / "closed.db")
+    closed.close()
+    with pytest.raises(StorageError) as caught:
+        closed.check()
+    assert caught.value.details["reason"] == "closed"
+
+
 def test_sqlite_uses_wal(tmp_path):
     path = tmp_path / "node.db"
     SQLiteStore(path).close()
@@ -593,6 +832,28 @@ def test_random_writes_leave_each_key_at_its_greatest_version(writes, batched):
             assert store.scan_range(0, TOP) == sorted(
                 expected.values(), key=lambda r: (r.position, r.key))
             assert store.count() == sum(not r.is_tombstone for r in expected.values())
+            store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=writes, cutoff=st.integers(min_value=-1, max_value=7),
+       limit=st.integers(min_value=1, max_value=6))
+def test_random_purges_agree_between_stores(writes, cutoff, limit):
+    with tempfile.TemporaryDirectory() as directory:
+        stores = [MemoryStore(), SQLiteStore(Path(directory) / "s.db")]
+        for store in stores:
+            store.put_many(record(k, v, t, n) for k, v, t, n in writes)
+        purged = [store.purge_tombstones(cutoff, limit=limit) for store in stores]
+        assert purged[0] == purged[1]
+        memory, durable = (store.scan_range(0, TOP) for store in stores)
+        assert [r for r in memory if not r.is_tombstone] == [
+            r for r in durable if not r.is_tombstone]
+        # which of several equally old tombstones go first is not promised; how many is
+        assert sorted(r.version.timestamp for r in memory if r.is_tombstone) == sorted(
+            r.version.timestamp for r in durable if r.is_tombstone)
+        assert all(r.version.timestamp >= cutoff for r in memory if r.is_tombstone) or (
+            purged[0] == limit)
+        for store in stores:
             store.close()
 
 

@@ -78,6 +78,12 @@ class Store(ABC):
         """How many keys are held."""
 
     @abstractmethod
+    def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
+        """Forget (garbage-collect) up to ``limit`` tombstones whose version timestamp is
+        below ``older_than_ts`` (an HLC timestamp, ms << 16), oldest first; live records are
+        never touched. Returns how many went; fewer than ``limit`` means none is left."""
+
+    @abstractmethod
     def get_meta(self, name: str) -> bytes | None:
         """A small named blob the node keeps beside its data (its membership, its clock)."""
 
@@ -119,6 +125,11 @@ class Store(ABC):
 
     def sync(self) -> None:  # noqa: B027 - optional: a store without files has nothing to sync
         """Force what is committed to stable storage (the ``periodic`` fsync policy)."""
+
+    def check(self) -> list[str]:
+        """Verify the store's files: human-readable problems, empty when it is healthy.
+        Slow (it reads everything): for ``zring check``, not for a running node."""
+        return []
 
     @abstractmethod
     def close(self) -> None:

@@ -1,11 +1,12 @@
 """In-memory store for tests and the simulation: the same rules as ``SQLiteStore``, no files.
 
 Records live in a dict by key; a sorted list of ``(position, key)`` gives range scans and range
-deletes without touching every key. Hints (hinted handoff) live apart from the records: a dict
-by id, and per target a dict in id order (ids only grow, so insertion order is oldest first).
-Every rule the durable store enforces (last writer wins,
-position and timestamp ranges, whole position groups per page) is enforced here too, so a
-simulated cluster fails where a real one would.
+deletes without touching every key, and a sorted list of ``(timestamp, key)`` of the tombstones
+gives tombstone collection, oldest first, without a scan. Hints (hinted handoff) live apart
+from the records: a dict by id, and per target a dict in id order (ids only grow, so insertion
+order is oldest first). Every rule the durable store enforces (last writer wins, position and
+timestamp ranges, whole position groups per page) is enforced here too, so a simulated cluster
+fails where a real one would.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
         self._by_position: SortedList = SortedList()  # (position, key): collisions ordered by key
-        self._tombstones = 0
+        self._tombstones: SortedList = SortedList()  # (timestamp, key) of each tombstone
         self._meta: dict[str, bytes] = {}
         self._hints: dict[int, Hint] = {}
         self._hints_by_target: dict[str, dict[int, Hint]] = {}  # each in id order
@@ -107,7 +108,19 @@ class MemoryStore(Store):
         self._check_open()
         if include_tombstones:
             return len(self._records)
-        return len(self._records) - self._tombstones
+        return len(self._records) - len(self._tombstones)
+
+    def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
+        self._check_open()
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        doomed = list(islice(self._tombstones.irange(maximum=(older_than_ts,),
+                                                     inclusive=(True, False)), limit))
+        for _, key in doomed:
+            held = self._records[key]
+            self._by_position.remove((held.position, key))
+            self._forget(key)
+        return len(doomed)
 
     # ------------------------------------------------------------------ meta
 
@@ -181,16 +194,17 @@ class MemoryStore(Store):
                 self._by_position.remove((held.position, held.key))
                 self._by_position.add((record.position, record.key))
             if held.value is None:
-                self._tombstones -= 1
+                self._tombstones.remove((held.version.timestamp, held.key))
         if record.value is None:
-            self._tombstones += 1
+            self._tombstones.add((record.version.timestamp, record.key))
         self._records[record.key] = record
         return True
 
     def _forget(self, key: str) -> None:
         """Drop ``key`` from the dict; the caller has already taken it out of the index."""
-        if self._records.pop(key).value is None:
-            self._tombstones -= 1
+        record = self._records.pop(key)
+        if record.value is None:
+            self._tombstones.remove((record.version.timestamp, key))
 
     def _forget_hint(self, hint: Hint) -> None:
         """Drop ``hint`` from its target's dict; the caller has taken it out of ``_hints``."""

@@ -11,6 +11,10 @@ Hints (hinted handoff) sit in their own table, in id order per target; several h
 key may coexist (the replay applies last writer wins at the target). Tables and indexes added
 after format "1" was first written are created with IF NOT EXISTS on open, so an existing
 format-"1" file gains them (no released data predates them).
+
+Every failure is a ``StorageError`` naming the file, with a ``reason`` detail ("locked",
+"damaged", "foreign", "format", "closed" or "error") so callers can tell a file another process
+holds from a damaged one. ``check`` verifies a whole file (``zring check``).
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from zring.errors import StorageError
-from zring.hashing import RING_SIZE
+from zring.hashing import RING_SIZE, key_position
 from zring.storage.base import Hint, Record, Store
 from zring.versions import Version
 
@@ -35,6 +39,28 @@ BUSY_TIMEOUT_MS = 100  # only another process can hold the file; never stall the
 CACHE_KIB = 64 * 1024  # page cache ceiling: random-key inserts slow down ~2x once it thrashes
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _MIN_SQLITE = (3, 24, 0)  # upsert (3.24) and row-value comparison (3.15)
+
+# what a store file must hold (format "1" with its additions); ``check`` reports any missing
+_REQUIRED_OBJECTS = frozenset({"records", "meta", "hints", "records_by_position",
+                               "hints_by_target", "hints_by_created",
+                               "records_tombstones_by_ts"})
+# SQLite primary result codes meaning the file itself is damaged, not merely busy or absent
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# what a damaged file can raise: the sqlite3 module fails to decode an error message that
+# quotes junk from the file (a mangled schema) with a bare UnicodeDecodeError
+_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
+# ``check`` reads each row's columns as blobs (text that is not UTF-8 must not fail to decode)
+_CHECK_ROWS = """
+SELECT CAST(key AS BLOB), typeof(key), typeof(value),
+       CASE typeof(value) WHEN 'text' THEN CAST(value AS BLOB) END,
+       CASE typeof(ts) WHEN 'integer' THEN ts END,
+       typeof(writer), CAST(writer AS BLOB),
+       CASE typeof(pos) WHEN 'integer' THEN pos END
+FROM {table}
+"""
+_MAX_ROW_PROBLEMS = 20  # listed per table (and of the integrity check); the rest are counted
 
 _POSITION_SHIFT = 1 << 63  # stored pos = position - 2**63: signed, same order
 _TIMESTAMP_LIMIT = 1 << 63
@@ -95,6 +121,13 @@ WHERE (pos, key) > (?, ?) ORDER BY pos, key LIMIT ?
 """
 _COUNT_ALL = "SELECT count(*) FROM records"
 _COUNT_LIVE = "SELECT count(*) FROM records WHERE value IS NOT NULL"
+# oldest first through the partial index records_tombstones_by_ts; each delete by primary key
+_PURGE_TOMBSTONES = """
+DELETE FROM records WHERE key IN (
+    SELECT key FROM records WHERE value IS NULL AND ts {op} ? ORDER BY ts LIMIT ?)
+"""
+_PURGE_BELOW = _PURGE_TOMBSTONES.format(op="<")
+_PURGE_UP_TO = _PURGE_TOMBSTONES.format(op="<=")  # cutoffs past the column's range
 _GET_META = "SELECT value FROM meta WHERE name = ?"
 _SET_META = """
 INSERT INTO meta (name, value) VALUES (?, ?)
@@ -116,13 +149,13 @@ _Method = TypeVar("_Method", bound=Callable)
 
 
 def _translating_errors(method: _Method) -> _Method:
-    """Re-raise any ``sqlite3.Error`` from ``method`` as a ``StorageError`` naming the file."""
+    """Re-raise any ``_SQLITE_ERRORS`` from ``method`` as a ``StorageError`` naming the file."""
 
     @functools.wraps(method)
     def translated(self: SQLiteStore, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise self._storage_error(exc) from exc
 
     return translated  # type: ignore[return-value]
@@ -143,15 +176,16 @@ class SQLiteStore(Store):
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old for {self.path}; "
-                               f"zring needs {'.'.join(map(str, _MIN_SQLITE))} or newer")
+                               f"zring needs {'.'.join(map(str, _MIN_SQLITE))} or newer",
+                               path=str(self.path), reason="error")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the directory for {self.path}: {exc}",
-                               path=str(self.path)) from exc
+                               path=str(self.path), reason="error") from exc
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise self._storage_error(exc) from exc
         self._cursor = self._conn.cursor()  # reused: saves a cursor object per call
         self._batch_depth = 0
@@ -159,8 +193,8 @@ class SQLiteStore(Store):
             self._configure(synchronous)
             self._open_schema()
         except BaseException:
-            self._conn.close()
             self._closed = True
+            self._release()
             raise
 
     # ------------------------------------------------------------------ records
@@ -223,7 +257,7 @@ class SQLiteStore(Store):
         caller holds the iterator (the caller may write to the store meanwhile)."""
         try:
             rows = self._conn.execute(_KEYS_FIRST, (_KEYS_BATCH,)).fetchall()
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise self._storage_error(exc) from exc
         return self._iter_keys(rows, include_tombstones)
 
@@ -231,6 +265,18 @@ class SQLiteStore(Store):
     def count(self, *, include_tombstones: bool = False) -> int:
         query = _COUNT_ALL if include_tombstones else _COUNT_LIVE
         return self._cursor.execute(query).fetchall()[0][0]
+
+    @_translating_errors
+    def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if older_than_ts <= 0:
+            return 0  # timestamps are never negative
+        if older_than_ts < _TIMESTAMP_LIMIT:
+            self._cursor.execute(_PURGE_BELOW, (older_than_ts, limit))  # autocommit
+        else:  # past a signed 64-bit parameter: every tombstone (all are < 2**63) is older
+            self._cursor.execute(_PURGE_UP_TO, (_TIMESTAMP_LIMIT - 1, limit))
+        return self._cursor.rowcount
 
     # ------------------------------------------------------------------ meta
 
@@ -278,27 +324,78 @@ class SQLiteStore(Store):
         self._cursor.execute(_EXPIRE_HINTS, (created_before_ms,))  # autocommit
         return self._cursor.rowcount
 
+    def check(self) -> list[str]:
+        """See ``Store.check``. ``PRAGMA integrity_check`` reads every page and index entry;
+        then the tables, indexes and format a store needs; then every record and hint row:
+        column types, UTF-8 text, and a position that matches the key's hash (which catches
+        a damaged key). SQLite keeps no checksums, so junk inside a value's bytes goes
+        unnoticed; junk in the file's structure does not. A file too damaged to answer is
+        reported as a problem, not raised."""
+        if self._closed:
+            raise StorageError(f"store {self.path} is closed", path=str(self.path),
+                               reason="closed")
+        with closing(self._conn.cursor()) as cursor:
+            try:
+                rows = cursor.execute("PRAGMA integrity_check").fetchall()
+            except _SQLITE_ERRORS as exc:
+                return [f"integrity check failed: {exc}"]
+            problems = _integrity_problems(rows)
+            try:
+                names = {name for (name,) in cursor.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+                missing = sorted(_REQUIRED_OBJECTS - names)
+                if missing:
+                    problems.append(f"missing tables or indexes: {', '.join(missing)}")
+                if "meta" in names:
+                    rows = cursor.execute(_GET_META, ("format",)).fetchall()
+                    found = bytes(rows[0][0]) if rows else None
+                    if found != FORMAT_VERSION:
+                        problems.append(f"format is {found!r}, expected {FORMAT_VERSION!r}")
+                for table in ("records", "hints"):
+                    if table in names:
+                        problems += _damaged_rows(cursor, table)
+            except _SQLITE_ERRORS as exc:
+                problems.append(f"cannot read the store: {exc}")
+        return problems
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._conn.close()
-        except sqlite3.Error as exc:
+            self._release()
+        except _SQLITE_ERRORS as exc:
             raise self._storage_error(exc) from exc
+
+    def _release(self) -> None:
+        # The cursor first: a statement a failed read left unfinished would otherwise keep
+        # the connection, and its exclusive lock on the file, alive after close.
+        self._cursor.close()
+        self._conn.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # ------------------------------------------------------------------ internals
 
-    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+    def _storage_error(self, exc: Exception) -> StorageError:
+        """``exc`` as a StorageError naming the file, with a ``reason`` detail: "closed",
+        "locked" (another process holds the file), "damaged" (the file is corrupt) or
+        "error" (anything else: I/O, permissions, a full disk)."""
+        path = str(self.path)
         if self._closed:
-            return StorageError(f"store {self.path} is closed", path=str(self.path))
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            return StorageError(f"store {self.path} is locked: is another node or process "
-                                f"using it? ({exc})", path=str(self.path))
-        return StorageError(f"store {self.path}: {exc}", path=str(self.path))
+            return StorageError(f"store {path} is closed", path=path, reason="closed")
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # primary of extended
+        if code in _LOCKED_CODES:
+            return StorageError(f"store {path} is locked: is another node or process "
+                                f"using it? ({exc})", path=path, reason="locked")
+        if isinstance(exc, UnicodeDecodeError):
+            return StorageError(f"store {path} is damaged: SQLite failed with a message "
+                                f"quoting junk from the file ({exc})", path=path,
+                                reason="damaged")
+        if code in _DAMAGE_CODES or str(exc).startswith("Could not decode to UTF-8"):
+            return StorageError(f"store {path} is damaged: {exc}", path=path, reason="damaged")
+        return StorageError(f"store {path}: {exc}", path=path, reason="error")
 
     def _configure(self, synchronous: str) -> None:
         try:
@@ -312,15 +409,15 @@ class SQLiteStore(Store):
             # the first statement that reads the file: a file that is not SQLite fails here
             journal_mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
                 raise StorageError(f"{self.path} is not a zring store (not a SQLite database)",
-                                   path=str(self.path)) from exc
+                                   path=str(self.path), reason="damaged") from exc
             raise self._storage_error(exc) from exc
         if journal_mode.lower() != "wal" and str(self.path) != ":memory:":
             raise StorageError(f"cannot put {self.path} in WAL mode (journal mode stays "
                                f"{journal_mode!r}); is it on a network file system?",
-                               path=str(self.path))
+                               path=str(self.path), reason="error")
 
     @_translating_errors
     def _open_schema(self) -> None:
@@ -335,13 +432,14 @@ class SQLiteStore(Store):
                 return
             if not {"records", "meta"} <= tables:
                 raise StorageError(f"{self.path} is a SQLite database but not a zring store "
-                                   f"(it has tables {sorted(tables)})", path=str(self.path))
+                                   f"(it has tables {sorted(tables)})", path=str(self.path),
+                                   reason="foreign")
             rows = self._cursor.execute(_GET_META, ("format",)).fetchall()
             found = rows[0][0] if rows else None
             if found != FORMAT_VERSION:
                 raise StorageError(f"{self.path} has storage format {found!r}; this version of "
                                    f"zring reads format {FORMAT_VERSION!r} only",
-                                   path=str(self.path))
+                                   path=str(self.path), reason="format")
             for statement in _SCHEMA_ADDITIONS:
                 self._cursor.execute(statement)
 
@@ -427,7 +525,7 @@ class SQLiteStore(Store):
             last_pos, last_key, _ = rows[-1]
             try:
                 rows = self._conn.execute(_KEYS_NEXT, (last_pos, last_key, _KEYS_BATCH)).fetchall()
-            except sqlite3.Error as exc:
+            except _SQLITE_ERRORS as exc:
                 raise self._storage_error(exc) from exc
 
 
@@ -439,6 +537,66 @@ def _row(record: Record) -> tuple:
     if not 0 <= timestamp < _TIMESTAMP_LIMIT:
         raise ValueError(f"timestamp {timestamp} of {key!r} is outside [0, 2**63)")
     return key, value, timestamp, writer, position - _POSITION_SHIFT
+
+
+def _integrity_problems(rows: list[tuple[str]]) -> list[str]:
+    """``PRAGMA integrity_check`` rows (one may hold several lines) as at most
+    ``_MAX_ROW_PROBLEMS`` problems plus a count of the rest."""
+    lines = [line.strip() for (message,) in rows for line in str(message).splitlines()]
+    lines = [line for line in lines if line and line != "ok" and not line.startswith("***")]
+    problems = [f"integrity: {line}" for line in lines[:_MAX_ROW_PROBLEMS]]
+    if len(lines) > len(problems):
+        problems.append(f"integrity: {len(lines) - len(problems)} more problems")
+    return problems
+
+
+def _damaged_rows(cursor: sqlite3.Cursor, table: str) -> list[str]:
+    """Problems with the rows of ``table`` ("records" or "hints"), at most
+    ``_MAX_ROW_PROBLEMS`` of them plus a count of the rest. Columns are read as blobs so
+    that damaged text is reported instead of failing to decode."""
+    problems: list[str] = []
+    damaged = 0
+    for row in cursor.execute(_CHECK_ROWS.format(table=table)):
+        found = _row_problems(*row)
+        if found:
+            damaged += 1
+            if len(problems) < _MAX_ROW_PROBLEMS:
+                key = row[0].decode("utf-8", "replace") if row[0] is not None else None
+                problems.append(f"{table} row {key!r}: {'; '.join(found)}")
+    if damaged > len(problems):
+        problems.append(f"{table}: {damaged - len(problems)} more damaged rows")
+    return problems
+
+
+def _row_problems(raw_key: bytes | None, key_type: str, value_type: str,
+                  text_value: bytes | None, timestamp: int | None, writer_type: str,
+                  raw_writer: bytes | None, pos: int | None) -> list[str]:
+    found = []
+    if key_type != "text" or not _is_utf8(raw_key):
+        found.append(f"key is not UTF-8 text ({key_type})")
+    if value_type not in ("text", "blob", "null"):
+        found.append(f"value is {value_type}, not text, blob or null")
+    elif value_type == "text" and not _is_utf8(text_value):
+        found.append("text value is not UTF-8")
+    if timestamp is None or timestamp < 0:
+        found.append("timestamp is not a non-negative integer")
+    if writer_type != "text" or not _is_utf8(raw_writer):
+        found.append(f"writer is not UTF-8 text ({writer_type})")
+    if pos is None:
+        found.append("position is not an integer")
+    elif raw_key is not None and pos + _POSITION_SHIFT != key_position(raw_key):
+        found.append("position does not match the key's hash")
+    return found
+
+
+def _is_utf8(raw: bytes | None) -> bool:
+    if raw is None:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _hint_row(hint: Hint) -> tuple:
