@@ -4,7 +4,7 @@
     zring put KEY VALUE            zring get KEY            zring delete KEY
     zring status                   zring ring               zring local-keys NODE_ID
     zring add-node NODE_ID ADDRESS zring remove-node NODE_ID [--force]
-    zring rebalance                zring ping
+    zring rebalance                zring repair             zring ping
     zring check --data-dir var/node1 [--rebuild]   (offline: verify a stopped node's store)
 
 Client commands find the cluster through ``--seeds`` (comma-separated ROUTER endpoints),
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["STORE_FILE", "build_parser", "default_gossip_address", "format_ring",
            "format_status", "main", "move_store_aside", "node_config_from_args", "state_code"]
 
-STORE_FILE = "zring.db"  # a node's store in its --data-dir, as zring.server opens it
+from zring.storage import STORE_FILE  # noqa: E402 - a node's store in its --data-dir
+
 _STORE_COMPANIONS = ("-wal", "-shm")  # SQLite's files beside it: they belong to it
 _DAMAGE_REASONS = ("damaged", "foreign")  # StorageError reasons that --rebuild may cure
 
@@ -359,6 +360,15 @@ def _cmd_rebalance(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_repair(client: Client, args: argparse.Namespace) -> int:
+    result = client.repair(timeout=args.wait_timeout)
+    print(f"OK: repaired {result.get('sessions', 0)} replica pairs: "
+          f"{result.get('segments_differing', 0)} of their hash-tree leaves differed; "
+          f"{result.get('records_pulled', 0) + result.get('records_pushed', 0)} records and "
+          f"{result.get('bytes_exchanged', 0):,} bytes exchanged")
+    return 0
+
+
 def _cmd_local_keys(client: Client, args: argparse.Namespace) -> int:
     for key in client.local_keys(args.node_id, limit=args.limit):
         print(key)
@@ -491,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "move every record to the nodes that should hold it")
     rebalance.add_argument("--wait-timeout", type=_positive_float, default=600.0,
                            metavar="SECONDS", help="give up after this long (default 600)")
+
+    repair = client_command("repair", _cmd_repair,
+                            "anti-entropy now: replicas compare hash trees and exchange the "
+                            "records that differ")
+    repair.add_argument("--wait-timeout", type=_positive_float, default=600.0,
+                        metavar="SECONDS", help="give up after this long (default 600)")
 
     local = client_command("local-keys", _cmd_local_keys, "keys stored on one node")
     local.add_argument("node_id")

@@ -20,7 +20,7 @@ from zring.config import NodeConfig
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
 from zring.protocol import MAX_FRAME_BYTES, encode
-from zring.storage import MemoryStore, SQLiteStore
+from zring.storage import STORE_FILE, MemoryStore, SQLiteStore
 
 __all__ = ["NodeServer", "run_node"]
 
@@ -39,7 +39,7 @@ class NodeServer:
         if config.data_dir:
             os.makedirs(config.data_dir, exist_ok=True)
             synchronous = "FULL" if config.fsync == "always" else "NORMAL"
-            self.store = SQLiteStore(os.path.join(config.data_dir, "zring.db"),
+            self.store = SQLiteStore(os.path.join(config.data_dir, STORE_FILE),
                                      synchronous=synchronous)
         else:
             self.store = MemoryStore()

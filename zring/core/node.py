@@ -32,6 +32,7 @@ from zring.errors import (
     MembershipConflict,
     NotMember,
     ProtocolError,
+    StorageError,
     Unavailable,
     ZringError,
 )
@@ -142,27 +143,32 @@ class NodeCore:
 
     # ------------------------------------------------------------------ state on disk
 
+    def _saved_members(self) -> list[Member]:
+        saved = self.store.get_meta("members")
+        if not saved:
+            return []
+        try:
+            return [Member.from_wire(w) for w in msgpack.unpackb(saved, raw=False)]
+        except Exception as exc:  # msgpack raises several types; the blob is damaged
+            raise StorageError(f"the member table saved in the store is damaged ({exc})",
+                               reason="damaged") from None
+
     def _load_own_member(self, now: float) -> Member:
         config = self.config
-        saved = self.store.get_meta("members")
         own_address_is_seed = config.address in config.seeds
         heartbeat = int(now * 1000)  # restarts resume above any heartbeat peers saw before
-        if saved:
-            for wire in msgpack.unpackb(saved, raw=False):
-                member = Member.from_wire(wire)
-                if member.node_id == config.node_id:
-                    return Member(config.node_id, config.address, config.gossip_address,
-                                  member.status, member.generation + 1, heartbeat,
-                                  config.weight, 0, member.streamed)
+        for member in self._saved_members():
+            if member.node_id == config.node_id:
+                return Member(config.node_id, config.address, config.gossip_address,
+                              member.status, member.generation + 1, heartbeat,
+                              config.weight, streamed=member.streamed)
         status = MemberStatus.NORMAL if own_address_is_seed else MemberStatus.JOINING
         return Member(config.node_id, config.address, config.gossip_address, status, 1,
                       heartbeat, config.weight)
 
     def _load_members(self, now: float) -> None:
-        saved = self.store.get_meta("members")
-        if saved:
-            others = [Member.from_wire(w) for w in msgpack.unpackb(saved, raw=False)]
-            self.members.merge([m for m in others if m.node_id != self.config.node_id], now)
+        others = [m for m in self._saved_members() if m.node_id != self.config.node_id]
+        self.members.merge(others, now)
 
     def _save_members(self) -> None:
         self.store.set_meta("members", msgpack.packb(self.members.to_wire(), use_bin_type=True))
