@@ -74,3 +74,26 @@ def test_no_acknowledged_write_is_lost_over_repeated_whole_cluster_crashes(tmp_p
             if got != value and got not in load.unsure.get(key, ()):
                 lost.append((key, value, got))
         assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:3]}"
+
+
+def test_a_wiped_node_gets_every_key_back_from_zring_repair(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    with TestCluster(tmp_path) as cluster:
+        client = cluster.client("node1", timeout=5.0)
+        keys = [f"wipe{i}" for i in range(500)]
+        for key in keys:
+            client.put(key, key.encode())
+        cluster.chaos("stop", "node3")
+        shutil.rmtree(tmp_path / "data" / "node3")
+        cluster.chaos("start", "node3")
+        cluster.wait_converged(NODES, timeout_s=60)
+        assert len(client.local_keys("node3")) < len(keys)
+        result = subprocess.run([sys.executable, "-m", "zring.cli", "--seeds",
+                                 ",".join(cluster.seeds), "repair"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "OK: repaired 3 replica pairs" in result.stdout
+        assert set(keys) <= set(client.local_keys("node3"))
+        assert client.get("wipe7", r=3).value == b"wipe7"
