@@ -31,13 +31,16 @@ import argparse
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zring.localcluster import LocalCluster
 
 DEFAULT_SEEDS = "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003"
 LOOPBACK = "127.0.0.1"
@@ -109,20 +112,6 @@ def run_workload(name: str, op: Callable[[int], bool], count: int, max_seconds: 
 
 # ---------------------------------------------------------------------- processes
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on loopback right now (bound together so all differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def stop_processes(procs: list[subprocess.Popen], term_wait_s: float = 10.0,
                    kill_wait_s: float = 5.0) -> None:
     """TERM every process, wait up to ``term_wait_s`` for all, then KILL the rest."""
@@ -162,64 +151,33 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,
                        + (f" (last error: {last_error})" if last_error else ""))
 
 
-class TempCluster:
-    """Three seed nodes on free loopback ports, data and logs in a temporary directory."""
+def temp_cluster() -> LocalCluster:
+    """A 3-node LocalCluster (zring.localcluster) in a new temporary directory, not started."""
+    from zring.localcluster import LocalCluster
 
-    def __init__(self, size: int = 3) -> None:
-        self.size = size
-        self.root = tempfile.mkdtemp(prefix="zring-bench-")
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list = []
-        ports = free_ports(2 * size)
-        self.names = [f"node{i}" for i in range(1, size + 1)]
-        self.addresses = [f"tcp://{LOOPBACK}:{ports[2 * i]}" for i in range(size)]
-        self.gossip = [f"tcp://{LOOPBACK}:{ports[2 * i + 1]}" for i in range(size)]
+    return LocalCluster(tempfile.mkdtemp(prefix="zring-bench-"), nodes=3, log_level="warning")
 
-    @property
-    def seeds(self) -> str:
-        return ",".join(self.addresses)
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        for name, address, gossip in zip(self.names, self.addresses, self.gossip, strict=True):
-            log = open(os.path.join(self.root, f"{name}.log"), "wb")
-            self.logs.append(log)
-            command = [sys.executable, "-m", "zring.cli", "node", "--id", name,
-                       "--listen", address, "--gossip", gossip, "--seeds", self.seeds,
-                       "--data-dir", os.path.join(self.root, name),
-                       "--log-format", "json", "--log-level", "warning"]
-            self.procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL))
-        try:
-            wait_until(self._converged, timeout_s, f"{self.size} normal members")
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; node logs: {self.root}") from None
+def start_temp_cluster(cluster: LocalCluster) -> None:
+    print(f"starting a temporary 3-node cluster in {cluster.root} ...", flush=True)
+    try:
+        cluster.start()
+    except Exception as exc:  # LocalCluster.start has already stopped whatever it started
+        raise RuntimeError(f"{exc}; node logs: {cluster.log_dir}") from None
 
-    def _converged(self) -> bool:
-        from zring import Client
 
-        for proc, name in zip(self.procs, self.names, strict=True):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}")
-        for address in self.addresses:
-            with Client([address], timeout=1.0, retries=0) as client:
-                members = client.cluster_status().members
-            if sorted(m.node_id for m in members if m.status == "normal"
-                      and m.liveness == "up") != self.names:
-                return False
-        return True
-
-    def stop(self, keep_files: bool = False) -> None:
-        stop_processes(self.procs)
-        for log in self.logs:
-            log.close()
-        if not keep_files:
-            shutil.rmtree(self.root, ignore_errors=True)
+def stop_temp_cluster(cluster: LocalCluster, keep_files: bool) -> None:
+    cluster.stop()
+    if not keep_files:
+        shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 class TempRedis:
     """``redis-server`` on a free loopback port, without persistence."""
 
     def __init__(self, binary: str) -> None:
+        from zring.localcluster import free_ports
+
         self.binary = binary
         self.port = free_ports(1)[0]
         self.root = tempfile.mkdtemp(prefix="zring-bench-redis-")
@@ -407,15 +365,14 @@ def main(argv: list[str] | None = None) -> int:
 
     value = os.urandom(args.value_size)
     prefix = f"bench:{os.getpid()}:{int(time.time())}"
-    cluster: TempCluster | None = None
+    cluster: LocalCluster | None = None
     temp_redis: TempRedis | None = None
     try:
         seeds = args.seeds or DEFAULT_SEEDS
         if args.start_cluster:
-            cluster = TempCluster()
-            print(f"starting a temporary 3-node cluster in {cluster.root} ...", flush=True)
-            cluster.start()
-            seeds = cluster.seeds
+            cluster = temp_cluster()
+            start_temp_cluster(cluster)
+            seeds = ",".join(cluster.seeds)
         redis_port = args.redis_port
         if use_redis and redis_port is None:
             temp_redis = TempRedis(redis_binary)
@@ -454,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if temp_redis is not None:
             temp_redis.stop()
         if cluster is not None:
-            cluster.stop(keep_files=args.keep_cluster_files)
+            stop_temp_cluster(cluster, args.keep_cluster_files)
 
 
 if __name__ == "__main__":

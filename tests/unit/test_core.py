@@ -406,3 +406,20 @@ def test_a_delete_missed_by_a_replica_stays_deleted_through_repair_and_gc():
     assert all(c.store.get("doomed") is None for c in sim.cores.values())
     assert get(sim, "node3", "doomed", r=3).body["found"] is False
     assert sum(c.stats["tombstones_purged"] for c in sim.cores.values()) == 3
+
+
+def test_a_node_restarts_from_its_store_again_and_again():
+    from zring.config import NodeConfig
+    from zring.core.node import NodeCore
+    from zring.storage import MemoryStore
+    store = MemoryStore()
+    config = NodeConfig(node_id="n1", address="tcp://sim:1", gossip_address="tcp://sim:2",
+                        seeds=["tcp://sim:1"], vnodes=16)
+    generations = []
+    for restart in range(3):
+        core = NodeCore(config, store, 1000.0 + restart)
+        core.start(1000.0 + restart)
+        core.tick(1000.5 + restart)  # gossips: saves nothing new, but must not break
+        generations.append(core.members.own.generation)
+        assert core.members.own.status == MemberStatus.NORMAL
+    assert generations == [1, 2, 3]

@@ -1,0 +1,79 @@
+"""zring.localcluster without starting anything: config, helpers, logs."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import sys
+
+import pytest
+
+from zring import localcluster
+from zring.localcluster import LocalCluster, LocalClusterError, free_ports, wait_for
+
+
+def programs(cluster: LocalCluster) -> dict[str, dict[str, str]]:
+    cluster.write_conf()
+    parser = configparser.RawConfigParser()
+    parser.read(cluster.conf)
+    return {s.split(":", 1)[1]: dict(parser[s]) for s in parser.sections()
+            if s.startswith("program:")}
+
+
+def test_conf_has_seeds_autostarted_and_spares_stopped(tmp_path):
+    cluster = LocalCluster(tmp_path, nodes=3, spares=1, replicas=2, vnodes=64,
+                           log_level="info")
+    progs = programs(cluster)
+    assert sorted(progs) == ["node1", "node2", "node3", "node4"]
+    assert [progs[n]["autostart"] for n in cluster.names] == ["true"] * 3 + ["false"]
+    argv = shlex.split(progs["node4"]["command"])
+    assert argv[:4] == [sys.executable, "-m", "zring.cli", "node"]
+    assert argv[argv.index("--seeds") + 1] == ",".join(cluster.seeds)
+    assert cluster.addresses["node4"] not in cluster.seeds
+    assert argv[argv.index("--log-level") + 1] == "info"
+    assert argv[argv.index("--replicas") + 1] == "2"
+    assert argv[argv.index("--vnodes") + 1] == "64"
+    assert progs["node2"]["stdout_logfile"] == str(cluster.log_path("node2"))
+    ports = {a.rsplit(":", 1)[1] for a in [*cluster.addresses.values(),
+                                           *cluster.gossip.values()]}
+    assert len(ports) == 8
+
+
+def test_restart_delay_wraps_the_node_in_a_shell_that_execs_it(tmp_path):
+    cluster = LocalCluster(tmp_path, nodes=1, restart_delay_s=2.5)
+    argv = shlex.split(programs(cluster)["node1"]["command"])
+    assert argv[:2] == ["/bin/sh", "-c"]
+    script = argv[2]
+    assert "sleep 2.5" in script and "exec " + sys.executable in script
+    assert (tmp_path / "data").is_dir()  # where the "started before" marker goes
+
+
+def test_log_text_joins_rotated_parts_oldest_first(tmp_path):
+    cluster = LocalCluster(tmp_path, nodes=1)
+    cluster.log_dir.mkdir(parents=True)
+    assert cluster.log_text("node1") == ""
+    (cluster.log_dir / "node1.log.2").write_text("a\n")
+    (cluster.log_dir / "node1.log.1").write_text("b\n")
+    (cluster.log_dir / "node1.log").write_text("c\n")
+    assert cluster.log_text("node1") == "a\nb\nc\n"
+
+
+def test_wait_for_returns_the_value_or_times_out_naming_the_wait():
+    assert wait_for(lambda: 42, 1, "the answer") == 42
+    with pytest.raises(TimeoutError, match="the impossible.*ValueError"):
+        wait_for(lambda: int("x"), 0.2, "the impossible", interval_s=0.05)
+
+
+def test_free_ports_are_distinct():
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+
+
+def test_chaos_needs_a_source_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(localcluster, "CHAOS", tmp_path / "missing.py")
+    with pytest.raises(LocalClusterError, match="source checkout"):
+        LocalCluster(tmp_path, nodes=1).chaos("kill", "node1")
+
+
+def test_stop_without_start_is_a_no_op(tmp_path):
+    LocalCluster(tmp_path, nodes=1).stop()
