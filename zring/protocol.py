@@ -60,7 +60,9 @@ class MsgType(IntEnum):
     HINT_WRITE = 48
     REPAIR_LOCAL = 49
     REPAIR_TREE = 50
-    REPAIR_SYNC = 51
+    # 51 is retired (a whole-segment sync, replaced by key-level digests): never reuse it
+    REPAIR_DIGESTS = 52
+    REPAIR_FETCH = 53
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -72,7 +74,8 @@ CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
-                        MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_SYNC})
+                        MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
+                        MsgType.REPAIR_FETCH})
 
 
 @dataclass(slots=True)
@@ -104,7 +107,7 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REPLICA_READ: {"key": ((str,), True)},
     MsgType.JOIN: {"member": ((dict,), True)},
     MsgType.RANGE_PULL: {"intervals": ((list,), True), "after": (_OPT_INT, False),
-                         "limit": ((int,), True), "shared_with": ((str,), False)},
+                         "limit": ((int,), True)},
     MsgType.ADMIT: {"seed": ((str,), True)},
     MsgType.LEAVE: {},
     MsgType.REBALANCE_LOCAL: {},
@@ -113,7 +116,9 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REPAIR: {},
     MsgType.REPAIR_LOCAL: {},
     MsgType.REPAIR_TREE: {"peer": ((str,), True), "fingerprint": ((int,), True)},
-    MsgType.REPAIR_SYNC: {"peer": ((str,), True), "segments": ((list,), True)},
+    MsgType.REPAIR_DIGESTS: {"peer": ((str,), True), "intervals": ((list,), True),
+                             "after": (_OPT_INT, False), "limit": ((int,), True)},
+    MsgType.REPAIR_FETCH: {"keys": ((list,), True)},
     MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
 }
 

@@ -347,7 +347,8 @@ def test_repair_exchanges_only_what_differs_and_replicas_converge(cluster):
     reply = cluster.request("node1", MsgType.REPAIR, {}, max_seconds=60)
     assert reply.type == MsgType.OK, reply.body
     assert 0 < reply.body["segments_differing"] <= 3 * 40  # 40 keys differ, 3 pairs
-    assert reply.body["records_pulled"] + reply.body["records_pushed"] < 300  # not a full copy
+    # only the differing keys move (at most once per pair), not whole segments
+    assert reply.body["records_pulled"] + reply.body["records_pushed"] <= 3 * 40
     assert store_state(node1) == store_state(node2) == store_state(node3)
     assert node3.store.get("key10").value == b"v10" and node1.store.get("key1").value == b"newer"
 

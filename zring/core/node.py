@@ -42,7 +42,7 @@ from zring.membership import Member, MemberStatus, MemberTable
 from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Hint, Record, Store
-from zring.versions import LOGICAL_BITS, HybridClock
+from zring.versions import LOGICAL_BITS, HybridClock, Version
 
 __all__ = ["NodeCore"]
 
@@ -131,7 +131,6 @@ class NodeCore:
         self._hint_count = 0
         self._last_tick = now
         self._tree_jobs: list[tuple[repair.TreeBuilder, Callable[[float], list]]] = []
-        self._callback_pulls: list[tuple[RangePull, Callable[[RangePull, float], list]]] = []
         self._repairs: dict[str, repair.RepairSession] = {}   # ours, by peer
         self._repair_waiters: list[tuple[tuple[bytes, ...], int, set[str], dict]] = []
         self._next_repair_at = now + config.repair_interval_s if config.repair_interval_s \
@@ -596,21 +595,21 @@ class NodeCore:
         return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
 
     def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
-        """A page of our records in the given intervals, after a cursor position. With
-        ``shared_with``, only records whose replicas include that node and us (repair);
-        ``last`` is the last position scanned, so a filtered page still moves the cursor."""
+        """A page of our records in the given intervals, after a cursor position."""
         body = message.body
-        intervals = body["intervals"]
         limit = min(max(body["limit"], 1), self.config.stream_batch_records)
-        after = body.get("after")
+        records, more, last = self._scan_intervals(body["intervals"], body.get("after"), limit,
+                                                   None)
+        reply = {"records": [record_to_wire(r) for r in records], "more": more, "last": last}
+        return [Reply(route, Message(MsgType.OK, message.request_id, reply))]
+
+    def _scan_intervals(self, intervals: list, after: int | None, limit: int, keep):
+        """Up to ``limit`` scanned records (those ``keep`` accepts) in sorted ``intervals``
+        after position ``after``; returns (records, more, last position scanned)."""
         if len(intervals) > 65_536:
-            raise InvalidRequest("too many intervals in one pull")
-        shared_with = body.get("shared_with")
-        keep = (repair.shared(self.ring, self.config.replicas, shared_with,
-                              self.config.node_id) if shared_with else None)
+            raise InvalidRequest("too many intervals in one request")
         records: list[Record] = []
-        scanned = 0
-        size = 0
+        scanned = size = 0
         last = None
         more = False
         for interval in intervals:
@@ -627,12 +626,11 @@ class NodeCore:
                 last = record.position
                 if keep is None or keep(record.position):
                     records.append(record)
-                    size += len(record.key) + (len(record.value) if record.value else 0)
+                    size += _record_bytes(record)
             if scanned >= limit or size >= self.config.stream_batch_bytes:
                 more = True
                 break
-        reply = {"records": [record_to_wire(r) for r in records], "more": more, "last": last}
-        return [Reply(route, Message(MsgType.OK, message.request_id, reply))]
+        return records, more, last
 
     # ------------------------------------------------------------------ client: cluster
 
@@ -1215,28 +1213,80 @@ class NodeCore:
             session.segments = []
             return self._repair_finished(session, now)
         session.segments = repair.differing_segments(session.tree.leaves, session.peer_leaves)
-        session.phase = "pulling"
-        pull = self._new_pull("repair", {session.peer: repair.segment_intervals(
-            session.segments)})
-        pull.shared_with = self.config.node_id
+        session.phase = "comparing"
+        intervals = repair.segment_intervals(session.segments)
+        belongs = repair.shared(self.ring, self.config.replicas, self.config.node_id,
+                                session.peer)
+        session.ours = repair.VersionCollector(self.store, intervals, belongs,
+                                               self.config.repair_page_records)
+        self._tree_jobs.append((session.ours, lambda t: self._repair_exchange(session, t)))
+        return self._ask_versions(session, intervals, None, now)
 
-        def on_pulled(done: RangePull, t: float) -> list[Effect]:
-            session.records_pulled = done.records_received
-            session.bytes_exchanged += done.bytes_received
-            session.phase = "syncing"
+    def _ask_versions(self, session: repair.RepairSession, intervals: list, after: int | None,
+                      now: float) -> list[Effect]:
+        """Page through the peer's versions of its keys under the differing leaves."""
+        def on_page(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if reply is None or reply.type != MsgType.OK:
+                return self._repair_failed(session, "no versions from the peer", t)
+            for item in reply.body.get("digests", []):
+                if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                        and type(item[1]) is int and isinstance(item[2], str)):
+                    session.theirs[item[0]] = Version(item[1], item[2])
+                    session.bytes_exchanged += len(item[0]) + 8 + len(item[2])
+            last = reply.body.get("last")
+            if reply.body.get("more") and type(last) is int:
+                return self._ask_versions(session, intervals, last, t)
+            session.theirs_done = True
+            return self._repair_exchange(session, t)
 
-            def on_synced(node: str, reply: Message | None, t2: float) -> list[Effect]:
-                if reply is None or reply.type != MsgType.OK:
-                    return self._repair_failed(session, "the peer did not pull back", t2)
-                session.bytes_exchanged += int(reply.body.get("bytes", 0))
-                session.records_pushed = int(reply.body.get("records", 0))
-                return self._repair_finished(session, t2)
-            return self._call(session.peer, MsgType.REPAIR_SYNC,
-                              {"peer": self.config.node_id, "segments": session.segments},
-                              on_synced, t, timeout_s=self.config.repair_timeout_s)
+        body = {"peer": self.config.node_id, "intervals": [list(i) for i in intervals],
+                "after": after, "limit": self.config.repair_page_records}
+        return self._call(session.peer, MsgType.REPAIR_DIGESTS, body, on_page, now,
+                          timeout_s=self.config.repair_timeout_s)
 
-        self._callback_pulls.append((pull, on_pulled))
-        return pull.pump(self._stream_call(now), now)
+    def _repair_exchange(self, session: repair.RepairSession, now: float) -> list[Effect]:
+        """Both version lists known: fetch what the peer has newer, send what we have newer."""
+        if session.phase != "comparing" or not session.theirs_done or not session.ours.done:
+            return []
+        session.phase = "exchanging"
+        fetch, send = repair.keys_to_exchange(session.ours.versions, session.theirs)
+        batch = self.config.hint_batch_records
+        fetch_batches = [fetch[i:i + batch] for i in range(0, len(fetch), batch)]
+        send_batches = [send[i:i + batch] for i in range(0, len(send), batch)]
+        return self._repair_next_batch(session, fetch_batches, send_batches, now)
+
+    def _repair_next_batch(self, session: repair.RepairSession, fetch_batches: list,
+                           send_batches: list, now: float) -> list[Effect]:
+        def on_reply(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if reply is None or reply.type != MsgType.OK:
+                return self._repair_failed(session, "a repair batch was not answered", t)
+            if fetching:
+                try:
+                    records = [record_from_wire(r) for r in reply.body.get("records", [])]
+                except ProtocolError:
+                    return self._repair_failed(session, "malformed records from the peer", t)
+                self.store.put_many(records)
+                session.records_pulled += len(records)
+                session.bytes_exchanged += sum(_record_bytes(r) for r in records)
+            return self._repair_next_batch(session, fetch_batches, send_batches, t)
+
+        if fetch_batches:
+            fetching = True
+            keys = fetch_batches.pop()
+            session.bytes_exchanged += sum(len(k) for k in keys)
+            return self._call(session.peer, MsgType.REPAIR_FETCH, {"keys": keys}, on_reply,
+                              now, timeout_s=self.config.repair_timeout_s)
+        while send_batches:
+            fetching = False
+            records = [r for r in map(self.store.get, send_batches.pop()) if r is not None]
+            if not records:
+                continue
+            session.records_pushed += len(records)
+            session.bytes_exchanged += sum(_record_bytes(r) for r in records)
+            return self._call(session.peer, MsgType.REPLICA_WRITE,
+                              {"records": [record_to_wire(r) for r in records]}, on_reply,
+                              now, timeout_s=self.config.repair_timeout_s)
+        return self._repair_finished(session, now)
 
     def _repair_finished(self, session: repair.RepairSession, now: float) -> list[Effect]:
         session.phase = "done"
@@ -1299,18 +1349,24 @@ class NodeCore:
         self._tree_jobs.append((tree, send_tree))
         return []
 
-    def _on_repair_sync(self, route, message: Message, now: float) -> list[Effect]:
-        peer, segments = message.body["peer"], message.body["segments"]
-        if any(type(s) is not int or not 0 <= s < repair.SEGMENTS for s in segments):
-            raise InvalidRequest("segments must be ints in [0, 4096)")
-        pull = self._new_pull("repair", {peer: repair.segment_intervals(segments)})
-        pull.shared_with = self.config.node_id
+    def _on_repair_digests(self, route, message: Message, now: float) -> list[Effect]:
+        """A page of (key, version) for our records under the given intervals that we share
+        with the asking peer."""
+        keep = repair.shared(self.ring, self.config.replicas, message.body["peer"],
+                             self.config.node_id)
+        records, more, last = self._scan_intervals(
+            message.body["intervals"], message.body.get("after"),
+            min(max(message.body["limit"], 1), 10 * self.config.stream_batch_records), keep)
+        digests = [[r.key, r.version.timestamp, r.version.node_id] for r in records]
+        body = {"digests": digests, "more": more, "last": last}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
-        def on_pulled(done: RangePull, t: float) -> list[Effect]:
-            body = {"records": done.records_received, "bytes": done.bytes_received}
-            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
-        self._callback_pulls.append((pull, on_pulled))
-        return pull.pump(self._stream_call(now), now)
+    def _on_repair_fetch(self, route, message: Message, now: float) -> list[Effect]:
+        keys = message.body["keys"]
+        if len(keys) > 10_000 or not all(isinstance(k, str) for k in keys):
+            raise InvalidRequest("keys must be at most 10,000 strings")
+        records = [record_to_wire(r) for r in map(self.store.get, keys) if r is not None]
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": records}))]
 
     def _step_trees(self, now: float) -> list[Effect]:
         """Hash one page for the oldest tree under construction."""
@@ -1346,7 +1402,7 @@ class NodeCore:
     # ------------------------------------------------------------------ streams
 
     def _streams(self) -> list:
-        streams: list = list(self._takeovers) + [pull for pull, _ in self._callback_pulls]
+        streams: list = list(self._takeovers)
         if self._join_pull is not None:
             streams.append(self._join_pull)
         if self._push is not None:
@@ -1358,9 +1414,6 @@ class NodeCore:
         effects: list[Effect] = []
         for stream in self._streams():
             effects += stream.pump(call, now)
-        for entry in [e for e in self._callback_pulls if e[0].done]:
-            self._callback_pulls.remove(entry)
-            effects += entry[1](entry[0], now)
         finished = [t for t in self._takeovers if t.done]
         for pull in finished:
             self._takeovers.remove(pull)
@@ -1402,7 +1455,8 @@ NodeCore._handlers = {
     MsgType.REPAIR: NodeCore._on_repair,
     MsgType.REPAIR_LOCAL: NodeCore._on_repair_local,
     MsgType.REPAIR_TREE: NodeCore._on_repair_tree,
-    MsgType.REPAIR_SYNC: NodeCore._on_repair_sync,
+    MsgType.REPAIR_DIGESTS: NodeCore._on_repair_digests,
+    MsgType.REPAIR_FETCH: NodeCore._on_repair_fetch,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
@@ -1421,6 +1475,10 @@ def _error(request_id: int, exc: ZringError) -> Message:
 def reply_as(reply: Message, request_id: int) -> Message:
     """A peer's reply relayed to our own requester."""
     return Message(reply.type, request_id, reply.body)
+
+
+def _record_bytes(record: Record) -> int:
+    return len(record.key) + (len(record.value) if record.value is not None else 0)
 
 
 def _newest(records) -> Record | None:

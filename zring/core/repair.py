@@ -8,8 +8,12 @@ independent of scan order; the root hashes the leaves. Equal roots end a session
 message each way. Otherwise the initiator pulls the differing segments from the peer and asks
 the peer to pull the same segments back, both keeping the newest version of each key.
 
-A tree is built a page of records at a time, between other work, so building one over a
-million records does not stall the node's loop (or its heartbeats).
+Under the differing leaves the pair compares versions key by key (the peer sends each
+key's version, not its value), then each side sends only the records the other lacks or holds
+in an older version.
+
+Trees and version lists are built a page of records at a time, between other work, so one
+over a million records does not stall the node's loop (or its heartbeats).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import xxhash
 
 from zring.ring import HashRing
 from zring.storage.base import Record, Store
+from zring.versions import Version
 
-__all__ = ["SEGMENT_BITS", "SEGMENTS", "TreeBuilder", "record_digest", "segment_intervals",
-           "differing_segments", "RepairSession"]
+__all__ = ["SEGMENT_BITS", "SEGMENTS", "TreeBuilder", "VersionCollector", "record_digest",
+           "segment_intervals", "differing_segments", "keys_to_exchange", "RepairSession"]
 
 SEGMENT_BITS = 12
 SEGMENTS = 1 << SEGMENT_BITS
@@ -98,6 +103,46 @@ class TreeBuilder:
 
 
 @dataclass
+class VersionCollector:
+    """Key -> version of this node's shared records in ``intervals``, page by page."""
+
+    store: Store
+    intervals: list[tuple[int, int]]
+    belongs: Callable[[int], bool]
+    page_records: int
+    versions: dict[str, Version] = field(default_factory=dict)
+    done: bool = False
+    _index: int = 0
+    _after: int | None = None
+
+    def step(self) -> None:
+        if self._index >= len(self.intervals):
+            self.done = True
+            return
+        low, high = self.intervals[self._index]
+        page = self.store.scan_range(low, high, after=self._after, limit=self.page_records)
+        for record in page:
+            if self.belongs(record.position):
+                self.versions[record.key] = record.version
+        if len(page) < self.page_records:
+            self._index += 1
+            self._after = None
+            self.done = self._index >= len(self.intervals)
+        else:
+            self._after = page[-1].position
+
+
+def keys_to_exchange(ours: dict[str, Version],
+                     theirs: dict[str, Version]) -> tuple[list[str], list[str]]:
+    """(keys to fetch from the peer, keys to send it): whoever holds the newer version."""
+    fetch = [key for key, version in theirs.items()
+             if key not in ours or version > ours[key]]
+    send = [key for key, version in ours.items()
+            if key not in theirs or version > theirs[key]]
+    return fetch, send
+
+
+@dataclass
 class RepairSession:
     """The initiator's side of one repair with one peer."""
 
@@ -108,7 +153,10 @@ class RepairSession:
     peer_leaves: array | None = None
     peer_root: int | None = None
     segments: list[int] | None = None      # differing segments, once both trees are known
-    phase: str = "hashing"                 # hashing -> pulling -> syncing -> done | failed
+    phase: str = "hashing"                 # hashing -> comparing -> exchanging -> done|failed
+    ours: VersionCollector | None = None
+    theirs: dict[str, Version] = field(default_factory=dict)
+    theirs_done: bool = False
     records_pulled: int = 0
     records_pushed: int = 0
     bytes_exchanged: int = 0

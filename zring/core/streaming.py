@@ -47,7 +47,6 @@ class RangePull:
     page_records: int
     in_flight_per_source: int
     retry_s: float
-    shared_with: str | None = None   # only records the source and this node both replicate
     records_received: int = 0
     bytes_received: int = 0
     cancelled: bool = False
@@ -89,8 +88,6 @@ class RangePull:
                 self._in_flight[source] += 1
                 body = {"intervals": [list(i) for i in chunk.intervals], "after": chunk.after,
                         "limit": self.page_records}
-                if self.shared_with is not None:
-                    body["shared_with"] = self.shared_with
                 effects += call(source, MsgType.RANGE_PULL, body,
                                 lambda node, reply, t, c=chunk: self._on_page(c, reply, t))
         return effects
@@ -119,9 +116,8 @@ class RangePull:
             self.store.put_many(records)
             self.records_received += len(records)
             self.bytes_received += sum(_record_size(r) for r in records)
-        last = reply.body.get("last")  # the last position the source scanned (it may filter)
-        if reply.body.get("more") and (records or type(last) is int):
-            chunk.after = last if type(last) is int else records[-1].position
+        if reply.body.get("more") and records:
+            chunk.after = records[-1].position
             queue.appendleft(chunk)
         return []
 
