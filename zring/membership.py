@@ -15,7 +15,10 @@ from typing import Any
 from zring.errors import ProtocolError
 from zring.failure import Liveness, PhiAccrualDetector
 
-__all__ = ["Member", "MemberStatus", "MemberTable"]
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Member", "MemberStatus", "MemberTable"]
+
+MIN_WEIGHT = 0.01   # a member's share of the ring, relative to weight 1: finite and sane,
+MAX_WEIGHT = 100.0  # so no gossiped record can make a ring unbuildable
 
 
 class MemberStatus(IntEnum):
@@ -67,7 +70,8 @@ class Member:
                 and type(member.generation) is int and type(member.heartbeat) is int
                 and type(member.keys) is int and type(member.hints) is int
                 and type(member.streamed) is bool
-                and type(member.weight) in (int, float) and member.weight > 0
+                and type(member.weight) in (int, float)
+                and MIN_WEIGHT <= member.weight <= MAX_WEIGHT
                 and 0 <= member.generation < 1 << 63 and 0 <= member.heartbeat < 1 << 63):
             raise ProtocolError(f"bad member record for {wire.get('node_id')!r}")
         return member
@@ -133,7 +137,8 @@ class MemberTable:
             if record.node_id == self.own_id:
                 # Only we may advance our heartbeat; someone else's newer generation for us
                 # (a forced removal) is adopted, keeping our own heartbeat counting.
-                if current is not None and record.generation > current.generation:
+                if current is not None and (record.generation, record.status) > (
+                        current.generation, current.status):
                     self._members[self.own_id] = replace(record, heartbeat=current.heartbeat)
                     changed = True
                 continue

@@ -203,7 +203,7 @@ def test_rebalance_moves_misplaced_keys_to_their_owners(cluster):
 
 def test_cluster_status_and_local_keys(cluster):
     put(cluster, "node1", "a", b"1")
-    cluster.run(2.5)
+    cluster.run(16)  # key counts refresh every 15 s
     reply = cluster.request("node2", MsgType.CLUSTER_STATUS, {})
     rows = {row["node_id"]: row for row in reply.body["members"]}
     assert set(rows) == {"node1", "node2", "node3"}
@@ -424,3 +424,59 @@ def test_a_node_restarts_from_its_store_again_and_again():
         generations.append(core.members.own.generation)
         assert core.members.own.status == MemberStatus.NORMAL
     assert generations == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ regressions (review)
+
+
+def five_nodes():
+    sim = SimCluster()
+    for i in range(1, 6):
+        sim.add(f"node{i}")
+    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == 5, 10)
+    sim.run(3)
+    return sim
+
+
+def test_a_node_that_is_both_stand_in_and_pending_target_counts_once():
+    sim = five_nodes()
+    sim.down.add(sim.node("node3").config.address)
+    assert sim.run_until(lambda: liveness_of(sim, "node1", "node3") == "down", 5)
+    node1 = sim.node("node1")
+    node1.members.set_status("node2", MemberStatus.LEAVING)  # pending targets appear
+    node1._after_membership_change(sim.now)
+    for i in range(100):
+        reply = put(sim, "node1", f"dup{i}", b"v")
+        stored_on = reply.body.get("stored_on", [])
+        assert len(stored_on) == len(set(stored_on)), reply.body
+
+
+def test_a_force_removed_node_that_restarts_stays_out():
+    from zring.core.node import NodeCore
+    sim = five_nodes()
+    node4 = sim.node("node4")
+    sim.down.add(node4.config.address)
+    assert sim.run_until(lambda: liveness_of(sim, "node1", "node4") == "down", 5)
+    reply = sim.request("node1", MsgType.REMOVE_NODE, {"node_id": "node4", "graceful": False})
+    assert reply.type == MsgType.OK
+    sim.run(2)
+    # node4 comes back from its own store, as after a restart by supervisord
+    restarted = NodeCore(node4.config, node4.store, sim.now)
+    sim.cores[node4.config.address] = restarted
+    sim._apply(node4.config.address, restarted.start(sim.now))
+    sim.down.discard(node4.config.address)
+    assert sim.run_until(lambda: restarted.members.own.status == MemberStatus.LEFT, 10)
+    assert sim.node("node1").ring.nodes == ["node1", "node2", "node3", "node5"]
+    refused = sim.request("node4", MsgType.PUT, {"key": "k", "value": b"v"})
+    assert refused.type == MsgType.ERROR and refused.body["code"] == "not_member"
+
+
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), 1e-30, 1e9])
+def test_gossip_with_an_unusable_weight_is_refused_and_the_node_keeps_going(cluster, weight):
+    core = cluster.node("node1")
+    record = core.members.own.to_wire() | {"node_id": "evil", "weight": weight,
+                                             "address": "tcp://sim:9", "status": 2}
+    frame = encode(Message(MsgType.GOSSIP, 0, {"sender": "evil", "members": [record]}))
+    assert core.handle_gossip(frame, cluster.now) == []
+    assert "evil" not in core.members
+    assert put(cluster, "node1", "after", b"ok").type == MsgType.OK

@@ -210,6 +210,12 @@ class NodeCore:
             return handler(self, route, message, now)
         except ZringError as exc:
             return [Reply(route, _error(message.request_id, exc))]
+        except Exception as exc:  # a bug or an input no check foresaw: answer, keep serving
+            self.stats["handler_errors"] += 1
+            self.log.exception("request_failed", type=message.type.name)
+            return [Reply(route, _error(message.request_id, ZringError(
+                f"{self.config.node_id} failed on {message.type.name}: "
+                f"{type(exc).__name__}")))]
 
     def handle_reply(self, address: str, frame: bytes, now: float) -> list[Effect]:
         """A peer answered one of our requests."""
@@ -224,7 +230,12 @@ class NodeCore:
             return []  # late or unknown: its deadline already answered it
         if message.type not in (MsgType.OK, MsgType.ERROR):
             message = None
-        effects = call.on_reply(call.node_id, message, now)
+        try:
+            effects = call.on_reply(call.node_id, message, now)
+        except Exception:  # a peer's reply of a shape no check foresaw: drop it, keep serving
+            self.stats["bad_replies"] += 1
+            self.log.exception("reply_failed", peer=address)
+            effects = []
         return effects + self._pump_streams(now)
 
     def handle_gossip(self, frame: bytes, now: float) -> list[Effect]:
@@ -243,7 +254,12 @@ class NodeCore:
         own = self.members.own
         if any(r.node_id == own.node_id and r.generation >= own.generation for r in records):
             self._confirmed_by.add(sender)
-        return self._merge(records, now)
+        try:
+            return self._merge(records, now)
+        except Exception:  # never let one gossip message take the node down
+            self.stats["bad_gossip"] += 1
+            self.log.exception("gossip_failed", sender=sender)
+            return []
 
     def tick(self, now: float) -> list[Effect]:
         self._last_tick = now
@@ -256,7 +272,8 @@ class NodeCore:
                 effects += call.on_reply(call.node_id, None, now)
         if now >= self._next_count_at:
             self._key_count = self.store.count()
-            self._next_count_at = now + 2.0
+            # a COUNT over 1M rows takes ~0.15 s of the loop: a status figure can lag
+            self._next_count_at = now + 15.0
         effects += self._check_liveness(now)
         if now >= self._next_hint_replay_at:
             effects += self._replay_hints(now)
@@ -321,6 +338,7 @@ class NodeCore:
     # ------------------------------------------------------------------ client: data
 
     def _on_put(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
         body = message.body
         key = self._check_key(body["key"])
         value = body["value"]
@@ -330,6 +348,7 @@ class NodeCore:
         return self._coordinate_write(route, message, key, value, now)
 
     def _on_delete(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
         key = self._check_key(message.body["key"])
         return self._coordinate_write(route, message, key, None, now)
 
@@ -356,7 +375,9 @@ class NodeCore:
             self.store.add_hints(Hint(0, target, record, int(now * 1000))
                                  for target in local_hints)
             self.stats["hints_stored"] += len(local_hints)
-        for target in live + self._pending_targets(position, n, natural, now):
+        pending = [x for x in self._pending_targets(position, n, natural, now)
+                   if x not in holders]
+        for target in live + pending:
             if target == self.config.node_id:
                 self.store.put(record)
                 effects += self._on_write_ack(op_id, target, True, now)
@@ -414,7 +435,7 @@ class NodeCore:
         op = self._quorums.get(op_id)
         if op is None:
             return []
-        if node_id in op.counted:
+        if node_id in op.counted and node_id not in op.acks and node_id not in op.failed:
             (op.acks if ok else op.failed).append(node_id)
             if not ok:
                 self._hint_missed_write(op, node_id, now)
@@ -437,6 +458,7 @@ class NodeCore:
         return effects
 
     def _on_get(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
         key = self._check_key(message.body["key"])
         n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
         position = key_position(key)
@@ -520,6 +542,11 @@ class NodeCore:
                                           lambda *_: [], now)
         return effects
 
+    def _check_serving(self) -> None:
+        """A node that left (or was removed) holds no replicas: it must not pretend to."""
+        if self.members.own.status == MemberStatus.LEFT:
+            raise NotMember(f"{self.config.node_id} has left the cluster")
+
     def _check_key(self, key: str) -> str:
         size = len(key.encode("utf-8", "surrogatepass"))
         if size > self.config.max_key_bytes:
@@ -565,6 +592,7 @@ class NodeCore:
     # ------------------------------------------------------------------ peer: data
 
     def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
         stored = self.store.put_many(self._records_from_peer(message.body["records"]))
         return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
 
@@ -582,6 +610,7 @@ class NodeCore:
         return records
 
     def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
         record = self.store.get(message.body["key"])
         body = {"record": None if record is None else record_to_wire(record)}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
@@ -1311,7 +1340,8 @@ class NodeCore:
         session.phase = "failed"
         session.error = error
         self._repairs.pop(session.peer, None)
-        self._tree_jobs = [(t, cb) for t, cb in self._tree_jobs if t is not session.tree]
+        self._tree_jobs = [(job, cb) for job, cb in self._tree_jobs
+                           if job is not session.tree and job is not session.ours]
         self.stats["repairs_failed"] += 1
         self.log.warning("repair_failed", peer=session.peer, error=error)
         for _, _, waiting, summary in self._repair_waiters:
