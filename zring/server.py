@@ -73,6 +73,9 @@ class NodeServer:
         if dealer is None:
             dealer = self._socket(zmq.DEALER)
             dealer.setsockopt_string(zmq.IDENTITY, f"{self.config.node_id}:{os.getpid()}")
+            # Queue only on a live connection: a request to a dead peer fails at once (its
+            # deadline answers for it) instead of piling up in memory until it returns.
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.connect(address)
             self.dealers[address] = dealer
             self.dealer_by_socket[dealer] = address

@@ -480,3 +480,35 @@ def test_gossip_with_an_unusable_weight_is_refused_and_the_node_keeps_going(clus
     assert core.handle_gossip(frame, cluster.now) == []
     assert "evil" not in core.members
     assert put(cluster, "node1", "after", b"ok").type == MsgType.OK
+
+
+def test_streams_split_large_values_into_byte_bounded_messages():
+    sim = SimCluster()
+    for i in range(1, 4):
+        sim.add(f"node{i}", stream_batch_bytes=2_000_000)
+    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == 3, 10)
+    big = b"x" * 700_000
+    for i in range(12):
+        assert put(sim, "node1", f"big{i}", big).type == MsgType.OK
+    sim.run(1)
+    sizes = []
+    original = sim._apply
+
+    def recording_apply(address, effects):
+        for effect in effects:
+            message = getattr(effect, "message", None)
+            if message is not None:
+                sizes.append(len(encode(message)))
+        return original(address, effects)
+    sim._apply = recording_apply
+    sim.add("node4", seed=False, stream_batch_bytes=2_000_000)
+    node4 = sim.node("node4")
+    assert sim.run_until(lambda: node4.members.own.status == MemberStatus.NORMAL
+                         and sim.converged(), 30)
+    assert sim.request("node1", MsgType.REMOVE_NODE, {"node_id": "node2"}).type == MsgType.OK
+    assert sim.run_until(lambda: sim.node("node2").members.own.status == MemberStatus.LEFT, 30)
+    sim.run(5)
+    ring = sim.node("node1").ring
+    for i in range(12):
+        assert holders(sim, f"big{i}") == sorted(ring.get_nodes(f"big{i}", 3))
+    assert max(sizes) < 2_000_000 + 800_000  # one value past the budget at most

@@ -122,6 +122,7 @@ class NodeCore:
         self._takeovers: list[RangePull] = []
         self._push: RecordPush | None = None
         self._push_kind = ""
+        self._leave_fingerprint = 0
         self._push_reply: tuple[tuple[bytes, ...], int] | None = None  # who awaits a rebalance
         self._future: HashRing | None = None  # the ring once joins/leaves complete (cached)
         self._left_at: float | None = None
@@ -648,15 +649,21 @@ class NodeCore:
             low, high = interval
             if after is not None and high <= after:
                 continue
-            # scan_range never splits records sharing one position across pages
+            # scan_range never splits records sharing one position across pages, nor do we:
+            # the cursor is a position
             page = self.store.scan_range(low, high, after=after, limit=limit - scanned)
-            for record in page:
+            for index, record in enumerate(page):
                 scanned += 1
                 last = record.position
                 if keep is None or keep(record.position):
                     records.append(record)
                     size += _record_bytes(record)
-            if scanned >= limit or size >= self.config.stream_batch_bytes:
+                following = page[index + 1] if index + 1 < len(page) else None
+                if size >= self.config.stream_batch_bytes and (
+                        following is None or following.position != record.position):
+                    more = True
+                    break
+            if more or scanned >= limit:
                 more = True
                 break
         return records, more, last
@@ -883,7 +890,8 @@ class NodeCore:
             return own_id not in ring.get_nodes_at(record.position, n)
 
         self._push = RecordPush("rebalance", self.store, route_record, misplaced,
-                                self.config.stream_batch_records, self.config.join_retry_s)
+                                self.config.stream_batch_records, self.config.join_retry_s,
+                                self.config.stream_batch_bytes)
         self._push_kind = "rebalance"
         self._push_reply = (route, message.request_id)
         self.log.info("rebalance_started")
@@ -1087,10 +1095,19 @@ class NodeCore:
                 return [x for x in future.get_nodes_at(record.position, n) if x not in before]
 
             self._push = RecordPush("leave", self.store, gainers, lambda record: False,
-                                    self.config.stream_batch_records, self.config.join_retry_s)
+                                    self.config.stream_batch_records, self.config.join_retry_s,
+                                    self.config.stream_batch_bytes)
+            self._leave_fingerprint = current.fingerprint()
             self._push_kind = "leave"
             self.log.info("leave_streaming")
             return self._pump_streams(now)
+        if self.ring.fingerprint() != self._leave_fingerprint:
+            # A gainer joined, left or was removed meanwhile: hand over again to the owners
+            # of the new ring (records already sent are harmless duplicates).
+            self.log.info("leave_restarted", reason="ring changed while streaming")
+            self._push.cancelled = True
+            self._push = None
+            return self._advance_leave(now)
         if not self._push.done:
             return []
         sent = self._push.records_sent
@@ -1141,7 +1158,8 @@ class NodeCore:
         return effects
 
     def _deliver_hints(self, target: str, gone: bool, now: float) -> list[Effect]:
-        hints = self.store.hints_for(target, limit=self.config.hint_batch_records)
+        hints = _within_bytes(self.store.hints_for(target, limit=self.config.hint_batch_records),
+                              self.config.stream_batch_bytes, lambda h: _record_bytes(h.record))
         if not hints:
             self._hints_in_flight.discard(target)
             return []
@@ -1297,6 +1315,9 @@ class NodeCore:
                 self.store.put_many(records)
                 session.records_pulled += len(records)
                 session.bytes_exchanged += sum(_record_bytes(r) for r in records)
+                unserved = reply.body.get("unserved")
+                if isinstance(unserved, list) and unserved:  # past the reply's byte budget
+                    fetch_batches.append([k for k in unserved if isinstance(k, str)])
             return self._repair_next_batch(session, fetch_batches, send_batches, t)
 
         if fetch_batches:
@@ -1307,7 +1328,12 @@ class NodeCore:
                               now, timeout_s=self.config.repair_timeout_s)
         while send_batches:
             fetching = False
-            records = [r for r in map(self.store.get, send_batches.pop()) if r is not None]
+            keys = send_batches.pop()
+            records = _within_bytes([r for r in map(self.store.get, keys) if r is not None],
+                                    self.config.stream_batch_bytes, _record_bytes)
+            sent = {r.key for r in records}
+            if len(sent) < len(keys):  # the rest goes in a later batch
+                send_batches.append([k for k in keys if k not in sent])
             if not records:
                 continue
             session.records_pushed += len(records)
@@ -1395,8 +1421,12 @@ class NodeCore:
         keys = message.body["keys"]
         if len(keys) > 10_000 or not all(isinstance(k, str) for k in keys):
             raise InvalidRequest("keys must be at most 10,000 strings")
-        records = [record_to_wire(r) for r in map(self.store.get, keys) if r is not None]
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": records}))]
+        found = [r for r in map(self.store.get, keys) if r is not None]
+        records = _within_bytes(found, self.config.stream_batch_bytes, _record_bytes)
+        served = {r.key for r in records}
+        body = {"records": [record_to_wire(r) for r in records],
+                "unserved": [r.key for r in found if r.key not in served]}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
     def _step_trees(self, now: float) -> list[Effect]:
         """Hash one page for the oldest tree under construction."""
@@ -1444,6 +1474,11 @@ class NodeCore:
         effects: list[Effect] = []
         for stream in self._streams():
             effects += stream.pump(call, now)
+        for pull in self._takeovers:
+            for source in pull.pending_sources():
+                member = self.members.get(source)
+                if member is None or member.status == MemberStatus.LEFT:
+                    pull.drop_source(source)  # removed: the other old replicas cover it
         finished = [t for t in self._takeovers if t.done]
         for pull in finished:
             self._takeovers.remove(pull)
@@ -1505,6 +1540,17 @@ def _error(request_id: int, exc: ZringError) -> Message:
 def reply_as(reply: Message, request_id: int) -> Message:
     """A peer's reply relayed to our own requester."""
     return Message(reply.type, request_id, reply.body)
+
+
+def _within_bytes(items: list, budget: int, size_of) -> list:
+    """The longest prefix of ``items`` within ``budget`` bytes (at least one item), so no
+    message outgrows the frame limit whatever the values' sizes."""
+    total = 0
+    for index, item in enumerate(items):
+        total += size_of(item)
+        if total > budget and index > 0:
+            return items[:index]
+    return items
 
 
 def _record_bytes(record: Record) -> int:

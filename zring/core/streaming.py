@@ -133,6 +133,7 @@ class RecordPush:
     drop: Callable[[Record], bool]
     page_records: int
     retry_s: float
+    max_bytes: int = 8 * 1024 * 1024   # per batch: each target's message stays well below
     records_sent: int = 0
     records_dropped: int = 0
     cancelled: bool = False
@@ -160,17 +161,23 @@ class RecordPush:
         while not self._scan_done and not self._outstanding:
             page = self.store.scan_range(0, (1 << 64) - 1, after=self._after,
                                          limit=self.page_records)
-            if len(page) < self.page_records:
-                self._scan_done = True
             if not page:
+                self._scan_done = True
                 break
-            self._after = page[-1].position
-            for record in page:
+            size = 0
+            for index, record in enumerate(page):
                 targets = self.route(record)
                 for target in targets:
                     self._outstanding.setdefault(target, []).append(record)
                 if self.drop(record):
                     self._page_drops.append(record)
+                self._after = record.position
+                size += _record_size(record)
+                following = page[index + 1] if index + 1 < len(page) else None
+                if following is None:
+                    self._scan_done = len(page) < self.page_records
+                elif size >= self.max_bytes and following.position != record.position:
+                    break  # a byte-sized batch: the rest of the page is read again next time
             if not self._outstanding and self._page_drops:
                 self.records_dropped += self.store.delete_keys(r.key for r in self._page_drops)
                 self._page_drops = []
