@@ -29,6 +29,8 @@ log = structlog.get_logger("zring.server")
 _HWM = 10_000
 _MAX_ROUTE_FRAMES = 4   # identity, optional delimiter: anything longer is not ours to answer
 _GOSSIP_TOPIC = b""
+_CONNECT_GRACE_S = 1.0    # how long a new peer connection may take before sends to it drop
+_PARKED_RETRY_S = 0.005
 
 
 class NodeServer:
@@ -53,6 +55,10 @@ class NodeServer:
         self.sub.setsockopt(zmq.SUBSCRIBE, _GOSSIP_TOPIC)
         self.dealers: dict[str, zmq.Socket] = {}
         self.dealer_by_socket: dict[zmq.Socket, str] = {}
+        self.dealer_created_at: dict[str, float] = {}
+        # Requests to a peer whose connection is still being set up (IMMEDIATE refuses
+        # them until it is): retried each cycle for a moment rather than dropped.
+        self.parked: list[tuple[str, bytes, float]] = []
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
@@ -77,6 +83,7 @@ class NodeServer:
             # deadline answers for it) instead of piling up in memory until it returns.
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.connect(address)
+            self.dealer_created_at[address] = time.monotonic()
             self.dealers[address] = dealer
             self.dealer_by_socket[dealer] = address
             self.poller.register(dealer, zmq.POLLIN)
@@ -94,6 +101,8 @@ class NodeServer:
         next_sync_at = time.monotonic() + self.config.fsync_period_s
         while self.running:
             deadline = self.core.next_deadline() - time.time()
+            if self.parked:
+                deadline = min(deadline, _PARKED_RETRY_S)
             if periodic:
                 deadline = min(deadline, next_sync_at - time.monotonic())
             try:
@@ -115,6 +124,8 @@ class NodeServer:
                         self._drain_dealer(sock, address, effects)
                 effects += self.core.tick(time.time())
             self._perform(effects)
+            if self.parked:
+                self._retry_parked()
             if periodic and time.monotonic() >= next_sync_at:
                 self.store.sync()
                 next_sync_at = time.monotonic() + self.config.fsync_period_s
@@ -166,7 +177,7 @@ class NodeServer:
                     self.router.send_multipart([*effect.route, encode(effect.message)],
                                                zmq.NOBLOCK)
                 elif kind is Send:
-                    self._dealer(effect.address).send(encode(effect.message), zmq.NOBLOCK)
+                    self._send(effect.address, encode(effect.message))
                 elif kind is Publish:
                     self.pub.send(encode(effect.message), zmq.NOBLOCK)
                 elif kind is Subscribe:
@@ -180,6 +191,28 @@ class NodeServer:
                 self.core.stats["sends_dropped"] += 1
             except zmq.ZMQError as exc:
                 self.log.warning("effect_failed", effect=kind.__name__, error=str(exc))
+
+    def _send(self, address: str, frame: bytes) -> None:
+        dealer = self._dealer(address)
+        try:
+            dealer.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            if time.monotonic() - self.dealer_created_at[address] < _CONNECT_GRACE_S:
+                self.parked.append((address, frame, time.monotonic() + _CONNECT_GRACE_S))
+            else:
+                raise  # an established peer that is gone: the request's deadline answers
+
+    def _retry_parked(self) -> None:
+        parked, self.parked = self.parked, []
+        now = time.monotonic()
+        for address, frame, expires_at in parked:
+            try:
+                self.dealers[address].send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                if now < expires_at:
+                    self.parked.append((address, frame, expires_at))
+                else:
+                    self.core.stats["sends_dropped"] += 1
 
     def close(self) -> None:
         self.store.sync()
