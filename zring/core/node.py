@@ -130,6 +130,8 @@ class NodeCore:
         self._next_hint_replay_at = now
         self._hints_in_flight: set[str] = set()       # targets with a delivery under way
         self._hint_count = 0
+        self._hints_seen = 0                          # hints_stored when we last counted
+        self._next_hint_recount_at = now
         self._last_tick = now
         self._tree_jobs: list[tuple[repair.TreeBuilder, Callable[[float], list]]] = []
         self._repairs: dict[str, repair.RepairSession] = {}   # ours, by peer
@@ -1141,6 +1143,11 @@ class NodeCore:
         """Deliver held hints to members that are up again (or, for members that left, to
         the key's current replicas); drop hints older than the hint window."""
         self._next_hint_replay_at = now + self.config.hint_replay_interval_s
+        if self.stats["hints_stored"] == self._hints_seen and self._hint_count == 0 \
+                and now < self._next_hint_recount_at:
+            return []  # none stored since the last look: skip two queries a second
+        self._hints_seen = self.stats["hints_stored"]
+        self._next_hint_recount_at = now + 60.0
         expired = self.store.expire_hints(int((now - self.config.hint_window_s) * 1000))
         if expired:
             self.stats["hints_expired"] += expired
