@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from zring.versions import Version
 
-__all__ = ["Hint", "Record", "Store", "Value"]
+__all__ = ["Hint", "Record", "Store", "Value", "position_group_cut"]
 
 Value = bytes | str
 
@@ -29,6 +29,19 @@ class Record(NamedTuple):
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+
+def position_group_cut(positions: list[int], limit: int) -> int:
+    """Where to cut a page of ``limit + 1`` scanned positions so no group of equal positions
+    is split (a cursor is a position): the cut index, or 0 when one group fills the page
+    and the caller must return that whole group."""
+    last = positions[limit - 1]
+    if positions[limit] != last:
+        return limit
+    end = limit - 1
+    while end > 0 and positions[end - 1] == last:
+        end -= 1
+    return end
 
 
 class Hint(NamedTuple):

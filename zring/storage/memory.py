@@ -18,7 +18,7 @@ from sortedcontainers import SortedList
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE
-from zring.storage.base import Hint, Record, Store
+from zring.storage.base import Hint, Record, Store, position_group_cut
 
 __all__ = ["MemoryStore"]
 
@@ -221,14 +221,10 @@ class MemoryStore(Store):
                                limit: int) -> list[tuple[int, str]]:
         """Cut ``entries`` (``limit + 1`` long) to at most ``limit`` without splitting a
         position group; if one group fills the page, return the whole group."""
+        cut = position_group_cut([position for position, _ in entries], limit)
+        if cut:
+            return entries[:cut]
         last_position = entries[limit - 1][0]
-        if entries[limit][0] != last_position:
-            return entries[:limit]
-        end = limit - 1
-        while end > 0 and entries[end - 1][0] == last_position:
-            end -= 1
-        if end > 0:
-            return entries[:end]
         return list(self._entries_between(last_position, last_position))
 
 

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
-from zring.storage.base import Hint, Record, Store
+from zring.storage.base import Hint, Record, Store, position_group_cut
 from zring.versions import Version
 
 __all__ = ["BUSY_TIMEOUT_MS", "CACHE_KIB", "FORMAT_VERSION", "SQLiteStore"]
@@ -503,17 +503,12 @@ class SQLiteStore(Store):
     def _whole_position_groups(self, rows: list[tuple], limit: int) -> list[tuple]:
         """Cut ``rows`` (``limit + 1`` long) to at most ``limit`` without splitting a
         position group; if one group fills the page, return the whole group."""
-        last_pos = rows[limit - 1][4]
-        if rows[limit][4] != last_pos:
-            return rows[:limit]
-        end = limit - 1
-        while end > 0 and rows[end - 1][4] == last_pos:
-            end -= 1
-        if end > 0:
-            return rows[:end]
+        cut = position_group_cut([row[4] for row in rows], limit)
+        if cut:
+            return rows[:cut]
         return self._cursor.execute(
             "SELECT key, value, ts, writer, pos FROM records WHERE pos = ? ORDER BY key",
-            (last_pos,)).fetchall()
+            (rows[limit - 1][4],)).fetchall()
 
     def _iter_keys(self, rows: list[tuple], include_tombstones: bool) -> Iterator[str]:
         while rows:
