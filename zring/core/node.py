@@ -365,7 +365,8 @@ class NodeCore:
         record = Record(key, value, self.clock.version(int(now * 1000), self.config.node_id),
                         position)
         live = [x for x in natural if self.members.is_up(x, now)]
-        holders, local_hints = self._hint_holders(position, n, natural, now)
+        down = [x for x in natural if x not in live]
+        holders, local_hints = self._hint_holders(position, n, down, now)
         # Sloppy quorum (Dynamo): a live stand-in holding a hint counts like the replica.
         counted = live + list(holders)
         op = _Quorum(route, message.request_id, message.type, key, quorum, counted, record,
@@ -413,10 +414,9 @@ class NodeCore:
             self.store.add_hints([Hint(0, target, op.record, int(now * 1000))])
             self.stats["hints_stored"] += 1
 
-    def _hint_holders(self, position: int, n: int, natural: list[str], now: float):
+    def _hint_holders(self, position: int, n: int, down: list[str], now: float):
         """For each down replica, the next live node past the preference list that will hold
         its write as a hint; with no such node, we hold the hint ourselves (uncounted)."""
-        down = [x for x in natural if not self.members.is_up(x, now)]
         if not down:
             return {}, []
         spares = [x for x in self.ring.get_nodes_at(position, len(self.ring))[n:]
