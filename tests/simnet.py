@@ -150,4 +150,6 @@ class SimCluster:
         live = [c for a, c in self.cores.items() if self._alive(a)]
         rings = {c.ring.fingerprint() for c in live}
         statuses = {tuple((m.node_id, m.status) for m in c.members.all()) for c in live}
-        return len(rings) == 1 and len(statuses) == 1
+        # settled too: every node knows every other routes by the same ring, and serves
+        settled = all(c._previous_ring is None and c._is_ready(self.now) for c in live)
+        return len(rings) == 1 and len(statuses) == 1 and settled

@@ -20,6 +20,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,11 +28,12 @@ from zring import __version__
 from zring.errors import StorageError, ZringError
 
 if TYPE_CHECKING:
-    from zring.client import Client, ClusterStatus, RingState
+    from zring.client import Client, ClusterStatus, MemberInfo, RingState
     from zring.config import NodeConfig
     from zring.storage import Store
 
-__all__ = ["STORE_FILE", "build_parser", "default_gossip_address", "format_ring",
+__all__ = ["STORE_FILE", "TransferBar", "build_parser", "default_gossip_address", "format_plan",
+           "format_ring",
            "format_status", "main", "move_store_aside", "node_config_from_args", "state_code"]
 
 from zring.storage import STORE_FILE  # noqa: E402 - a node's store in its --data-dir
@@ -109,14 +111,27 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
-    """A ``nodetool status``-like table of the members."""
+    """A ``nodetool status``-like table of the members, then any transfers in flight.
+    "Ring" is the start of the ring version each member routes by: during a change they
+    differ until every member switched."""
     members = [m for m in status.members if show_left or m.status != "left"]
     rows = [(state_code(m.liveness, m.status), m.node_id, m.address, str(m.keys_count),
-             str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}") for m in members]
+             str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}",
+             f"{m.ring_version:016x}"[:8]) for m in members]
     lines = ["Status=Up/Suspect/Down", "|/ State=Normal/Leaving/Joining" +
              ("/X=left" if show_left else "")]
-    lines += _table(("--", "Node", "Address", "Keys", "Hints", "Owns", "Weight"), rows,
+    lines += _table(("--", "Node", "Address", "Keys", "Hints", "Owns", "Weight", "Ring"), rows,
                     right=frozenset({3, 4, 5}))
+    transfers = [(m.node_id, m.transfer) for m in members if m.transfer is not None]
+    if transfers:
+        lines += ["", "Transfers in flight:"]
+        lines += _table(("Node", "Kind", "Keys", "Bytes", "Done"), [
+            (node_id, t.kind, _of(t.keys_done, t.keys_total, f"{t.keys_done:,}",
+                                  f"{t.keys_total:,}"),
+             _of(t.bytes_done, t.bytes_total, format_bytes(t.bytes_done),
+                 format_bytes(t.bytes_total)),
+             f"{100 * t.keys_done / t.keys_total:.0f}%" if t.keys_total > 0 else "?")
+            for node_id, t in transfers], right=frozenset({2, 3, 4}))
     hidden = len(status.members) - len(members)
     if hidden:
         lines.append(f"({hidden} left member{'s' if hidden > 1 else ''} hidden; --all shows "
@@ -125,6 +140,75 @@ def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
         lines.append(f"as seen by {status.answered_by}, ring fingerprint "
                      f"{status.fingerprint:016x}")
     return "\n".join(lines)
+
+
+def _of(done: int, total: int, done_text: str, total_text: str) -> str:
+    return f"{done_text} / {total_text}" if total >= 0 else f"{done_text} / ?"
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_plan(plan: dict) -> str:
+    """``zring plan``'s table: what each node holds, sends and receives, and the balance."""
+    verb = "add" if plan["action"] == "add" else "remove"
+    lines = [f"Plan: {verb} {plan['node_id']} (N={plan['replicas']}); nothing has moved", ""]
+
+    def cell(records: int, size: int) -> str:
+        return f"{records:,} ({format_bytes(size)})" if records else "0"
+
+    rows = [(r["node_id"], cell(r["records_before"], r["bytes_before"]),
+             cell(r["send_records"], r["send_bytes"]),
+             cell(r["receive_records"], r["receive_bytes"]),
+             cell(r["records_after"], r["bytes_after"])) for r in plan["nodes"]]
+    lines += _table(("Node", "Holds now", "Sends", "Receives", "Holds after"), rows,
+                    right=frozenset({1, 2, 3, 4}))
+    moved, optimal = plan["moved_records"], plan["optimal_records"]
+    ratio = f" = {moved / optimal:.3f}x the optimum of {optimal:,}" if optimal else ""
+    lines += ["", f"moves {moved:,} records, {format_bytes(plan['moved_bytes'])}{ratio}",
+              f"balance (peak/mean records per node): {plan['balance_before']:.3f} now, "
+              f"{plan['balance_after']:.3f} after"]
+    return "\n".join(lines)
+
+
+class TransferBar:
+    """A live progress bar (tqdm: keys, rate, ETA; bytes alongside) for a joining or leaving
+    member, fed with the member's reported transfer at each poll."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.bar = None
+        self.started = time.monotonic()
+
+    def __call__(self, member: MemberInfo) -> None:
+        transfer = member.transfer
+        if transfer is None:
+            return
+        total = transfer.keys_total if transfer.keys_total >= 0 else None
+        if self.bar is None:
+            from tqdm import tqdm  # only the commands that wait on a transfer need it
+            self.bar = tqdm(total=total, unit="keys", unit_scale=True, file=self.stream,
+                            desc=f"{member.node_id} {transfer.kind}", dynamic_ncols=True,
+                            mininterval=0.2, initial=transfer.keys_done)
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(transfer.keys_done - self.bar.n)
+        rate = transfer.bytes_done / max(time.monotonic() - self.started, 1e-3)
+        size = format_bytes(transfer.bytes_done)
+        if transfer.bytes_total >= 0:
+            size += f"/{format_bytes(transfer.bytes_total)}"
+        self.bar.set_postfix_str(f"{size}, {format_bytes(rate)}/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            if self.bar.total:
+                self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
 
 
 def format_ring(state: RingState) -> str:
@@ -338,8 +422,12 @@ def _cmd_add_node(client: Client, args: argparse.Namespace) -> int:
     if not args.no_wait:
         print(f"adding {args.node_id}; waiting until it has streamed its ranges...",
               file=sys.stderr)
-    result = client.add_node(args.node_id, args.address, wait=not args.no_wait,
-                             timeout=args.wait_timeout)
+    bar = TransferBar()
+    try:
+        result = client.add_node(args.node_id, args.address, wait=not args.no_wait,
+                                 timeout=args.wait_timeout, progress=bar)
+    finally:
+        bar.close()
     print(f"{result.node_id}: {result.status}")
     return 0
 
@@ -347,9 +435,20 @@ def _cmd_add_node(client: Client, args: argparse.Namespace) -> int:
 def _cmd_remove_node(client: Client, args: argparse.Namespace) -> int:
     if not args.no_wait:
         print(f"removing {args.node_id}; waiting until it has left...", file=sys.stderr)
-    result = client.remove_node(args.node_id, graceful=not args.force, wait=not args.no_wait,
-                                timeout=args.wait_timeout)
+    bar = TransferBar()
+    try:
+        result = client.remove_node(args.node_id, graceful=not args.force,
+                                    wait=not args.no_wait, timeout=args.wait_timeout,
+                                    progress=bar)
+    finally:
+        bar.close()
     print(f"{result.node_id}: {result.status}")
+    return 0
+
+
+def _cmd_plan(client: Client, args: argparse.Namespace) -> int:
+    print(format_plan(client.plan(args.action, args.node_id, weight=args.weight,
+                                  timeout=args.wait_timeout)))
     return 0
 
 
@@ -496,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--no-wait", action="store_true", help="return once it is leaving")
     remove.add_argument("--wait-timeout", type=_positive_float, default=120.0,
                         metavar="SECONDS", help="give up waiting after this long (default 120)")
+
+    plan = client_command("plan", _cmd_plan,
+                          "dry run of adding or removing a node: what each node would send "
+                          "and receive, and the balance after")
+    plan.add_argument("action", choices=("add", "remove"))
+    plan.add_argument("node_id")
+    plan.add_argument("--weight", type=_positive_float,
+                      help="the added node's weight (default 1)")
+    plan.add_argument("--wait-timeout", type=_positive_float, default=120.0,
+                      metavar="SECONDS", help="give up after this long (default 120)")
 
     rebalance = client_command("rebalance", _cmd_rebalance,
                                "move every record to the nodes that should hold it")

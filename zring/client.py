@@ -24,7 +24,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
@@ -127,6 +127,23 @@ class GetResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Transfer:
+    """A join or leave streaming ranges, as the member last reported it."""
+
+    kind: str                # "join" or "leave"
+    keys_done: int
+    keys_total: int          # -1 until counted
+    bytes_done: int
+    bytes_total: int         # -1 until counted
+
+    @classmethod
+    def from_wire(cls, wire: object) -> Transfer | None:
+        if not isinstance(wire, (list, tuple)) or len(wire) != 5:
+            return None
+        return cls(*wire)
+
+
+@dataclass(frozen=True, slots=True)
 class MemberInfo:
     node_id: str
     address: str             # ROUTER endpoint
@@ -137,12 +154,15 @@ class MemberInfo:
     weight: float
     gossip_address: str = ""
     hints: int = 0           # writes it holds for members that were down
+    ring_version: int = 0    # fingerprint of the ring it routes by
+    transfer: Transfer | None = None  # the join or leave it is streaming, if any
 
     @classmethod
     def from_row(cls, row: dict) -> MemberInfo:
         return cls(row["node_id"], row["address"], row["status"], row["liveness"],
                    row.get("keys_count", 0), row.get("ownership", 0.0), row.get("weight", 1.0),
-                   row.get("gossip_address", ""), row.get("hints", 0))
+                   row.get("gossip_address", ""), row.get("hints", 0),
+                   row.get("ring_version", 0), Transfer.from_wire(row.get("transfer")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,19 +335,36 @@ class Client:
 
     # -------------------------------------------------------------- membership
 
+    def plan(self, action: str, node_id: str, *, weight: float | None = None,
+             timeout: float = 120) -> dict:
+        """A dry run of ``add`` or ``remove`` of ``node_id``: per node the records and bytes
+        it holds, would send and would receive, and the balance (peak/mean records per
+        node) before and after. Nothing moves."""
+        if action not in ("add", "remove"):
+            raise InvalidRequest(f"plan action must be add or remove, not {action!r}")
+        body = {"action": action, "node_id": _text(node_id, "node id")}
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise InvalidRequest(f"weight must be a number, got {weight!r}")
+            body["weight"] = weight
+        return self._execute(MsgType.PLAN, body, timeout=timeout, retries=0)
+
     def add_node(self, node_id: str, address: str, *, wait: bool = True,
-                 timeout: float = 120) -> MembershipResult:
+                 timeout: float = 120,
+                 progress: Callable[[MemberInfo], None] | None = None) -> MembershipResult:
         """Admit the running node at ``address``; with ``wait``, return once it is normal
-        (it has streamed its ranges) or raise Timeout after ``timeout`` seconds."""
+        (it has streamed its ranges) or raise Timeout after ``timeout`` seconds.
+        ``progress`` is called with the joining member at each poll (its ``transfer``)."""
         deadline = time.monotonic() + timeout
         reply = self._execute(MsgType.ADD_NODE, {"node_id": _text(node_id, "node id"),
                                                  "address": _text(address, "address")})
         if not wait:
             return MembershipResult(reply.get("node_id", node_id), reply.get("status", ""))
-        return self._wait_for_status(node_id, "normal", deadline, self.seeds)
+        return self._wait_for_status(node_id, "normal", deadline, self.seeds, progress)
 
     def remove_node(self, node_id: str, *, graceful: bool = True, wait: bool = True,
-                    timeout: float = 120) -> MembershipResult:
+                    timeout: float = 120,
+                    progress: Callable[[MemberInfo], None] | None = None) -> MembershipResult:
         """Decommission ``node_id``: gracefully (it hands its ranges over, then leaves) or,
         with ``graceful=False``, at once (for a dead node; its replicas are rebuilt by the
         others). With ``wait``, return once the other nodes see it as left."""
@@ -342,7 +379,7 @@ class Client:
         others = [s for s in self.seeds if s != leaving.address]
         others += [m.address for m in status.members
                    if m.node_id != node_id and m.status != "left" and m.address not in others]
-        return self._wait_for_status(node_id, "left", deadline, others)
+        return self._wait_for_status(node_id, "left", deadline, others, progress)
 
     def rebalance(self, timeout: float = 600) -> dict:
         """Move every record to the nodes that should hold it (all nodes, in parallel); sent
@@ -374,7 +411,9 @@ class Client:
         return member, status
 
     def _wait_for_status(self, node_id: str, wanted: str, deadline: float,
-                         endpoints: list[str]) -> MembershipResult:
+                         endpoints: list[str],
+                         progress: Callable[[MemberInfo], None] | None = None,
+                         ) -> MembershipResult:
         """Poll the members at ``endpoints`` in turn until one shows ``node_id`` as
         ``wanted``; a silent or failing endpoint is skipped until the deadline."""
         if not endpoints:
@@ -392,6 +431,8 @@ class Client:
                 continue
             member = ClusterStatus.from_body(body).member(node_id)
             last_seen = member.status if member else "unknown"
+            if progress is not None and member is not None:
+                progress(member)
             if last_seen == wanted:
                 return MembershipResult(node_id, wanted)
             time.sleep(max(0.0, min(_WAIT_POLL_S, deadline - time.monotonic())))

@@ -315,7 +315,8 @@ class LocalCluster:
             return client.cluster_status()
 
     def wait_converged(self, names: list[str], timeout_s: float = 60) -> None:
-        """Every listed node reports exactly these members, all normal and up."""
+        """Every listed node reports exactly these members, all normal and up, and all
+        routing by the same ring (the change has settled)."""
         wanted = sorted(names)
 
         def converged() -> bool:
@@ -324,6 +325,8 @@ class LocalCluster:
                 normal = sorted(m.node_id for m in members if m.status == "normal"
                                 and m.liveness == "up")
                 if normal != wanted:
+                    return False
+                if len({m.ring_version for m in members if m.node_id in wanted}) != 1:
                     return False
             return True
         wait_for(converged, timeout_s, f"members {wanted} to converge")

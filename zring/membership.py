@@ -42,6 +42,10 @@ class Member:
     keys: int = 0            # live keys it holds, as it last reported
     hints: int = 0           # hints it holds for other members, as it last reported
     streamed: bool = False   # joined by streaming its ranges (old replicas may then drop them)
+    ring: int = 0            # fingerprint of the ring it routes by (its ring version)
+    # the range transfer it runs, if any: (kind, keys_done, keys_total, bytes_done,
+    # bytes_total), a total being -1 until known
+    transfer: tuple = ()
 
     @property
     def in_ring(self) -> bool:
@@ -50,6 +54,7 @@ class Member:
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)
         wire["status"] = int(self.status)
+        wire["transfer"] = list(self.transfer)
         return wire
 
     @classmethod
@@ -62,7 +67,8 @@ class Member:
                 gossip_address=wire["gossip_address"], status=MemberStatus(wire["status"]),
                 generation=wire["generation"], heartbeat=wire["heartbeat"],
                 weight=wire.get("weight", 1.0), keys=wire.get("keys", 0),
-                hints=wire.get("hints", 0), streamed=wire.get("streamed", False))
+                hints=wire.get("hints", 0), streamed=wire.get("streamed", False),
+                ring=wire.get("ring", 0), transfer=_transfer(wire.get("transfer", ())))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad member record: {exc}") from None
         if not (isinstance(member.node_id, str) and member.node_id
@@ -70,6 +76,7 @@ class Member:
                 and type(member.generation) is int and type(member.heartbeat) is int
                 and type(member.keys) is int and type(member.hints) is int
                 and type(member.streamed) is bool
+                and type(member.ring) is int and 0 <= member.ring < 1 << 64
                 and type(member.weight) in (int, float)
                 and MIN_WEIGHT <= member.weight <= MAX_WEIGHT
                 and 0 <= member.generation < 1 << 63 and 0 <= member.heartbeat < 1 << 63):
@@ -79,6 +86,17 @@ class Member:
     def newer_than(self, other: Member) -> bool:
         return ((self.generation, self.status, self.heartbeat)
                 > (other.generation, other.status, other.heartbeat))
+
+
+def _transfer(wire: object) -> tuple:
+    if not wire:
+        return ()
+    if (not isinstance(wire, (list, tuple)) or len(wire) != 5 or not isinstance(wire[0], str)
+            or len(wire[0]) > 32
+            or any(type(v) is not int or not -1 <= v < 1 << 63 for v in wire[1:])):
+        raise ProtocolError("a transfer must be [kind, keys_done, keys_total, bytes_done, "
+                            "bytes_total]")
+    return tuple(wire)
 
 
 class MemberTable:

@@ -21,9 +21,7 @@ from typing import Any
 import msgpack
 
 from zring.errors import ProtocolError
-from zring.hashing import key_position
-from zring.storage.base import Record
-from zring.versions import Version
+from zring.storage.base import Record, record_from_wire
 
 __all__ = ["MsgType", "Message", "encode", "decode", "record_to_wire", "record_from_wire",
            "MAX_FRAME_BYTES", "CLIENT_TYPES", "PEER_TYPES"]
@@ -48,6 +46,7 @@ class MsgType(IntEnum):
     REBALANCE = 18
     PING = 19
     REPAIR = 20
+    PLAN = 21
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -63,6 +62,7 @@ class MsgType(IntEnum):
     # 51 is retired (a whole-segment sync, replaced by key-level digests): never reuse it
     REPAIR_DIGESTS = 52
     REPAIR_FETCH = 53
+    RANGE_STATS = 54
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -70,12 +70,12 @@ class MsgType(IntEnum):
 CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING_STATE,
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
-                          MsgType.REPAIR})
+                          MsgType.REPAIR, MsgType.PLAN})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
                         MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
-                        MsgType.REPAIR_FETCH})
+                        MsgType.REPAIR_FETCH, MsgType.RANGE_STATS})
 
 
 @dataclass(slots=True)
@@ -119,6 +119,9 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REPAIR_DIGESTS: {"peer": ((str,), True), "intervals": ((list,), True),
                              "after": (_OPT_INT, False), "limit": ((int,), True)},
     MsgType.REPAIR_FETCH: {"keys": ((list,), True)},
+    MsgType.PLAN: {"action": ((str,), True), "node_id": ((str,), True),
+                   "weight": ((int, float, type(None)), False)},
+    MsgType.RANGE_STATS: {"intervals": ((list,), True)},
     MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
 }
 
@@ -175,19 +178,3 @@ def _is_request_id(value: object) -> bool:
 
 def record_to_wire(record: Record) -> list:
     return [record.key, record.value, record.version.timestamp, record.version.node_id]
-
-
-def record_from_wire(item: object) -> Record:
-    """A record from a peer, checked field by field; its position is recomputed."""
-    if not isinstance(item, list) or len(item) != 4:
-        raise ProtocolError("a record must be [key, value, timestamp, writer]")
-    key, value, timestamp, writer = item
-    if not isinstance(key, str):
-        raise ProtocolError("record key must be a str")
-    if value is not None and not isinstance(value, (bytes, str)):
-        raise ProtocolError("record value must be bytes, str or nil")
-    if type(timestamp) is not int or not 0 <= timestamp < (1 << 63):
-        raise ProtocolError("record timestamp must be an int in [0, 2**63)")
-    if not isinstance(writer, str):
-        raise ProtocolError("record writer must be a str")
-    return Record(key, value, Version(timestamp, writer), key_position(key))

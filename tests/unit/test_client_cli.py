@@ -28,6 +28,7 @@ from zring.client import (
     PutResult,
     RingNode,
     RingState,
+    Transfer,
     parse_seeds,
     seeds_from_env,
 )
@@ -455,9 +456,11 @@ def test_format_status_table():
         member("n5", status="left", liveness="down")], answered_by="n1", fingerprint=255)
     lines = cli.format_status(status).splitlines()
     assert lines[0] == "Status=Up/Suspect/Down"
-    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Hints", "Owns", "Weight"]
+    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Hints", "Owns", "Weight",
+                                "Ring"]
     rows = [line.split() for line in lines[3:7]]
-    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "0", "33.3%", "1"]
+    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "0", "33.3%", "1",
+                       "00000000"]
     assert rows[1][:4] == ["DN", "n2", "tcp://127.0.0.1:7002", "12345"]
     assert [r[0] for r in rows] == ["UN", "DN", "UJ", "UL"]
     assert "n5" not in "\n".join(lines[3:7]) and "1 left member hidden" in lines[7]
@@ -467,6 +470,56 @@ def test_format_status_table():
     assert all(line[column:].startswith("tcp://") for line in lines[3:7])
     shown = cli.format_status(status, show_left=True)
     assert "DX  n5" in shown and "hidden" not in shown
+
+
+def test_format_status_lists_transfers_in_flight():
+    joining = MemberInfo("n4", "tcp://127.0.0.1:7004", "joining", "up", 0, 0.0, 1.0,
+                         ring_version=0xABCDEF0123456789,
+                         transfer=Transfer("join", 250_000, 1_000_000, 27_500_000, -1))
+    text = cli.format_status(ClusterStatus(members=[member("n1"), joining]))
+    assert "abcdef01" in text
+    lines = text.splitlines()
+    start = lines.index("Transfers in flight:")
+    assert lines[start + 1].split() == ["Node", "Kind", "Keys", "Bytes", "Done"]
+    row = lines[start + 2]
+    assert row.split()[:2] == ["n4", "join"]
+    assert "250,000 / 1,000,000" in row and "27.5 MB / ?" in row and row.endswith("25%")
+    assert "Transfers" not in cli.format_status(ClusterStatus(members=[member("n1")]))
+
+
+def test_format_plan_shows_flows_and_balance():
+    plan = {"action": "add", "node_id": "n4", "replicas": 3,
+            "nodes": [{"node_id": "n1", "records_before": 1000, "bytes_before": 110_000,
+                       "send_records": 250, "send_bytes": 27_500, "receive_records": 0,
+                       "receive_bytes": 0, "records_after": 750, "bytes_after": 82_500},
+                      {"node_id": "n4", "records_before": 0, "bytes_before": 0,
+                       "send_records": 0, "send_bytes": 0, "receive_records": 250,
+                       "receive_bytes": 27_500, "records_after": 250, "bytes_after": 27_500}],
+            "balance_before": 1.0, "balance_after": 1.5, "moved_records": 250,
+            "moved_bytes": 27_500, "optimal_records": 250}
+    text = cli.format_plan(plan)
+    assert text.startswith("Plan: add n4 (N=3); nothing has moved")
+    n1 = next(line for line in text.splitlines() if line.startswith("n1"))
+    assert "1,000 (110.0 kB)" in n1 and "250 (27.5 kB)" in n1 and "750 (82.5 kB)" in n1
+    assert "moves 250 records, 27.5 kB = 1.000x the optimum of 250" in text
+    assert "1.000 now, 1.500 after" in text
+
+
+def test_transfer_bar_follows_the_reported_transfer():
+    import io
+    out = io.StringIO()
+    bar = cli.TransferBar(out)
+    joining = MemberInfo("n4", "a", "joining", "up", 0, 0.0, 1.0,
+                         transfer=Transfer("join", 10, -1, 1000, -1))
+    bar(joining)
+    assert bar.bar.total is None and bar.bar.n == 10
+    bar(MemberInfo("n4", "a", "joining", "up", 0, 0.0, 1.0,
+                   transfer=Transfer("join", 600, 1000, 60_000, 100_000)))
+    assert bar.bar.total == 1000 and bar.bar.n == 600
+    bar(MemberInfo("n4", "a", "normal", "up", 0, 0.0, 1.0))  # done: no transfer reported
+    bar.close()
+    text = out.getvalue()
+    assert "n4 join" in text and "keys" in text and "60.0 kB/100.0 kB" in text
 
 
 def test_state_codes():

@@ -26,7 +26,7 @@ import structlog
 from zring.config import NodeConfig
 from zring.core import repair
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
-from zring.core.streaming import Interval, RangePull, RecordPush
+from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
 from zring.errors import (
     InvalidRequest,
     MembershipConflict,
@@ -38,7 +38,7 @@ from zring.errors import (
 )
 from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
-from zring.membership import Member, MemberStatus, MemberTable
+from zring.membership import MAX_WEIGHT, MIN_WEIGHT, Member, MemberStatus, MemberTable
 from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Hint, Record, Store
@@ -73,11 +73,37 @@ class _Quorum:
     counted: list[str]                      # nodes whose answers count towards the quorum
     record: Record | None = None            # the write, for PUT/DELETE
     replicas: list[str] = field(default_factory=list)  # the key's preference list
+    # for writes during a ring change: the preference lists of every ring some node may be
+    # routing by (current, previous, future); the write needs ``needed`` acks in each
+    sets: list[list[str]] = field(default_factory=list)
     hinted_for: dict[str, str] = field(default_factory=dict)  # stand-in -> replica it covers
     acks: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     replies: dict[str, Record | None] = field(default_factory=dict)
     answered: bool = False
+
+
+@dataclass(slots=True)
+class _Drop:
+    """Ranges this node no longer replicates since ``ring``: deleted
+    page by page once every member routes by that ring (a read by a member still on the old
+    ring may come here until then)."""
+
+    ring: HashRing
+    intervals: list[tuple[int, int]]
+    settled_at: float | None = None
+    records: int = 0
+
+
+@dataclass(slots=True)
+class _StatsJob:
+    """Counting the records and bytes in a list of intervals, a slice per loop cycle."""
+
+    intervals: list[tuple[int, int]]
+    on_done: Callable[[int, int, float], list]
+    index: int = 0
+    records: int = 0
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -90,6 +116,7 @@ class _Admin:
     waiting: set[str]
     failed: list[str] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    on_done: Callable[[Message, float], list] | None = None
 
 
 class NodeCore:
@@ -104,6 +131,7 @@ class NodeCore:
         self.members = MemberTable(self._load_own_member(now), detector)
         self._load_members(now)
         self.ring = HashRing(self.members.ring_weights(), vnodes=config.vnodes)
+        self.members.update_own(ring=self.ring.fingerprint())
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
         self._call_deadlines: list[tuple[float, int]] = []
@@ -125,6 +153,17 @@ class NodeCore:
         self._leave_fingerprint = 0
         self._push_reply: tuple[tuple[bytes, ...], int] | None = None  # who awaits a rebalance
         self._future: HashRing | None = None  # the ring once joins/leaves complete (cached)
+        # the ring before the last change, until every live member routes by the new one
+        # (writes keep a quorum in both meanwhile)
+        self._previous_ring: HashRing | None = None
+        self._settled_at: float | None = now      # when every member last agreed with us
+        self._drops: list[_Drop] = []             # ranges handed over, deleted once settled
+        self._ready_at = now + 2 * config.gossip_interval_s  # see _defer_until_ready
+        self._ready = False
+        self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
+        self._stats_jobs: list[_StatsJob] = []
+        self._transfer_totals: tuple[int, int] = (-1, -1)  # keys, bytes of our transfer
+        self._saved_records = -1                  # a transfer's progress last saved at
         self._left_at: float | None = None
         self._liveness: dict[str, Liveness] = {}      # last liveness logged per member
         self._next_hint_replay_at = now
@@ -203,6 +242,10 @@ class NodeCore:
             return [Reply(route, _error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
         self.log.debug("request_received", type=message.type.name, id=message.request_id)
+        if message.type in _QUORUM_TYPES and not self._is_ready(now):
+            # held, not refused: answered within a second, once gossip brought us up to date
+            self._deferred.append((route, frame))
+            return []
         if (message.type in _QUORUM_TYPES
                 and len(self._quorums) >= self.config.max_pending_requests):
             self.stats["overloaded"] += 1
@@ -219,6 +262,23 @@ class NodeCore:
             return [Reply(route, _error(message.request_id, ZringError(
                 f"{self.config.node_id} failed on {message.type.name}: "
                 f"{type(exc).__name__}")))]
+
+    def _is_ready(self, now: float) -> bool:
+        """A node (re)started with peers coordinates reads and writes only once it heard
+        their gossip (or after two gossip intervals): its saved ring may predate a change
+        made while it was down, and routing by it could miss the new replicas."""
+        if not self._ready and (now >= self._ready_at or not self.members.peers()):
+            self._ready = True
+        return self._ready
+
+    def _release_deferred(self, now: float) -> list[Effect]:
+        if not self._deferred or not self._is_ready(now):
+            return []
+        deferred, self._deferred = self._deferred, []
+        effects: list[Effect] = []
+        for route, frame in deferred:
+            effects += self.handle_frame(route, frame, now)
+        return effects
 
     def handle_reply(self, address: str, frame: bytes, now: float) -> list[Effect]:
         """A peer answered one of our requests."""
@@ -254,11 +314,13 @@ class NodeCore:
         sender = message.body["sender"]
         if sender in self.members:
             self.members.heard_from(sender, now)
+        if not self._ready and sender != self.config.node_id:
+            self._ready_at = now  # up to date: release any held requests after this merge
         own = self.members.own
         if any(r.node_id == own.node_id and r.generation >= own.generation for r in records):
             self._confirmed_by.add(sender)
         try:
-            return self._merge(records, now)
+            return self._merge(records, now) + self._release_deferred(now)
         except Exception:  # never let one gossip message take the node down
             self.stats["bad_gossip"] += 1
             self.log.exception("gossip_failed", sender=sender)
@@ -288,6 +350,9 @@ class NodeCore:
         effects += self._advance_leave(now)
         effects += self._pump_streams(now)
         effects += self._step_trees(now)
+        effects += self._step_stats(now)
+        effects += self._check_settled(now)
+        effects += self._release_deferred(now)
         if now >= self._next_repair_at:
             effects += self._background_repair(now)
         if now >= self._next_gc_at:
@@ -296,6 +361,8 @@ class NodeCore:
 
     def next_deadline(self) -> float:
         times = [self._next_gossip_at, self._next_count_at, self._next_hint_replay_at]
+        if self._deferred:
+            times.append(self._ready_at)
         detector = self.members.detector
         for member in self.members.peers():
             change_at = detector.next_change_at(member.node_id, self._last_tick)
@@ -303,8 +370,12 @@ class NodeCore:
                 times.append(change_at)
         if self._call_deadlines:
             times.append(self._call_deadlines[0][0])
-        if self._tree_jobs:
-            times.append(self._last_tick)  # keep hashing: the next page at once
+        if self._tree_jobs or self._stats_jobs:
+            times.append(self._last_tick)  # keep hashing or counting: the next slice at once
+        if self._drops and self._settled_at is not None and self._future_ring() is None:
+            settled_at = self._drops[0].settled_at
+            times.append(self._last_tick if settled_at is None
+                         else max(self._last_tick, settled_at + self.config.request_timeout_s))
         times += [self._next_repair_at, self._next_gc_at]
         if self._needs_seed_contact():
             times.append(self._next_seed_contact_at)
@@ -358,19 +429,21 @@ class NodeCore:
     def _coordinate_write(self, route, message: Message, key: str, value, now: float):
         n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
         position = key_position(key)
-        natural = self.ring.get_nodes_at(position, n)
+        sets = self._write_sets(position, n)
+        natural = sets[0]
         if len(natural) < quorum:
             raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
                               f"fewer than w={quorum}")
         record = Record(key, value, self.clock.version(int(now * 1000), self.config.node_id),
                         position)
-        live = [x for x in natural if self.members.is_up(x, now)]
-        down = [x for x in natural if x not in live]
-        holders, local_hints = self._hint_holders(position, n, down, now)
+        targets = list(dict.fromkeys(x for replicas in sets for x in replicas))
+        live = [x for x in targets if self.members.is_up(x, now)]
+        down = [x for x in targets if x not in live]
+        holders, local_hints = self._hint_holders(position, n, down, targets, now)
         # Sloppy quorum (Dynamo): a live stand-in holding a hint counts like the replica.
         counted = live + list(holders)
         op = _Quorum(route, message.request_id, message.type, key, quorum, counted, record,
-                     replicas=natural, hinted_for=holders)
+                     replicas=targets, hinted_for=holders, sets=sets)
         op_id = next(self._ids)
         self._quorums[op_id] = op
         effects: list[Effect] = []
@@ -379,9 +452,7 @@ class NodeCore:
             self.store.add_hints(Hint(0, target, record, int(now * 1000))
                                  for target in local_hints)
             self.stats["hints_stored"] += len(local_hints)
-        pending = [x for x in self._pending_targets(position, n, natural, now)
-                   if x not in holders]
-        for target in live + pending:
+        for target in live:
             if target == self.config.node_id:
                 self.store.put(record)
                 effects += self._on_write_ack(op_id, target, True, now)
@@ -405,6 +476,21 @@ class NodeCore:
             effects += self._on_write_ack(op_id, "", False, now)  # nobody to ask: answer now
         return effects
 
+    def _write_sets(self, position: int, n: int) -> list[list[str]]:
+        """The key's preference list in each ring a coordinator may be using right now.
+
+        While a join or leave streams (the future ring) and until every member routes by the
+        new ring (the previous one), a write must reach a quorum in each: then a read by any
+        coordinator, on either ring, meets it (joint quorums, as in Raft's joint consensus;
+        Cassandra adds pending nodes to the write's block-for)."""
+        sets = [self.ring.get_nodes_at(position, n)]
+        for other in (self._previous_ring, self._future_ring()):
+            if other is not None and len(other):
+                replicas = other.get_nodes_at(position, n)
+                if replicas not in sets:
+                    sets.append(replicas)
+        return sets
+
     def _hint_missed_write(self, op: _Quorum, node_id: str, now: float) -> None:
         """A replica (or its stand-in) did not acknowledge in time: keep the write as a hint
         here, as Cassandra's coordinator does, so a replica that died before the detector
@@ -414,13 +500,15 @@ class NodeCore:
             self.store.add_hints([Hint(0, target, op.record, int(now * 1000))])
             self.stats["hints_stored"] += 1
 
-    def _hint_holders(self, position: int, n: int, down: list[str], now: float):
+    def _hint_holders(self, position: int, n: int, down: list[str], targets: list[str],
+                      now: float):
         """For each down replica, the next live node past the preference list that will hold
-        its write as a hint; with no such node, we hold the hint ourselves (uncounted)."""
+        its write as a hint; with no such node, we hold the hint ourselves (uncounted). A
+        node that is itself a target never stands in: its one ack must count once."""
         if not down:
             return {}, []
         spares = [x for x in self.ring.get_nodes_at(position, len(self.ring))[n:]
-                  if self.members.is_up(x, now)]
+                  if x not in targets and self.members.is_up(x, now)]
         holders: dict[str, str] = {}
         local: list[str] = []
         for target in down:
@@ -444,12 +532,13 @@ class NodeCore:
                 self._hint_missed_write(op, node_id, now)
         effects: list[Effect] = []
         if not op.answered:
-            if len(op.acks) >= op.needed:
+            acked, possible = self._write_quorum_state(op)
+            if acked:
                 op.answered = True
                 body = {"version": list(op.record.version), "stored_on": list(op.acks),
-                        "replicated_to": list(op.replicas)}
+                        "replicated_to": list(op.sets[0])}
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
-            elif len(op.counted) - len(op.failed) < op.needed:
+            elif not possible:
                 op.answered = True
                 self.stats["writes_unavailable"] += 1
                 effects.append(Reply(op.route, _error(op.request_id, Unavailable(
@@ -459,6 +548,24 @@ class NodeCore:
         if len(op.acks) + len(op.failed) >= len(op.counted):
             del self._quorums[op_id]
         return effects
+
+    @staticmethod
+    def _write_quorum_state(op: _Quorum) -> tuple[bool, bool]:
+        """(every replica set has its quorum of acks, every set can still get it)."""
+        if len(op.sets) == 1 and not op.hinted_for:  # the common case: no change under way
+            return (len(op.acks) >= op.needed,
+                    len(op.counted) - len(op.failed) >= op.needed)
+        cover = op.hinted_for
+        acked = {cover.get(x, x) for x in op.acks}
+        open_ = {cover.get(x, x) for x in op.counted if x not in op.failed}
+        done = possible = True
+        for replicas in op.sets:
+            needed = min(op.needed, len(replicas))
+            if sum(1 for x in replicas if x in acked) < needed:
+                done = False
+            if sum(1 for x in replicas if x in open_) < needed:
+                possible = False
+        return done, possible
 
     def _on_get(self, route, message: Message, now: float) -> list[Effect]:
         self._check_serving()
@@ -565,17 +672,6 @@ class NodeCore:
         if n > 64:
             raise InvalidRequest(f"n={n} exceeds 64 replicas")
         return n, quorum
-
-    def _pending_targets(self, position: int, n: int, natural: list[str],
-                         now: float) -> list[str]:
-        """Joining or gaining nodes that will own this key once the current change completes:
-        they get writes now (not counted towards the quorum), so nothing written while
-        their ranges stream is missed."""
-        future = self._future_ring()
-        if future is None:
-            return []
-        return [node for node in future.get_nodes_at(position, n)
-                if node not in natural and self.members.is_up(node, now)]
 
     def _future_ring(self) -> HashRing | None:
         joining = self.members.with_status(MemberStatus.JOINING)
@@ -710,6 +806,8 @@ class NodeCore:
                 "hints": self._hint_count if own else member.hints,
                 "ownership": shares.get(member.node_id, 0.0),
                 "weight": member.weight,
+                "ring_version": self.ring.fingerprint() if own else member.ring,
+                "transfer": list(self._transfer() if own else member.transfer),
             })
         return rows
 
@@ -795,23 +893,49 @@ class NodeCore:
                                                {"node_id": node_id, "status": "left"}))]
 
     def _on_rebalance(self, route, message: Message, now: float) -> list[Effect]:
+        """Every node hands over what it no longer replicates (and drops it once the owners
+        confirmed); then every pair of replicas repairs, streaming only what one lacks."""
+        self._check_ring_settled(now)
         targets = [m.node_id for m in self.members.all() if m.in_ring]
-        return self._fan_out(route, message, "rebalance", MsgType.REBALANCE_LOCAL, targets, now)
+
+        def after_handover(reply: Message, t: float) -> list[Effect]:
+            if reply.type != MsgType.OK:
+                return [Reply(route, reply)]
+            handed = reply.body
+
+            def after_repair(repaired: Message, t2: float) -> list[Effect]:
+                if repaired.type == MsgType.OK:
+                    repaired = Message(MsgType.OK, repaired.request_id,
+                                       {**handed, **repaired.body})
+                return [Reply(route, repaired)]
+            live = [m.node_id for m in self.members.all()
+                    if m.in_ring and self.members.is_up(m.node_id, t)]
+            return self._fan_out(route, message, "repair", MsgType.REPAIR_LOCAL, live, t,
+                                 on_done=after_repair)
+        return self._fan_out(route, message, "rebalance", MsgType.REBALANCE_LOCAL, targets,
+                             now, on_done=after_handover)
 
     def _fan_out(self, route, message: Message, operation: str, msg_type: MsgType,
-                 targets: list[str], now: float) -> list[Effect]:
-        """Ask every target to run ``operation``; answer once all did, summing their counts."""
+                 targets: list[str], now: float, on_done=None) -> list[Effect]:
+        """Ask every target to run ``operation``; once all did, answer with their summed
+        counts (or hand that answer to ``on_done(reply, now)``)."""
         admin_id = next(self._ids)
-        self._admins[admin_id] = _Admin(route, message.request_id, operation, set(targets))
+        self._admins[admin_id] = _Admin(route, message.request_id, operation, set(targets),
+                                        on_done=on_done)
         effects: list[Effect] = []
         for node_id in targets:
             effects += self._call(node_id, msg_type, {},
                                   lambda node, reply, t: self._on_fan_out_reply(
-                                      admin_id, node, reply), now,
+                                      admin_id, node, reply, t), now,
                                   timeout_s=self.config.repair_timeout_s)
+        if not targets:
+            self._admins.pop(admin_id)
+            answer = Message(MsgType.OK, message.request_id, {})
+            effects += on_done(answer, now) if on_done else [Reply(route, answer)]
         return effects
 
-    def _on_fan_out_reply(self, admin_id: int, node_id: str, reply: Message | None):
+    def _on_fan_out_reply(self, admin_id: int, node_id: str, reply: Message | None,
+                          now: float):
         admin = self._admins.get(admin_id)
         if admin is None:
             return []
@@ -826,9 +950,13 @@ class NodeCore:
             return []
         del self._admins[admin_id]
         if admin.failed:
-            return [Reply(admin.route, _error(admin.request_id, Unavailable(
-                f"{admin.operation} did not complete on {', '.join(sorted(admin.failed))}")))]
-        return [Reply(admin.route, Message(MsgType.OK, admin.request_id, dict(admin.totals)))]
+            answer = _error(admin.request_id, Unavailable(
+                f"{admin.operation} did not complete on {', '.join(sorted(admin.failed))}"))
+        else:
+            answer = Message(MsgType.OK, admin.request_id, dict(admin.totals))
+        if admin.on_done is not None:
+            return admin.on_done(answer, now)
+        return [Reply(admin.route, answer)]
 
     # ------------------------------------------------------------------ peer: cluster
 
@@ -879,14 +1007,18 @@ class NodeCore:
                                                {"node_id": own.node_id, "status": "leaving"}))]
 
     def _on_rebalance_local(self, route, message: Message, now: float) -> list[Effect]:
+        """Hand every record we hold but no longer replicate to the nodes that do; delete
+        it once each of them acknowledged storing it (or a newer version)."""
         if self._push is not None and not self._push.done:
             raise InvalidRequest(f"a {self._push_kind} is already running on this node")
+        self._check_ring_settled(now)
         n = self.config.replicas
         own_id = self.config.node_id
         ring = self.ring
 
         def route_record(record: Record) -> list[str]:
-            return [x for x in ring.get_nodes_at(record.position, n) if x != own_id]
+            replicas = ring.get_nodes_at(record.position, n)
+            return [] if own_id in replicas else replicas
 
         def misplaced(record: Record) -> bool:
             return own_id not in ring.get_nodes_at(record.position, n)
@@ -898,6 +1030,16 @@ class NodeCore:
         self._push_reply = (route, message.request_id)
         self.log.info("rebalance_started")
         return self._pump_streams(now)
+
+    def _check_ring_settled(self, now: float) -> None:
+        changing = [m.node_id for m in self.members.all()
+                    if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
+                    and self.members.is_up(m.node_id, now)]
+        if changing or self._previous_ring is not None or self._drops:
+            what = (f"{', '.join(changing)} joining or leaving" if changing
+                    else "members still switching to the new ring")
+            raise MembershipConflict(f"a membership change is in progress ({what}); retry "
+                                     "when it completes")
 
     # ------------------------------------------------------------------ membership
 
@@ -917,6 +1059,9 @@ class NodeCore:
         old_ring = self.ring
         new_ring = HashRing(new_weights, vnodes=self.config.vnodes)
         self.ring = new_ring
+        self._previous_ring = old_ring if len(old_ring) else None  # empty: nobody routed by it
+        self._settled_at = None
+        self.members.update_own(ring=new_ring.fingerprint())
         self.log.info("ring_changed", nodes=new_ring.nodes, fingerprint=new_ring.fingerprint())
         own = self.members.own
         if own.status == MemberStatus.LEFT:
@@ -926,7 +1071,8 @@ class NodeCore:
         return effects + self._move_ranges(old_ring, new_ring, now)
 
     def _move_ranges(self, old_ring: HashRing, new_ring: HashRing, now: float):
-        """Drop ranges a streamed joiner took over; pull ranges we gained some other way."""
+        """Schedule dropping the ranges a streamed joiner (or gainer) took over; pull ranges
+        we gained some other way (a member force-removed: no one handed its data over)."""
         own_id = self.config.node_id
         joined = {n for n in new_ring.nodes if n not in old_ring and self.members[n].streamed}
         handed_off = {n for n in old_ring.nodes if n not in new_ring
@@ -942,22 +1088,67 @@ class NodeCore:
                     member = self.members.get(source)
                     if source != own_id and member and member.status != MemberStatus.LEFT:
                         pulls[source] += change.intervals()
-        dropped = sum(self.store.delete_range(low, high) for low, high in drop)
-        if dropped:
-            self.log.info("ranges_dropped", records=dropped, ranges=len(drop))
+        if drop:
+            self._drops.append(_Drop(new_ring, sorted(drop)))
+            self.log.info("ranges_to_drop", ranges=len(drop))
         if pulls:
-            pull = self._new_pull("takeover", pulls)
+            pull = self._new_pull("takeover", [(source, (), intervals)
+                                               for source, intervals in pulls.items()])
             self._takeovers.append(pull)
             self.log.info("takeover_started", sources=sorted(pulls),
                           intervals=sum(map(len, pulls.values())))
             return pull.pump(self._stream_call(now), now)
         return []
 
-    def _new_pull(self, name: str, sources: dict[str, list[Interval]]) -> RangePull:
+    def _new_pull(self, name: str, groups: list, resume: dict | None = None) -> RangePull:
         config = self.config
-        return RangePull(name, self.store, sources, config.stream_intervals_per_pull,
+        return RangePull(name, self.store, groups, config.stream_intervals_per_pull,
                          config.stream_batch_records, config.stream_pulls_in_flight,
-                         config.join_retry_s)
+                         config.join_retry_s, resume)
+
+    def _settled(self, now: float) -> bool:
+        """Every member that is up and not gone routes by our ring (its gossip says so)."""
+        fingerprint = self.ring.fingerprint()
+        return all(m.ring == fingerprint for m in self.members.peers()
+                   if self.members.is_up(m.node_id, now))
+
+    def _check_settled(self, now: float) -> list[Effect]:
+        if self._settled_at is None and self._settled(now):
+            self._settled_at = now
+            if self._previous_ring is not None:
+                self._previous_ring = None
+                self.log.info("ring_settled", fingerprint=self.ring.fingerprint())
+        return self._run_drops(now)
+
+    def _run_drops(self, now: float, max_records: int = 20_000) -> list[Effect]:
+        """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
+        stall the loop past the failure detector's patience)."""
+        if not self._drops or self._settled_at is None or self._future_ring() is not None:
+            return []  # while a join or leave streams, what we gain back must stay
+        drop = self._drops[0]
+        if drop.ring.fingerprint() != self.ring.fingerprint():
+            # The ring moved on before we dropped: keep whatever it gave back to us.
+            regained = [i for change in ring_changes(drop.ring, self.ring,
+                                                     self.config.replicas)
+                        if self.config.node_id in change.gained for i in change.intervals()]
+            drop.intervals = subtract_intervals(drop.intervals, regained)
+            drop.ring = self.ring
+            drop.settled_at = None
+            self.log.info("drop_narrowed", ranges_regained=len(regained))
+        if drop.settled_at is None:
+            drop.settled_at = now
+        if now - drop.settled_at < self.config.request_timeout_s:
+            return []  # requests sent by a member just before it switched rings: let them end
+        deleted = 0
+        while drop.intervals and deleted < max_records:
+            low, high = drop.intervals.pop()
+            deleted += self.store.delete_range(low, high)
+        drop.records += deleted
+        if not drop.intervals:
+            self._drops.pop(0)
+            self._next_count_at = now  # our key count changed a lot: report it soon
+            self.log.info("ranges_dropped", records=drop.records)
+        return []
 
     def _sync_subscriptions(self) -> list[Effect]:
         wanted = {m.gossip_address for m in self.members.peers()}
@@ -969,7 +1160,8 @@ class NodeCore:
     def _gossip(self, now: float) -> list[Effect]:
         self._next_gossip_at = now + self.config.gossip_interval_s
         self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count,
-                                hints=self._hint_count)
+                                hints=self._hint_count, ring=self.ring.fingerprint(),
+                                transfer=self._transfer())
         body = {"sender": self.config.node_id, "members": self.members.to_wire()}
         return [Publish(Message(MsgType.GOSSIP, 0, body))]
 
@@ -1043,35 +1235,234 @@ class NodeCore:
         if self.ring.fingerprint() != self._join_ring_fingerprint:
             self.log.info("join_restarted", reason="ring changed while streaming")
             self._join_pull.cancelled = True
+            self.store.set_meta("join_progress", b"")
             return self._start_join_pull(now)
         for source in self._join_pull.pending_sources():
             if not self.members.is_up(source, now):
-                abandoned = self._join_pull.drop_source(source)
-                if abandoned:
-                    self.log.warning("join_source_skipped", source=source, chunks=abandoned)
+                moved = self._join_pull.reroute(source)
+                if moved:
+                    self.log.warning("join_source_down", source=source, chunks=moved,
+                                     pulling_from="the range's other replicas")
         if not self._join_pull.done:
             return []
         pull = self._join_pull
         self._join_pull = None
-        self.members.set_status(own.node_id, MemberStatus.NORMAL, streamed=True)
+        self.store.set_meta("join_progress", b"")
+        self.members.set_status(own.node_id, MemberStatus.NORMAL, streamed=True, transfer=())
         self.log.info("member_joined", records=pull.records_received,
                       bytes=pull.bytes_received)
         return self._after_membership_change(now) + self._gossip(now)
 
     def _start_join_pull(self, now: float) -> list[Effect]:
+        """Stream each gained range from the one node it displaces (Cassandra's consistent
+        range movement): the joiner then holds exactly what that replica held, so every
+        quorum of the old replicas is one of the new. Should that node be down, its ranges
+        come from all the range's other old replicas instead (any one may lack a write)."""
         own = self.members.own
         future = self.ring.copy()
         future.add_node(own.node_id, own.weight)
-        sources: dict[str, list[Interval]] = defaultdict(list)
+        groups: dict[tuple[str, tuple[str, ...]], list[Interval]] = defaultdict(list)
         for change in ring_changes(self.ring, future, self.config.replicas):
-            if own.node_id in change.gained:
+            if own.node_id not in change.gained:
+                continue
+            displaced = [x for x in change.lost if x != own.node_id]
+            if displaced:
+                source = displaced[0]
+                others = tuple(sorted(x for x in change.old_nodes if x != source))
+            else:  # fewer old replicas than N: nobody is displaced; take from them all
                 for source in change.old_nodes:
-                    sources[source] += change.intervals()
-        self._join_ring_fingerprint = self.ring.fingerprint()
-        self._join_pull = self._new_pull("join", sources)
-        self.log.info("join_streaming", sources=sorted(sources),
-                      intervals=sum(map(len, sources.values())))
-        return self._join_pull.pump(self._stream_call(now), now)
+                    groups[(source, ())] += change.intervals()
+                continue
+            groups[(source, others)] += change.intervals()
+        fingerprint = self.ring.fingerprint()
+        resume = self._saved_progress("join_progress", fingerprint)
+        self._join_ring_fingerprint = fingerprint
+        self._join_pull = self._new_pull(
+            "join", [(source, others, intervals)
+                     for (source, others), intervals in groups.items()], resume)
+        self._transfer_totals = (-1, -1)
+        sources = sorted({source for source, _ in groups})
+        self.log.info("join_resumed" if resume else "join_streaming", sources=sources,
+                      intervals=sum(map(len, groups.values())),
+                      chunks=self._join_pull.chunks, chunks_done=self._join_pull.resumed,
+                      records_done=self._join_pull.records_received)
+        effects = self._join_pull.pump(self._stream_call(now), now)
+        return effects + self._count_transfer(
+            {source: intervals for (source, _), intervals in groups.items()}, now)
+
+    def _count_own_records(self, now: float) -> list[Effect]:
+        """Totals for a leave's progress: everything we hold is handed over."""
+        def on_done(records: int, size: int, t: float) -> list[Effect]:
+            if self._push is not None and self._push_kind == "leave":
+                self._transfer_totals = (records, size)
+            return []
+        slices = [(i << 58, ((i + 1) << 58) - 1) for i in range(64)]  # a slice per step
+        self._stats_jobs.append(_StatsJob(slices, on_done))
+        return []
+
+    def _on_plan(self, route, message: Message, now: float) -> list[Effect]:
+        """``zring plan add|remove NODE``: what the change would move, computed from the
+        ring and exact per-range counts asked of the nodes; nothing moves."""
+        body = message.body
+        action, node_id = body["action"], body["node_id"]
+        n = self.config.replicas
+        current = self.ring
+        future = current.copy()
+        member = self.members.get(node_id)
+        if action == "add":
+            if node_id in current:
+                raise InvalidRequest(f"{node_id} is already in the ring")
+            weight = body.get("weight") or (member.weight if member else 1.0)
+            if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+                raise InvalidRequest(f"weight must be between {MIN_WEIGHT} and {MAX_WEIGHT}")
+            future.add_node(node_id, float(weight))
+        elif action == "remove":
+            if node_id not in current:
+                raise NotMember(f"{node_id} is not in the ring")
+            if len(current) <= 1:
+                raise InvalidRequest("the last node of a cluster cannot leave it")
+            future.remove_node(node_id)
+        else:
+            raise InvalidRequest(f"plan action must be add or remove, not {action!r}")
+        # (sender, receiver) -> intervals, exactly as the join or leave would stream them
+        flows: dict[tuple[str, str], list[Interval]] = defaultdict(list)
+        for change in ring_changes(current, future, n):
+            if action == "add" and node_id in change.gained:
+                displaced = [x for x in change.lost if x != node_id]
+                for source in displaced[:1] or change.old_nodes:
+                    flows[(source, node_id)] += change.intervals()
+            elif action == "remove" and node_id in change.lost:
+                for gainer in change.gained:
+                    flows[(node_id, gainer)] += change.intervals()
+        holders = sorted(set(current.nodes))
+        if not holders:
+            raise Unavailable("the ring is empty: nothing to plan")
+        counts: dict = {}
+        asked = len(flows) + len(holders)
+        effects: list[Effect] = []
+
+        def on_stats(key, reply: Message | None, t: float) -> list[Effect]:
+            if key in counts:
+                return []
+            if reply is None or reply.type != MsgType.OK:
+                counts[key] = None
+            else:
+                counts[key] = (reply.body.get("records", 0), reply.body.get("bytes", 0))
+            if len(counts) < asked:
+                return []
+            missing = sorted({k[1] if k[0] == "held" else k[1][0]
+                              for k, v in counts.items() if v is None})
+            if missing:
+                return [Reply(route, _error(message.request_id, Unavailable(
+                    f"no range counts from {', '.join(missing)}; plan again when they are up")))]
+            return [Reply(route, Message(MsgType.OK, message.request_id, _plan_body(
+                action, node_id, n, holders, future.nodes, counts, flows)))]
+
+        whole = [[i << 58, ((i + 1) << 58) - 1] for i in range(64)]
+        for holder in holders:
+            effects += self._stats_call(holder, whole, ("held", holder), on_stats, now)
+        for flow, intervals in flows.items():
+            effects += self._stats_call(flow[0], [list(i) for i in sorted(intervals)],
+                                        ("flow", flow), on_stats, now)
+        return effects
+
+    def _stats_call(self, node_id: str, intervals: list, key, on_stats, now: float):
+        if node_id == self.config.node_id:
+            self._stats_jobs.append(_StatsJob(
+                [tuple(i) for i in intervals],
+                lambda records, size, t: on_stats(key, Message(
+                    MsgType.OK, 0, {"records": records, "bytes": size}), t)))
+            return []
+        return self._call(node_id, MsgType.RANGE_STATS, {"intervals": intervals},
+                          lambda node, reply, t: on_stats(key, reply, t), now,
+                          timeout_s=self.config.repair_timeout_s)
+
+    def _on_range_stats(self, route, message: Message, now: float) -> list[Effect]:
+        """How many records and bytes we hold in the intervals: counted a slice per loop
+        cycle, answered when done (a plan or a transfer's totals)."""
+        intervals = message.body["intervals"]
+        if len(intervals) > 1_000_000 or not all(
+                isinstance(i, list) and len(i) == 2
+                and all(type(v) is int and 0 <= v < 1 << 64 for v in i) for i in intervals):
+            raise InvalidRequest("intervals must be at most 1,000,000 [low, high] pairs")
+
+        def on_done(records: int, size: int, t: float) -> list[Effect]:
+            return [Reply(route, Message(MsgType.OK, message.request_id,
+                                         {"records": records, "bytes": size}))]
+        self._stats_jobs.append(_StatsJob([tuple(i) for i in intervals], on_done))
+        return []
+
+    def _step_stats(self, now: float, max_intervals: int = 2000,
+                    max_records: int = 50_000) -> list[Effect]:
+        """Count a slice of the oldest stats job."""
+        if not self._stats_jobs:
+            return []
+        job = self._stats_jobs[0]
+        counted = 0
+        end = min(job.index + max_intervals, len(job.intervals))
+        while job.index < end and counted < max_records:
+            records, size = self.store.range_stats(*job.intervals[job.index])
+            job.records += records
+            job.size += size
+            counted += records
+            job.index += 1
+        if job.index < len(job.intervals):
+            return []
+        self._stats_jobs.pop(0)
+        return job.on_done(job.records, job.size, now)
+
+    def _saved_progress(self, name: str, fingerprint: int) -> dict | None:
+        """A transfer's progress saved before a crash, if it was for this same ring."""
+        saved = self.store.get_meta(name)
+        if not saved:
+            return None
+        try:
+            progress = msgpack.unpackb(saved, raw=False, strict_map_key=False)
+        except Exception:  # msgpack raises several types; an unreadable one is just ignored
+            return None
+        if not isinstance(progress, dict) or progress.get("ring") != fingerprint:
+            return None
+        return progress
+
+    def _save_transfer_progress(self) -> None:
+        pull, push = self._join_pull, self._push
+        if pull is not None and not pull.done and pull.records_received != self._saved_records:
+            self._saved_records = pull.records_received
+            self._save_progress("join_progress", {"ring": self._join_ring_fingerprint,
+                                                  **pull.progress()})
+        elif (push is not None and self._push_kind == "leave" and not push.done
+              and push.records_done != self._saved_records):
+            self._saved_records = push.records_done
+            self._save_progress("leave_progress", {"ring": self._leave_fingerprint,
+                                                   **push.progress()})
+
+    def _save_progress(self, name: str, progress: dict) -> None:
+        """Saved in the same transaction (the loop cycle's group commit) as the records the
+        progress counts, so a crash never leaves one ahead of the other."""
+        self.store.set_meta(name, msgpack.packb(progress, use_bin_type=True))
+
+    def _count_transfer(self, sources: dict[str, list[Interval]], now: float) -> list[Effect]:
+        """Ask each source how many records and bytes its intervals hold, for the totals of
+        the progress figures (the pull does not wait for the answer)."""
+        fingerprint = self._join_ring_fingerprint
+        counts: dict[str, tuple[int, int]] = {}
+        effects: list[Effect] = []
+
+        def on_stats(node: str, reply: Message | None, t: float) -> list[Effect]:
+            if self._join_ring_fingerprint != fingerprint or reply is None \
+                    or reply.type != MsgType.OK:
+                return []
+            counts[node] = (reply.body.get("records", 0), reply.body.get("bytes", 0))
+            if len(counts) == len(sources):
+                self._transfer_totals = (sum(c[0] for c in counts.values()),
+                                         sum(c[1] for c in counts.values()))
+            return []
+
+        for source, intervals in sources.items():
+            effects += self._call(source, MsgType.RANGE_STATS,
+                                  {"intervals": [list(i) for i in sorted(intervals)]},
+                                  on_stats, now, timeout_s=self.config.repair_timeout_s)
+        return effects
 
     def _advance_leave(self, now: float) -> list[Effect]:
         own = self.members.own
@@ -1096,25 +1487,30 @@ class NodeCore:
                 before = current.get_nodes_at(record.position, n)
                 return [x for x in future.get_nodes_at(record.position, n) if x not in before]
 
+            resume = self._saved_progress("leave_progress", current.fingerprint())
             self._push = RecordPush("leave", self.store, gainers, lambda record: False,
                                     self.config.stream_batch_records, self.config.join_retry_s,
-                                    self.config.stream_batch_bytes)
+                                    self.config.stream_batch_bytes, resume)
             self._leave_fingerprint = current.fingerprint()
             self._push_kind = "leave"
-            self.log.info("leave_streaming")
-            return self._pump_streams(now)
+            self._transfer_totals = (-1, -1)
+            self.log.info("leave_resumed" if resume else "leave_streaming",
+                          records_done=self._push.records_done)
+            return self._pump_streams(now) + self._count_own_records(now)
         if self.ring.fingerprint() != self._leave_fingerprint:
             # A gainer joined, left or was removed meanwhile: hand over again to the owners
             # of the new ring (records already sent are harmless duplicates).
             self.log.info("leave_restarted", reason="ring changed while streaming")
             self._push.cancelled = True
             self._push = None
+            self.store.set_meta("leave_progress", b"")
             return self._advance_leave(now)
         if not self._push.done:
             return []
         sent = self._push.records_sent
         self._push = None
-        self.members.set_status(own.node_id, MemberStatus.LEFT, streamed=True)
+        self.store.set_meta("leave_progress", b"")
+        self.members.set_status(own.node_id, MemberStatus.LEFT, streamed=True, transfer=())
         self._left_at = now
         self.log.info("member_left", records_sent=sent)
         effects = self._after_membership_change(now) + self._gossip(now)
@@ -1476,11 +1872,24 @@ class NodeCore:
             streams.append(self._push)
         return streams
 
+    def _transfer(self) -> tuple:
+        """Our join or leave transfer as gossiped: (kind, keys done, keys total, bytes done,
+        bytes total), totals -1 until counted."""
+        keys_total, bytes_total = self._transfer_totals
+        if self._join_pull is not None:
+            pull = self._join_pull
+            return ("join", pull.records_received, keys_total, pull.bytes_received, bytes_total)
+        if self._push is not None and self._push_kind == "leave":
+            push = self._push
+            return ("leave", push.records_done, keys_total, push.bytes_done, bytes_total)
+        return ()
+
     def _pump_streams(self, now: float) -> list[Effect]:
         call = self._stream_call(now)
         effects: list[Effect] = []
         for stream in self._streams():
             effects += stream.pump(call, now)
+        self._save_transfer_progress()
         for pull in self._takeovers:
             for source in pull.pending_sources():
                 member = self.members.get(source)
@@ -1529,6 +1938,8 @@ NodeCore._handlers = {
     MsgType.REPAIR_TREE: NodeCore._on_repair_tree,
     MsgType.REPAIR_DIGESTS: NodeCore._on_repair_digests,
     MsgType.REPAIR_FETCH: NodeCore._on_repair_fetch,
+    MsgType.RANGE_STATS: NodeCore._on_range_stats,
+    MsgType.PLAN: NodeCore._on_plan,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
@@ -1562,6 +1973,47 @@ def _within_bytes(items: list, budget: int, size_of) -> list:
 
 def _record_bytes(record: Record) -> int:
     return len(record.key) + (len(record.value) if record.value is not None else 0)
+
+
+def _plan_body(action: str, node_id: str, n: int, holders: list[str], after: list[str],
+               counts: dict, flows: dict) -> dict:
+    """The figures of ``zring plan``: per node what it holds, sends and receives, and the
+    balance (peak/mean records per node) before and after."""
+    nodes = sorted(set(holders) | set(after))
+    rows = {x: {"node_id": x, "records_before": 0, "bytes_before": 0, "send_records": 0,
+                "send_bytes": 0, "receive_records": 0, "receive_bytes": 0} for x in nodes}
+    for holder in holders:
+        records, size = counts[("held", holder)]
+        rows[holder]["records_before"] = records
+        rows[holder]["bytes_before"] = size
+    for (sender, receiver) in flows:
+        records, size = counts[("flow", (sender, receiver))]
+        rows[sender]["send_records"] += records
+        rows[sender]["send_bytes"] += size
+        rows[receiver]["receive_records"] += records
+        rows[receiver]["receive_bytes"] += size
+    for row in rows.values():
+        # a sender drops what it hands over (a leaving node, everything)
+        gone = row["node_id"] not in after
+        row["records_after"] = 0 if gone else (row["records_before"] - row["send_records"]
+                                               + row["receive_records"])
+        row["bytes_after"] = 0 if gone else (row["bytes_before"] - row["send_bytes"]
+                                             + row["receive_bytes"])
+    moved = sum(r["receive_records"] for r in rows.values())
+    total = sum(rows[x]["records_before"] for x in holders)
+    optimal = total / len(after) if action == "add" else rows[node_id]["records_before"]
+    return {"action": action, "node_id": node_id, "replicas": n,
+            "nodes": [rows[x] for x in nodes],
+            "balance_before": _peak_to_mean([rows[x]["records_before"] for x in holders]),
+            "balance_after": _peak_to_mean([rows[x]["records_after"] for x in after]),
+            "moved_records": moved,
+            "moved_bytes": sum(r["receive_bytes"] for r in rows.values()),
+            "optimal_records": round(optimal)}
+
+
+def _peak_to_mean(values: list[int]) -> float:
+    mean = sum(values) / len(values) if values else 0
+    return round(max(values) / mean, 4) if mean else 1.0
 
 
 def _newest(records) -> Record | None:

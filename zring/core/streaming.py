@@ -13,14 +13,36 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from zring.protocol import Message, MsgType, ProtocolError, record_from_wire, record_to_wire
+from zring.protocol import Message, MsgType, ProtocolError, record_to_wire
 from zring.storage.base import Record, Store
 
-__all__ = ["RangePull", "RecordPush", "Interval", "chunk_intervals"]
+__all__ = ["RangePull", "RecordPush", "Interval", "chunk_intervals", "subtract_intervals"]
 
 Interval = tuple[int, int]  # inclusive positions
 # (node_id, msg_type, body, on_reply(node_id, reply | None, now) -> effects) -> effects
 CallFn = Callable[[str, MsgType, dict, Callable], list]
+
+
+def subtract_intervals(intervals: list[Interval], removed: list[Interval]) -> list[Interval]:
+    """The parts of sorted, disjoint ``intervals`` outside every interval of ``removed``
+    (inclusive bounds)."""
+    cuts = sorted(removed)
+    result: list[Interval] = []
+    index = 0
+    for low, high in sorted(intervals):
+        while index < len(cuts) and cuts[index][1] < low:
+            index += 1
+        start = low
+        scan = index
+        while scan < len(cuts) and cuts[scan][0] <= high and start <= high:
+            cut_low, cut_high = cuts[scan]
+            if cut_low > start:
+                result.append((start, cut_low - 1))
+            start = max(start, cut_high + 1)
+            scan += 1
+        if start <= high:
+            result.append((start, high))
+    return result
 
 
 def chunk_intervals(intervals: list[Interval], per_chunk: int) -> list[list[Interval]]:
@@ -30,57 +52,140 @@ def chunk_intervals(intervals: list[Interval], per_chunk: int) -> list[list[Inte
 
 @dataclass(slots=True)
 class _Chunk:
+    chunk_id: int
     source: str
     intervals: list[Interval]
-    after: int | None = None       # resume cursor: last position received
+    fallbacks: tuple[str, ...] = ()   # other holders to pull from instead if source is gone
+    after: int | None = None          # resume cursor: last position received
     retry_at: float = 0.0
+
+
+# (source, fallbacks, intervals): pull ``intervals`` from ``source``; should it be gone, pull
+# them from every fallback instead (any one of them may lack a write the others have)
+PullGroup = tuple[str, tuple[str, ...], list[Interval]]
 
 
 @dataclass
 class RangePull:
-    """Fetch ``intervals`` from each source into ``store``."""
+    """Fetch each group's intervals from its source into ``store``.
+
+    Chunks are numbered in a deterministic order, so ``progress()`` (chunks finished and the
+    cursor of each one under way) saved with the records lets a pull restarted after a crash
+    skip what it already has (``resume``)."""
 
     name: str
     store: Store
-    sources: dict[str, list[Interval]]
+    groups: list[PullGroup]
     per_chunk: int
     page_records: int
     in_flight_per_source: int
     retry_s: float
+    resume: dict | None = None
     records_received: int = 0
     bytes_received: int = 0
     cancelled: bool = False
     _queues: dict[str, deque[_Chunk]] = field(default_factory=dict)
     _in_flight: dict[str, int] = field(default_factory=dict)
+    _copies: dict[int, int] = field(default_factory=dict)   # chunk id -> copies unfinished
+    _done: set[int] = field(default_factory=set)
+    _cursors: dict[int, int] = field(default_factory=dict)  # chunk id -> last position
+    _gone: set[str] = field(default_factory=set)            # sources rerouted away from
+    _dropped: set[str] = field(default_factory=set)         # sources given up on
 
     def __post_init__(self) -> None:
-        for source, intervals in self.sources.items():
-            chunks = chunk_intervals(intervals, self.per_chunk)
-            if chunks:
-                self._queues[source] = deque(_Chunk(source, c) for c in chunks)
-                self._in_flight[source] = 0
+        resume = self.resume or {}
+        done = set(resume.get("done", ()))
+        cursors = {int(k): v for k, v in resume.get("cursors", {}).items()}
+        self.records_received = resume.get("records", 0)
+        self.bytes_received = resume.get("bytes", 0)
+        chunk_id = 0
+        for source, fallbacks, intervals in sorted(self.groups):
+            for chunk in chunk_intervals(intervals, self.per_chunk):
+                if chunk_id in done:
+                    self._done.add(chunk_id)
+                else:
+                    after = cursors.get(chunk_id)
+                    if after is not None:
+                        self._cursors[chunk_id] = after
+                    self._queue(_Chunk(chunk_id, source, chunk, tuple(fallbacks), after))
+                    self._copies[chunk_id] = 1
+                chunk_id += 1
+        self.chunks = chunk_id
+
+    def _queue(self, chunk: _Chunk, front: bool = False) -> None:
+        queue = self._queues.setdefault(chunk.source, deque())
+        self._in_flight.setdefault(chunk.source, 0)
+        if front:
+            queue.appendleft(chunk)
+        else:
+            queue.append(chunk)
 
     @property
     def done(self) -> bool:
-        return not self.cancelled and not any(self._queues.values()) and not any(
-            self._in_flight.values())
+        return not self.cancelled and not self._copies
+
+    @property
+    def resumed(self) -> int:
+        """Chunks a resumed pull found finished already."""
+        return len(self._done) if self.resume else 0
+
+    def progress(self) -> dict:
+        return {"done": sorted(self._done), "cursors": dict(self._cursors),
+                "records": self.records_received, "bytes": self.bytes_received}
 
     def pending_sources(self) -> list[str]:
         return [s for s in self._queues if self._queues[s] or self._in_flight[s]]
 
-    def drop_source(self, source: str) -> int:
-        """Give up on a source (it is gone); returns how many chunks were abandoned."""
-        abandoned = len(self._queues.get(source, ()))
+    def reroute(self, source: str) -> int:
+        """``source`` is gone: pull its queued chunks from their fallbacks (chunks in flight
+        follow when they fail). Chunks without fallbacks wait for it. Returns chunks moved."""
+        self._gone.add(source)
+        queue = self._queues.get(source, deque())
+        kept: deque[_Chunk] = deque()
+        moved = 0
+        while queue:
+            chunk = queue.popleft()
+            if self._move_to_fallbacks(chunk):
+                moved += 1
+            else:
+                kept.append(chunk)
         if source in self._queues:
-            self._queues[source].clear()
+            self._queues[source] = kept
+        return moved
+
+    def drop_source(self, source: str) -> int:
+        """Give up on ``source`` (removed; other holders cover its data): its chunks count
+        as finished. Returns how many queued chunks were abandoned."""
+        self._dropped.add(source)
+        queue = self._queues.get(source, deque())
+        abandoned = len(queue)
+        while queue:
+            self._finish_copy(queue.popleft())
         return abandoned
+
+    def _finish_copy(self, chunk: _Chunk) -> None:
+        self._copies[chunk.chunk_id] -= 1
+        if not self._copies[chunk.chunk_id]:
+            del self._copies[chunk.chunk_id]
+            self._cursors.pop(chunk.chunk_id, None)
+            self._done.add(chunk.chunk_id)
+
+    def _move_to_fallbacks(self, chunk: _Chunk) -> bool:
+        fallbacks = [f for f in chunk.fallbacks if f not in self._gone]
+        if not fallbacks:
+            return False
+        self._copies[chunk.chunk_id] += len(fallbacks) - 1
+        self._cursors.pop(chunk.chunk_id, None)  # copies' cursors differ: none is resumable
+        for fallback in fallbacks:
+            self._queue(_Chunk(chunk.chunk_id, fallback, chunk.intervals, (), chunk.after))
+        return True
 
     def pump(self, call: CallFn, now: float) -> list:
         """Issue every page request allowed now."""
         effects: list = []
         if self.cancelled:
             return effects
-        for source, queue in self._queues.items():
+        for source, queue in list(self._queues.items()):
             while queue and self._in_flight[source] < self.in_flight_per_source:
                 if queue[0].retry_at > now:
                     break
@@ -97,35 +202,48 @@ class RangePull:
                  if q and self._in_flight[s] < self.in_flight_per_source]
         return min(times) if times else None
 
+    def _retry(self, chunk: _Chunk, now: float) -> None:
+        if chunk.source in self._dropped:
+            self._finish_copy(chunk)
+            return
+        if chunk.source in self._gone and self._move_to_fallbacks(chunk):
+            return
+        chunk.retry_at = now + self.retry_s
+        self._queue(chunk, front=True)
+
     def _on_page(self, chunk: _Chunk, reply: Message | None, now: float) -> list:
         self._in_flight[chunk.source] -= 1
         if self.cancelled:
             return []
-        queue = self._queues[chunk.source]
         if reply is None or reply.type != MsgType.OK:
-            chunk.retry_at = now + self.retry_s
-            queue.appendleft(chunk)
+            self._retry(chunk, now)
             return []
         try:
-            records = [record_from_wire(item) for item in reply.body.get("records", [])]
-        except ProtocolError:
-            chunk.retry_at = now + self.retry_s
-            queue.appendleft(chunk)
+            received, size = self.store.put_wire(reply.body.get("records", []))
+        except (ProtocolError, ValueError):
+            self._retry(chunk, now)
             return []
-        if records:
-            self.store.put_many(records)
-            self.records_received += len(records)
-            self.bytes_received += sum(_record_size(r) for r in records)
-        if reply.body.get("more") and records:
-            chunk.after = records[-1].position
-            queue.appendleft(chunk)
+        self.records_received += received
+        self.bytes_received += size
+        last = reply.body.get("last")
+        if reply.body.get("more") and type(last) is int and (
+                chunk.after is None or last > chunk.after):
+            chunk.after = last
+            if self._copies.get(chunk.chunk_id) == 1:
+                self._cursors[chunk.chunk_id] = last
+            self._queue(chunk, front=True)
+            return []
+        self._finish_copy(chunk)
         return []
 
 
 @dataclass
 class RecordPush:
     """Page through this node's records and send each to the nodes ``route`` names;
-    records ``drop`` approves are deleted locally once every target acknowledged them."""
+    records ``drop`` approves are deleted locally once every target acknowledged them.
+
+    ``progress()`` is the position up to which every record was acknowledged; a push
+    created with it as ``resume`` (after a crash) starts from there."""
 
     name: str
     store: Store
@@ -134,30 +252,41 @@ class RecordPush:
     page_records: int
     retry_s: float
     max_bytes: int = 8 * 1024 * 1024   # per batch: each target's message stays well below
-    records_sent: int = 0
+    resume: dict | None = None
+    records_sent: int = 0     # record copies the targets acknowledged
     records_dropped: int = 0
+    records_done: int = 0     # records scanned whose every copy was acknowledged
+    bytes_done: int = 0
     cancelled: bool = False
     _after: int | None = None
+    _acked_after: int | None = None
     _scan_done: bool = False
     _outstanding: dict[str, list[Record]] = field(default_factory=dict)
     _waiting: int = 0
     _page_drops: list[Record] = field(default_factory=list)
+    _page_records: int = 0
+    _page_bytes: int = 0
     _retry_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.resume:
+            self._after = self._acked_after = self.resume.get("after")
+            self.records_done = self.resume.get("records", 0)
+            self.bytes_done = self.resume.get("bytes", 0)
 
     @property
     def done(self) -> bool:
         return self._scan_done and self._waiting == 0 and not self._outstanding
 
+    def progress(self) -> dict:
+        return {"after": self._acked_after, "records": self.records_done,
+                "bytes": self.bytes_done}
+
     def pump(self, call: CallFn, now: float) -> list:
-        effects: list = []
         if self.cancelled or self._waiting or now < self._retry_at:
-            return effects
+            return []
         if self._outstanding:  # a page whose sends failed: resend what is left
             return self._send_outstanding(call)
-        if self._page_drops:
-            self.records_dropped += self.store.delete_keys(r.key for r in self._page_drops
-                                                           if self._unchanged(r))
-            self._page_drops = []
         while not self._scan_done and not self._outstanding:
             page = self.store.scan_range(0, (1 << 64) - 1, after=self._after,
                                          limit=self.page_records)
@@ -166,22 +295,34 @@ class RecordPush:
                 break
             size = 0
             for index, record in enumerate(page):
-                targets = self.route(record)
-                for target in targets:
+                for target in self.route(record):
                     self._outstanding.setdefault(target, []).append(record)
                 if self.drop(record):
                     self._page_drops.append(record)
                 self._after = record.position
+                self._page_records += 1
+                self._page_bytes += _record_size(record)
                 size += _record_size(record)
                 following = page[index + 1] if index + 1 < len(page) else None
                 if following is None:
                     self._scan_done = len(page) < self.page_records
                 elif size >= self.max_bytes and following.position != record.position:
                     break  # a byte-sized batch: the rest of the page is read again next time
-            if not self._outstanding and self._page_drops:
-                self.records_dropped += self.store.delete_keys(r.key for r in self._page_drops)
-                self._page_drops = []
+            if not self._outstanding:
+                self._page_acknowledged(check_unchanged=False)
         return self._send_outstanding(call)
+
+    def _page_acknowledged(self, check_unchanged: bool = True) -> None:
+        if self._page_drops:
+            drops = self._page_drops
+            if check_unchanged:  # a newer write since the page was read stays
+                drops = [r for r in drops if self._unchanged(r)]
+            self.records_dropped += self.store.delete_keys(r.key for r in drops)
+            self._page_drops = []
+        self.records_done += self._page_records
+        self.bytes_done += self._page_bytes
+        self._page_records = self._page_bytes = 0
+        self._acked_after = self._after
 
     def _unchanged(self, record: Record) -> bool:
         current = self.store.get(record.key)
@@ -203,9 +344,13 @@ class RecordPush:
 
     def _on_ack(self, target: str, reply: Message | None, now: float, count: int) -> list:
         self._waiting -= 1
+        if self.cancelled:
+            return []
         if reply is not None and reply.type == MsgType.OK:
             self._outstanding.pop(target, None)
             self.records_sent += count
+            if not self._outstanding and not self._waiting:
+                self._page_acknowledged()
         else:
             self._retry_at = now + self.retry_s
         return []

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from zring.errors import ProtocolError
+from zring.hashing import key_position
 from zring.versions import Version
 
-__all__ = ["Hint", "Record", "Store", "Value", "position_group_cut"]
+__all__ = ["Hint", "Record", "Store", "Value", "position_group_cut", "record_from_wire",
+           "record_size"]
 
 Value = bytes | str
 
@@ -29,6 +32,29 @@ class Record(NamedTuple):
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+
+def record_from_wire(item: object) -> Record:
+    """A record from a peer (``[key, value, timestamp, writer]``), checked field by field;
+    its position is recomputed rather than trusted."""
+    if not isinstance(item, list) or len(item) != 4:
+        raise ProtocolError("a record must be [key, value, timestamp, writer]")
+    key, value, timestamp, writer = item
+    if not isinstance(key, str):
+        raise ProtocolError("record key must be a str")
+    if value is not None and not isinstance(value, (bytes, str)):
+        raise ProtocolError("record value must be bytes, str or nil")
+    if type(timestamp) is not int or not 0 <= timestamp < (1 << 63):
+        raise ProtocolError("record timestamp must be an int in [0, 2**63)")
+    if not isinstance(writer, str):
+        raise ProtocolError("record writer must be a str")
+    return Record(key, value, Version(timestamp, writer), key_position(key))
+
+
+def record_size(record: Record) -> int:
+    """Bytes of key and value, the figure transfers and plans count."""
+    value = record.value
+    return len(record.key) + (len(value) if value is not None else 0)
 
 
 def position_group_cut(positions: list[int], limit: int) -> int:
@@ -67,6 +93,25 @@ class Store(ABC):
     @abstractmethod
     def put_many(self, records: Iterable[Record]) -> int:
         """``put`` each record in one transaction; returns how many were stored."""
+
+    def put_wire(self, items: list) -> tuple[int, int]:
+        """Apply records from a peer in wire form (see ``record_from_wire``), all or none;
+        returns (records, bytes of keys and values). Stores may override it with a path
+        that skips building ``Record`` objects (range streaming moves millions)."""
+        records = [record_from_wire(item) for item in items]
+        self.put_many(records)
+        return len(records), sum(map(record_size, records))
+
+    def range_stats(self, low: int, high: int) -> tuple[int, int]:
+        """(records, bytes of keys and values) with positions in [low, high], tombstones
+        included: what streaming the range would move."""
+        records = size = 0
+        after = None
+        while page := self.scan_range(low, high, after=after, limit=1000):
+            records += len(page)
+            size += sum(map(record_size, page))
+            after = page[-1].position
+        return records, size
 
     @abstractmethod
     def scan_range(self, low: int, high: int, *, after: int | None = None,
