@@ -52,6 +52,18 @@ class SimCluster:
         self._apply(address, core.start(self.now))
         return core
 
+    def restart(self, node_id: str) -> NodeCore:
+        """Crash ``node_id`` (its core and everything in flight to it are lost) and start a
+        new core on the same store, as a kill -9 and supervisord's restart would."""
+        old = self.node(node_id)
+        address = old.config.address
+        core = NodeCore(old.config, old.store, self.now)
+        self.cores[address] = core
+        self.subscriptions[address].clear()
+        self.stopped.discard(address)
+        self._apply(address, core.start(self.now))
+        return core
+
     def node(self, node_id: str) -> NodeCore:
         return next(c for c in self.cores.values() if c.config.node_id == node_id)
 
@@ -136,12 +148,17 @@ class SimCluster:
 
     # ---------------------------------------------------------------- client
 
-    def request(self, node_id: str, msg_type: MsgType, body: dict,
-                max_seconds: float = 5.0) -> Message:
+    def send(self, node_id: str, msg_type: MsgType, body: dict) -> int:
+        """Send a client request without waiting; its reply lands in ``client_replies``."""
         core = self.node(node_id)
         request_id = next(self._request_ids)
         frame = encode(Message(msg_type, request_id, body))
         self._apply(core.config.address, core.handle_frame((CLIENT,), frame, self.now))
+        return request_id
+
+    def request(self, node_id: str, msg_type: MsgType, body: dict,
+                max_seconds: float = 5.0) -> Message:
+        request_id = self.send(node_id, msg_type, body)
         assert self.run_until(lambda: request_id in self.client_replies, max_seconds), \
             f"no reply to {msg_type.name} within {max_seconds}s"
         return self.client_replies.pop(request_id)

@@ -1035,7 +1035,7 @@ class NodeCore:
         changing = [m.node_id for m in self.members.all()
                     if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
                     and self.members.is_up(m.node_id, now)]
-        if changing or self._previous_ring is not None or self._drops:
+        if changing or self._previous_ring is not None:
             what = (f"{', '.join(changing)} joining or leaving" if changing
                     else "members still switching to the new ring")
             raise MembershipConflict(f"a membership change is in progress ({what}); retry "
