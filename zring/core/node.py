@@ -692,8 +692,24 @@ class NodeCore:
 
     def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
         self._check_serving()
-        stored = self.store.put_many(self._records_from_peer(message.body["records"]))
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
+        items = message.body["records"]
+        self._check_record_sizes(items)
+        received, _ = self.store.put_wire(items)  # checks each record's fields
+        if received:
+            self.clock.observe(max(item[2] for item in items))
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"received": received}))]
+
+    def _check_record_sizes(self, items: list) -> None:
+        max_key, max_value = self.config.max_key_bytes, self.config.max_value_bytes
+        for item in items:
+            if item.__class__ is not list or len(item) != 4:
+                raise ProtocolError("a record must be [key, value, timestamp, writer]")
+            key, value = item[0], item[1]
+            if (key.__class__ is str and len(key) * 4 > max_key
+                    and len(key.encode("utf-8", "surrogatepass")) > max_key) or (
+                    value is not None and hasattr(value, "__len__")
+                    and len(value) > max_value):
+                raise InvalidRequest("record exceeds the key or value size limit")
 
     def _records_from_peer(self, items: list) -> list[Record]:
         records = []

@@ -237,13 +237,27 @@ class RangePull:
         return []
 
 
+@dataclass(slots=True)
+class _Page:
+    """One page of a push: its records' copies still to be acknowledged, per target."""
+
+    end: int                                  # position of its last record
+    records: int
+    size: int
+    outstanding: dict[str, list[Record]]
+    drops: list[Record]
+    waiting: int = 0                          # sends awaiting an answer
+    retry_at: float = 0.0
+
+
 @dataclass
 class RecordPush:
-    """Page through this node's records and send each to the nodes ``route`` names;
-    records ``drop`` approves are deleted locally once every target acknowledged them.
+    """Page through this node's records and send each to the nodes ``route`` names, a few
+    pages in flight; records ``drop`` approves are deleted locally once every target
+    acknowledged them (and only if unchanged since).
 
-    ``progress()`` is the position up to which every record was acknowledged; a push
-    created with it as ``resume`` (after a crash) starts from there."""
+    ``progress()`` is the position up to which every record was acknowledged (pages complete
+    in order); a push created with it as ``resume`` (after a crash) starts from there."""
 
     name: str
     store: Store
@@ -251,22 +265,18 @@ class RecordPush:
     drop: Callable[[Record], bool]
     page_records: int
     retry_s: float
-    max_bytes: int = 8 * 1024 * 1024   # per batch: each target's message stays well below
+    max_bytes: int = 8 * 1024 * 1024   # per page: each target's message stays well below
     resume: dict | None = None
+    pages_in_flight: int = 3
     records_sent: int = 0     # record copies the targets acknowledged
     records_dropped: int = 0
     records_done: int = 0     # records scanned whose every copy was acknowledged
     bytes_done: int = 0
     cancelled: bool = False
-    _after: int | None = None
-    _acked_after: int | None = None
+    _after: int | None = None          # scan cursor
+    _acked_after: int | None = None    # every record up to here is acknowledged
     _scan_done: bool = False
-    _outstanding: dict[str, list[Record]] = field(default_factory=dict)
-    _waiting: int = 0
-    _page_drops: list[Record] = field(default_factory=list)
-    _page_records: int = 0
-    _page_bytes: int = 0
-    _retry_at: float = 0.0
+    _pages: deque[_Page] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         if self.resume:
@@ -276,83 +286,91 @@ class RecordPush:
 
     @property
     def done(self) -> bool:
-        return self._scan_done and self._waiting == 0 and not self._outstanding
+        return self._scan_done and not self._pages
 
     def progress(self) -> dict:
         return {"after": self._acked_after, "records": self.records_done,
                 "bytes": self.bytes_done}
 
     def pump(self, call: CallFn, now: float) -> list:
-        if self.cancelled or self._waiting or now < self._retry_at:
+        if self.cancelled:
             return []
-        if self._outstanding:  # a page whose sends failed: resend what is left
-            return self._send_outstanding(call)
-        while not self._scan_done and not self._outstanding:
-            page = self.store.scan_range(0, (1 << 64) - 1, after=self._after,
-                                         limit=self.page_records)
-            if not page:
-                self._scan_done = True
+        effects: list = []
+        for page in self._pages:  # pages whose sends failed: resend what is left
+            if page.outstanding and not page.waiting and now >= page.retry_at:
+                effects += self._send(page, call)
+        while not self._scan_done and len(self._pages) < self.pages_in_flight:
+            page = self._read_page()
+            if page is None:
                 break
-            size = 0
-            for index, record in enumerate(page):
-                for target in self.route(record):
-                    self._outstanding.setdefault(target, []).append(record)
-                if self.drop(record):
-                    self._page_drops.append(record)
-                self._after = record.position
-                self._page_records += 1
-                self._page_bytes += _record_size(record)
-                size += _record_size(record)
-                following = page[index + 1] if index + 1 < len(page) else None
-                if following is None:
-                    self._scan_done = len(page) < self.page_records
-                elif size >= self.max_bytes and following.position != record.position:
-                    break  # a byte-sized batch: the rest of the page is read again next time
-            if not self._outstanding:
-                self._page_acknowledged(check_unchanged=False)
-        return self._send_outstanding(call)
+            self._pages.append(page)
+            effects += self._send(page, call)
+        self._complete_pages()
+        return effects
 
-    def _page_acknowledged(self, check_unchanged: bool = True) -> None:
-        if self._page_drops:
-            drops = self._page_drops
-            if check_unchanged:  # a newer write since the page was read stays
-                drops = [r for r in drops if self._unchanged(r)]
-            self.records_dropped += self.store.delete_keys(r.key for r in drops)
-            self._page_drops = []
-        self.records_done += self._page_records
-        self.bytes_done += self._page_bytes
-        self._page_records = self._page_bytes = 0
-        self._acked_after = self._after
+    def _read_page(self) -> _Page | None:
+        records = self.store.scan_range(0, (1 << 64) - 1, after=self._after,
+                                        limit=self.page_records)
+        if not records:
+            self._scan_done = True
+            return None
+        outstanding: dict[str, list[Record]] = {}
+        drops: list[Record] = []
+        count = size = 0
+        for index, record in enumerate(records):
+            for target in self.route(record):
+                outstanding.setdefault(target, []).append(record)
+            if self.drop(record):
+                drops.append(record)
+            self._after = record.position
+            count += 1
+            size += _record_size(record)
+            following = records[index + 1] if index + 1 < len(records) else None
+            if following is None:
+                self._scan_done = len(records) < self.page_records
+            elif size >= self.max_bytes and following.position != record.position:
+                break  # a byte-sized page: the rest is read again next time
+        return _Page(self._after, count, size, outstanding, drops)
+
+    def _complete_pages(self) -> None:
+        while self._pages and not self._pages[0].outstanding and not self._pages[0].waiting:
+            page = self._pages.popleft()
+            if page.drops:  # a newer write since the page was read stays
+                self.records_dropped += self.store.delete_keys(
+                    r.key for r in page.drops if self._unchanged(r))
+            self.records_done += page.records
+            self.bytes_done += page.size
+            self._acked_after = page.end
 
     def _unchanged(self, record: Record) -> bool:
         current = self.store.get(record.key)
         return current is not None and current.version == record.version
 
     def next_retry_at(self) -> float | None:
-        if self._outstanding and not self._waiting:
-            return self._retry_at
-        return None
+        times = [p.retry_at for p in self._pages if p.outstanding and not p.waiting]
+        return min(times) if times else None
 
-    def _send_outstanding(self, call: CallFn) -> list:
+    def _send(self, page: _Page, call: CallFn) -> list:
         effects: list = []
-        for target, records in list(self._outstanding.items()):
-            self._waiting += 1
+        for target, records in list(page.outstanding.items()):
+            page.waiting += 1
             body = {"records": [record_to_wire(r) for r in records]}
             effects += call(target, MsgType.REPLICA_WRITE, body,
-                            lambda node, reply, t, n=len(records): self._on_ack(node, reply, t, n))
+                            lambda node, reply, t, p=page, n=len(records):
+                            self._on_ack(p, node, reply, t, n))
         return effects
 
-    def _on_ack(self, target: str, reply: Message | None, now: float, count: int) -> list:
-        self._waiting -= 1
+    def _on_ack(self, page: _Page, target: str, reply: Message | None, now: float,
+                count: int) -> list:
+        page.waiting -= 1
         if self.cancelled:
             return []
         if reply is not None and reply.type == MsgType.OK:
-            self._outstanding.pop(target, None)
+            page.outstanding.pop(target, None)
             self.records_sent += count
-            if not self._outstanding and not self._waiting:
-                self._page_acknowledged()
+            self._complete_pages()
         else:
-            self._retry_at = now + self.retry_s
+            page.retry_at = now + self.retry_s
         return []
 
 
