@@ -286,3 +286,21 @@ def test_rebalance_keeps_a_misplaced_record_while_an_owner_cannot_confirm():
     assert sim.client_replies[request_id].body["dropped"] == 1
     assert node1.store.get(key) is None
     assert holders(sim, key) == sorted(ring.get_nodes(key, 3))
+
+
+def test_ranges_of_a_displaced_node_that_is_down_come_from_the_other_replicas():
+    sim = cluster_of(4, **SMALL_STREAMS)
+    for i in range(300):
+        put(sim, "node1", f"k{i}")
+    sim.add("node5", seed=False, **SMALL_STREAMS)
+    node5 = sim.node("node5")
+    assert sim.run_until(lambda: node5._join_pull is not None, 10)
+    sources = node5._join_pull.pending_sources()
+    dead = sim.node(sources[0])
+    sim.down.add(dead.config.address)
+    streamed = count_streamed(node5)
+    assert sim.run_until(lambda: node5.members.own.status == MemberStatus.NORMAL, 60)
+    ring = node5.ring
+    owned = [f"k{i}" for i in range(300) if "node5" in ring.get_nodes(f"k{i}", 3)]
+    assert sorted(node5.store.keys()) == sorted(owned)
+    assert streamed[0] > 0

@@ -1254,7 +1254,7 @@ class NodeCore:
             self.store.set_meta("join_progress", b"")
             return self._start_join_pull(now)
         for source in self._join_pull.pending_sources():
-            if not self.members.is_up(source, now):
+            if not self.members.is_up(source, now) and self._join_pull.failing(source):
                 moved = self._join_pull.reroute(source)
                 if moved:
                     self.log.warning("join_source_down", source=source, chunks=moved,

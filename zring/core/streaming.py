@@ -91,6 +91,7 @@ class RangePull:
     _cursors: dict[int, int] = field(default_factory=dict)  # chunk id -> last position
     _gone: set[str] = field(default_factory=set)            # sources rerouted away from
     _dropped: set[str] = field(default_factory=set)         # sources given up on
+    _failing: set[str] = field(default_factory=set)         # last request to it failed
 
     def __post_init__(self) -> None:
         resume = self.resume or {}
@@ -135,6 +136,11 @@ class RangePull:
 
     def pending_sources(self) -> list[str]:
         return [s for s in self._queues if self._queues[s] or self._in_flight[s]]
+
+    def failing(self, source: str) -> bool:
+        """Its last page request went unanswered or failed (a busy node's late heartbeat
+        alone is no reason to pull its ranges from every other replica)."""
+        return source in self._failing
 
     def reroute(self, source: str) -> int:
         """``source`` is gone: pull its queued chunks from their fallbacks (chunks in flight
@@ -216,13 +222,16 @@ class RangePull:
         if self.cancelled:
             return []
         if reply is None or reply.type != MsgType.OK:
+            self._failing.add(chunk.source)
             self._retry(chunk, now)
             return []
         try:
             received, size = self.store.put_wire(reply.body.get("records", []))
         except (ProtocolError, ValueError):
+            self._failing.add(chunk.source)
             self._retry(chunk, now)
             return []
+        self._failing.discard(chunk.source)
         self.records_received += received
         self.bytes_received += size
         last = reply.body.get("last")
