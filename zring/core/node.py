@@ -147,6 +147,7 @@ class NodeCore:
         self._announced_at = now
         self._join_pull: RangePull | None = None
         self._join_ring_fingerprint = 0
+        self._join_intervals: list[Interval] = []   # what the join pull plans to fetch
         self._takeovers: list[RangePull] = []
         self._push: RecordPush | None = None
         self._push_kind = ""
@@ -541,10 +542,12 @@ class NodeCore:
             elif not possible:
                 op.answered = True
                 self.stats["writes_unavailable"] += 1
+                during = (f" in each of the {len(op.sets)} replica sets of a membership "
+                          "change" if len(op.sets) > 1 else "")
                 effects.append(Reply(op.route, _error(op.request_id, Unavailable(
-                    f"write reached {len(op.acks)} of w={op.needed} replicas "
-                    f"({', '.join(op.failed)} failed); it may still be applied",
-                    acked=list(op.acks), failed=list(op.failed)))))
+                    f"write could not reach w={op.needed} replicas{during} (acked by "
+                    f"{', '.join(op.acks) or 'none'}; {', '.join(op.failed)} failed); it may "
+                    "still be applied", acked=list(op.acks), failed=list(op.failed)))))
         if len(op.acks) + len(op.failed) >= len(op.counted):
             del self._quorums[op_id]
         return effects
@@ -1263,6 +1266,7 @@ class NodeCore:
             return []
         pull = self._join_pull
         self._join_pull = None
+        self._join_intervals = []
         self.store.set_meta("join_progress", b"")
         self.members.set_status(own.node_id, MemberStatus.NORMAL, streamed=True, transfer=())
         self.log.info("member_joined", records=pull.records_received,
@@ -1292,6 +1296,14 @@ class NodeCore:
             groups[(source, others)] += change.intervals()
         fingerprint = self.ring.fingerprint()
         resume = self._saved_progress("join_progress", fingerprint)
+        planned = sorted(i for intervals in groups.values() for i in intervals)
+        if self._join_intervals:
+            # A restarted plan: what the old one pulled (or got as pending writes) outside
+            # the new one is no longer ours; it goes once the join is done and settled.
+            stray = subtract_intervals(self._join_intervals, planned)
+            if stray:
+                self._drops.append(_Drop(future, stray))
+        self._join_intervals = planned
         self._join_ring_fingerprint = fingerprint
         self._join_pull = self._new_pull(
             "join", [(source, others, intervals)
