@@ -681,7 +681,7 @@ def moved_aside(data_dir):
 def test_check_healthy_store(tmp_path, capsys):
     path = make_store(tmp_path)
     assert cli.main(["check", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out == f"ok: {path}, 90 keys, 10 tombstones, format 1\n"
+    assert capsys.readouterr().out == f"ok: {path}, 90 keys, 10 tombstones, format 2\n"
 
 
 def test_check_rebuild_leaves_a_healthy_store_alone(tmp_path, capsys):
@@ -757,7 +757,7 @@ def test_check_rebuild_refuses_a_store_of_another_format(tmp_path, capsys):
     from zring.storage import SQLiteStore
     path = make_store(tmp_path)
     with SQLiteStore(path) as store:
-        store.set_meta("format", b"2")  # written by a newer zring: upgrade, do not discard
+        store.set_meta("format", b"999")  # written by a newer zring: upgrade, do not discard
     assert cli.main(["check", "--data-dir", str(tmp_path), "--rebuild"]) == 1
     assert "format" in capsys.readouterr().err
     assert path.exists() and moved_aside(tmp_path) == []

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -185,6 +188,19 @@ def test_positions_at_both_ends_of_the_ring_round_trip(store):
     assert store.delete_range(TOP - 1, TOP) == 2
     assert store.delete_range(0, 0) == 1
     assert [r.key for r in store.scan_range(0, TOP)] == ["one", "below_mid", "mid", "above_mid"]
+
+
+def test_get_finds_a_record_at_any_position(store):
+    # a record stored at a position other than its key's hash, or another key stored at that
+    # position, must not confuse a get (nor a move to another position)
+    put_at(store, {"a": key_position("b"), "c": 5, "d": key_position("d")})
+    assert store.get("a").position == key_position("b")
+    assert store.get("b") is None
+    assert store.get("c") == record("c", "v-c", 1, position=5)
+    assert store.get("d") == record("d", "v-d", 1)
+    store.put(record("c", "moved", 2, position=6))
+    assert store.get("c") == record("c", "moved", 2, position=6)
+    assert [r.key for r in store.scan_range(5, 6)] == ["c"]
 
 
 def test_cursor_paging_visits_every_record_once(store):
@@ -512,7 +528,7 @@ def test_sqlite_persists_across_reopen(tmp_path):
         assert second.get("c").is_tombstone
         assert second.get("top").position == TOP
         assert second.get_meta("clock") == b"123"
-        assert second.get_meta("format") == b"1"
+        assert second.get_meta("format") == b"2"
         assert not second.put(record("b", "stale", 1))
 
 
@@ -530,8 +546,8 @@ def test_sqlite_hints_persist_across_reopen(tmp_path):
         assert second.hints_for("n2")[-1].hint_id > max(h.hint_id for h in held)
 
 
-def test_sqlite_format_1_store_without_hints_gains_them_on_open(tmp_path):
-    # a format-"1" file written before hints existed: no hints table, no tombstone index
+def test_sqlite_store_without_hints_gains_them_on_open(tmp_path):
+    # a file written before hints existed: no hints table, no tombstone index
     path = tmp_path / "old.db"
     with SQLiteStore(path) as store:
         store.put(record("k", "v", 1))
@@ -540,7 +556,7 @@ def test_sqlite_format_1_store_without_hints_gains_them_on_open(tmp_path):
         conn.execute("DROP INDEX records_tombstones_by_ts")
     conn.close()
     with SQLiteStore(path) as reopened:
-        assert reopened.get_meta("format") == b"1"
+        assert reopened.get_meta("format") == b"2"
         assert reopened.get("k") == record("k", "v", 1)
         assert reopened.hint_counts() == {}
         reopened.add_hints([hint("n2", "k", "v", 2)])
@@ -578,8 +594,246 @@ def test_sqlite_purge_uses_the_tombstone_index(tmp_path, statement):
             f"EXPLAIN QUERY PLAN {getattr(sqlite_store, statement)}", (5, 10))]
     conn.close()
     assert any("records_tombstones_by_ts" in step for step in plan), plan
-    assert any("PRIMARY KEY" in step for step in plan), plan  # then each delete by key
+    assert any("records_by_key (key=?)" in step for step in plan), plan  # each delete by key
     assert not any(step.startswith("SCAN records") for step in plan), plan
+
+
+@pytest.mark.parametrize("analyze", [False, True])
+def test_sqlite_record_queries_use_the_position_key_and_the_key_index(tmp_path, analyze):
+    # records are clustered by (pos, key): ranges read the table itself in order, no sort;
+    # single keys go through the unique index records_by_key
+    path = tmp_path / "node.db"
+    fill(path, 300)
+    by_position = "USING PRIMARY KEY (pos>? AND pos<?)"
+    expected = {
+        "_GET": "SEARCH records USING INDEX records_by_key (key=?)",
+        "_DELETE_KEY": "SEARCH records USING COVERING INDEX records_by_key (key=?)",
+        "_SCAN": f"SEARCH records {by_position}",
+        "_RANGE_STATS": f"SEARCH records {by_position}",
+        "_DELETE_RANGE": f"SEARCH records {by_position}",
+        "_SCAN_POSITION": "SEARCH records USING PRIMARY KEY (pos=?)",
+        "_KEYS_FIRST": "SCAN records",  # the table in primary key order
+        "_KEYS_NEXT": "SEARCH records USING PRIMARY KEY ((pos,key)>(?,?))",
+        "_CHECK_ROWS": "SCAN records",
+    }
+    with sqlite3.connect(path) as conn:
+        if analyze:
+            conn.execute("ANALYZE")
+
+        def plan(query: str, *args: object) -> list[str]:
+            # SQLite before 3.36 says "SCAN TABLE records" where later ones say "SCAN records"
+            return [row[-1].replace(" TABLE ", " ") for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {query}", args)]
+
+        for name, step in expected.items():
+            query = getattr(sqlite_store, name).format(table="records")
+            assert plan(query, *(1,) * query.count("?")) == [step], name
+        # the upsert's conflict check probes records_by_key, and nothing loops over rows
+        root = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'records_by_key'").fetchone()[0]
+        program = [(row[1], row[3]) for row in conn.execute(
+            f"EXPLAIN {sqlite_store._UPSERT}", ("k", "v", 1, "n", 0))]
+        assert ("OpenWrite", root) in program, program
+        assert not {"Rewind", "Next", "Prev", "SorterSort"} & {op for op, _ in program}
+    conn.close()
+
+
+FORMAT_1_SCHEMA = (  # the schema format "1" was written with, verbatim
+    """
+    CREATE TABLE records (
+        key    TEXT PRIMARY KEY NOT NULL,
+        value,                   -- untyped: TEXT stays str, BLOB stays bytes; NULL: tombstone
+        ts     INTEGER NOT NULL, -- version timestamp (HLC)
+        writer TEXT NOT NULL,    -- version node id
+        pos    INTEGER NOT NULL  -- ring position - 2**63
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX records_by_position ON records (pos, key)",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+)
+FORMAT_1_ADDITIONS = (  # what later format-"1" files also held
+    """
+    CREATE TABLE hints (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        target     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value,
+        ts         INTEGER NOT NULL,
+        writer     TEXT NOT NULL,
+        pos        INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX hints_by_target ON hints (target, id)",
+    "CREATE INDEX hints_by_created ON hints (created_ms)",
+    "CREATE INDEX records_tombstones_by_ts ON records (ts) WHERE value IS NULL",
+)
+
+
+def format_1_records() -> list[Record]:
+    """Every kind of record: text, bytes and look-alike values, tombstones, odd keys, a big
+    value, and more records than one keys() batch."""
+    records = [record(f"key-{i}", None if i % 7 == 0 else (f"text-{i}" if i % 2 else
+                                                           f"bytes-{i}".encode()),
+                      ms(i), node=f"n{i % 3}")
+               for i in range(2500)]
+    records += [record("ключ", "ünïcødé ✓", 5), record("", b"", 6), record("with\x00nul", "", 7),
+                record("one-text", "1", 8), record("one-bytes", b"1", 9),
+                record("big", bytes(range(256)) * 4096, 10), record("gone", None, (1 << 63) - 1)]
+    return records
+
+
+def write_format_1(path: Path, records: list[Record], hints: list[Hint],
+                   meta: dict[str, bytes], *, with_additions: bool = True) -> None:
+    """A format-"1" store file as that format's code wrote it (WAL mode, old schema)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in FORMAT_1_SCHEMA + (FORMAT_1_ADDITIONS if with_additions else ()):
+        conn.execute(statement)
+    conn.executemany("INSERT INTO records (key, value, ts, writer, pos) VALUES (?, ?, ?, ?, ?)",
+                     [(r.key, r.value, r.version.timestamp, r.version.node_id,
+                       r.position - (1 << 63)) for r in records])
+    if hints:
+        conn.executemany("INSERT INTO hints (target, key, value, ts, writer, pos, created_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(h.target, h.record.key, h.record.value, h.record.version.timestamp,
+                           h.record.version.node_id, h.record.position - (1 << 63),
+                           h.created_ms) for h in hints])
+    conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)",
+                     [("format", b"1"), *meta.items()])
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def schema_of(path: Path) -> tuple[set[str], list[str], int]:
+    """(names of tables and indexes, primary key of records, schema version) of a file."""
+    with closing(sqlite3.connect(path)) as conn:
+        names = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        primary = [name for (name,) in conn.execute(
+            "SELECT name FROM pragma_table_info('records') WHERE pk > 0 ORDER BY pk")]
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    return names, primary, version
+
+
+@pytest.mark.parametrize("with_additions", [True, False])
+def test_sqlite_migrates_a_format_1_store(tmp_path, with_additions):
+    path = tmp_path / "node.db"
+    records = format_1_records()
+    hints = [hint("n2", f"key-{i}", None if i % 5 == 0 else f"h{i}", ms(i), created_ms=100 + i)
+             for i in range(30)] + [hint("n3", "ключ", b"\x00", 3)]
+    meta = {"members": b"\x00membership" * 10, "clock": b"123"}
+    write_format_1(path, records, hints if with_additions else [], meta,
+                   with_additions=with_additions)
+    names, primary, _ = schema_of(path)
+    assert "records_by_position" in names and primary == ["key"]
+
+    with SQLiteStore(path) as store:
+        assert store.get_meta("format") == b"2"
+        assert store.get_meta("members") == meta["members"]
+        assert store.get_meta("clock") == meta["clock"]
+        for rec in records:
+            held = store.get(rec.key)
+            assert held == rec and type(held.value) is type(rec.value)
+        in_order = sorted(records, key=lambda r: (r.position, r.key))
+        assert store.scan_range(0, TOP, limit=10_000) == in_order
+        assert list(store.keys(include_tombstones=True)) == [r.key for r in in_order]
+        assert store.count() == sum(not r.is_tombstone for r in records)
+        assert store.count(include_tombstones=True) == len(records)
+        if with_additions:
+            held_hints = store.hints_for("n2", limit=100) + store.hints_for("n3")
+            assert [(h.target, h.record, h.created_ms) for h in held_hints] == [
+                (h.target, h.record, h.created_ms) for h in hints]
+            assert [h.hint_id for h in held_hints] == list(range(1, len(hints) + 1))
+        else:
+            assert store.hint_counts() == {}
+        assert store.check() == []
+        # and it works as a store: last writer wins, hint ids keep growing
+        assert not store.put(record("key-1", "stale", ms(0), node="n1"))
+        assert store.put(record("key-1", "newer", ms(10_000)))
+        store.add_hints([hint("n2", "later", "v", 1)])
+        assert store.hints_for("n2", limit=100)[-1].hint_id == (
+            len(hints) + 1 if with_additions else 1)
+        assert store.check() == []
+    names, primary, version = schema_of(path)
+    assert primary == ["pos", "key"]
+    assert "records_by_key" in names
+    assert not {"records_by_position", "records_old"} & names
+    with SQLiteStore(path) as again:  # migrated once: opening again changes nothing
+        assert again.get_meta("format") == b"2" and again.get("key-1").value == "newer"
+    assert schema_of(path)[2] == version
+
+
+def test_sqlite_a_failed_migration_leaves_the_format_1_store_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "node.db"
+    records = format_1_records()[:100]
+    write_format_1(path, records, [hint("n2", "k", "v", 1)], {"members": b"m"})
+    before = schema_of(path)
+    failing = list(sqlite_store._MIGRATE_RECORDS)
+    failing.insert(-1, "SELECT no_such_column FROM records")  # after the old table is dropped
+    monkeypatch.setattr(sqlite_store, "_MIGRATE_RECORDS", tuple(failing))
+    with pytest.raises(StorageError, match="no_such_column"):
+        SQLiteStore(path)
+    assert schema_of(path) == before  # rolled back: old table, old indexes, nothing new
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (b"1",)
+        assert conn.execute("SELECT count(*) FROM records").fetchone() == (len(records),)
+    monkeypatch.undo()
+    with SQLiteStore(path) as store:  # the next open migrates
+        assert store.get_meta("format") == b"2" and store.count() == len(records) - 15
+        assert store.hint_counts() == {"n2": 1} and store.check() == []
+
+
+def test_sqlite_a_migration_cut_short_by_a_crash_is_redone(tmp_path):
+    # the process dies after the old table is dropped, before the commit
+    path = tmp_path / "node.db"
+    records = format_1_records()
+    write_format_1(path, records, [], {"members": b"m"})
+    before = schema_of(path)
+    crash = """
+import os, sys
+from zring.storage import sqlite as sqlite_store
+
+def crashing(self):
+    self._conn.execute("PRAGMA cache_size = 10")  # spill uncommitted pages into the WAL
+    for statement in sqlite_store._MIGRATE_RECORDS[:-1]:
+        self._cursor.execute(statement)
+    os._exit(3)
+
+sqlite_store.SQLiteStore._migrate = crashing
+sqlite_store.SQLiteStore(sys.argv[1])
+"""
+    done = subprocess.run([sys.executable, "-c", crash, str(path)], timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 3
+    assert Path(f"{path}-wal").stat().st_size > 0  # frames of the uncommitted migration
+    assert schema_of(path) == before
+    with SQLiteStore(path) as store:
+        assert store.get_meta("format") == b"2"
+        assert store.scan_range(0, TOP, limit=10_000) == sorted(
+            records, key=lambda r: (r.position, r.key))
+        assert store.check() == []
+
+
+def test_check_reports_a_records_table_of_the_wrong_layout(tmp_path):
+    # format "2" claimed, old layout present (a stray tool): check says so, opening does not
+    # migrate (only format "1" is migrated)
+    path = tmp_path / "node.db"
+    write_format_1(path, [record("k", "v", 1)], [], {})
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = x'32' WHERE name = 'format'")
+    with SQLiteStore(path) as store:
+        assert store.get("k").value == "v"
+        problems = store.check()
+    assert any("primary key (key), expected (pos, key)" in p for p in problems), problems
+    assert any("missing" in p and "records_by_key" in p for p in problems), problems
+    other = tmp_path / "other.db"
+    with SQLiteStore(other) as store:
+        store._conn.execute("DROP INDEX records_by_key")
+        store._conn.execute("CREATE INDEX records_by_key ON records (key)")
+        problems = store.check()
+    assert problems == ["records_by_key is not a unique index on records (key)"]
 
 
 # ------------------------------------------------------------------ checking a store file
@@ -618,11 +872,11 @@ def test_check_reports_a_wrong_format_and_missing_indexes(tmp_path):
     path = tmp_path / "node.db"
     with SQLiteStore(path) as store:
         store.put(record("k", "v", 1))
-        store.set_meta("format", b"2")  # what a bug or a stray tool could leave behind
-        store._conn.execute("DROP INDEX records_by_position")
+        store.set_meta("format", b"3")  # what a bug or a stray tool could leave behind
+        store._conn.execute("DROP INDEX records_by_key")
         problems = store.check()
-    assert any("format" in p and "b'2'" in p for p in problems), problems
-    assert any("records_by_position" in p for p in problems), problems
+    assert any("format" in p and "b'3'" in p for p in problems), problems
+    assert any("records_by_key" in p for p in problems), problems
 
 
 def test_check_reports_damaged_rows(tmp_path):

@@ -1139,7 +1139,7 @@ class NodeCore:
                 self.log.info("ring_settled", fingerprint=self.ring.fingerprint())
         return self._run_drops(now)
 
-    def _run_drops(self, now: float, max_records: int = 20_000) -> list[Effect]:
+    def _run_drops(self, now: float, max_records: int = 5_000) -> list[Effect]:
         """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
         stall the loop past the failure detector's patience)."""
         if not self._drops or self._settled_at is None or self._future_ring() is not None:
@@ -1421,7 +1421,7 @@ class NodeCore:
         return []
 
     def _step_stats(self, now: float, max_intervals: int = 2000,
-                    max_records: int = 50_000) -> list[Effect]:
+                    max_records: int = 20_000) -> list[Effect]:
         """Count a slice of the oldest stats job."""
         if not self._stats_jobs:
             return []

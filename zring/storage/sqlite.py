@@ -7,10 +7,23 @@ which keeps their order. This module does file I/O only: no clock, no sleeping, 
 (SQLite's busy handler waits at most ``BUSY_TIMEOUT_MS``, and only if another process holds
 the file).
 
+Records are clustered by ring position: the table's primary key is ``(pos, key)``, so the
+rows a range stream delivers (in position order) land next to each other instead of all over
+a key-ordered table, and range scans, drops and repair hashing read consecutive pages. A
+unique index on ``key`` serves gets, deletes by key and the last-writer-wins upsert; a get
+finds the key there, then reads the row by primary key (two B-tree searches where the
+key-clustered format "1" took one).
+
 Hints (hinted handoff) sit in their own table, in id order per target; several hints for one
 key may coexist (the replay applies last writer wins at the target). Tables and indexes added
-after format "1" was first written are created with IF NOT EXISTS on open, so an existing
-format-"1" file gains them (no released data predates them).
+after a format was first written are created with IF NOT EXISTS on open, so an existing file
+gains them (no released data predates them).
+
+Format "2" is the position-clustered layout. Format "1" (the same columns and encodings in a
+table clustered by key, with a ``(pos, key)`` index) is migrated on open: in one transaction
+the rows are copied in position order into a new table that then replaces the old one. An
+interrupted migration rolls back and is redone on the next open. The old table's pages go to
+the file's free list, reused by later writes; the file does not shrink by itself.
 
 Every failure is a ``StorageError`` naming the file, with a ``reason`` detail ("locked",
 "damaged", "foreign", "format", "closed" or "error") so callers can tell a file another process
@@ -34,7 +47,7 @@ from zring.versions import Version
 
 __all__ = ["BUSY_TIMEOUT_MS", "CACHE_KIB", "FORMAT_VERSION", "SQLiteStore"]
 
-FORMAT_VERSION = b"1"  # bump with any change to the schema or to how a column is encoded
+FORMAT_VERSION = b"2"  # bump with any change to the schema or to how a column is encoded
 BUSY_TIMEOUT_MS = 100  # only another process can hold the file; never stall the poll loop long
 CACHE_KIB = 64 * 1024  # page cache ceiling: random-key inserts slow down ~2x once it thrashes
 WAL_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB of 4 KiB pages
@@ -42,8 +55,9 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # what a checkpointed WAL file is trunc
 _SYNCHRONOUS_MODES = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _MIN_SQLITE = (3, 24, 0)  # upsert (3.24) and row-value comparison (3.15)
 
-# what a store file must hold (format "1" with its additions); ``check`` reports any missing
-_REQUIRED_OBJECTS = frozenset({"records", "meta", "hints", "records_by_position",
+_MIGRATED_FORMATS = frozenset({b"1"})  # older formats rebuilt into this one on open
+# what a store file must hold (format "2" with its additions); ``check`` reports any missing
+_REQUIRED_OBJECTS = frozenset({"records", "meta", "hints", "records_by_key",
                                "hints_by_target", "hints_by_created",
                                "records_tombstones_by_ts"})
 # SQLite primary result codes meaning the file itself is damaged, not merely busy or absent
@@ -68,21 +82,40 @@ _POSITION_SHIFT = 1 << 63  # stored pos = position - 2**63: signed, same order
 _TIMESTAMP_LIMIT = 1 << 63
 _KEYS_BATCH = 1000
 
-_SCHEMA = (
-    """
-    CREATE TABLE records (
-        key    TEXT PRIMARY KEY NOT NULL,
+# The primary key's columns are declared first, in its order (as they are stored anyway):
+# SQLite 3.40.0 to 3.41.0 ``integrity_check`` reports false "NULL value" errors in a WITHOUT
+# ROWID table whose primary key columns are declared in another order.
+_RECORDS_TABLE = """
+    CREATE TABLE {name} (
+        pos    INTEGER NOT NULL, -- ring position - 2**63
+        key    TEXT NOT NULL,
         value,                   -- untyped: TEXT stays str, BLOB stays bytes; NULL: tombstone
         ts     INTEGER NOT NULL, -- version timestamp (HLC)
         writer TEXT NOT NULL,    -- version node id
-        pos    INTEGER NOT NULL  -- ring position - 2**63
+        PRIMARY KEY (pos, key)   -- clustered by position: streamed ranges append
     ) WITHOUT ROWID
-    """,
-    "CREATE INDEX records_by_position ON records (pos, key)",
+    """
+_RECORDS_BY_KEY = "CREATE UNIQUE INDEX records_by_key ON records (key)"
+_SCHEMA = (
+    _RECORDS_TABLE.format(name="records"),
+    _RECORDS_BY_KEY,
     "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
 )
-# Run on every open, after the format check: a format-"1" file written before these existed
-# gains them. Anything that changes an existing table or column still needs a format bump.
+# Format "1" -> "2", inside the open's transaction. The old table is renamed first so the new
+# one is created with the same statement as in a new file; dropping the old table drops its
+# indexes. Reads only the columns, so it does not depend on the old table's indexes.
+_MIGRATE_RECORDS = (
+    "ALTER TABLE records RENAME TO records_old",
+    _RECORDS_TABLE.format(name="records"),
+    """
+    INSERT INTO records (key, value, ts, writer, pos)
+    SELECT key, value, ts, writer, pos FROM records_old ORDER BY pos, key
+    """,
+    "DROP TABLE records_old",
+    _RECORDS_BY_KEY,
+)
+# Run on every open, after the format check (and any migration): a file written before these
+# existed gains them. Anything that changes an existing table or column needs a format bump.
 _SCHEMA_ADDITIONS = (
     """
     CREATE TABLE IF NOT EXISTS hints (
@@ -109,11 +142,13 @@ ON CONFLICT (key) DO UPDATE SET
     value = excluded.value, ts = excluded.ts, writer = excluded.writer, pos = excluded.pos
 WHERE (excluded.ts, excluded.writer) > (records.ts, records.writer)
 """
+# two B-tree searches: records_by_key, then the row by primary key
 _GET = "SELECT value, ts, writer, pos FROM records WHERE key = ?"
 _SCAN = """
 SELECT key, value, ts, writer, pos FROM records
 WHERE pos BETWEEN ? AND ? ORDER BY pos, key LIMIT ?
 """
+_SCAN_POSITION = "SELECT key, value, ts, writer, pos FROM records WHERE pos = ? ORDER BY key"
 _RANGE_STATS = """
 SELECT count(*), sum(length(CAST(key AS BLOB)) + coalesce(length(value), 0)) FROM records
 WHERE pos BETWEEN ? AND ?
@@ -127,7 +162,8 @@ WHERE (pos, key) > (?, ?) ORDER BY pos, key LIMIT ?
 """
 _COUNT_ALL = "SELECT count(*) FROM records"
 _COUNT_LIVE = "SELECT count(*) FROM records WHERE value IS NOT NULL"
-# oldest first through the partial index records_tombstones_by_ts; each delete by primary key
+# oldest first through the partial index records_tombstones_by_ts; each delete through
+# records_by_key. (Not ``(pos, key) IN``: SQLite runs a row-value IN subquery twice.)
 _PURGE_TOMBSTONES = """
 DELETE FROM records WHERE key IN (
     SELECT key FROM records WHERE value IS NULL AND ts {op} ? ORDER BY ts LIMIT ?)
@@ -361,7 +397,8 @@ class SQLiteStore(Store):
 
     def check(self) -> list[str]:
         """See ``Store.check``. ``PRAGMA integrity_check`` reads every page and index entry;
-        then the tables, indexes and format a store needs; then every record and hint row:
+        then the tables, indexes, format and records layout (primary key ``(pos, key)``, a
+        unique index on ``key``) a store needs; then every record and hint row:
         column types, UTF-8 text, and a position that matches the key's hash (which catches
         a damaged key). SQLite keeps no checksums, so junk inside a value's bytes goes
         unnoticed; junk in the file's structure does not. A file too damaged to answer is
@@ -381,6 +418,7 @@ class SQLiteStore(Store):
                 missing = sorted(_REQUIRED_OBJECTS - names)
                 if missing:
                     problems.append(f"missing tables or indexes: {', '.join(missing)}")
+                problems += _layout_problems(cursor, names)
                 if "meta" in names:
                     rows = cursor.execute(_GET_META, ("format",)).fetchall()
                     found = bytes(rows[0][0]) if rows else None
@@ -476,12 +514,21 @@ class SQLiteStore(Store):
                                    reason="foreign")
             rows = self._cursor.execute(_GET_META, ("format",)).fetchall()
             found = rows[0][0] if rows else None
-            if found != FORMAT_VERSION:
+            if found in _MIGRATED_FORMATS:
+                self._migrate()
+            elif found != FORMAT_VERSION:
                 raise StorageError(f"{self.path} has storage format {found!r}; this version of "
                                    f"zring reads format {FORMAT_VERSION!r} only",
                                    path=str(self.path), reason="format")
             for statement in _SCHEMA_ADDITIONS:
                 self._cursor.execute(statement)
+
+    def _migrate(self) -> None:
+        """Rebuild an older format's records table as this format's (inside the open's
+        transaction: all or nothing), then record the new format."""
+        for statement in _MIGRATE_RECORDS:
+            self._cursor.execute(statement)
+        self._cursor.execute(_SET_META, ("format", FORMAT_VERSION))
 
     @contextmanager
     def group_commit(self) -> Iterator[None]:
@@ -546,9 +593,7 @@ class SQLiteStore(Store):
         cut = position_group_cut([row[4] for row in rows], limit)
         if cut:
             return rows[:cut]
-        return self._cursor.execute(
-            "SELECT key, value, ts, writer, pos FROM records WHERE pos = ? ORDER BY key",
-            (rows[limit - 1][4],)).fetchall()
+        return self._cursor.execute(_SCAN_POSITION, (rows[limit - 1][4],)).fetchall()
 
     def _iter_keys(self, rows: list[tuple], include_tombstones: bool) -> Iterator[str]:
         while rows:
@@ -582,6 +627,26 @@ def _integrity_problems(rows: list[tuple[str]]) -> list[str]:
     problems = [f"integrity: {line}" for line in lines[:_MAX_ROW_PROBLEMS]]
     if len(lines) > len(problems):
         problems.append(f"integrity: {len(lines) - len(problems)} more problems")
+    return problems
+
+
+def _layout_problems(cursor: sqlite3.Cursor, names: set[str]) -> list[str]:
+    """How the records table and its key index differ from this format's layout: the upsert
+    needs a unique index on ``key``, and scans and drops expect rows keyed by position."""
+    problems = []
+    if "records" in names:
+        primary = [name for (name,) in cursor.execute(
+            "SELECT name FROM pragma_table_info('records') WHERE pk > 0 ORDER BY pk")]
+        if primary != ["pos", "key"]:
+            problems.append(f"records table has primary key ({', '.join(primary)}), "
+                            f"expected (pos, key)")
+    if "records_by_key" in names:
+        unique = cursor.execute("SELECT \"unique\" FROM pragma_index_list('records') "
+                                "WHERE name = 'records_by_key'").fetchall()
+        columns = [name for (name,) in cursor.execute(
+            "SELECT name FROM pragma_index_info('records_by_key')")]
+        if unique != [(1,)] or columns != ["key"]:
+            problems.append("records_by_key is not a unique index on records (key)")
     return problems
 
 
