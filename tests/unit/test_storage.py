@@ -175,8 +175,7 @@ def test_positions_at_both_ends_of_the_ring_round_trip(store):
     edges = {"zero": 0, "one": 1, "below_mid": (1 << 63) - 1, "mid": 1 << 63,
              "above_mid": (1 << 63) + 1, "second_top": TOP - 1, "top": TOP}
     put_at(store, edges)
-    for key, pos in edges.items():
-        assert store.get(key).position == pos
+    assert {r.key: r.position for r in store.scan_range(0, TOP)} == edges
     by_position = sorted(edges, key=edges.get)
     assert [r.key for r in store.scan_range(0, TOP)] == by_position
     assert list(store.keys()) == by_position
@@ -190,17 +189,16 @@ def test_positions_at_both_ends_of_the_ring_round_trip(store):
     assert [r.key for r in store.scan_range(0, TOP)] == ["one", "below_mid", "mid", "above_mid"]
 
 
-def test_get_finds_a_record_at_any_position(store):
-    # a record stored at a position other than its key's hash, or another key stored at that
-    # position, must not confuse a get (nor a move to another position)
-    put_at(store, {"a": key_position("b"), "c": 5, "d": key_position("d")})
-    assert store.get("a").position == key_position("b")
+def test_get_is_not_confused_by_another_key_at_the_same_position(store):
+    # a get searches the key at its own position (a hash collision puts two keys there)
+    put_at(store, {"a": key_position("b"), "d": key_position("d")})
     assert store.get("b") is None
-    assert store.get("c") == record("c", "v-c", 1, position=5)
     assert store.get("d") == record("d", "v-d", 1)
-    store.put(record("c", "moved", 2, position=6))
-    assert store.get("c") == record("c", "moved", 2, position=6)
-    assert [r.key for r in store.scan_range(5, 6)] == ["c"]
+    store.put(record("b", "v-b", 1))
+    assert store.get("b") == record("b", "v-b", 1)
+    assert [r.key for r in store.scan_range(key_position("b"), key_position("b"))] == ["a", "b"]
+    assert store.delete_keys(["b"]) == 1
+    assert store.get("b") is None and store.scan_range(0, TOP)[0].key in ("a", "d")
 
 
 def test_cursor_paging_visits_every_record_once(store):
@@ -526,7 +524,7 @@ def test_sqlite_persists_across_reopen(tmp_path):
         assert second.get("a").value == b"bytes"
         assert second.get("b") == record("b", "text", 2)
         assert second.get("c").is_tombstone
-        assert second.get("top").position == TOP
+        assert second.scan_range(TOP, TOP) == [record("top", "t", 1, position=TOP)]
         assert second.get_meta("clock") == b"123"
         assert second.get_meta("format") == b"2"
         assert not second.put(record("b", "stale", 1))
@@ -584,7 +582,7 @@ def test_sqlite_hint_and_tombstone_queries_use_their_indexes(tmp_path):
     conn.close()
 
 
-@pytest.mark.parametrize("statement", ["_PURGE_BELOW", "_PURGE_UP_TO"])
+@pytest.mark.parametrize("statement", ["_OLD_TOMBSTONES_BELOW", "_OLD_TOMBSTONES_UP_TO"])
 def test_sqlite_purge_uses_the_tombstone_index(tmp_path, statement):
     path = tmp_path / "node.db"
     fill(path, 300)
@@ -594,20 +592,19 @@ def test_sqlite_purge_uses_the_tombstone_index(tmp_path, statement):
             f"EXPLAIN QUERY PLAN {getattr(sqlite_store, statement)}", (5, 10))]
     conn.close()
     assert any("records_tombstones_by_ts" in step for step in plan), plan
-    assert any("records_by_key (key=?)" in step for step in plan), plan  # each delete by key
     assert not any(step.startswith("SCAN records") for step in plan), plan
 
 
 @pytest.mark.parametrize("analyze", [False, True])
-def test_sqlite_record_queries_use_the_position_key_and_the_key_index(tmp_path, analyze):
+def test_sqlite_record_queries_search_the_position_key(tmp_path, analyze):
     # records are clustered by (pos, key): ranges read the table itself in order, no sort;
-    # single keys go through the unique index records_by_key
+    # a single key is searched at its position (no index on key at all)
     path = tmp_path / "node.db"
     fill(path, 300)
     by_position = "USING PRIMARY KEY (pos>? AND pos<?)"
     expected = {
-        "_GET": "SEARCH records USING INDEX records_by_key (key=?)",
-        "_DELETE_KEY": "SEARCH records USING COVERING INDEX records_by_key (key=?)",
+        "_GET": "SEARCH records USING PRIMARY KEY (pos=? AND key=?)",
+        "_DELETE_KEY": "SEARCH records USING PRIMARY KEY (pos=? AND key=?)",
         "_SCAN": f"SEARCH records {by_position}",
         "_RANGE_STATS": f"SEARCH records {by_position}",
         "_DELETE_RANGE": f"SEARCH records {by_position}",
@@ -628,12 +625,13 @@ def test_sqlite_record_queries_use_the_position_key_and_the_key_index(tmp_path, 
         for name, step in expected.items():
             query = getattr(sqlite_store, name).format(table="records")
             assert plan(query, *(1,) * query.count("?")) == [step], name
-        # the upsert's conflict check probes records_by_key, and nothing loops over rows
-        root = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'records_by_key'").fetchone()[0]
+        # the upsert writes the table alone (no other index on it to keep up), and nothing
+        # loops over rows
+        indexes = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")}
+        assert indexes == {"records_tombstones_by_ts"}  # partial: only tombstones enter it
         program = [(row[1], row[3]) for row in conn.execute(
             f"EXPLAIN {sqlite_store._UPSERT}", ("k", "v", 1, "n", 0))]
-        assert ("OpenWrite", root) in program, program
         assert not {"Rewind", "Next", "Prev", "SorterSort"} & {op for op, _ in program}
     conn.close()
 
@@ -758,8 +756,7 @@ def test_sqlite_migrates_a_format_1_store(tmp_path, with_additions):
         assert store.check() == []
     names, primary, version = schema_of(path)
     assert primary == ["pos", "key"]
-    assert "records_by_key" in names
-    assert not {"records_by_position", "records_old"} & names
+    assert not {"records_by_position", "records_old", "records_by_key"} & names
     with SQLiteStore(path) as again:  # migrated once: opening again changes nothing
         assert again.get_meta("format") == b"2" and again.get("key-1").value == "newer"
     assert schema_of(path)[2] == version
@@ -827,13 +824,6 @@ def test_check_reports_a_records_table_of_the_wrong_layout(tmp_path):
         assert store.get("k").value == "v"
         problems = store.check()
     assert any("primary key (key), expected (pos, key)" in p for p in problems), problems
-    assert any("missing" in p and "records_by_key" in p for p in problems), problems
-    other = tmp_path / "other.db"
-    with SQLiteStore(other) as store:
-        store._conn.execute("DROP INDEX records_by_key")
-        store._conn.execute("CREATE INDEX records_by_key ON records (key)")
-        problems = store.check()
-    assert problems == ["records_by_key is not a unique index on records (key)"]
 
 
 # ------------------------------------------------------------------ checking a store file
@@ -873,10 +863,10 @@ def test_check_reports_a_wrong_format_and_missing_indexes(tmp_path):
     with SQLiteStore(path) as store:
         store.put(record("k", "v", 1))
         store.set_meta("format", b"3")  # what a bug or a stray tool could leave behind
-        store._conn.execute("DROP INDEX records_by_key")
+        store._conn.execute("DROP INDEX records_tombstones_by_ts")
         problems = store.check()
     assert any("format" in p and "b'3'" in p for p in problems), problems
-    assert any("records_by_key" in p for p in problems), problems
+    assert any("records_tombstones_by_ts" in p for p in problems), problems
 
 
 def test_check_reports_damaged_rows(tmp_path):

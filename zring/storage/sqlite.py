@@ -9,10 +9,10 @@ the file).
 
 Records are clustered by ring position: the table's primary key is ``(pos, key)``, so the
 rows a range stream delivers (in position order) land next to each other instead of all over
-a key-ordered table, and range scans, drops and repair hashing read consecutive pages. A
-unique index on ``key`` serves gets, deletes by key and the last-writer-wins upsert; a get
-finds the key there, then reads the row by primary key (two B-tree searches where the
-key-clustered format "1" took one).
+a key-ordered table, and range scans, drops and repair hashing read consecutive pages. There
+is no index on ``key``: a key's position is a function of the key (``key_position``), so a
+get, a delete and the last-writer-wins upsert compute it and search the primary key (one
+B-tree, and a streamed row updates one B-tree, not two).
 
 Hints (hinted handoff) sit in their own table, in id order per target; several hints for one
 key may coexist (the replay applies last writer wins at the target). Tables and indexes added
@@ -57,7 +57,7 @@ _MIN_SQLITE = (3, 24, 0)  # upsert (3.24) and row-value comparison (3.15)
 
 _MIGRATED_FORMATS = frozenset({b"1"})  # older formats rebuilt into this one on open
 # what a store file must hold (format "2" with its additions); ``check`` reports any missing
-_REQUIRED_OBJECTS = frozenset({"records", "meta", "hints", "records_by_key",
+_REQUIRED_OBJECTS = frozenset({"records", "meta", "hints",
                                "hints_by_target", "hints_by_created",
                                "records_tombstones_by_ts"})
 # SQLite primary result codes meaning the file itself is damaged, not merely busy or absent
@@ -95,10 +95,8 @@ _RECORDS_TABLE = """
         PRIMARY KEY (pos, key)   -- clustered by position: streamed ranges append
     ) WITHOUT ROWID
     """
-_RECORDS_BY_KEY = "CREATE UNIQUE INDEX records_by_key ON records (key)"
 _SCHEMA = (
     _RECORDS_TABLE.format(name="records"),
-    _RECORDS_BY_KEY,
     "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
 )
 # Format "1" -> "2", inside the open's transaction. The old table is renamed first so the new
@@ -112,7 +110,6 @@ _MIGRATE_RECORDS = (
     SELECT key, value, ts, writer, pos FROM records_old ORDER BY pos, key
     """,
     "DROP TABLE records_old",
-    _RECORDS_BY_KEY,
 )
 # Run on every open, after the format check (and any migration): a file written before these
 # existed gains them. Anything that changes an existing table or column needs a format bump.
@@ -138,12 +135,11 @@ _SCHEMA_ADDITIONS = (
 
 _UPSERT = """
 INSERT INTO records (key, value, ts, writer, pos) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET
-    value = excluded.value, ts = excluded.ts, writer = excluded.writer, pos = excluded.pos
+ON CONFLICT (pos, key) DO UPDATE SET
+    value = excluded.value, ts = excluded.ts, writer = excluded.writer
 WHERE (excluded.ts, excluded.writer) > (records.ts, records.writer)
 """
-# two B-tree searches: records_by_key, then the row by primary key
-_GET = "SELECT value, ts, writer, pos FROM records WHERE key = ?"
+_GET = "SELECT value, ts, writer FROM records WHERE pos = ? AND key = ?"
 _SCAN = """
 SELECT key, value, ts, writer, pos FROM records
 WHERE pos BETWEEN ? AND ? ORDER BY pos, key LIMIT ?
@@ -154,7 +150,7 @@ SELECT count(*), sum(length(CAST(key AS BLOB)) + coalesce(length(value), 0)) FRO
 WHERE pos BETWEEN ? AND ?
 """
 _DELETE_RANGE = "DELETE FROM records WHERE pos BETWEEN ? AND ?"
-_DELETE_KEY = "DELETE FROM records WHERE key = ?"
+_DELETE_KEY = "DELETE FROM records WHERE pos = ? AND key = ?"
 _KEYS_FIRST = "SELECT pos, key, value IS NULL FROM records ORDER BY pos, key LIMIT ?"
 _KEYS_NEXT = """
 SELECT pos, key, value IS NULL FROM records
@@ -162,14 +158,14 @@ WHERE (pos, key) > (?, ?) ORDER BY pos, key LIMIT ?
 """
 _COUNT_ALL = "SELECT count(*) FROM records"
 _COUNT_LIVE = "SELECT count(*) FROM records WHERE value IS NOT NULL"
-# oldest first through the partial index records_tombstones_by_ts; each delete through
-# records_by_key. (Not ``(pos, key) IN``: SQLite runs a row-value IN subquery twice.)
-_PURGE_TOMBSTONES = """
-DELETE FROM records WHERE key IN (
-    SELECT key FROM records WHERE value IS NULL AND ts {op} ? ORDER BY ts LIMIT ?)
+# oldest first through the partial index records_tombstones_by_ts (which holds each row's
+# primary key), then each delete by primary key. (Not one ``(pos, key) IN`` statement: SQLite
+# runs a row-value IN subquery twice.)
+_OLD_TOMBSTONES = """
+SELECT pos, key FROM records WHERE value IS NULL AND ts {op} ? ORDER BY ts LIMIT ?
 """
-_PURGE_BELOW = _PURGE_TOMBSTONES.format(op="<")
-_PURGE_UP_TO = _PURGE_TOMBSTONES.format(op="<=")  # cutoffs past the column's range
+_OLD_TOMBSTONES_BELOW = _OLD_TOMBSTONES.format(op="<")
+_OLD_TOMBSTONES_UP_TO = _OLD_TOMBSTONES.format(op="<=")  # cutoffs past the column's range
 _GET_META = "SELECT value FROM meta WHERE name = ?"
 _SET_META = """
 INSERT INTO meta (name, value) VALUES (?, ?)
@@ -245,11 +241,12 @@ class SQLiteStore(Store):
     def get(self, key: str) -> Record | None:
         # fetchall, not fetchone: reading to the end resets the statement, which ends the
         # read transaction instead of holding a WAL snapshot open until the next call
-        rows = self._cursor.execute(_GET, (key,)).fetchall()
+        position = key_position(key)
+        rows = self._cursor.execute(_GET, (position - _POSITION_SHIFT, key)).fetchall()
         if not rows:
             return None
-        value, timestamp, writer, pos = rows[0]
-        return Record(key, value, Version(timestamp, writer), pos + _POSITION_SHIFT)
+        value, timestamp, writer = rows[0]
+        return Record(key, value, Version(timestamp, writer), position)
 
     @_translating_errors
     def put(self, record: Record) -> bool:
@@ -320,7 +317,9 @@ class SQLiteStore(Store):
     @_translating_errors
     def delete_keys(self, keys: Iterable[str]) -> int:
         with self._transaction():
-            self._cursor.executemany(_DELETE_KEY, ((key,) for key in keys))
+            shift = _POSITION_SHIFT
+            self._cursor.executemany(_DELETE_KEY, ((key_position(key) - shift, key)
+                                                   for key in keys))
             return self._cursor.rowcount
 
     def keys(self, *, include_tombstones: bool = False) -> Iterator[str]:
@@ -344,10 +343,13 @@ class SQLiteStore(Store):
         if older_than_ts <= 0:
             return 0  # timestamps are never negative
         if older_than_ts < _TIMESTAMP_LIMIT:
-            self._cursor.execute(_PURGE_BELOW, (older_than_ts, limit))  # autocommit
+            query, cutoff = _OLD_TOMBSTONES_BELOW, older_than_ts
         else:  # past a signed 64-bit parameter: every tombstone (all are < 2**63) is older
-            self._cursor.execute(_PURGE_UP_TO, (_TIMESTAMP_LIMIT - 1, limit))
-        return self._cursor.rowcount
+            query, cutoff = _OLD_TOMBSTONES_UP_TO, _TIMESTAMP_LIMIT - 1
+        with self._transaction():
+            rows = self._cursor.execute(query, (cutoff, limit)).fetchall()
+            self._cursor.executemany(_DELETE_KEY, rows)
+            return self._cursor.rowcount if rows else 0
 
     # ------------------------------------------------------------------ meta
 
@@ -631,8 +633,8 @@ def _integrity_problems(rows: list[tuple[str]]) -> list[str]:
 
 
 def _layout_problems(cursor: sqlite3.Cursor, names: set[str]) -> list[str]:
-    """How the records table and its key index differ from this format's layout: the upsert
-    needs a unique index on ``key``, and scans and drops expect rows keyed by position."""
+    """How the records table differs from this format's layout: gets, upserts, scans and
+    drops all search its primary key, (pos, key)."""
     problems = []
     if "records" in names:
         primary = [name for (name,) in cursor.execute(
@@ -640,13 +642,6 @@ def _layout_problems(cursor: sqlite3.Cursor, names: set[str]) -> list[str]:
         if primary != ["pos", "key"]:
             problems.append(f"records table has primary key ({', '.join(primary)}), "
                             f"expected (pos, key)")
-    if "records_by_key" in names:
-        unique = cursor.execute("SELECT \"unique\" FROM pragma_index_list('records') "
-                                "WHERE name = 'records_by_key'").fetchall()
-        columns = [name for (name,) in cursor.execute(
-            "SELECT name FROM pragma_index_info('records_by_key')")]
-        if unique != [(1,)] or columns != ["key"]:
-            problems.append("records_by_key is not a unique index on records (key)")
     return problems
 
 
