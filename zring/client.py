@@ -55,7 +55,7 @@ SEEDS_ENV = "ZRING_SEEDS"
 
 _BACKOFF_BASE_S = 0.05     # sleep before retry k: base * 2**k, capped
 _BACKOFF_MAX_S = 1.0
-_WAIT_POLL_S = 0.25        # add_node / remove_node: pause between status polls
+_WAIT_POLL_S = 0.1         # add_node / remove_node: pause between status polls
 
 
 # ------------------------------------------------------------------ seeds
@@ -360,7 +360,11 @@ class Client:
                                                  "address": _text(address, "address")})
         if not wait:
             return MembershipResult(reply.get("node_id", node_id), reply.get("status", ""))
-        return self._wait_for_status(node_id, "normal", deadline, self.seeds, progress)
+        # the joiner itself first: its own status carries its transfer live (the others'
+        # copy comes by gossip, up to a gossip interval late)
+        endpoints = [address] + [s for s in self.seeds if s != address]
+        return self._wait_for_status(node_id, "normal", deadline, endpoints, progress,
+                                     subject=address)
 
     def remove_node(self, node_id: str, *, graceful: bool = True, wait: bool = True,
                     timeout: float = 120,
@@ -379,7 +383,10 @@ class Client:
         others = [s for s in self.seeds if s != leaving.address]
         others += [m.address for m in status.members
                    if m.node_id != node_id and m.status != "left" and m.address not in others]
-        return self._wait_for_status(node_id, "left", deadline, others, progress)
+        if progress is not None and graceful:
+            others = [leaving.address, *others]  # live progress while it hands data over
+        return self._wait_for_status(node_id, "left", deadline, others, progress,
+                                     subject=leaving.address)
 
     def rebalance(self, timeout: float = 600) -> dict:
         """Move every record to the nodes that should hold it (all nodes, in parallel); sent
@@ -413,28 +420,33 @@ class Client:
     def _wait_for_status(self, node_id: str, wanted: str, deadline: float,
                          endpoints: list[str],
                          progress: Callable[[MemberInfo], None] | None = None,
-                         ) -> MembershipResult:
-        """Poll the members at ``endpoints`` in turn until one shows ``node_id`` as
-        ``wanted``; a silent or failing endpoint is skipped until the deadline."""
+                         subject: str | None = None) -> MembershipResult:
+        """Poll the members at ``endpoints`` until one shows ``node_id`` as ``wanted``,
+        staying with the first that answers (a silent or failing one is skipped until the
+        deadline). ``subject``, the node's own endpoint, is polled for its live progress,
+        but its own word is not enough that the others see it as ``wanted``."""
         if not endpoints:
             raise Unavailable(f"no other node to ask whether {node_id} is {wanted}")
         last_seen, last_error = "unknown", None
-        for endpoint in itertools.cycle(endpoints):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        index = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            endpoint = endpoints[index % len(endpoints)]
             try:
                 body = self._execute_at(endpoint, MsgType.CLUSTER_STATUS, {},
                                         timeout=min(self.timeout, remaining))
             except (Timeout, Unavailable) as exc:
                 last_error = exc
+                index += 1
                 continue
             member = ClusterStatus.from_body(body).member(node_id)
             last_seen = member.status if member else "unknown"
             if progress is not None and member is not None:
                 progress(member)
             if last_seen == wanted:
-                return MembershipResult(node_id, wanted)
+                if endpoint != subject or len(endpoints) == 1:
+                    return MembershipResult(node_id, wanted)
+                index += 1  # confirm with another member at once
+                continue
             time.sleep(max(0.0, min(_WAIT_POLL_S, deadline - time.monotonic())))
         detail = f" (last error: {last_error})" if last_seen == "unknown" and last_error else ""
         raise Timeout(f"{node_id} is still {last_seen}, not {wanted}, after waiting"

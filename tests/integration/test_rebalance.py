@@ -507,3 +507,59 @@ def test_a_join_interrupted_by_kill_minus_nine_completes(make_cluster):
     if "join_resumed" in restarted:   # resuming is being built: check it only once it exists
         assert restarted.index("join_resumed") < restarted.index("member_joined")
 
+
+
+def test_cli_plans_then_shows_progress_of_a_join_and_a_leave(make_cluster):
+    """`zring plan` predicts the join exactly before anything moves; `zring add-node` and
+    `zring remove-node` draw their progress bar while node4 streams; `zring status` lists
+    the transfer while it is in flight."""
+    import re
+    import subprocess
+    import sys
+    keys = 150_000  # enough to stream for about a second
+    cluster = make_cluster(preload=keys)
+    seeds = ["--seeds", ",".join(cluster.seeds)]
+
+    def zring(*args, timeout=120):
+        return subprocess.run([sys.executable, "-m", "zring.cli", *seeds, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    plan = zring("plan", "add", "node4")
+    assert plan.returncode == 0, plan.stderr
+    assert "nothing has moved" in plan.stdout
+    moved = int(re.search(r"moves ([\d,]+) records", plan.stdout).group(1).replace(",", ""))
+    assert ratio_ok(moved, 3 * keys / 4)
+    assert "balance (peak/mean records per node): 1.000 now" in plan.stdout
+    assert placements(cluster, OLD)["node1"] == set(f"key{i:08d}" for i in range(keys))
+
+    cluster.chaos("start", "node4")   # it joins by itself; add-node waits on it
+    seen_in_status: list = []
+
+    def watch_status():  # what `zring status` prints comes from these rows
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen_in_status:
+            try:
+                row = cluster.status_from("node4").member("node4")
+            except Exception:  # noqa: BLE001 - not up yet: poll again until the deadline
+                row = None
+            if row is not None and row.transfer is not None:
+                seen_in_status.append(row.transfer)
+            elif row is not None and row.status == "normal":
+                return
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch_status)
+    watcher.start()
+    added = zring("add-node", "node4", cluster.addresses["node4"], "--wait-timeout", "120")
+    watcher.join()
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "node4: normal"
+    assert "node4 join" in added.stderr and "keys" in added.stderr  # the bar (tqdm)
+    assert seen_in_status and seen_in_status[0].kind == "join"
+    assert 0 <= seen_in_status[0].keys_done <= seen_in_status[0].keys_total or \
+        seen_in_status[0].keys_total == -1
+    assert len(placements(cluster, ["node4"])["node4"]) == moved  # exactly as planned
+
+    removed = zring("remove-node", "node4", "--wait-timeout", "120")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == "node4: left"
+    assert "node4 leave" in removed.stderr

@@ -214,17 +214,20 @@ def test_local_keys_asks_the_node_directly():
 def test_add_node_waits_until_normal(monkeypatch):
     monkeypatch.setattr("zring.client._WAIT_POLL_S", 0.001)
     client = Recorder({MsgType.ADD_NODE: {"node_id": "n4", "status": "joining"}})
-    seen = iter(["joining", "joining", "normal"])
+    seen = iter(["joining", "joining", "normal", "normal"])
     polled = []
 
     def execute_at(address, msg_type, body, timeout=None):
         polled.append(address)
         return status_body(("n4", next(seen)))
     client._execute_at = execute_at
-    result = client.add_node("n4", "tcp://h:4")
+    progress = []
+    result = client.add_node("n4", "tcp://h:4", progress=progress.append)
     assert (result.node_id, result.status) == ("n4", "normal")
     assert client.sent == [(MsgType.ADD_NODE, {"node_id": "n4", "address": "tcp://h:4"})]
-    assert len(polled) == 3
+    # the joiner itself while it streams (live progress), then one other member confirms
+    assert polled[:3] == ["tcp://h:4"] * 3 and polled[3] in client.seeds
+    assert [m.status for m in progress] == ["joining", "joining", "normal", "normal"]
     assert client.add_node("n4", "tcp://h:4", wait=False).status == "joining"
 
 
