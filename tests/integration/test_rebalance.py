@@ -516,7 +516,7 @@ def test_cli_plans_then_shows_progress_of_a_join_and_a_leave(make_cluster):
     import re
     import subprocess
     import sys
-    keys = 150_000  # enough to stream for about a second
+    keys = 250_000  # enough to stream for a second or two
     cluster = make_cluster(preload=keys)
     seeds = ["--seeds", ",".join(cluster.seeds)]
 
