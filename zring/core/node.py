@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from array import array
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1511,14 +1512,24 @@ class NodeCore:
             future.remove_node(own.node_id)
             n = self.config.replicas
 
+            # who gains each range we replicate, looked up by position (a bisect per record
+            # instead of two preference lists)
+            moves = sorted((low, high, list(change.gained))
+                           for change in ring_changes(current, future, n)
+                           if own.node_id in change.lost for low, high in change.intervals())
+            lows = [low for low, _, _ in moves]
+
             def gainers(record: Record) -> list[str]:
-                before = current.get_nodes_at(record.position, n)
-                return [x for x in future.get_nodes_at(record.position, n) if x not in before]
+                index = bisect_right(lows, record.position) - 1
+                if index >= 0 and record.position <= moves[index][1]:
+                    return moves[index][2]
+                return []  # a range we do not replicate: nobody gains it from us
 
             resume = self._saved_progress("leave_progress", current.fingerprint())
             self._push = RecordPush("leave", self.store, gainers, lambda record: False,
                                     self.config.stream_batch_records, self.config.join_retry_s,
-                                    self.config.stream_batch_bytes, resume)
+                                    self.config.stream_batch_bytes, resume,
+                                    pages_in_flight=self.config.stream_pulls_in_flight * 2)
             self._leave_fingerprint = current.fingerprint()
             self._push_kind = "leave"
             self._transfer_totals = (-1, -1)
