@@ -167,6 +167,7 @@ class NodeCore:
         self._transfer_totals: tuple[int, int] = (-1, -1)  # keys, bytes of our transfer
         self._saved_records = -1                  # a transfer's progress last saved at
         self._left_at: float | None = None
+        self._wipe: list[Interval] = []           # slices of our store left to delete
         self._liveness: dict[str, Liveness] = {}      # last liveness logged per member
         self._next_hint_replay_at = now
         self._hints_in_flight: set[str] = set()       # targets with a delivery under way
@@ -372,7 +373,7 @@ class NodeCore:
                 times.append(change_at)
         if self._call_deadlines:
             times.append(self._call_deadlines[0][0])
-        if self._tree_jobs or self._stats_jobs:
+        if self._tree_jobs or self._stats_jobs or self._wipe:
             times.append(self._last_tick)  # keep hashing or counting: the next slice at once
         if self._drops and self._settled_at is not None and self._future_ring() is None:
             settled_at = self._drops[0].settled_at
@@ -996,6 +997,7 @@ class NodeCore:
         own = self.members.own
         if own.status == MemberStatus.LEFT:
             self.store.delete_range(*_FULL_RANGE)  # a returning node starts empty
+            self._wipe = []
             self.members.set_status(own.node_id, MemberStatus.JOINING, streamed=False)
             self._save_members()
             self._confirmed_by.clear()
@@ -1496,7 +1498,9 @@ class NodeCore:
     def _advance_leave(self, now: float) -> list[Effect]:
         own = self.members.own
         if own.status == MemberStatus.LEFT:
-            if self._left_at is not None and now - self._left_at >= self.config.left_linger_s:
+            self._step_wipe()
+            if self._left_at is not None and now - self._left_at >= self.config.left_linger_s \
+                    and not self._wipe:
                 self._left_at = None
                 return [Shutdown("left the cluster")]
             return []
@@ -1553,8 +1557,15 @@ class NodeCore:
         self._left_at = now
         self.log.info("member_left", records_sent=sent)
         effects = self._after_membership_change(now) + self._gossip(now)
-        self.store.delete_range(*_FULL_RANGE)
+        # everything we held was handed over: deleted a slice per loop cycle (one delete of
+        # 750k rows would hold back the LEFT gossip, sent after this cycle, for seconds)
+        self._wipe = [(i << 54, ((i + 1) << 54) - 1) for i in range(1024)]
         return effects
+
+    def _step_wipe(self, max_records: int = 20_000) -> None:
+        deleted = 0
+        while self._wipe and deleted < max_records:
+            deleted += self.store.delete_range(*self._wipe.pop())
 
     # ------------------------------------------------------------------ failures
 
