@@ -149,6 +149,7 @@ class NodeCore:
         self._join_pull: RangePull | None = None
         self._join_ring_fingerprint = 0
         self._join_intervals: list[Interval] = []   # what the join pull plans to fetch
+        self._join_plan_key: list = []
         self._takeovers: list[RangePull] = []
         self._push: RecordPush | None = None
         self._push_kind = ""
@@ -375,7 +376,8 @@ class NodeCore:
             times.append(self._call_deadlines[0][0])
         if self._tree_jobs or self._stats_jobs or self._wipe:
             times.append(self._last_tick)  # keep hashing or counting: the next slice at once
-        if self._drops and self._settled_at is not None and self._future_ring() is None:
+        if self._drops and self._settled_at is not None and \
+                not self._change_under_way(self._last_tick):
             settled_at = self._drops[0].settled_at
             times.append(self._last_tick if settled_at is None
                          else max(self._last_tick, settled_at + self.config.request_timeout_s))
@@ -745,6 +747,7 @@ class NodeCore:
 
     def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
         """A page of our records in the given intervals, after a cursor position."""
+        self._check_serving()  # a node that left is wiping its store: its pages are partial
         body = message.body
         limit = min(max(body["limit"], 1), self.config.stream_batch_records)
         records, more, last = self._scan_intervals(body["intervals"], body.get("after"), limit,
@@ -1053,6 +1056,20 @@ class NodeCore:
         self.log.info("rebalance_started")
         return self._pump_streams(now)
 
+    def _cancel_rebalance(self) -> list[Effect]:
+        """A rebalance routes by the ring it started with: once that ring is gone, stop it
+        (an owner it waits on may have been removed) and say so."""
+        if self._push is None or self._push_kind != "rebalance":
+            return []
+        self._push.cancelled = True
+        self._push = None
+        self.log.warning("rebalance_cancelled", reason="ring changed")
+        if self._push_reply is None:
+            return []
+        (route, request_id), self._push_reply = self._push_reply, None
+        return [Reply(route, _error(request_id, MembershipConflict(
+            "the ring changed during the rebalance; run it again")))]
+
     def _check_ring_settled(self, now: float) -> None:
         changing = [m.node_id for m in self.members.all()
                     if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING)
@@ -1085,6 +1102,7 @@ class NodeCore:
         self._settled_at = None
         self.members.update_own(ring=new_ring.fingerprint())
         self.log.info("ring_changed", nodes=new_ring.nodes, fingerprint=new_ring.fingerprint())
+        effects += self._cancel_rebalance()
         own = self.members.own
         if own.status == MemberStatus.LEFT:
             return effects
@@ -1145,7 +1163,7 @@ class NodeCore:
     def _run_drops(self, now: float, max_records: int = 5_000) -> list[Effect]:
         """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
         stall the loop past the failure detector's patience)."""
-        if not self._drops or self._settled_at is None or self._future_ring() is not None:
+        if not self._drops or self._settled_at is None or self._change_under_way(now):
             return []  # while a join or leave streams, what we gain back must stay
         drop = self._drops[0]
         if drop.ring.fingerprint() != self.ring.fingerprint():
@@ -1244,6 +1262,23 @@ class NodeCore:
                 return False
         return True
 
+    def _change_under_way(self, now: float) -> bool:
+        """A live member is joining or leaving (a crashed joiner that nobody removed does
+        not hold drops back forever)."""
+        return any(self.members.is_up(m.node_id, now) for m in self.members.all()
+                   if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING))
+
+    def _my_turn(self, now: float) -> bool:
+        """Membership changes stream one at a time, in node id order: each plans against
+        the ring the previous one left, so "the node a joiner displaces" is still right
+        when it completes. (Two joiners planning against the same ring could both take a
+        range from the same old replica while another old replica, holding a write the
+        first lacks, drops it.) A member that is down does not hold the others up."""
+        own_id = self.config.node_id
+        return not any(m.node_id < own_id and self.members.is_up(m.node_id, now)
+                       for m in self.members.all()
+                       if m.status in (MemberStatus.JOINING, MemberStatus.LEAVING))
+
     def _advance_join(self, now: float) -> list[Effect]:
         own = self.members.own
         if own.status != MemberStatus.JOINING or not self._seed_contacted:
@@ -1251,9 +1286,14 @@ class NodeCore:
         if not self.ring.nodes:
             return []  # nobody to join yet
         if self._join_pull is None:
-            if not self._everyone_confirmed(now):
+            if not self._everyone_confirmed(now) or not self._my_turn(now):
                 return []
             return self._start_join_pull(now)
+        if not self._my_turn(now):
+            self.log.info("join_waiting", reason="an earlier membership change goes first")
+            self._join_pull.cancelled = True
+            self._join_pull = None
+            return []
         if self.ring.fingerprint() != self._join_ring_fingerprint:
             self.log.info("join_restarted", reason="ring changed while streaming")
             self._join_pull.cancelled = True
@@ -1298,7 +1338,9 @@ class NodeCore:
                 continue
             groups[(source, others)] += change.intervals()
         fingerprint = self.ring.fingerprint()
-        resume = self._saved_progress("join_progress", fingerprint)
+        # chunks are numbered within this plan: resume only the same ring, weight and chunking
+        plan_key = [fingerprint, own.weight, self.config.stream_intervals_per_pull]
+        resume = self._saved_progress("join_progress", plan_key)
         planned = sorted(i for intervals in groups.values() for i in intervals)
         if self._join_intervals:
             # A restarted plan: what the old one pulled (or got as pending writes) outside
@@ -1308,6 +1350,7 @@ class NodeCore:
                 self._drops.append(_Drop(future, stray))
         self._join_intervals = planned
         self._join_ring_fingerprint = fingerprint
+        self._join_plan_key = plan_key
         self._join_pull = self._new_pull(
             "join", [(source, others, intervals)
                      for (source, others), intervals in groups.items()], resume)
@@ -1375,10 +1418,7 @@ class NodeCore:
         def on_stats(key, reply: Message | None, t: float) -> list[Effect]:
             if key in counts:
                 return []
-            if reply is None or reply.type != MsgType.OK:
-                counts[key] = None
-            else:
-                counts[key] = (reply.body.get("records", 0), reply.body.get("bytes", 0))
+            counts[key] = _stats_figures(reply)
             if len(counts) < asked:
                 return []
             missing = sorted({k[1] if k[0] == "held" else k[1][0]
@@ -1442,8 +1482,8 @@ class NodeCore:
         self._stats_jobs.pop(0)
         return job.on_done(job.records, job.size, now)
 
-    def _saved_progress(self, name: str, fingerprint: int) -> dict | None:
-        """A transfer's progress saved before a crash, if it was for this same ring."""
+    def _saved_progress(self, name: str, plan_key: list) -> dict | None:
+        """A transfer's progress saved before a crash, if it was for this same plan."""
         saved = self.store.get_meta(name)
         if not saved:
             return None
@@ -1451,7 +1491,7 @@ class NodeCore:
             progress = msgpack.unpackb(saved, raw=False, strict_map_key=False)
         except Exception:  # msgpack raises several types; an unreadable one is just ignored
             return None
-        if not isinstance(progress, dict) or progress.get("ring") != fingerprint:
+        if not isinstance(progress, dict) or progress.get("plan") != plan_key:
             return None
         return progress
 
@@ -1459,12 +1499,12 @@ class NodeCore:
         pull, push = self._join_pull, self._push
         if pull is not None and not pull.done and pull.records_received != self._saved_records:
             self._saved_records = pull.records_received
-            self._save_progress("join_progress", {"ring": self._join_ring_fingerprint,
+            self._save_progress("join_progress", {"plan": self._join_plan_key,
                                                   **pull.progress()})
         elif (push is not None and self._push_kind == "leave" and not push.done
               and push.records_done != self._saved_records):
             self._saved_records = push.records_done
-            self._save_progress("leave_progress", {"ring": self._leave_fingerprint,
+            self._save_progress("leave_progress", {"plan": [self._leave_fingerprint],
                                                    **push.progress()})
 
     def _save_progress(self, name: str, progress: dict) -> None:
@@ -1483,7 +1523,10 @@ class NodeCore:
             if self._join_ring_fingerprint != fingerprint or reply is None \
                     or reply.type != MsgType.OK:
                 return []
-            counts[node] = (reply.body.get("records", 0), reply.body.get("bytes", 0))
+            figures = _stats_figures(reply)
+            if figures is None:
+                return []  # a malformed answer: the totals stay unknown (-1)
+            counts[node] = figures
             if len(counts) == len(sources):
                 self._transfer_totals = (sum(c[0] for c in counts.values()),
                                          sum(c[1] for c in counts.values()))
@@ -1506,10 +1549,15 @@ class NodeCore:
             return []
         if own.status != MemberStatus.LEAVING:
             return []
+        if self._push is not None and self._push_kind == "leave" and not self._my_turn(now):
+            self.log.info("leave_waiting", reason="an earlier membership change goes first")
+            self._push.cancelled = True
+            self._push = None
+            return []
         if self._push is None or self._push_kind != "leave":
             if self._push is not None and not self._push.done:
                 return []  # let a running rebalance finish first
-            if not self._everyone_confirmed(now):
+            if not self._everyone_confirmed(now) or not self._my_turn(now):
                 return []
             current = self.ring
             future = current.copy()
@@ -1529,7 +1577,7 @@ class NodeCore:
                     return moves[index][2]
                 return []  # a range we do not replicate: nobody gains it from us
 
-            resume = self._saved_progress("leave_progress", current.fingerprint())
+            resume = self._saved_progress("leave_progress", [current.fingerprint()])
             self._push = RecordPush("leave", self.store, gainers, lambda record: False,
                                     self.config.stream_batch_records, self.config.join_retry_s,
                                     self.config.stream_batch_bytes, resume,
@@ -2059,6 +2107,17 @@ def _plan_body(action: str, node_id: str, n: int, holders: list[str], after: lis
             "moved_records": moved,
             "moved_bytes": sum(r["receive_bytes"] for r in rows.values()),
             "optimal_records": round(optimal)}
+
+
+def _stats_figures(reply: Message | None) -> tuple[int, int] | None:
+    """(records, bytes) from a RANGE_STATS answer; None unless both are sane ints."""
+    if reply is None or reply.type != MsgType.OK:
+        return None
+    records, size = reply.body.get("records"), reply.body.get("bytes")
+    if type(records) is not int or type(size) is not int or not (
+            0 <= records < 1 << 62 and 0 <= size < 1 << 62):
+        return None
+    return records, size
 
 
 def _peak_to_mean(values: list[int]) -> float:
