@@ -73,7 +73,7 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     gossip = args.gossip or default_gossip_address(args.listen)
     options = {name: getattr(args, name) for name in
                ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync",
-                "fsync_period_s")
+                "fsync_period_s", "stream_batch_records", "stream_pulls_in_flight")
                if getattr(args, name) is not None}
     config = NodeConfig(node_id=args.id, address=args.listen, gossip_address=gossip,
                         seeds=seeds, data_dir=None if args.memory else args.data_dir,
@@ -554,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default): fsync every --fsync-period seconds")
     node.add_argument("--fsync-period", dest="fsync_period_s", type=_positive_float,
                       help="seconds between fsyncs with --fsync periodic (default 1)")
+    node.add_argument("--stream-batch-records", type=_positive_int,
+                      help="records per page when ranges stream (default 2000)")
+    node.add_argument("--stream-pulls-in-flight", type=_positive_int,
+                      help="pages requested ahead from each source while ranges stream "
+                           "(default 4): fewer leaves more of the sources to clients")
     node.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
     node.add_argument("--log-format", choices=("json", "console"), default="json")
 

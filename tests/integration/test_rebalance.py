@@ -33,10 +33,10 @@ def make_cluster(tmp_path):
     """Start clusters on demand (preloaded before start); all stopped in ``finally``."""
     started: list[TestCluster] = []
 
-    def make(preload: int = 0, spares: int = 1) -> TestCluster:
+    def make(preload: int = 0, spares: int = 1, extra_args: tuple = ()) -> TestCluster:
         # info, not debug: a debug line per request slows the nodes under load on 2 cores
         cluster = TestCluster(tmp_path / f"cluster{len(started)}", nodes=3, spares=spares,
-                              log_level="info")
+                              log_level="info", extra_args=extra_args)
         started.append(cluster)
         if preload:
             cluster.preload(preload)
@@ -472,10 +472,12 @@ def test_two_nodes_joining_at_once_end_in_one_agreed_ring(make_cluster):
 
 
 def test_a_join_interrupted_by_kill_minus_nine_completes(make_cluster):
-    keys_count = 200_000   # node4 streams ~150k records: a second or more
-    cluster = make_cluster(preload=keys_count)
+    keys_count = 60_000
+    # small pages, one in flight: the stream lasts seconds, so the kill surely lands in it
+    cluster = make_cluster(preload=keys_count, extra_args=(
+        "--stream-batch-records", "100", "--stream-pulls-in-flight", "1"))
     client = cluster.client(*OLD, timeout=5.0)
-    sample = [f"key{i:08d}" for i in range(0, keys_count, 500)]
+    sample = [f"key{i:08d}" for i in range(0, keys_count, 150)]
     expected = {key: client.get(key).value for key in sample}
 
     cluster.chaos("start", "node4")
