@@ -304,3 +304,18 @@ def test_ranges_of_a_displaced_node_that_is_down_come_from_the_other_replicas():
     owned = [f"k{i}" for i in range(300) if "node5" in ring.get_nodes(f"k{i}", 3)]
     assert sorted(node5.store.keys()) == sorted(owned)
     assert streamed[0] > 0
+
+
+def test_a_write_to_every_replica_succeeds_right_after_a_leave():
+    # until the ring settles, the previous ring still lists the node that left; it refuses
+    # writes, and holds nothing any more: it must not count against w=N
+    sim = cluster_of(4)
+    for i in range(50):
+        put(sim, "node1", f"k{i}")
+    assert sim.request("node1", MsgType.REMOVE_NODE, {"node_id": "node2"}).type == MsgType.OK
+    node1 = sim.node("node1")
+    assert sim.run_until(lambda: node1.members["node2"].status == MemberStatus.LEFT, 30)
+    assert node1._previous_ring is not None and "node2" in node1._previous_ring
+    for i in range(50):
+        reply = put(sim, "node1", f"k{i}", b"after", w=3)
+        assert reply.type == MsgType.OK, reply.body

@@ -491,8 +491,11 @@ class NodeCore:
         sets = [self.ring.get_nodes_at(position, n)]
         for other in (self._previous_ring, self._future_ring()):
             if other is not None and len(other):
-                replicas = other.get_nodes_at(position, n)
-                if replicas not in sets:
+                # a member that left refuses writes; what it held was handed over already
+                replicas = [x for x in other.get_nodes_at(position, n)
+                            if x in self.members
+                            and self.members[x].status != MemberStatus.LEFT]
+                if replicas and replicas not in sets:
                     sets.append(replicas)
         return sets
 
