@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 OLD = ["node1", "node2", "node3"]
 ALL4 = OLD + ["node4"]
 MOVE_TOLERANCE = 1.05   # moved / optimum must lie within [1/1.05, 1.05]
+SLOW_STREAMS = ("--stream-batch-records", "20", "--stream-pulls-in-flight", "1")
 
 
 @pytest.fixture
@@ -473,9 +474,9 @@ def test_two_nodes_joining_at_once_end_in_one_agreed_ring(make_cluster):
 
 def test_a_join_interrupted_by_kill_minus_nine_completes(make_cluster):
     keys_count = 60_000
-    # small pages, one in flight: the stream lasts seconds, so the kill surely lands in it
-    cluster = make_cluster(preload=keys_count, extra_args=(
-        "--stream-batch-records", "100", "--stream-pulls-in-flight", "1"))
+    # tiny pages, one in flight: the stream lasts seconds, so it is still under way when
+    # `chaos start` returns (a second after the process started) and the kill lands in it
+    cluster = make_cluster(preload=keys_count, extra_args=SLOW_STREAMS)
     client = cluster.client(*OLD, timeout=5.0)
     sample = [f"key{i:08d}" for i in range(0, keys_count, 150)]
     expected = {key: client.get(key).value for key in sample}
@@ -522,8 +523,9 @@ def test_cli_plans_then_shows_progress_of_a_join_and_a_leave(make_cluster):
     import re
     import subprocess
     import sys
-    keys = 250_000  # enough to stream for a second or two
-    cluster = make_cluster(preload=keys)
+    keys = 60_000
+    # streams for seconds: still under way when the CLI (a new Python) starts watching it
+    cluster = make_cluster(preload=keys, extra_args=SLOW_STREAMS)
     seeds = ["--seeds", ",".join(cluster.seeds)]
 
     def zring(*args, timeout=120):
