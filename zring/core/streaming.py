@@ -9,6 +9,7 @@ twice is a no-op under last-writer-wins.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,18 @@ class _Chunk:
     fallbacks: tuple[str, ...] = ()   # other holders to pull from instead if source is gone
     after: int | None = None          # resume cursor: last position received
     retry_at: float = 0.0
+    _wire: list[list[int]] | None = None
+    _highs: list[int] | None = None
+
+    def remaining(self) -> list[list[int]]:
+        """The chunk's intervals not yet passed by the cursor, as sent on the wire (every
+        page request would otherwise carry the whole chunk again)."""
+        if self._wire is None:
+            self._wire = [list(i) for i in self.intervals]
+            self._highs = [high for _, high in self.intervals]
+        if self.after is None:
+            return self._wire
+        return self._wire[bisect_right(self._highs, self.after):]
 
 
 # (source, fallbacks, intervals): pull ``intervals`` from ``source``; should it be gone, pull
@@ -197,7 +210,7 @@ class RangePull:
                     break
                 chunk = queue.popleft()
                 self._in_flight[source] += 1
-                body = {"intervals": [list(i) for i in chunk.intervals], "after": chunk.after,
+                body = {"intervals": chunk.remaining(), "after": chunk.after,
                         "limit": self.page_records}
                 effects += call(source, MsgType.RANGE_PULL, body,
                                 lambda node, reply, t, c=chunk: self._on_page(c, reply, t))
