@@ -141,6 +141,7 @@ class NodeCore:
         self._subscribed: set[str] = set()
         self._seed_contacted = False
         self._next_gossip_at = now
+        self._last_gossip_at = now
         self._next_seed_contact_at = now
         self._next_count_at = now
         self._key_count = 0
@@ -1088,6 +1089,10 @@ class NodeCore:
     def _merge(self, records: list[Member], now: float) -> list[Effect]:
         if not self.members.merge(records, now):
             return self._sync_subscriptions()
+        # news about membership travels on at once (rate-limited), not at our next beat: a
+        # joiner waits for every owner to echo it, and a change settles once all switched
+        self._next_gossip_at = min(self._next_gossip_at,
+                                   self._last_gossip_at + _GOSSIP_ON_CHANGE_GAP_S)
         return self._after_membership_change(now)
 
     def _after_membership_change(self, now: float) -> list[Effect]:
@@ -1202,6 +1207,7 @@ class NodeCore:
 
     def _gossip(self, now: float) -> list[Effect]:
         self._next_gossip_at = now + self.config.gossip_interval_s
+        self._last_gossip_at = now
         self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count,
                                 hints=self._hint_count, ring=self.ring.fingerprint(),
                                 transfer=self._transfer())
@@ -2046,6 +2052,7 @@ assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
 
 _QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE})
+_GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
 
 
