@@ -446,8 +446,11 @@ class NodeCore:
         live = [x for x in targets if self.members.is_up(x, now)]
         down = [x for x in targets if x not in live]
         holders, local_hints = self._hint_holders(position, n, down, targets, now)
-        # Sloppy quorum (Dynamo): a live stand-in holding a hint counts like the replica.
-        counted = live + list(holders)
+        # Strict quorum: only replicas count towards W. A stand-in holding a hint for a down
+        # replica gets the write too (hinted handoff), but its ack does not count: with
+        # sloppy quorums (Dynamo's) a read of R real replicas can miss a write acknowledged
+        # by stand-ins, which the deterministic simulation showed under partitions.
+        counted = live
         op = _Quorum(route, message.request_id, message.type, key, quorum, counted, record,
                      replicas=targets, hinted_for=holders, sets=sets)
         op_id = next(self._ids)
@@ -1155,10 +1158,12 @@ class NodeCore:
                          config.join_retry_s, resume)
 
     def _settled(self, now: float) -> bool:
-        """Every member that is up and not gone routes by our ring (its gossip says so)."""
+        """Every member not gone routes by our ring (its gossip says so). Down members
+        count too: one merely cut off from us still serves clients by the ring it knows,
+        so until it is back (or removed) writes keep a quorum in both rings and nothing
+        handed over is dropped (the simulation found stale reads otherwise)."""
         fingerprint = self.ring.fingerprint()
-        return all(m.ring == fingerprint for m in self.members.peers()
-                   if self.members.is_up(m.node_id, now))
+        return all(m.ring == fingerprint for m in self.members.peers())
 
     def _check_settled(self, now: float) -> list[Effect]:
         if self._settled_at is None and self._settled(now):
