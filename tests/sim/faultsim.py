@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3) or not argv[1].isdigit():
         print("usage: python tests/sim/faultsim.py SEED [SECONDS]   (replays one seed)")
         return 2
-    report = simulate(int(argv[1]), float(argv[2]) if len(argv) == 3 else 8.0)
+    report = simulate(int(argv[1]), float(argv[2]) if len(argv) == 3 else 6.0)
     print("\n".join(report.schedule))
     print(f"{report.ops} operations, {report.acked} acknowledged writes")
     for violation in report.violations:

@@ -8,7 +8,7 @@ import structlog
 from faultsim import simulate
 
 SEEDS = range(500)
-SECONDS = 8.0  # simulated seconds of faults per seed (~0.3 s of real time each)
+SECONDS = 6.0  # simulated seconds of faults per seed (~0.25 s of real time each)
 
 
 @pytest.fixture(autouse=True, scope="module")
