@@ -4,27 +4,13 @@ its fix and describes the sequence it exercises."""
 from __future__ import annotations
 
 from simnet import SimCluster
+from test_rebalance_core import SMALL_STREAMS, cluster_of, put
 
 from zring.hashing import key_position
 from zring.membership import MemberStatus
 from zring.protocol import MsgType
 from zring.storage.base import Record
 from zring.versions import Version
-
-SMALL_STREAMS = dict(stream_batch_records=20, stream_intervals_per_pull=4,
-                     stream_pulls_in_flight=1)
-
-
-def cluster_of(count: int = 3, **overrides) -> SimCluster:
-    sim = SimCluster()
-    for i in range(1, count + 1):
-        sim.add(f"node{i}", **overrides)
-    assert sim.run_until(lambda: sim.converged() and len(sim.node("node1").ring) == count, 10)
-    return sim
-
-
-def put(sim, node, key, value=b"v", **extra):
-    return sim.request(node, MsgType.PUT, {"key": key, "value": value, **extra})
 
 
 def addr(sim, node_id):
