@@ -42,7 +42,7 @@ from zring.hashing import key_position
 from zring.membership import MAX_WEIGHT, MIN_WEIGHT, Member, MemberStatus, MemberTable
 from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
 from zring.ring import HashRing, ring_changes
-from zring.storage.base import Hint, Record, Store
+from zring.storage.base import Hint, Record, Store, record_size
 from zring.versions import LOGICAL_BITS, HybridClock, Version
 
 __all__ = ["NodeCore"]
@@ -786,7 +786,7 @@ class NodeCore:
                 last = record.position
                 if keep is None or keep(record.position):
                     records.append(record)
-                    size += _record_bytes(record)
+                    size += record_size(record)
                 following = page[index + 1] if index + 1 < len(page) else None
                 if size >= self.config.stream_batch_bytes and (
                         following is None or following.position != record.position):
@@ -1674,7 +1674,7 @@ class NodeCore:
 
     def _deliver_hints(self, target: str, gone: bool, now: float) -> list[Effect]:
         hints = _within_bytes(self.store.hints_for(target, limit=self.config.hint_batch_records),
-                              self.config.stream_batch_bytes, lambda h: _record_bytes(h.record))
+                              self.config.stream_batch_bytes, lambda h: record_size(h.record))
         if not hints:
             self._hints_in_flight.discard(target)
             return []
@@ -1829,7 +1829,7 @@ class NodeCore:
                     return self._repair_failed(session, "malformed records from the peer", t)
                 self.store.put_many(records)
                 session.records_pulled += len(records)
-                session.bytes_exchanged += sum(_record_bytes(r) for r in records)
+                session.bytes_exchanged += sum(record_size(r) for r in records)
                 unserved = reply.body.get("unserved")
                 if isinstance(unserved, list) and unserved:  # past the reply's byte budget
                     fetch_batches.append([k for k in unserved if isinstance(k, str)])
@@ -1845,14 +1845,14 @@ class NodeCore:
             fetching = False
             keys = send_batches.pop()
             records = _within_bytes([r for r in map(self.store.get, keys) if r is not None],
-                                    self.config.stream_batch_bytes, _record_bytes)
+                                    self.config.stream_batch_bytes, record_size)
             sent = {r.key for r in records}
             if len(sent) < len(keys):  # the rest goes in a later batch
                 send_batches.append([k for k in keys if k not in sent])
             if not records:
                 continue
             session.records_pushed += len(records)
-            session.bytes_exchanged += sum(_record_bytes(r) for r in records)
+            session.bytes_exchanged += sum(record_size(r) for r in records)
             return self._call(session.peer, MsgType.REPLICA_WRITE,
                               {"records": [record_to_wire(r) for r in records]}, on_reply,
                               now, timeout_s=self.config.repair_timeout_s)
@@ -1937,7 +1937,7 @@ class NodeCore:
         if len(keys) > 10_000 or not all(isinstance(k, str) for k in keys):
             raise InvalidRequest("keys must be at most 10,000 strings")
         found = [r for r in map(self.store.get, keys) if r is not None]
-        records = _within_bytes(found, self.config.stream_batch_bytes, _record_bytes)
+        records = _within_bytes(found, self.config.stream_batch_bytes, record_size)
         served = {r.key for r in records}
         body = {"records": [record_to_wire(r) for r in records],
                 "unserved": [r.key for r in found if r.key not in served]}
@@ -2082,10 +2082,6 @@ def _within_bytes(items: list, budget: int, size_of) -> list:
         if total > budget and index > 0:
             return items[:index]
     return items
-
-
-def _record_bytes(record: Record) -> int:
-    return len(record.key) + (len(record.value) if record.value is not None else 0)
 
 
 def _plan_body(action: str, node_id: str, n: int, holders: list[str], after: list[str],

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zring.protocol import Message, MsgType, ProtocolError, record_to_wire
-from zring.storage.base import Record, Store
+from zring.storage.base import Record, Store, record_size
 
 __all__ = ["RangePull", "RecordPush", "Interval", "chunk_intervals", "subtract_intervals"]
 
@@ -346,7 +346,7 @@ class RecordPush:
                 drops.append(record)
             self._after = record.position
             count += 1
-            size += _record_size(record)
+            size += record_size(record)
             following = records[index + 1] if index + 1 < len(records) else None
             if following is None:
                 self._scan_done = len(records) < self.page_records
@@ -394,11 +394,3 @@ class RecordPush:
         else:
             page.retry_at = now + self.retry_s
         return []
-
-
-def _record_size(record: Record) -> int:
-    value = record.value
-    size = len(record.key)
-    if value is not None:
-        size += len(value)
-    return size
