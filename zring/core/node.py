@@ -1384,8 +1384,7 @@ class NodeCore:
             if self._push is not None and self._push_kind == "leave":
                 self._transfer_totals = (records, size)
             return []
-        slices = [(i << 58, ((i + 1) << 58) - 1) for i in range(64)]  # a slice per step
-        self._stats_jobs.append(_StatsJob(slices, on_done))
+        self._stats_jobs.append(_StatsJob(_ring_slices(64), on_done))  # a slice per step
         return []
 
     def _on_plan(self, route, message: Message, now: float) -> list[Effect]:
@@ -1443,7 +1442,7 @@ class NodeCore:
             return [Reply(route, Message(MsgType.OK, message.request_id, _plan_body(
                 action, node_id, n, holders, future.nodes, counts, flows)))]
 
-        whole = [[i << 58, ((i + 1) << 58) - 1] for i in range(64)]
+        whole = _ring_slices(64)
         for holder in holders:
             effects += self._stats_call(holder, whole, ("held", holder), on_stats, now)
         for flow, intervals in flows.items():
@@ -1621,7 +1620,7 @@ class NodeCore:
         effects = self._after_membership_change(now) + self._gossip(now)
         # everything we held was handed over: deleted a slice per loop cycle (one delete of
         # 750k rows would hold back the LEFT gossip, sent after this cycle, for seconds)
-        self._wipe = [(i << 54, ((i + 1) << 54) - 1) for i in range(1024)]
+        self._wipe = _ring_slices(1024)
         return effects
 
     def _step_wipe(self, max_records: int = 20_000) -> None:
@@ -2082,6 +2081,13 @@ def _within_bytes(items: list, budget: int, size_of) -> list:
         if total > budget and index > 0:
             return items[:index]
     return items
+
+
+def _ring_slices(count: int) -> list[Interval]:
+    """The whole ring as ``count`` (a power of two) equal position intervals, for work done
+    a slice per loop cycle."""
+    width = (1 << 64) // count
+    return [(i * width, (i + 1) * width - 1) for i in range(count)]
 
 
 def _plan_body(action: str, node_id: str, n: int, holders: list[str], after: list[str],
