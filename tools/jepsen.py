@@ -89,6 +89,13 @@ def preflight(need_delay: bool = False) -> list[str]:
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found (apt-get install iproute2 iptables)")
+    if not problems:  # may we make namespaces here (a container may forbid it)?
+        probe = f"zj{os.getpid()}-probe"
+        made = _run("ip", "netns", "add", probe, check=False)
+        if made.returncode != 0:
+            problems.append(f"cannot create network namespaces: {made.stderr.strip()}")
+        else:
+            _run("ip", "netns", "del", probe, check=False)
     if need_delay and importlib.util.find_spec("netfilterqueue") is None:
         problems.append("NetfilterQueue not installed (apt-get install libnetfilter-queue-dev"
                         " && pip install -e '.[jepsen]')")
