@@ -17,9 +17,12 @@ JEPSEN = ROOT / "tools" / "jepsen.py"
 
 
 def _problems() -> list[str]:
-    spec = importlib.util.spec_from_file_location("zring_tools_jepsen_preflight", JEPSEN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = sys.modules.get("zring_tools_jepsen")
+    if module is None:  # loaded once, as the checker's unit tests load it
+        spec = importlib.util.spec_from_file_location("zring_tools_jepsen", JEPSEN)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up here
+        spec.loader.exec_module(module)
     return module.preflight()
 
 
