@@ -11,6 +11,7 @@ import itertools
 from collections import defaultdict
 
 from zring.config import NodeConfig
+from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
 from zring.protocol import Message, MsgType, decode, encode
@@ -73,7 +74,7 @@ class SimCluster:
         heapq.heappush(self._queue, (self.now + delay, next(self._seq), action))
 
     def _apply(self, address: str, effects) -> None:
-        for effect in effects:
+        for effect in coalesce_sends(list(effects)):  # as server.py batches per peer
             if isinstance(effect, Reply):
                 self._route_reply(address, effect)
             elif isinstance(effect, Send):

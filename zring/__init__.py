@@ -5,8 +5,8 @@
         client.put("k", b"v")
         client.get("k").value
 
-``import zring`` stays light: the errors load at once; the client (pyzmq) and the ring
-(numpy) load on first use of their names.
+``import zring`` stays light: the errors load at once; the clients (pyzmq) and the ring
+(numpy) load on first use of their names. ``AsyncClient`` is the asyncio client (zring.aio).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from zring.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AsyncClient": "zring.aio",
     "Client": "zring.client",
     "PutResult": "zring.client",
     "GetResult": "zring.client",
@@ -40,13 +41,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "Client", "ClusterStatus", "DeleteResult", "GetResult", "HashRing", "InvalidRequest",
-    "MemberInfo", "MembershipConflict", "MembershipResult", "NotMember", "ProtocolError",
-    "PutResult", "RingNode", "RingState", "StorageError", "Timeout", "Unavailable",
-    "ZringError", "__version__",
+    "AsyncClient", "Client", "ClusterStatus", "DeleteResult", "GetResult", "HashRing",
+    "InvalidRequest", "MemberInfo", "MembershipConflict", "MembershipResult", "NotMember",
+    "ProtocolError", "PutResult", "RingNode", "RingState", "StorageError", "Timeout",
+    "Unavailable", "ZringError", "__version__",
 ]
 
 if TYPE_CHECKING:
+    from zring.aio import AsyncClient
     from zring.client import (
         Client,
         ClusterStatus,

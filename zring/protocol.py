@@ -23,8 +23,9 @@ import msgpack
 from zring.errors import ProtocolError
 from zring.storage.base import Record, record_from_wire
 
-__all__ = ["MsgType", "Message", "encode", "decode", "record_to_wire", "record_from_wire",
-           "MAX_FRAME_BYTES", "CLIENT_TYPES", "PEER_TYPES"]
+__all__ = ["MsgType", "Message", "encode", "decode", "validate", "message_to_wire",
+           "record_to_wire", "record_from_wire", "MAX_FRAME_BYTES", "CLIENT_TYPES",
+           "PEER_TYPES"]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # also the sockets' MAXMSGSIZE
 _MAX_INT = (1 << 64) - 1
@@ -47,6 +48,8 @@ class MsgType(IntEnum):
     PING = 19
     REPAIR = 20
     PLAN = 21
+    MGET = 22
+    MPUT = 23
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -63,6 +66,7 @@ class MsgType(IntEnum):
     REPAIR_DIGESTS = 52
     REPAIR_FETCH = 53
     RANGE_STATS = 54
+    BATCH = 55          # several peer requests (or their replies) in one frame
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -70,12 +74,12 @@ class MsgType(IntEnum):
 CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING_STATE,
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
-                          MsgType.REPAIR, MsgType.PLAN})
+                          MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
                         MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
-                        MsgType.REPAIR_FETCH, MsgType.RANGE_STATS})
+                        MsgType.REPAIR_FETCH, MsgType.RANGE_STATS, MsgType.BATCH})
 
 
 @dataclass(slots=True)
@@ -123,7 +127,16 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
                    "weight": ((int, float, type(None)), False)},
     MsgType.RANGE_STATS: {"intervals": ((list,), True)},
     MsgType.GOSSIP: {"sender": ((str,), True), "members": ((list,), True)},
+    # batches: {"results": [...]} replies, one entry per key in order (a GET or PUT reply's
+    # body, or {"error": code, "message": ...} for that key alone)
+    MsgType.MGET: {"keys": ((list,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
+    MsgType.MPUT: {"items": ((list,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False)},
+    MsgType.BATCH: {"messages": ((list,), True)},
 }
+
+
+def message_to_wire(message: Message) -> list:
+    return [int(message.type), message.request_id, message.body]
 
 
 def encode(message: Message) -> bytes:
@@ -141,6 +154,12 @@ def decode(frame: bytes) -> Message:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    return validate(raw)
+
+
+def validate(raw: object) -> Message:
+    """Check an unpacked ``[type, request_id, body]`` (a frame, or one message of a BATCH)
+    against its type's schema; any defect raises ProtocolError."""
     if not isinstance(raw, list) or len(raw) != 3:
         raise ProtocolError("a frame must be [type, request_id, body]")
     type_number, request_id, body = raw

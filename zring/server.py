@@ -17,6 +17,7 @@ import structlog
 import zmq
 
 from zring.config import NodeConfig
+from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
 from zring.protocol import MAX_FRAME_BYTES, encode
@@ -170,7 +171,8 @@ class NodeServer:
     # ------------------------------------------------------------------ effects
 
     def _perform(self, effects) -> None:
-        for effect in effects:
+        # a cycle's replica reads and writes to one peer leave as one BATCH frame
+        for effect in coalesce_sends(effects):
             kind = type(effect)
             try:
                 if kind is Reply:

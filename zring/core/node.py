@@ -26,6 +26,7 @@ import structlog
 
 from zring.config import NodeConfig
 from zring.core import repair
+from zring.core.batching import BATCHABLE, MAX_BATCH_KEYS, BatchReply, Slot
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
 from zring.errors import (
@@ -40,7 +41,16 @@ from zring.errors import (
 from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
 from zring.membership import MAX_WEIGHT, MIN_WEIGHT, Member, MemberStatus, MemberTable
-from zring.protocol import CLIENT_TYPES, Message, MsgType, decode, record_from_wire, record_to_wire
+from zring.protocol import (
+    CLIENT_TYPES,
+    Message,
+    MsgType,
+    decode,
+    message_to_wire,
+    record_from_wire,
+    record_to_wire,
+    validate,
+)
 from zring.ring import HashRing, ring_changes
 from zring.storage.base import Hint, Record, Store, record_size
 from zring.versions import LOGICAL_BITS, HybridClock, Version
@@ -82,6 +92,7 @@ class _Quorum:
     failed: list[str] = field(default_factory=list)
     replies: dict[str, Record | None] = field(default_factory=dict)
     answered: bool = False
+    spares: list[str] = field(default_factory=list)  # reads: live replicas not asked yet
 
 
 @dataclass(slots=True)
@@ -165,6 +176,7 @@ class NodeCore:
         self._ready_at = now + 2 * config.gossip_interval_s  # see _defer_until_ready
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
+        self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
         self._stats_jobs: list[_StatsJob] = []
         self._transfer_totals: tuple[int, int] = (-1, -1)  # keys, bytes of our transfer
         self._saved_records = -1                  # a transfer's progress last saved at
@@ -241,16 +253,18 @@ class NodeCore:
             if request_id is None:
                 request_id = 0
             return [Reply(route, _error(request_id, exc))]
+        if message.type in _QUORUM_TYPES and not self._is_ready(now):
+            # held, not refused: answered within a second, once gossip brought us up to date
+            self._deferred.append((route, frame))
+            return []
+        return self._fill_batches(self._dispatch(route, message, now))
+
+    def _dispatch(self, route, message: Message, now: float) -> list[Effect]:
         handler = self._handlers.get(message.type)
         if handler is None:
             self.stats["bad_frames"] += 1
             return [Reply(route, _error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
-        self.log.debug("request_received", type=message.type.name, id=message.request_id)
-        if message.type in _QUORUM_TYPES and not self._is_ready(now):
-            # held, not refused: answered within a second, once gossip brought us up to date
-            self._deferred.append((route, frame))
-            return []
         if (message.type in _QUORUM_TYPES
                 and len(self._quorums) >= self.config.max_pending_requests):
             self.stats["overloaded"] += 1
@@ -267,6 +281,99 @@ class NodeCore:
             return [Reply(route, _error(message.request_id, ZringError(
                 f"{self.config.node_id} failed on {message.type.name}: "
                 f"{type(exc).__name__}")))]
+
+    # ------------------------------------------------------------------ batches
+
+    def _on_batch(self, route, message: Message, now: float) -> list[Effect]:
+        """Several peer requests in one frame: one BATCH reply with each one's answer."""
+        wires = message.body["messages"]
+        if len(wires) > MAX_BATCH_KEYS:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} messages")
+        replies: list[list] = []
+        effects: list[Effect] = []
+        for wire in wires:
+            try:
+                inner = validate(wire)
+            except ProtocolError as exc:
+                self.stats["bad_frames"] += 1
+                request_id = exc.details.get("request_id") or 0
+                replies.append(message_to_wire(_error(request_id, exc)))
+                continue
+            if inner.type not in BATCHABLE:
+                replies.append(message_to_wire(_error(inner.request_id, ProtocolError(
+                    f"{inner.type.name} cannot travel in a batch"))))
+                continue
+            for effect in self._dispatch(route, inner, now):
+                if effect.__class__ is Reply and effect.route is route:
+                    replies.append(message_to_wire(effect.message))
+                else:
+                    effects.append(effect)
+        effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
+        return effects
+
+    def _on_mget(self, route, message: Message, now: float) -> list[Effect]:
+        keys = message.body["keys"]
+        n, r = message.body.get("n"), message.body.get("r")
+        return self._start_batch(route, message, [
+            Message(MsgType.GET, 0, {"key": key, "n": n, "r": r}) for key in keys], now)
+
+    def _on_mput(self, route, message: Message, now: float) -> list[Effect]:
+        n, w = message.body.get("n"), message.body.get("w")
+        requests = []
+        for item in message.body["items"]:
+            if item.__class__ is not list or len(item) != 2:
+                raise ProtocolError("an MPUT item must be [key, value]")
+            requests.append(Message(MsgType.PUT, 0, {"key": item[0], "value": item[1],
+                                                     "n": n, "w": w}))
+        return self._start_batch(route, message, requests, now)
+
+    def _start_batch(self, route, message: Message, requests: list[Message],
+                     now: float) -> list[Effect]:
+        """Run each key's GET or PUT as its own quorum operation, their replies routed into
+        one result list: one key's failure is its entry's error, not the batch's."""
+        if len(requests) > MAX_BATCH_KEYS:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} keys, "
+                                 f"not {len(requests)}")
+        self._check_serving()
+        batch = BatchReply(route, message.request_id, [None] * len(requests), len(requests))
+        if not requests:
+            return [Reply(route, Message(MsgType.OK, message.request_id, {"results": []}))]
+        self._open_batches += 1
+        effects: list[Effect] = []
+        for index, request in enumerate(requests):
+            slot = Slot(batch, index)
+            try:
+                validate(message_to_wire(request))  # each key and value as if sent alone
+                effects += self._handlers[request.type](self, slot, request, now)
+            except ZringError as exc:
+                effects.append(Reply(slot, _error(0, exc)))
+        return effects
+
+    def _fill_batches(self, effects: list[Effect]) -> list[Effect]:
+        """Replies to the keys of client batches fill their result lists; a batch whose
+        every key has answered becomes one reply."""
+        if not self._open_batches:
+            return effects
+        out: list[Effect] = []
+        for effect in effects:
+            if effect.__class__ is not Reply or effect.route.__class__ is not Slot:
+                out.append(effect)
+                continue
+            slot, reply = effect.route, effect.message
+            batch = slot.batch
+            if batch.results[slot.index] is not None:
+                continue
+            if reply.type == MsgType.OK:
+                batch.results[slot.index] = reply.body
+            else:
+                batch.results[slot.index] = {"error": reply.body.get("code", "error"),
+                                             "message": reply.body.get("message", "")}
+            batch.pending -= 1
+            if batch.pending == 0:
+                self._open_batches -= 1
+                out.append(Reply(batch.route, Message(MsgType.OK, batch.request_id,
+                                                      {"results": batch.results})))
+        return out
 
     def _is_ready(self, now: float) -> bool:
         """A node (re)started with peers coordinates reads and writes only once it heard
@@ -293,20 +400,37 @@ class NodeCore:
             self.stats["bad_replies"] += 1
             self.log.warning("reply_rejected", peer=address, error=str(exc))
             return []
+        if message.type == MsgType.BATCH:
+            effects = []
+            for wire in message.body["messages"]:
+                try:
+                    inner = validate(wire)
+                except ProtocolError as exc:
+                    self.stats["bad_replies"] += 1
+                    self.log.warning("reply_rejected", peer=address, error=str(exc))
+                    continue
+                effects += self._complete_call(address, inner, now)
+        else:
+            effects = self._complete_call(address, message, now)
+        return self._fill_batches(effects + self._pump_streams(now))
+
+    def _complete_call(self, address: str, message: Message, now: float) -> list[Effect]:
         call = self._calls.pop(message.request_id, None)
         if call is None:
             return []  # late or unknown: its deadline already answered it
         if message.type not in (MsgType.OK, MsgType.ERROR):
             message = None
         try:
-            effects = call.on_reply(call.node_id, message, now)
+            return call.on_reply(call.node_id, message, now)
         except Exception:  # a peer's reply of a shape no check foresaw: drop it, keep serving
             self.stats["bad_replies"] += 1
             self.log.exception("reply_failed", peer=address)
-            effects = []
-        return effects + self._pump_streams(now)
+            return []
 
     def handle_gossip(self, frame: bytes, now: float) -> list[Effect]:
+        return self._fill_batches(self._handle_gossip(frame, now))
+
+    def _handle_gossip(self, frame: bytes, now: float) -> list[Effect]:
         try:
             message = decode(frame)
             if message.type != MsgType.GOSSIP:
@@ -332,6 +456,9 @@ class NodeCore:
             return []
 
     def tick(self, now: float) -> list[Effect]:
+        return self._fill_batches(self._tick(now))
+
+    def _tick(self, now: float) -> list[Effect]:
         self._last_tick = now
         effects: list[Effect] = []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
@@ -593,19 +720,27 @@ class NodeCore:
             raise Unavailable(f"{len(live)} of the key's {len(natural)} replicas are up "
                               f"({', '.join(down) or 'too few nodes'} down), fewer than "
                               f"r={quorum}")
-        op = _Quorum(route, message.request_id, MsgType.GET, key, quorum, live,
-                     replicas=natural)
+        # Ask only r replicas, ourselves first (no hop); the others stand by and are asked
+        # as soon as one of those fails, as Cassandra reads only the replicas it needs.
+        me = self.config.node_id
+        if me in live:
+            live.remove(me)
+            live.insert(0, me)
+        op = _Quorum(route, message.request_id, MsgType.GET, key, quorum, live[:quorum],
+                     replicas=natural, spares=live[quorum:])
         op_id = next(self._ids)
         self._quorums[op_id] = op
         effects: list[Effect] = []
-        for target in live:
-            if target == self.config.node_id:
-                effects += self._on_read_reply(op_id, target, True, self.store.get(key), now)
-            else:
-                effects += self._call(target, MsgType.REPLICA_READ, {"key": key},
-                                      lambda node, reply, t: self._on_remote_read(
-                                          op_id, node, reply, t), now)
+        for target in live[:quorum]:
+            effects += self._read_from(op_id, op, target, now)
         return effects
+
+    def _read_from(self, op_id: int, op: _Quorum, target: str, now: float) -> list[Effect]:
+        if target == self.config.node_id:
+            return self._on_read_reply(op_id, target, True, self.store.get(op.key), now)
+        return self._call(target, MsgType.REPLICA_READ, {"key": op.key},
+                          lambda node, reply, t: self._on_remote_read(op_id, node, reply, t),
+                          now)
 
     def _on_remote_read(self, op_id: int, node_id: str, reply: Message | None, now: float):
         if reply is None or reply.type != MsgType.OK:
@@ -624,11 +759,17 @@ class NodeCore:
         op = self._quorums.get(op_id)
         if op is None:
             return []
+        effects: list[Effect] = []
         if ok:
             op.replies[node_id] = record
         else:
             op.failed.append(node_id)
-        effects: list[Effect] = []
+            if op.spares and not op.answered:  # a stand-by replica takes its place
+                spare = op.spares.pop(0)
+                op.counted.append(spare)
+                effects += self._read_from(op_id, op, spare, now)
+                if op.answered or op_id not in self._quorums:
+                    return effects
         if not op.answered:
             if len(op.replies) >= op.needed:
                 op.answered = True
@@ -2051,11 +2192,15 @@ NodeCore._handlers = {
     MsgType.REPAIR_FETCH: NodeCore._on_repair_fetch,
     MsgType.RANGE_STATS: NodeCore._on_range_stats,
     MsgType.PLAN: NodeCore._on_plan,
+    MsgType.MGET: NodeCore._on_mget,
+    MsgType.MPUT: NodeCore._on_mput,
+    MsgType.BATCH: NodeCore._on_batch,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
 
-_QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE})
+_QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.MGET,
+                           MsgType.MPUT})
 _GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
 

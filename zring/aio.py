@@ -1,0 +1,461 @@
+"""AsyncClient: many requests in flight at once from one asyncio event loop (zmq.asyncio).
+
+    async with AsyncClient(["tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"]) as client:
+        await client.put("user:1", b"alice")
+        results = await asyncio.gather(*(client.get(f"user:{i}") for i in range(200)))
+        await client.mput({"a": b"1", "b": b"2"})
+        await client.mget(["a", "b"])         # [GetResult, GetResult], in key order
+
+The same API as :class:`zring.Client`, as coroutines. The client keeps ONE DEALER per node
+endpoint (opened on first use) and sends every request to that endpoint over it; a single
+reader task per socket matches each reply to the future awaiting it by request id (a stray
+reply, e.g. a late one to a request already answered, is ignored).
+
+Each attempt waits at most ``timeout`` seconds (its send included). On silence the request is
+resent to the next seed, up to ``retries`` more times with a short backoff (Lazy Pirate, as
+in :class:`~zring.Client`), then :class:`~zring.errors.Timeout` is raised. The socket is kept
+when the node answered anything else since the request was sent (it is alive, just slow for
+that request: its late reply is simply ignored); when it was silent throughout, it is closed
+with LINGER 0, so requests still queued for a dead node are dropped rather than delivered
+when it comes back, and the other requests waiting on it are resent at once. An ERROR reply
+raises the matching :mod:`zring.errors` exception and is not retried.
+
+``mget``/``mput`` send at most 1000 keys (and about 8 MiB of keys and values) per MGET/MPUT
+message, the chunks concurrently. Each key's result comes back in order; if a key failed on
+its own, the first such error (in key order) is raised after every chunk has answered, with
+``details`` ``key`` and ``index``.
+
+A client belongs to the event loop that first uses it and is not thread-safe. ``close()``
+(sync) closes its sockets; ``aclose()`` and ``async with`` also wait for the reader tasks to
+end. A client stays usable after ``close()``, e.g. from a later ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self
+
+import zmq
+import zmq.asyncio
+
+from zring.client import (
+    _BACKOFF_BASE_S,
+    _BACKOFF_MAX_S,
+    ClusterStatus,
+    DeleteResult,
+    GetResult,
+    PutResult,
+    RingState,
+    _count,
+    _key,
+    _unwrap,
+    _value,
+    parse_seeds,
+    seeds_from_env,
+)
+from zring.errors import (
+    InvalidRequest,
+    ProtocolError,
+    Timeout,
+    ZringError,
+    error_from_code,
+)
+from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
+
+__all__ = ["AsyncClient"]
+
+BATCH_MAX_KEYS = 1000                 # keys (or items) in one MGET / MPUT message
+BATCH_MAX_BYTES = 8 * 1024 * 1024     # keys + values in one MPUT message (one big item alone)
+
+
+# ------------------------------------------------------------------ reply matching
+
+
+class _PendingReplies:
+    """Request id -> the future of the attempt awaiting its reply (pure: no sockets).
+
+    A resent request keeps its id, so a late reply from the node asked first also completes
+    it; that is the same request's answer."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future[Message | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, request_id: int) -> asyncio.Future[Message | None]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def forget(self, request_id: int, future: asyncio.Future) -> None:
+        if self._waiting.get(request_id) is future:
+            del self._waiting[request_id]
+
+    def resolve(self, endpoint: str, frame: bytes) -> bool:
+        """Complete the request ``frame`` answers; False if it answers none (ignored)."""
+        try:
+            reply = decode(frame)
+        except ProtocolError as exc:
+            # a frame whose request id could still be read fails that request alone
+            future = self._waiting.get(exc.details.get("request_id"))
+            if future is None or future.done():
+                return False
+            future.set_exception(ProtocolError(f"bad reply from {endpoint}: {exc}"))
+            return True
+        future = self._waiting.get(reply.request_id)
+        if future is None or future.done():
+            return False
+        future.set_result(reply)
+        return True
+
+    def wake(self, request_ids: Iterable[int], error: BaseException | None = None) -> None:
+        """End these requests' waits: with ``error``, or as silence (None: resend now)."""
+        for request_id in request_ids:
+            future = self._waiting.get(request_id)
+            if future is not None and not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+
+class _Connection:
+    """One DEALER to one node endpoint, shared by every request sent there."""
+
+    __slots__ = ("endpoint", "socket", "loop", "reader", "inflight", "last_reply_at",
+                 "closed")
+
+    def __init__(self, endpoint: str, socket: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self.socket = socket                     # zmq.asyncio DEALER
+        self.loop = loop                         # the loop its reader task runs on
+        self.reader: asyncio.Task | None = None  # resolves replies until the socket closes
+        self.inflight: set[int] = set()          # request ids sent here, not yet answered
+        self.last_reply_at = float("-inf")       # monotonic time of the last frame received
+        self.closed = False
+
+
+# ------------------------------------------------------------------ batches
+
+
+def _chunks(entries: list, size: Callable[[Any], int] | None = None) -> Iterator[list]:
+    """``entries`` cut into runs of at most BATCH_MAX_KEYS (and BATCH_MAX_BYTES by ``size``)."""
+    chunk: list = []
+    chunk_bytes = 0
+    for entry in entries:
+        entry_bytes = size(entry) if size is not None else 0
+        if chunk and (len(chunk) == BATCH_MAX_KEYS
+                      or chunk_bytes + entry_bytes > BATCH_MAX_BYTES):
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append(entry)
+        chunk_bytes += entry_bytes
+    if chunk:
+        yield chunk
+
+
+def _item_bytes(item: list) -> int:
+    return sum(len(part.encode()) if isinstance(part, str) else len(part) for part in item)
+
+
+def _batch_results(entries: list, keys: Sequence[str], from_body: Callable[[dict], Any]) -> list:
+    """Per-key reply entries -> results; the first per-key error entry is raised."""
+    results, first_error = [], None
+    for index, (key, entry) in enumerate(zip(keys, entries)):
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"batch result {index} is not a map")
+        if "error" in entry:
+            if first_error is None:
+                first_error = error_from_code(str(entry["error"]), str(entry.get("message", "")),
+                                              {"key": key, "index": index})
+            results.append(None)
+        else:
+            results.append(from_body(entry))
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+# ------------------------------------------------------------------ client
+
+
+class AsyncClient:
+    """An asyncio connection to a zring cluster through its seed nodes.
+
+    ``seeds``: ROUTER endpoints (a list or a comma-separated str; default ``$ZRING_SEEDS``,
+    else 127.0.0.1:7001..7003). ``timeout``: seconds to wait for each reply. ``retries``:
+    how many times a silent request is resent, each time to the next seed.
+    """
+
+    def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
+                 retries: int = 3) -> None:
+        self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
+        if not self.seeds:
+            raise InvalidRequest("no seed endpoints given")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidRequest(f"timeout must be a positive number, got {timeout!r}")
+        if type(retries) is not int or retries < 0:
+            raise InvalidRequest(f"retries must be an int >= 0, got {retries!r}")
+        self.timeout = float(timeout)
+        self.retries = retries
+        self._context = zmq.asyncio.Context.instance()
+        self._connections: dict[str, _Connection] = {}
+        self._replies = _PendingReplies()
+        self._seed_index = random.randrange(len(self.seeds))  # spread clients over seeds
+        self._ids = itertools.count(random.getrandbits(32) + 1)
+        self._closes = 0   # close() count: a request that outlived a close() fails
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(seeds={self.seeds!r}, timeout={self.timeout}, " \
+               f"retries={self.retries})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Close every socket (LINGER 0: nothing pending is kept); requests still waiting
+        fail with ZringError. Idempotent; the client stays usable."""
+        self._closes += 1
+        for connection in list(self._connections.values()):
+            self._drop(connection, ZringError("the client was closed during the request"))
+
+    async def aclose(self) -> None:
+        """``close()``, then wait until the reader tasks of this loop have ended."""
+        loop = asyncio.get_running_loop()
+        readers = [c.reader for c in self._connections.values()
+                   if c.reader is not None and c.loop is loop]
+        self.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    # -------------------------------------------------------------- data
+
+    async def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
+                  w: int | None = None) -> PutResult:
+        """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
+        return PutResult.from_body(await self._execute(MsgType.PUT, {
+            "key": _key(key), "value": _value(value), "n": _count(replicas, "replicas"),
+            "w": _count(w, "w")}, key))
+
+    async def get(self, key: str, *, r: int | None = None,
+                  replicas: int | None = None) -> GetResult:
+        """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
+        return GetResult.from_body(await self._execute(MsgType.GET, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}, key))
+
+    async def delete(self, key: str, *, w: int | None = None,
+                     replicas: int | None = None) -> DeleteResult:
+        """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
+        return DeleteResult.from_body(await self._execute(MsgType.DELETE, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}, key))
+
+    async def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
+        """``get`` of every key, in key order, in MGET messages of at most 1000 keys sent
+        concurrently. A key's own error is raised (the first, after all have answered)."""
+        if isinstance(keys, (str, bytes)):
+            raise InvalidRequest("mget takes an iterable of keys, not a single key")
+        keys = [_key(key) for key in keys]
+        r = _count(r, "r")
+        entries = await self._execute_batch(
+            MsgType.MGET, [{"keys": chunk, "r": r, "n": None} for chunk in _chunks(keys)],
+            "keys")
+        return _batch_results(entries, keys, GetResult.from_body)
+
+    async def mput(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]],
+                   *, w: int | None = None) -> list[PutResult]:
+        """``put`` of every (key, value) item, results in item order, in MPUT messages of at
+        most 1000 items sent concurrently. An item's own error is raised (the first, after
+        all have answered)."""
+        pairs = [[_key(key), _value(value)] for key, value in _pairs(items)]
+        w = _count(w, "w")
+        entries = await self._execute_batch(
+            MsgType.MPUT,
+            [{"items": chunk, "w": w, "n": None} for chunk in _chunks(pairs, _item_bytes)],
+            "items")
+        return _batch_results(entries, [key for key, _ in pairs], PutResult.from_body)
+
+    # -------------------------------------------------------------- ring and cluster
+
+    async def ring_state(self) -> RingState:
+        return RingState.from_body(await self._execute(MsgType.RING_STATE, {}))
+
+    async def cluster_status(self) -> ClusterStatus:
+        return ClusterStatus.from_body(await self._execute(MsgType.CLUSTER_STATUS, {}))
+
+    async def ping(self) -> dict:
+        return await self._execute(MsgType.PING, {})
+
+    # -------------------------------------------------------------- routing
+
+    def _endpoint_for(self, key: str | None) -> str:
+        """Where a request about ``key`` (None: about the cluster) goes: for now the current
+        seed, whatever the key (the one place to make routing token-aware)."""
+        return self.seeds[self._seed_index]
+
+    def _on_silence(self, connection: _Connection, sent_at: float) -> None:
+        """An attempt sent at ``sent_at`` got no reply in time: if the node said nothing at
+        all since then, drop its socket; move off it unless another request already did."""
+        if not connection.closed and connection.last_reply_at < sent_at:
+            self._drop(connection)
+        if self.seeds[self._seed_index] == connection.endpoint:
+            self._seed_index = (self._seed_index + 1) % len(self.seeds)
+
+    # -------------------------------------------------------------- transport
+
+    async def _execute(self, msg_type: MsgType, body: dict, key: str | None = None) -> dict:
+        """Send one request (Lazy Pirate over the seeds); the OK body, or raise."""
+        closes = self._closes
+        request_id = next(self._ids)
+        frame = encode(Message(msg_type, request_id, body))
+        tried: list[str] = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
+            if self._closes != closes:
+                raise ZringError("the client was closed during the request")
+            endpoint = self._endpoint_for(key)
+            tried.append(endpoint)
+            reply = await self._attempt(endpoint, request_id, frame)
+            if reply is not None:
+                return _unwrap(reply, msg_type)
+        raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
+                      f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
+
+    async def _attempt(self, endpoint: str, request_id: int, frame: bytes) -> Message | None:
+        """Send ``frame`` to ``endpoint`` and await its reply; None on silence."""
+        connection = self._connection(endpoint)
+        future = self._replies.expect(request_id)
+        connection.inflight.add(request_id)
+        sent_at = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await connection.socket.send(frame)
+                return await future
+        except TimeoutError:
+            self._on_silence(connection, sent_at)
+            return None
+        except asyncio.CancelledError:
+            # closing a socket cancels its pending sends: that is silence, not our
+            # cancellation (the task itself was not asked to stop)
+            task = asyncio.current_task()
+            if connection.closed and task is not None and task.cancelling() == 0:
+                return None
+            raise
+        except zmq.ZMQError:
+            if connection.closed:
+                return None
+            raise
+        finally:
+            connection.inflight.discard(request_id)
+            self._replies.forget(request_id, future)
+
+    async def _execute_batch(self, msg_type: MsgType, bodies: list[dict], field: str) -> list:
+        """Send the chunk ``bodies`` concurrently; every chunk's ``results`` in order. Raises
+        the first chunk's error (in chunk order) once every chunk has ended."""
+        if not bodies:
+            return []
+
+        async def one(body: dict) -> list:
+            key = body[field][0] if field == "keys" else body[field][0][0]
+            reply = await self._execute(msg_type, body, key)
+            results = reply.get("results")
+            if not isinstance(results, list) or len(results) != len(body[field]):
+                got = len(results) if isinstance(results, list) else "no"
+                raise ProtocolError(f"{msg_type.name} reply has {got} results for "
+                                    f"{len(body[field])} {field}")
+            return results
+
+        if len(bodies) == 1:
+            return await one(bodies[0])
+        outcomes = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [entry for outcome in outcomes for entry in outcome]
+
+    def _connection(self, endpoint: str) -> _Connection:
+        """The open DEALER to ``endpoint`` (opened, with its reader task, on first use)."""
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(endpoint)
+        if connection is not None and connection.loop is not loop:
+            if not connection.loop.is_closed():
+                raise RuntimeError("this AsyncClient is in use on another event loop; "
+                                   "close() it first or use one client per loop")
+            self._drop(connection)
+            connection = None
+        if connection is None:
+            connection = _Connection(endpoint, self._new_socket(endpoint), loop)
+            connection.reader = loop.create_task(self._read_replies(connection),
+                                                 name=f"zring reader {endpoint}")
+            self._connections[endpoint] = connection
+        return connection
+
+    async def _read_replies(self, connection: _Connection) -> None:
+        """The socket's one reader: every frame completes the request it answers."""
+        try:
+            while True:
+                frames = await connection.socket.recv_multipart()
+                connection.last_reply_at = time.monotonic()
+                self._replies.resolve(connection.endpoint, frames[-1])
+        except zmq.ZMQError:
+            pass  # the socket or its context was closed
+        finally:
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection, error: BaseException | None = None) -> None:
+        """Close ``connection`` (LINGER 0) and end its requests' waits: with ``error``, or
+        as silence so they are resent elsewhere at once. Idempotent."""
+        if connection.closed:
+            return
+        connection.closed = True
+        if self._connections.get(connection.endpoint) is connection:
+            del self._connections[connection.endpoint]
+        if not connection.loop.is_closed():  # else its waiters are gone with their loop
+            self._replies.wake(list(connection.inflight), error)
+            reader = connection.reader
+            if reader is not None and not reader.done() and reader is not _current_task():
+                reader.cancel()
+        connection.socket.close(linger=0)
+
+    def _new_socket(self, endpoint: str) -> zmq.asyncio.Socket:
+        """A DEALER with the options of Client's: LINGER 0, MAXMSGSIZE, bounded HWMs."""
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.SNDHWM, 1000)
+        socket.setsockopt(zmq.RCVHWM, 1000)
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
+        return socket
+
+
+def _pairs(items: object) -> Iterator[tuple[object, object]]:
+    """mput's ``items`` (a mapping or an iterable of (key, value) pairs) as pairs."""
+    if isinstance(items, Mapping):
+        yield from items.items()
+        return
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidRequest("mput takes a mapping or an iterable of (key, value) pairs, "
+                             f"not {type(items).__name__}")
+    for item in items:
+        if isinstance(item, (str, bytes)) or not isinstance(item, (tuple, list)) \
+                or len(item) != 2:
+            raise InvalidRequest(f"an mput item must be a (key, value) pair, got {item!r:.80}")
+        yield item[0], item[1]
+
+
+def _current_task() -> asyncio.Task | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (close() after the loop ended)
+        return None

@@ -1,0 +1,65 @@
+"""Batches: many requests in one frame, both from clients (MGET/MPUT) and between peers.
+
+Peer requests that a node answers at once (replica reads and writes, hints) and that one poll
+cycle sends to the same peer leave as one BATCH frame; the peer answers with one BATCH of the
+replies, each still carrying its own request id. Under load that turns one frame, one wakeup
+and one transaction per key into one per peer per cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zring.core.effects import Effect, Send
+from zring.protocol import Message, MsgType, message_to_wire
+
+__all__ = ["BATCHABLE", "MAX_BATCH_KEYS", "BatchReply", "Slot", "coalesce_sends"]
+
+# Requests whose handler replies in the same call: safe to answer as one BATCH reply.
+BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE})
+MAX_BATCH_KEYS = 10_000     # keys in one MGET/MPUT, and messages in one BATCH
+
+
+def coalesce_sends(effects: list[Effect]) -> list[Effect]:
+    """Merge the batchable Sends to each address into one BATCH Send (order kept per peer)."""
+    by_address: dict[str, list[int]] = {}
+    for index, effect in enumerate(effects):
+        if effect.__class__ is Send and effect.message.type in BATCHABLE:
+            by_address.setdefault(effect.address, []).append(index)
+    if all(len(indexes) < 2 for indexes in by_address.values()):
+        return effects
+    merged: list[Effect] = []
+    first_of: dict[int, Send] = {}
+    skip: set[int] = set()
+    for address, indexes in by_address.items():
+        if len(indexes) < 2:
+            continue
+        for start in range(0, len(indexes), MAX_BATCH_KEYS):
+            chunk = indexes[start:start + MAX_BATCH_KEYS]
+            wires = [message_to_wire(effects[i].message) for i in chunk]
+            first_of[chunk[0]] = Send(address, Message(MsgType.BATCH, 0, {"messages": wires}))
+            skip.update(chunk[1:])
+    for index, effect in enumerate(effects):
+        if index in first_of:
+            merged.append(first_of[index])
+        elif index not in skip:
+            merged.append(effect)
+    return merged
+
+
+@dataclass(slots=True)
+class BatchReply:
+    """A client's MGET/MPUT: one reply once every key's own operation has answered."""
+
+    route: tuple[bytes, ...]
+    request_id: int
+    results: list
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """The route of one key's operation inside a client batch (its reply fills a result)."""
+
+    batch: BatchReply = field(compare=False)
+    index: int
