@@ -1,0 +1,145 @@
+"""Batches on the simulated network: MGET/MPUT, peer BATCH frames, and reads asking only r
+replicas (no sockets)."""
+
+from __future__ import annotations
+
+from simnet import SimCluster
+from test_rebalance_core import cluster_of
+
+from zring.core.batching import MAX_BATCH_KEYS, coalesce_sends
+from zring.core.effects import Publish, Reply, Send
+from zring.hashing import key_position
+from zring.protocol import Message, MsgType, encode
+
+CLIENT = (b"client",)
+
+
+def count_sends(sim: SimCluster, node_id: str) -> list[Message]:
+    """Record every Send the node's effects carry (after coalescing, as they leave)."""
+    sent: list[Message] = []
+    original = sim._apply
+    address = sim.node(node_id).config.address
+
+    def apply(source, effects):
+        effects = list(effects)
+        if source == address:
+            sent.extend(e.message for e in coalesce_sends(effects) if isinstance(e, Send))
+        return original(source, effects)
+    sim._apply = apply
+    return sent
+
+
+# ---------------------------------------------------------------- coalescing
+
+def test_coalesce_merges_batchable_sends_per_peer_and_keeps_the_rest_in_place():
+    write = Message(MsgType.REPLICA_WRITE, 1, {"records": []})
+    read = Message(MsgType.REPLICA_READ, 2, {"key": "k"})
+    pull = Message(MsgType.RANGE_PULL, 3, {"intervals": [], "limit": 1})
+    gossip = Publish(Message(MsgType.GOSSIP, 0, {"sender": "a", "members": []}))
+    effects = [Send("a", write), gossip, Send("b", read), Send("a", read), Send("a", pull)]
+    merged = coalesce_sends(effects)
+    assert [type(e).__name__ for e in merged] == ["Send", "Publish", "Send", "Send"]
+    batch = merged[0]
+    assert batch.address == "a" and batch.message.type == MsgType.BATCH
+    assert [w[1] for w in batch.message.body["messages"]] == [1, 2]
+    assert merged[2].message is read and merged[3].message is pull  # alone: left as is
+
+
+def test_coalesce_leaves_single_sends_untouched():
+    effects = [Send("a", Message(MsgType.REPLICA_READ, 1, {"key": "k"})),
+               Send("b", Message(MsgType.REPLICA_READ, 2, {"key": "k"}))]
+    assert coalesce_sends(effects) is effects
+
+
+# ---------------------------------------------------------------- MPUT / MGET
+
+def test_mput_then_mget_round_trip_in_key_order():
+    sim = cluster_of(3)
+    items = [[f"k{i}", f"v{i}".encode()] for i in range(50)]
+    reply = sim.request("node1", MsgType.MPUT, {"items": items})
+    assert reply.type == MsgType.OK
+    results = reply.body["results"]
+    assert len(results) == 50 and all(len(r["stored_on"]) >= 2 for r in results)
+    keys = [f"k{i}" for i in range(50)] + ["missing"]
+    reply = sim.request("node2", MsgType.MGET, {"keys": keys})
+    results = reply.body["results"]
+    assert [r["value"] for r in results[:50]] == [v for _, v in items]
+    assert results[50]["found"] is False
+    # every replica holds every key: the per-peer batches arrived whole
+    for core in sim.cores.values():
+        assert all(core.store.get(k) is not None for k, _ in items)
+
+
+def test_one_bad_key_fails_alone():
+    sim = cluster_of(3)
+    too_long = "x" * (sim.node("node1").config.max_key_bytes + 1)
+    reply = sim.request("node1", MsgType.MPUT, {"items": [["a", b"1"], [too_long, b"2"],
+                                                          ["c", 3]]})
+    results = reply.body["results"]
+    assert "version" in results[0]
+    assert results[1]["error"] == "invalid" and "exceeds" in results[1]["message"]
+    assert results[2]["error"] == "protocol"          # a value of the wrong type
+    assert sim.request("node1", MsgType.GET, {"key": "a"}).body["value"] == b"1"
+
+
+def test_empty_and_oversized_batches():
+    sim = cluster_of(3)
+    assert sim.request("node1", MsgType.MGET, {"keys": []}).body == {"results": []}
+    reply = sim.request("node1", MsgType.MGET, {"keys": ["k"] * (MAX_BATCH_KEYS + 1)})
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "invalid"
+    reply = sim.request("node1", MsgType.MPUT, {"items": [["k"]]})
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "protocol"
+
+
+def test_mput_sends_one_batch_per_peer_not_one_frame_per_key():
+    sim = cluster_of(3)
+    sent = count_sends(sim, "node1")
+    items = [[f"k{i}", b"v"] for i in range(40)]
+    assert sim.request("node1", MsgType.MPUT, {"items": items}).type == MsgType.OK
+    writes = [m for m in sent if m.type in (MsgType.BATCH, MsgType.REPLICA_WRITE)]
+    assert len(writes) == 2   # one to each other replica
+    assert all(len(m.body["messages"]) == 40 for m in writes)
+
+
+# ---------------------------------------------------------------- peer BATCH frames
+
+def test_a_batch_answers_each_message_and_refuses_what_cannot_be_batched():
+    sim = cluster_of(3)
+    core = sim.node("node1")
+    wires = [[int(MsgType.REPLICA_READ), 7, {"key": "a"}],
+             [int(MsgType.RANGE_PULL), 8, {"intervals": [], "limit": 1}],
+             [int(MsgType.REPLICA_READ), 9, {"key": 5}],
+             "junk"]
+    effects = core.handle_frame(CLIENT, encode(Message(MsgType.BATCH, 0, {"messages": wires})),
+                                sim.now)
+    replies = [e for e in effects if isinstance(e, Reply)]
+    assert len(replies) == 1 and replies[0].message.type == MsgType.BATCH
+    answers = replies[0].message.body["messages"]
+    assert [a[0] for a in answers] == [int(MsgType.OK), int(MsgType.ERROR),
+                                       int(MsgType.ERROR), int(MsgType.ERROR)]
+    assert [a[1] for a in answers[:3]] == [7, 8, 9]
+
+
+# ---------------------------------------------------------------- reads ask r replicas
+
+def test_reads_ask_only_r_replicas_the_coordinator_first():
+    sim = cluster_of(3)
+    sim.request("node1", MsgType.PUT, {"key": "k", "value": b"v"})
+    sent = count_sends(sim, "node1")
+    assert sim.request("node1", MsgType.GET, {"key": "k", "r": 1}).body["found"]
+    assert [m for m in sent if m.type == MsgType.REPLICA_READ] == []
+    assert sim.request("node1", MsgType.GET, {"key": "k", "r": 2}).body["found"]
+    assert len([m for m in sent if m.type == MsgType.REPLICA_READ]) == 1
+
+
+def test_a_replica_that_does_not_answer_is_replaced_by_a_stand_by():
+    sim = cluster_of(3)
+    sim.request("node1", MsgType.PUT, {"key": "k", "value": b"v"})
+    core = sim.node("node1")
+    others = [x for x in core.ring.get_nodes_at(key_position("k"), 3) if x != "node1"]
+    # the replica node1 asks first stops answering before anyone can notice: its request
+    # times out, then the stand-by is asked
+    sim.down.add(sim.node(others[0]).config.address)
+    reply = sim.request("node1", MsgType.GET, {"key": "k", "r": 2}, max_seconds=10)
+    assert reply.type == MsgType.OK and reply.body["found"]
+    assert sorted(reply.body["served_by"]) == sorted(["node1", others[1]])
