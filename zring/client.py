@@ -15,6 +15,13 @@ some replicas, as the message says).
 
 Replies are matched by request id; a stray reply to an earlier request is ignored.
 
+Token-aware routing (``token_aware=True``, the default): the client learns the ring from any
+node (RING_STATE) and sends each key's request straight to a live replica of the key, so the
+coordinator reads or writes locally and nothing takes an extra hop. It keeps the ring current
+by subscribing to the nodes' gossip (a member that routes by another ring marks ours stale)
+and by the hint a node adds to a reply when it was not a replica of the key. The seeds are
+the fallback when the ring is unknown or every replica is silent.
+
 A client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
 """
 
@@ -36,6 +43,7 @@ from zring.errors import (
     ProtocolError,
     Timeout,
     Unavailable,
+    ZringError,
     error_from_code,
 )
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
@@ -56,6 +64,9 @@ SEEDS_ENV = "ZRING_SEEDS"
 _BACKOFF_BASE_S = 0.05     # sleep before retry k: base * 2**k, capped
 _BACKOFF_MAX_S = 1.0
 _WAIT_POLL_S = 0.1         # add_node / remove_node: pause between status polls
+_AVOID_S = 2.0             # a silent endpoint is tried last for this long
+_RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
+_BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
 
 
 # ------------------------------------------------------------------ seeds
@@ -251,7 +262,7 @@ class Client:
     """
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, *, token_aware: bool = True) -> None:
         self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
         if not self.seeds:
             raise InvalidRequest("no seed endpoints given")
@@ -267,6 +278,13 @@ class Client:
         self._ids = itertools.count(random.getrandbits(32) + 1)
         self._ring: HashRing | None = None
         self._ring_fingerprint: int | None = None
+        self.token_aware = token_aware
+        self._routing: _Routing | None = None
+        self._routing_stale = False
+        self._routing_fetched_at = -1e9
+        self._direct: dict[str, zmq.Socket] = {}   # endpoint -> DEALER, for routed requests
+        self._avoid: dict[str, float] = {}         # endpoint -> monotonic time it is avoided
+        self._gossip: zmq.Socket | None = None
 
     def __repr__(self) -> str:
         return f"Client(seeds={self.seeds!r}, timeout={self.timeout}, retries={self.retries})"
@@ -278,29 +296,56 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the socket (LINGER 0: nothing pending is kept). The client stays usable."""
+        """Close the sockets (LINGER 0: nothing pending is kept). The client stays usable."""
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        for sock in self._direct.values():
+            sock.close(linger=0)
+        self._direct.clear()
+        if self._gossip is not None:
+            self._gossip.close(linger=0)
+            self._gossip = None
 
     # -------------------------------------------------------------- data
 
     def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
             w: int | None = None) -> PutResult:
         """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
-        return PutResult.from_body(self._execute(MsgType.PUT, {
+        return PutResult.from_body(self._execute_key(MsgType.PUT, {
             "key": _key(key), "value": _value(value), "n": _count(replicas, "replicas"),
             "w": _count(w, "w")}))
 
     def get(self, key: str, *, r: int | None = None, replicas: int | None = None) -> GetResult:
         """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
-        return GetResult.from_body(self._execute(MsgType.GET, {
+        return GetResult.from_body(self._execute_key(MsgType.GET, {
             "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}))
+
+    def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
+        """Read many keys: one MGET per replica node (up to 1,000 keys a frame), all in
+        flight at once. Results in key order; a key that failed raises its error."""
+        keys = [_key(k) for k in keys]
+        bodies = self._execute_batch(MsgType.MGET, keys, [{"key": k} for k in keys],
+                                     lambda chunk: {"keys": [e["key"] for e in chunk],
+                                                    "r": _count(r, "r")})
+        return [GetResult.from_body(b) for b in bodies]
+
+    def mput(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]], *,
+             w: int | None = None) -> list[PutResult]:
+        """Write many keys as :meth:`mget` reads them; each key needs its own W acks.
+        Results in item order; a key that failed raises its error (the others stand)."""
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        entries = [{"key": _key(k), "value": _value(v)} for k, v in pairs]
+        bodies = self._execute_batch(MsgType.MPUT, [e["key"] for e in entries], entries,
+                                     lambda chunk: {"items": [[e["key"], e["value"]]
+                                                              for e in chunk],
+                                                    "w": _count(w, "w")})
+        return [PutResult.from_body(b) for b in bodies]
 
     def delete(self, key: str, *, w: int | None = None,
                replicas: int | None = None) -> DeleteResult:
         """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
-        return DeleteResult.from_body(self._execute(MsgType.DELETE, {
+        return DeleteResult.from_body(self._execute_key(MsgType.DELETE, {
             "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}))
 
     # -------------------------------------------------------------- ring and cluster
@@ -452,6 +497,182 @@ class Client:
         raise Timeout(f"{node_id} is still {last_seen}, not {wanted}, after waiting"
                       f"{detail}", node_id=node_id, status=last_seen)
 
+    # -------------------------------------------------------------- token-aware routing
+
+    def _routing_now(self) -> _Routing | None:
+        """The ring to route by: fetched on first use, refetched when gossip or a reply
+        says ours is stale (at most every half second); None: use the seeds."""
+        if not self.token_aware:
+            return None
+        self._drain_gossip()
+        now = time.monotonic()
+        if (self._routing is None or self._routing_stale) and \
+                now - self._routing_fetched_at >= _RING_REFRESH_GAP_S:
+            self._routing_fetched_at = now
+            try:
+                state = RingState.from_body(self._execute(MsgType.RING_STATE, {}))
+            except ZringError:  # no ring to be had: keep what we had, or use the seeds
+                return self._routing
+            self._routing = _Routing(self._ring_for(state), state)
+            self._routing_stale = False
+            self._watch_gossip(state)
+        return self._routing
+
+    def _endpoints_for(self, key: str) -> list[str]:
+        """Where to send ``key``'s request, in order: its replicas (ones that went silent
+        lately last), then the seeds."""
+        routing = self._routing_now()
+        seeds = self.seeds[self._seed_index:] + self.seeds[:self._seed_index]
+        if routing is None:
+            return seeds
+        replicas = routing.endpoints(key)
+        now = time.monotonic()
+        fresh = [e for e in replicas if self._avoid.get(e, 0.0) <= now]
+        ordered = fresh + [e for e in replicas if e not in fresh]
+        return ordered + [e for e in seeds if e not in ordered]
+
+    def _note_reply(self, body: dict) -> None:
+        """A node that was not a replica of the key says which ring it routes by."""
+        ring = body.get("ring")
+        if ring is not None and self._routing is not None and \
+                ring != self._routing.fingerprint:
+            self._routing_stale = True
+
+    def _watch_gossip(self, state: RingState) -> None:
+        if self._gossip is None:
+            self._gossip = self._context.socket(zmq.SUB)
+            self._gossip.setsockopt(zmq.LINGER, 0)
+            self._gossip.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            self._gossip.setsockopt(zmq.RCVHWM, 100)
+            self._gossip.setsockopt(zmq.SUBSCRIBE, b"")
+            self._gossip_endpoints: set[str] = set()
+        for member in state.members:
+            endpoint = member.gossip_address
+            if endpoint and endpoint not in self._gossip_endpoints and member.status != "left":
+                try:
+                    self._gossip.connect(endpoint)
+                    self._gossip_endpoints.add(endpoint)
+                except zmq.ZMQError:
+                    continue
+
+    def _drain_gossip(self, budget: int = 100) -> None:
+        """Gossip that arrived since the last request: a sender routing by another ring
+        means ours is stale (membership changed)."""
+        if self._gossip is None or self._routing is None:
+            return
+        for _ in range(budget):
+            try:
+                frame = self._gossip.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = decode(frame)
+            except ProtocolError:
+                continue
+            if message.type != MsgType.GOSSIP:
+                continue
+            sender = message.body["sender"]
+            for row in message.body["members"]:
+                if isinstance(row, dict) and row.get("node_id") == sender and \
+                        row.get("ring", self._routing.fingerprint) != self._routing.fingerprint:
+                    self._routing_stale = True
+
+    def _execute_key(self, msg_type: MsgType, body: dict) -> dict:
+        """A single-key request, sent to a replica of the key (Lazy Pirate over the
+        endpoints ``_endpoints_for`` gives)."""
+        if not self.token_aware:
+            return self._execute(msg_type, body)
+        endpoints = self._endpoints_for(body["key"])
+        request = Message(msg_type, next(self._ids), body)
+        frame = encode(request)
+        tried: list[str] = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
+            endpoint = endpoints[attempt % len(endpoints)]
+            tried.append(endpoint)
+            sock = self._direct_socket(endpoint)
+            try:
+                reply = self._exchange(sock, endpoint, request.request_id, frame, self.timeout)
+            except BaseException:
+                self._drop_direct(endpoint)  # its reply may still come: never read it
+                raise
+            if reply is not None:
+                result = _unwrap(reply, msg_type)
+                self._note_reply(result)
+                return result
+            self._drop_direct(endpoint)
+            self._avoid[endpoint] = time.monotonic() + _AVOID_S
+            self._routing_stale = True  # a silent replica: perhaps the ring moved on
+        raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
+                      f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
+
+    def _execute_batch(self, msg_type: MsgType, keys: list[str], entries: list[dict],
+                       make_body: Callable[[list[dict]], dict]) -> list[dict]:
+        """Group ``entries`` by the endpoint of their key, send every chunk at once, gather
+        the per-key results in order; chunks whose endpoint stays silent are resent once
+        through the seeds. The first per-key error is raised after all have answered."""
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            endpoint = self._endpoints_for(key)[0] if self.token_aware else self.seeds[0]
+            groups.setdefault(endpoint, []).append(index)
+        chunks = [(endpoint, indexes[start:start + _BATCH_CHUNK])
+                  for endpoint, indexes in groups.items()
+                  for start in range(0, len(indexes), _BATCH_CHUNK)]
+        results: list[dict | None] = [None] * len(entries)
+        pending: dict[int, tuple[str, list[int]]] = {}
+        for endpoint, indexes in chunks:
+            request_id = next(self._ids)
+            frame = encode(Message(msg_type, request_id,
+                                   make_body([entries[i] for i in indexes])))
+            sock = self._direct_socket(endpoint)
+            if not sock.poll(self.timeout * 1000, zmq.POLLOUT):
+                continue  # left pending: retried through the seeds below
+            sock.send(frame)
+            pending[request_id] = (endpoint, indexes)
+        unsent = [c for c in chunks if not any(c[1] is p[1] for p in pending.values())]
+        deadline = time.monotonic() + self.timeout
+        poller = zmq.Poller()
+        for endpoint in {endpoint for endpoint, _ in pending.values()}:
+            poller.register(self._direct[endpoint], zmq.POLLIN)
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(remaining * 1000):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    reply = decode(frames[-1])
+                    chunk = pending.pop(reply.request_id, None)
+                    if chunk is None:
+                        continue  # a reply to an earlier request of ours
+                    body = _unwrap(reply, msg_type)
+                    for index, result in zip(chunk[1], body["results"], strict=True):
+                        results[index] = result
+        for endpoint, indexes in [*pending.values(), *unsent]:
+            self._drop_direct(endpoint)
+            self._avoid[endpoint] = time.monotonic() + _AVOID_S
+            self._routing_stale = True
+            body = self._execute(msg_type, make_body([entries[i] for i in indexes]))
+            for index, result in zip(indexes, body["results"], strict=True):
+                results[index] = result
+        for result in results:
+            if isinstance(result, dict) and "error" in result:
+                raise error_from_code(result["error"], result.get("message", ""))
+            self._note_reply(result or {})
+        return results
+
+    def _direct_socket(self, endpoint: str) -> zmq.Socket:
+        sock = self._direct.get(endpoint)
+        if sock is None:
+            sock = self._direct[endpoint] = self._new_socket(endpoint)
+        return sock
+
+    def _drop_direct(self, endpoint: str) -> None:
+        sock = self._direct.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=0)
+
     # -------------------------------------------------------------- transport
 
     def _execute(self, msg_type: MsgType, body: dict, timeout: float | None = None,
@@ -543,6 +764,22 @@ class Client:
             socket.close(linger=0)
             raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
         return socket
+
+
+class _Routing:
+    """The ring a token-aware client routes by, with each node's endpoint."""
+
+    __slots__ = ("ring", "fingerprint", "replicas", "addresses")
+
+    def __init__(self, ring: HashRing, state: RingState) -> None:
+        self.ring = ring
+        self.fingerprint = state.fingerprint
+        self.replicas = state.replicas
+        self.addresses = {node.node_id: node.address for node in state.nodes}
+
+    def endpoints(self, key: str) -> list[str]:
+        return [self.addresses[n] for n in self.ring.get_nodes(key, self.replicas)
+                if n in self.addresses]
 
 
 def _unwrap(reply: Message, request_type: MsgType) -> dict:

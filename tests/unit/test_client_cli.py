@@ -92,7 +92,7 @@ class Recorder(Client):
     """A client whose transport records requests and answers from a table."""
 
     def __init__(self, replies=None):
-        super().__init__("tcp://unused:1")
+        super().__init__("tcp://unused:1", token_aware=False)  # requests as sent
         self.sent: list[tuple[MsgType, dict]] = []
         self.replies = replies or {}
 
@@ -359,7 +359,7 @@ def test_timeout_after_bounded_tries(fake_nodes):
 def test_error_replies_raise_and_are_not_retried(fake_nodes, code, exc_type):
     node = fake_nodes(lambda m: [Message(MsgType.ERROR, m.request_id, {
         "code": code, "message": "nope", "details": {"acked": ["n1"], "message": "x"}})])
-    client = Client([node.endpoint, node.endpoint], timeout=2, retries=3)
+    client = Client([node.endpoint, node.endpoint], timeout=2, retries=3, token_aware=False)
     with client, pytest.raises(exc_type, match="nope") as raised:
         client.put("k", "v")
     assert type(raised.value) is exc_type

@@ -676,6 +676,8 @@ class NodeCore:
                 op.answered = True
                 body = {"version": list(op.record.version), "stored_on": list(op.acks),
                         "replicated_to": list(op.sets[0])}
+                if self.config.node_id not in op.sets[0]:
+                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif not possible:
                 op.answered = True
@@ -778,6 +780,8 @@ class NodeCore:
                 body = {"found": found, "value": newest.value if found else None,
                         "version": list(newest.version) if newest else None,
                         "served_by": list(op.replies)}
+                if self.config.node_id not in op.replicas:
+                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif len(op.counted) - len(op.failed) < op.needed:
                 op.answered = True
