@@ -106,6 +106,8 @@ class MemberTable:
         self.own_id = own.node_id
         self._members: dict[str, Member] = {own.node_id: own}
         self.detector = detector
+        self._sorted: tuple[Member, ...] | None = None   # all(), cached until a change
+        self._peers: tuple[Member, ...] | None = None
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
@@ -121,12 +123,19 @@ class MemberTable:
         return self._members[self.own_id]
 
     def all(self) -> list[Member]:
-        return sorted(self._members.values(), key=lambda m: m.node_id)
+        if self._sorted is None:
+            self._sorted = tuple(sorted(self._members.values(), key=lambda m: m.node_id))
+        return list(self._sorted)
 
     def peers(self) -> list[Member]:
         """Other members that are not gone."""
-        return [m for m in self.all() if m.node_id != self.own_id
-                and m.status != MemberStatus.LEFT]
+        if self._peers is None:
+            self._peers = tuple(m for m in self.all() if m.node_id != self.own_id
+                                and m.status != MemberStatus.LEFT)
+        return list(self._peers)
+
+    def _changed(self) -> None:
+        self._sorted = self._peers = None
 
     def ring_weights(self) -> dict[str, float]:
         """Members that own ranges, with their weights."""
@@ -138,6 +147,7 @@ class MemberTable:
     def update_own(self, **changes: Any) -> Member:
         own = replace(self.own, **changes)
         self._members[self.own_id] = own
+        self._changed()
         return own
 
     def set_status(self, node_id: str, status: MemberStatus, **changes: Any) -> Member:
@@ -145,6 +155,7 @@ class MemberTable:
         member = self._members[node_id]
         member = replace(member, status=status, generation=member.generation + 1, **changes)
         self._members[node_id] = member
+        self._changed()
         return member
 
     def merge(self, records: list[Member], now: float) -> bool:
@@ -158,6 +169,7 @@ class MemberTable:
                 if current is not None and (record.generation, record.status) > (
                         current.generation, current.status):
                     self._members[self.own_id] = replace(record, heartbeat=current.heartbeat)
+                    self._changed()
                     changed = True
                 continue
             if current is None or record.newer_than(current):
@@ -169,6 +181,7 @@ class MemberTable:
                         current.gossip_address, current.weight):
                     changed = True
                 self._members[record.node_id] = record
+                self._changed()
         return changed
 
     def heard_from(self, node_id: str, now: float) -> None:

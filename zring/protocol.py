@@ -67,6 +67,7 @@ class MsgType(IntEnum):
     REPAIR_FETCH = 53
     RANGE_STATS = 54
     BATCH = 55          # several peer requests (or their replies) in one frame
+    REPLICA_READ_MANY = 56
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -79,7 +80,8 @@ PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOI
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
                         MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
-                        MsgType.REPAIR_FETCH, MsgType.RANGE_STATS, MsgType.BATCH})
+                        MsgType.REPAIR_FETCH, MsgType.RANGE_STATS, MsgType.BATCH,
+                        MsgType.REPLICA_READ_MANY})
 
 
 @dataclass(slots=True)
@@ -132,6 +134,7 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.MGET: {"keys": ((list,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
     MsgType.MPUT: {"items": ((list,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False)},
     MsgType.BATCH: {"messages": ((list,), True)},
+    MsgType.REPLICA_READ_MANY: {"keys": ((list,), True)},
 }
 
 

@@ -91,14 +91,42 @@ def test_empty_and_oversized_batches():
     assert reply.type == MsgType.ERROR and reply.body["code"] == "protocol"
 
 
-def test_mput_sends_one_batch_per_peer_not_one_frame_per_key():
+def test_mput_and_mget_send_one_request_per_peer_not_one_per_key():
     sim = cluster_of(3)
     sent = count_sends(sim, "node1")
     items = [[f"k{i}", b"v"] for i in range(40)]
     assert sim.request("node1", MsgType.MPUT, {"items": items}).type == MsgType.OK
-    writes = [m for m in sent if m.type in (MsgType.BATCH, MsgType.REPLICA_WRITE)]
-    assert len(writes) == 2   # one to each other replica
-    assert all(len(m.body["messages"]) == 40 for m in writes)
+    writes = [m for m in sent if m.type == MsgType.REPLICA_WRITE]
+    assert len(writes) == 2 and all(len(m.body["records"]) == 40 for m in writes)
+    sent.clear()
+    reply = sim.request("node1", MsgType.MGET, {"keys": [k for k, _ in items], "r": 2})
+    assert all(r["found"] for r in reply.body["results"])
+    reads = [m for m in sent if m.type == MsgType.REPLICA_READ_MANY]
+    assert 1 <= len(reads) <= 2 and sum(len(m.body["keys"]) for m in reads) == 40
+
+
+def test_mget_keys_whose_replica_is_silent_fall_back_to_a_stand_by():
+    sim = cluster_of(3)
+    keys = [f"k{i}" for i in range(30)]
+    sim.request("node1", MsgType.MPUT, {"items": [[k, k.encode()] for k in keys]})
+    sim.down.add(sim.node("node2").config.address)   # not yet noticed by anyone
+    reply = sim.request("node1", MsgType.MGET, {"keys": keys, "r": 2}, max_seconds=10)
+    results = reply.body["results"]
+    assert [r["value"] for r in results] == [k.encode() for k in keys]
+    assert all("node2" not in r["served_by"] for r in results)
+
+
+def test_mput_with_a_replica_down_takes_the_hinted_single_key_path():
+    sim = cluster_of(3)
+    sim.down.add(sim.node("node3").config.address)
+    core = sim.node("node1")
+    assert sim.run_until(lambda: not core.members.is_up("node3", sim.now), 30)
+    keys = [f"k{i}" for i in range(20)]
+    reply = sim.request("node1", MsgType.MPUT, {"items": [[k, b"v"] for k in keys]})
+    results = reply.body["results"]
+    assert all(sorted(r["stored_on"]) == ["node1", "node2"] for r in results)
+    assert sum(core.store.hint_counts().values()) + sum(
+        sim.node("node2").store.hint_counts().values()) >= 20   # node3's share, kept
 
 
 # ---------------------------------------------------------------- peer BATCH frames

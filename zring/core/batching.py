@@ -16,7 +16,8 @@ from zring.protocol import Message, MsgType, message_to_wire
 __all__ = ["BATCHABLE", "MAX_BATCH_KEYS", "BatchReply", "Slot", "coalesce_sends"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
-BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE})
+BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE,
+                       MsgType.REPLICA_READ_MANY})
 MAX_BATCH_KEYS = 10_000     # keys in one MGET/MPUT, and messages in one BATCH
 
 

@@ -96,6 +96,30 @@ class _Quorum:
 
 
 @dataclass(slots=True)
+class _MultiRead:
+    """An MGET's keys read in one pass per replica (index -> replies so far)."""
+
+    batch: BatchReply
+    quorum: int
+    requests: list[Message]
+    replies: dict[int, dict[str, Record | None]] = field(default_factory=dict)
+    replicas: dict[int, list[str]] = field(default_factory=dict)
+    pending: int = 0
+
+
+@dataclass(slots=True)
+class _MultiWrite:
+    """An MPUT's records sent once per replica (index -> acks, answers still due)."""
+
+    batch: BatchReply
+    quorum: int
+    records: dict[int, Record] = field(default_factory=dict)
+    replicas: dict[int, list[str]] = field(default_factory=dict)
+    acks: dict[int, list[str]] = field(default_factory=dict)
+    waiting: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Drop:
     """Ranges this node no longer replicates since ``ring``: deleted
     page by page once every member routes by that ring (a read by a member still on the old
@@ -312,12 +336,100 @@ class NodeCore:
         return effects
 
     def _on_mget(self, route, message: Message, now: float) -> list[Effect]:
+        """Many reads at once: each replica asked once for all its keys (one local lookup
+        pass, one REPLICA_READ_MANY per peer). A key whose replicas fail falls back to the
+        single-key path (stand-by replicas, its own error)."""
         keys = message.body["keys"]
         n, r = message.body.get("n"), message.body.get("r")
-        return self._start_batch(route, message, [
-            Message(MsgType.GET, 0, {"key": key, "n": n, "r": r}) for key in keys], now)
+        requests = [Message(MsgType.GET, 0, {"key": key, "n": n, "r": r}) for key in keys]
+        batch, effects = self._open_batch(route, message, requests)
+        if batch is None:
+            return effects
+        n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
+        me = self.config.node_id
+        read = _MultiRead(batch, quorum, requests)
+        by_target: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            if key.__class__ is not str or self._key_too_long(key):
+                effects += self._single(batch, index, requests[index], now)
+                continue
+            natural = self.ring.get_nodes_at(key_position(key), n)
+            live = [x for x in natural if x == me or self.members.is_up(x, now)]
+            if len(live) < quorum:
+                effects += self._single(batch, index, requests[index], now)
+                continue
+            if me in live:
+                live.remove(me)
+                live.insert(0, me)
+            read.replies[index] = {}
+            read.replicas[index] = natural
+            read.pending += 1
+            for target in live[:quorum]:
+                by_target.setdefault(target, []).append(index)
+        for index in by_target.pop(me, ()):
+            read.replies[index][me] = self.store.get(keys[index])
+            effects += self._multi_read_done(read, index, now)
+        for target, indexes in by_target.items():
+            effects += self._call(target, MsgType.REPLICA_READ_MANY,
+                                  {"keys": [keys[i] for i in indexes]},
+                                  lambda node, reply, t, ix=indexes: self._on_read_many(
+                                      read, node, ix, reply, t), now)
+        return effects
+
+    def _on_read_many(self, read: _MultiRead, node_id: str, indexes: list[int],
+                      reply: Message | None, now: float) -> list[Effect]:
+        wires = reply.body.get("records") if reply is not None and \
+            reply.type == MsgType.OK else None
+        records = None
+        if isinstance(wires, list) and len(wires) == len(indexes):
+            try:
+                records = [None if w is None else record_from_wire(w) for w in wires]
+            except ProtocolError:
+                records = None
+        effects: list[Effect] = []
+        for position, index in enumerate(indexes):
+            if read.batch.results[index] is not None:
+                continue
+            if records is None:  # that replica failed: this key takes the careful path
+                read.pending -= 1
+                effects += self._single(read.batch, index, read.requests[index], now)
+                continue
+            record = records[position]
+            if record is not None:
+                self.clock.observe(record.version.timestamp)
+            read.replies[index][node_id] = record
+            effects += self._multi_read_done(read, index, now)
+        return effects
+
+    def _multi_read_done(self, read: _MultiRead, index: int, now: float) -> list[Effect]:
+        replies = read.replies[index]
+        if len(replies) < read.quorum or read.batch.results[index] is not None:
+            return []
+        newest = _newest(replies.values())
+        found = newest is not None and not newest.is_tombstone
+        body = {"found": found, "value": newest.value if found else None,
+                "version": list(newest.version) if newest else None,
+                "served_by": list(replies)}
+        if self.config.node_id not in read.replicas[index]:
+            body["ring"] = self.ring.fingerprint()
+        read.pending -= 1
+        effects: list[Effect] = []
+        if newest is not None:
+            for node_id, record in replies.items():  # read repair, as for a single read
+                if record is None or record.version < newest.version:
+                    self.stats["read_repairs"] += 1
+                    if node_id == self.config.node_id:
+                        self.store.put(newest)
+                    else:
+                        effects += self._call(node_id, MsgType.REPLICA_WRITE,
+                                              {"records": [record_to_wire(newest)]},
+                                              lambda *_: [], now)
+        return effects + self._fill_result(read.batch, index, body)
 
     def _on_mput(self, route, message: Message, now: float) -> list[Effect]:
+        """Many writes at once: while no ring change is under way and every replica is up
+        (the common case), each replica gets one REPLICA_WRITE with all its records; any
+        other key takes the single-key path (hints, joint quorums)."""
         n, w = message.body.get("n"), message.body.get("w")
         requests = []
         for item in message.body["items"]:
@@ -325,29 +437,110 @@ class NodeCore:
                 raise ProtocolError("an MPUT item must be [key, value]")
             requests.append(Message(MsgType.PUT, 0, {"key": item[0], "value": item[1],
                                                      "n": n, "w": w}))
-        return self._start_batch(route, message, requests, now)
+        batch, effects = self._open_batch(route, message, requests)
+        if batch is None:
+            return effects
+        n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
+        me = self.config.node_id
+        write = _MultiWrite(batch, quorum)
+        by_target: dict[str, list[Record]] = {}
+        indexes_of: dict[str, list[int]] = {}
+        clock_ms = int(now * 1000)
+        for index, request in enumerate(requests):
+            key, value = request.body["key"], request.body["value"]
+            if key.__class__ is not str or value.__class__ not in (bytes, str) or \
+                    self._key_too_long(key) or len(value) > self.config.max_value_bytes:
+                effects += self._single(batch, index, request, now)
+                continue
+            position = key_position(key)
+            sets = self._write_sets(position, n)
+            natural = sets[0]
+            if len(sets) > 1 or len(natural) < quorum or not all(
+                    x == me or self.members.is_up(x, now) for x in natural):
+                effects += self._single(batch, index, request, now)
+                continue
+            record = Record(key, value, self.clock.version(clock_ms, me), position)
+            write.records[index] = record
+            write.replicas[index] = natural
+            write.acks[index] = []
+            write.waiting[index] = len(natural)
+            for target in natural:
+                by_target.setdefault(target, []).append(record)
+                indexes_of.setdefault(target, []).append(index)
+        if me in by_target:
+            self.store.put_many(by_target.pop(me))
+            effects += self._on_write_many(write, me, indexes_of.pop(me), True, now)
+        for target, records in by_target.items():
+            indexes = indexes_of[target]
+            effects += self._call(target, MsgType.REPLICA_WRITE,
+                                  {"records": [record_to_wire(r) for r in records]},
+                                  lambda node, reply, t, ix=indexes: self._on_write_many(
+                                      write, node, ix, reply is not None
+                                      and reply.type == MsgType.OK, t), now)
+        return effects
 
-    def _start_batch(self, route, message: Message, requests: list[Message],
-                     now: float) -> list[Effect]:
-        """Run each key's GET or PUT as its own quorum operation, their replies routed into
-        one result list: one key's failure is its entry's error, not the batch's."""
+    def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
+                       now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for index in indexes:
+            write.waiting[index] -= 1
+            if ok:
+                write.acks[index].append(node_id)
+            else:  # kept as a hint here, as a single write's coordinator does
+                self.store.add_hints([Hint(0, node_id, write.records[index],
+                                           int(now * 1000))])
+                self.stats["hints_stored"] += 1
+            if write.batch.results[index] is not None:
+                continue
+            record = write.records[index]
+            if len(write.acks[index]) >= write.quorum:
+                body = {"version": list(record.version), "stored_on": list(write.acks[index]),
+                        "replicated_to": list(write.replicas[index])}
+                effects += self._fill_result(write.batch, index, body)
+            elif len(write.acks[index]) + write.waiting[index] < write.quorum:
+                self.stats["writes_unavailable"] += 1
+                effects += self._fill_result(write.batch, index, {
+                    "error": Unavailable.code,
+                    "message": f"write could not reach w={write.quorum} replicas; it may "
+                               "still be applied"})
+        return effects
+
+    def _key_too_long(self, key: str) -> bool:
+        limit = self.config.max_key_bytes
+        return len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit
+
+    def _single(self, batch: BatchReply, index: int, request: Message,
+                now: float) -> list[Effect]:
+        """One key of a batch through the single-key path; its reply fills its result."""
+        slot = Slot(batch, index)
+        try:
+            validate(message_to_wire(request))  # each key and value as if sent alone
+            return self._handlers[request.type](self, slot, request, now)
+        except ZringError as exc:
+            return [Reply(slot, _error(0, exc))]
+
+    def _fill_result(self, batch: BatchReply, index: int, body: dict) -> list[Effect]:
+        if batch.results[index] is not None:
+            return []
+        batch.results[index] = body
+        batch.pending -= 1
+        if batch.pending:
+            return []
+        self._open_batches -= 1
+        return [Reply(batch.route, Message(MsgType.OK, batch.request_id,
+                                           {"results": batch.results}))]
+
+    def _open_batch(self, route, message: Message, requests: list[Message]):
         if len(requests) > MAX_BATCH_KEYS:
             raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} keys, "
                                  f"not {len(requests)}")
         self._check_serving()
-        batch = BatchReply(route, message.request_id, [None] * len(requests), len(requests))
         if not requests:
-            return [Reply(route, Message(MsgType.OK, message.request_id, {"results": []}))]
+            return None, [Reply(route, Message(MsgType.OK, message.request_id,
+                                               {"results": []}))]
         self._open_batches += 1
-        effects: list[Effect] = []
-        for index, request in enumerate(requests):
-            slot = Slot(batch, index)
-            try:
-                validate(message_to_wire(request))  # each key and value as if sent alone
-                effects += self._handlers[request.type](self, slot, request, now)
-            except ZringError as exc:
-                effects.append(Reply(slot, _error(0, exc)))
-        return effects
+        return BatchReply(route, message.request_id, [None] * len(requests),
+                          len(requests)), []
 
     def _fill_batches(self, effects: list[Effect]) -> list[Effect]:
         """Replies to the keys of client batches fill their result lists; a batch whose
@@ -360,19 +553,10 @@ class NodeCore:
                 out.append(effect)
                 continue
             slot, reply = effect.route, effect.message
-            batch = slot.batch
-            if batch.results[slot.index] is not None:
-                continue
-            if reply.type == MsgType.OK:
-                batch.results[slot.index] = reply.body
-            else:
-                batch.results[slot.index] = {"error": reply.body.get("code", "error"),
-                                             "message": reply.body.get("message", "")}
-            batch.pending -= 1
-            if batch.pending == 0:
-                self._open_batches -= 1
-                out.append(Reply(batch.route, Message(MsgType.OK, batch.request_id,
-                                                      {"results": batch.results})))
+            body = reply.body if reply.type == MsgType.OK else {
+                "error": reply.body.get("code", "error"),
+                "message": reply.body.get("message", "")}
+            out += self._fill_result(slot.batch, slot.index, body)
         return out
 
     def _is_ready(self, now: float) -> bool:
@@ -888,6 +1072,16 @@ class NodeCore:
         record = self.store.get(message.body["key"])
         body = {"record": None if record is None else record_to_wire(record)}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_replica_read_many(self, route, message: Message, now: float) -> list[Effect]:
+        self._check_serving()
+        keys = message.body["keys"]
+        if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
+            raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
+        get = self.store.get
+        wires = [None if (record := get(key)) is None else record_to_wire(record)
+                 for key in keys]
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}))]
 
     def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
         target = message.body["target"]
@@ -2199,6 +2393,7 @@ NodeCore._handlers = {
     MsgType.MGET: NodeCore._on_mget,
     MsgType.MPUT: NodeCore._on_mput,
     MsgType.BATCH: NodeCore._on_batch,
+    MsgType.REPLICA_READ_MANY: NodeCore._on_replica_read_many,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 

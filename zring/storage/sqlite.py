@@ -250,6 +250,7 @@ class SQLiteStore(Store):
 
     @_translating_errors
     def put(self, record: Record) -> bool:
+        self._join_batch()
         self._cursor.execute(_UPSERT, _row(record))  # autocommit: one statement, one commit
         return self._cursor.rowcount > 0
 
@@ -311,6 +312,7 @@ class SQLiteStore(Store):
     def delete_range(self, low: int, high: int) -> int:
         if low > high:
             return 0
+        self._join_batch()
         self._cursor.execute(_DELETE_RANGE, (low - _POSITION_SHIFT, high - _POSITION_SHIFT))
         return self._cursor.rowcount
 
@@ -361,6 +363,7 @@ class SQLiteStore(Store):
     @_translating_errors
     def set_meta(self, name: str, value: bytes) -> None:
         # autocommit: committed on return, as durable as ``synchronous`` makes it
+        self._join_batch()
         self._cursor.execute(_SET_META, (name, bytes(value)))
 
     # ------------------------------------------------------------------ hints
@@ -394,6 +397,7 @@ class SQLiteStore(Store):
 
     @_translating_errors
     def expire_hints(self, created_before_ms: int) -> int:
+        self._join_batch()
         self._cursor.execute(_EXPIRE_HINTS, (created_before_ms,))  # autocommit
         return self._cursor.rowcount
 
@@ -534,8 +538,8 @@ class SQLiteStore(Store):
 
     @contextmanager
     def group_commit(self) -> Iterator[None]:
-        if self._batch_depth == 0:
-            self._begin()
+        # The transaction opens at the batch's first write (_transaction): a poll cycle
+        # that only reads costs no BEGIN/COMMIT.
         self._batch_depth += 1
         try:
             yield
@@ -545,7 +549,7 @@ class SQLiteStore(Store):
                 self._conn.execute("ROLLBACK")
             raise
         self._batch_depth -= 1
-        if self._batch_depth == 0:
+        if self._batch_depth == 0 and self._conn.in_transaction:
             self._commit()
 
     @_translating_errors
@@ -563,9 +567,15 @@ class SQLiteStore(Store):
         if not self._conn.in_transaction:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    def _join_batch(self) -> None:
+        """Inside a group commit, a write opens the batch's transaction if it is not open."""
+        if self._batch_depth and not self._conn.in_transaction:
+            self._begin()
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         if self._batch_depth:  # inside a group commit: a savepoint keeps this call atomic
+            self._join_batch()
             self._conn.execute("SAVEPOINT call")
             try:
                 yield
