@@ -52,6 +52,7 @@ from zring.client import (
     RingState,
     _count,
     _key,
+    _Router,
     _unwrap,
     _value,
     parse_seeds,
@@ -163,6 +164,14 @@ def _item_bytes(item: list) -> int:
     return sum(len(part.encode()) if isinstance(part, str) else len(part) for part in item)
 
 
+def _in_order(entries: list, order: list[list[int]]) -> list:
+    """Entries that came back group by group, put back in key order."""
+    placed: list = [None] * len(entries)
+    for index, entry in zip((i for group in order for i in group), entries, strict=True):
+        placed[index] = entry
+    return placed
+
+
 def _batch_results(entries: list, keys: Sequence[str], from_body: Callable[[dict], Any]) -> list:
     """Per-key reply entries -> results; the first per-key error entry is raised."""
     results, first_error = [], None
@@ -193,7 +202,7 @@ class AsyncClient:
     """
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, *, token_aware: bool = True) -> None:
         self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
         if not self.seeds:
             raise InvalidRequest("no seed endpoints given")
@@ -209,6 +218,8 @@ class AsyncClient:
         self._seed_index = random.randrange(len(self.seeds))  # spread clients over seeds
         self._ids = itertools.count(random.getrandbits(32) + 1)
         self._closes = 0   # close() count: a request that outlived a close() fails
+        self.token_aware = token_aware   # as Client: each key's request to one of its replicas
+        self._router = _Router()
 
     def __repr__(self) -> str:
         return f"AsyncClient(seeds={self.seeds!r}, timeout={self.timeout}, " \
@@ -224,6 +235,7 @@ class AsyncClient:
         """Close every socket (LINGER 0: nothing pending is kept); requests still waiting
         fail with ZringError. Idempotent; the client stays usable."""
         self._closes += 1
+        self._router.close()
         for connection in list(self._connections.values()):
             self._drop(connection, ZringError("the client was closed during the request"))
 
@@ -263,10 +275,11 @@ class AsyncClient:
             raise InvalidRequest("mget takes an iterable of keys, not a single key")
         keys = [_key(key) for key in keys]
         r = _count(r, "r")
+        order = await self._by_owner(keys)
         entries = await self._execute_batch(
-            MsgType.MGET, [{"keys": chunk, "r": r, "n": None} for chunk in _chunks(keys)],
-            "keys")
-        return _batch_results(entries, keys, GetResult.from_body)
+            MsgType.MGET, [{"keys": [keys[i] for i in chunk], "r": r, "n": None}
+                           for group in order for chunk in _chunks(group)], "keys")
+        return _batch_results(_in_order(entries, order), keys, GetResult.from_body)
 
     async def mput(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]],
                    *, w: int | None = None) -> list[PutResult]:
@@ -275,11 +288,13 @@ class AsyncClient:
         all have answered)."""
         pairs = [[_key(key), _value(value)] for key, value in _pairs(items)]
         w = _count(w, "w")
+        order = await self._by_owner([key for key, _ in pairs])
         entries = await self._execute_batch(
             MsgType.MPUT,
-            [{"items": chunk, "w": w, "n": None} for chunk in _chunks(pairs, _item_bytes)],
-            "items")
-        return _batch_results(entries, [key for key, _ in pairs], PutResult.from_body)
+            [{"items": chunk, "w": w, "n": None} for group in order
+             for chunk in _chunks([pairs[i] for i in group], _item_bytes)], "items")
+        return _batch_results(_in_order(entries, order), [key for key, _ in pairs],
+                              PutResult.from_body)
 
     # -------------------------------------------------------------- ring and cluster
 
@@ -295,9 +310,34 @@ class AsyncClient:
     # -------------------------------------------------------------- routing
 
     def _endpoint_for(self, key: str | None) -> str:
-        """Where a request about ``key`` (None: about the cluster) goes: for now the current
-        seed, whatever the key (the one place to make routing token-aware)."""
+        """The current seed: where requests about the cluster go, and keys' requests while
+        the ring is unknown."""
         return self.seeds[self._seed_index]
+
+    async def _routing(self) -> bool:
+        """Token-aware routing is on and a ring is known (fetched on first use, refetched
+        when gossip or a reply says it is stale; one fetch at a time)."""
+        if not self.token_aware:
+            return False
+        router = self._router
+        if router.wants_ring():
+            try:
+                router.update(RingState.from_body(await self._execute(MsgType.RING_STATE,
+                                                                      {})))
+            except ZringError:
+                pass  # no ring to be had now: keep what we had, or use the seeds
+        return router.routing is not None
+
+    async def _by_owner(self, keys: list[str]) -> list[list[int]]:
+        """Key indexes grouped by the endpoint of each key's first replica (one group of
+        all of them without a ring)."""
+        if not keys or not await self._routing():
+            return [list(range(len(keys)))] if keys else []
+        seed = self._endpoint_for(None)
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(self._router.owner_endpoint(key, seed), []).append(index)
+        return list(groups.values())
 
     def _on_silence(self, connection: _Connection, sent_at: float) -> None:
         """An attempt sent at ``sent_at`` got no reply in time: if the node said nothing at
@@ -315,16 +355,24 @@ class AsyncClient:
         request_id = next(self._ids)
         frame = encode(Message(msg_type, request_id, body))
         tried: list[str] = []
+        routed = None
+        if key is not None and await self._routing():
+            seeds = self.seeds[self._seed_index:] + self.seeds[:self._seed_index]
+            routed = self._router.endpoints_for(key, seeds)
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
             if self._closes != closes:
                 raise ZringError("the client was closed during the request")
-            endpoint = self._endpoint_for(key)
+            endpoint = routed[attempt % len(routed)] if routed else self._endpoint_for(key)
             tried.append(endpoint)
             reply = await self._attempt(endpoint, request_id, frame)
             if reply is not None:
-                return _unwrap(reply, msg_type)
+                result = _unwrap(reply, msg_type)
+                self._router.note_reply(result)
+                return result
+            if routed:
+                self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
                       f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
 

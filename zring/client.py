@@ -279,12 +279,8 @@ class Client:
         self._ring: HashRing | None = None
         self._ring_fingerprint: int | None = None
         self.token_aware = token_aware
-        self._routing: _Routing | None = None
-        self._routing_stale = False
-        self._routing_fetched_at = -1e9
+        self._router = _Router()
         self._direct: dict[str, zmq.Socket] = {}   # endpoint -> DEALER, for routed requests
-        self._avoid: dict[str, float] = {}         # endpoint -> monotonic time it is avoided
-        self._gossip: zmq.Socket | None = None
 
     def __repr__(self) -> str:
         return f"Client(seeds={self.seeds!r}, timeout={self.timeout}, retries={self.retries})"
@@ -303,9 +299,7 @@ class Client:
         for sock in self._direct.values():
             sock.close(linger=0)
         self._direct.clear()
-        if self._gossip is not None:
-            self._gossip.close(linger=0)
-            self._gossip = None
+        self._router.close()
 
     # -------------------------------------------------------------- data
 
@@ -499,83 +493,28 @@ class Client:
 
     # -------------------------------------------------------------- token-aware routing
 
+    @property
+    def _routing(self) -> _Routing | None:
+        return self._router.routing
+
     def _routing_now(self) -> _Routing | None:
         """The ring to route by: fetched on first use, refetched when gossip or a reply
         says ours is stale (at most every half second); None: use the seeds."""
         if not self.token_aware:
             return None
-        self._drain_gossip()
-        now = time.monotonic()
-        if (self._routing is None or self._routing_stale) and \
-                now - self._routing_fetched_at >= _RING_REFRESH_GAP_S:
-            self._routing_fetched_at = now
+        router = self._router
+        if router.wants_ring():
             try:
                 state = RingState.from_body(self._execute(MsgType.RING_STATE, {}))
             except ZringError:  # no ring to be had: keep what we had, or use the seeds
-                return self._routing
-            self._routing = _Routing(self._ring_for(state), state)
-            self._routing_stale = False
-            self._watch_gossip(state)
-        return self._routing
+                return router.routing
+            router.update(state)
+        return router.routing
 
     def _endpoints_for(self, key: str) -> list[str]:
-        """Where to send ``key``'s request, in order: its replicas (ones that went silent
-        lately last), then the seeds."""
-        routing = self._routing_now()
-        seeds = self.seeds[self._seed_index:] + self.seeds[:self._seed_index]
-        if routing is None:
-            return seeds
-        replicas = routing.endpoints(key)
-        now = time.monotonic()
-        fresh = [e for e in replicas if self._avoid.get(e, 0.0) <= now]
-        ordered = fresh + [e for e in replicas if e not in fresh]
-        return ordered + [e for e in seeds if e not in ordered]
-
-    def _note_reply(self, body: dict) -> None:
-        """A node that was not a replica of the key says which ring it routes by."""
-        ring = body.get("ring")
-        if ring is not None and self._routing is not None and \
-                ring != self._routing.fingerprint:
-            self._routing_stale = True
-
-    def _watch_gossip(self, state: RingState) -> None:
-        if self._gossip is None:
-            self._gossip = self._context.socket(zmq.SUB)
-            self._gossip.setsockopt(zmq.LINGER, 0)
-            self._gossip.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-            self._gossip.setsockopt(zmq.RCVHWM, 100)
-            self._gossip.setsockopt(zmq.SUBSCRIBE, b"")
-            self._gossip_endpoints: set[str] = set()
-        for member in state.members:
-            endpoint = member.gossip_address
-            if endpoint and endpoint not in self._gossip_endpoints and member.status != "left":
-                try:
-                    self._gossip.connect(endpoint)
-                    self._gossip_endpoints.add(endpoint)
-                except zmq.ZMQError:
-                    continue
-
-    def _drain_gossip(self, budget: int = 100) -> None:
-        """Gossip that arrived since the last request: a sender routing by another ring
-        means ours is stale (membership changed)."""
-        if self._gossip is None or self._routing is None:
-            return
-        for _ in range(budget):
-            try:
-                frame = self._gossip.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                message = decode(frame)
-            except ProtocolError:
-                continue
-            if message.type != MsgType.GOSSIP:
-                continue
-            sender = message.body["sender"]
-            for row in message.body["members"]:
-                if isinstance(row, dict) and row.get("node_id") == sender and \
-                        row.get("ring", self._routing.fingerprint) != self._routing.fingerprint:
-                    self._routing_stale = True
+        self._routing_now()
+        return self._router.endpoints_for(key, self.seeds[self._seed_index:]
+                                          + self.seeds[:self._seed_index])
 
     def _execute_key(self, msg_type: MsgType, body: dict) -> dict:
         """A single-key request, sent to a replica of the key (Lazy Pirate over the
@@ -599,11 +538,10 @@ class Client:
                 raise
             if reply is not None:
                 result = _unwrap(reply, msg_type)
-                self._note_reply(result)
+                self._router.note_reply(result)
                 return result
             self._drop_direct(endpoint)
-            self._avoid[endpoint] = time.monotonic() + _AVOID_S
-            self._routing_stale = True  # a silent replica: perhaps the ring moved on
+            self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
                       f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
 
@@ -613,8 +551,10 @@ class Client:
         the per-key results in order; chunks whose endpoint stays silent are resent once
         through the seeds. The first per-key error is raised after all have answered."""
         groups: dict[str, list[int]] = {}
+        routing = self._routing_now()
+        seed = self._current_seed()
         for index, key in enumerate(keys):
-            endpoint = self._endpoints_for(key)[0] if self.token_aware else self.seeds[0]
+            endpoint = seed if routing is None else self._router.owner_endpoint(key, seed)
             groups.setdefault(endpoint, []).append(index)
         chunks = [(endpoint, indexes[start:start + _BATCH_CHUNK])
                   for endpoint, indexes in groups.items()
@@ -651,15 +591,14 @@ class Client:
                         results[index] = result
         for endpoint, indexes in [*pending.values(), *unsent]:
             self._drop_direct(endpoint)
-            self._avoid[endpoint] = time.monotonic() + _AVOID_S
-            self._routing_stale = True
+            self._router.silent(endpoint)
             body = self._execute(msg_type, make_body([entries[i] for i in indexes]))
             for index, result in zip(indexes, body["results"], strict=True):
                 results[index] = result
         for result in results:
             if isinstance(result, dict) and "error" in result:
                 raise error_from_code(result["error"], result.get("message", ""))
-            self._note_reply(result or {})
+            self._router.note_reply(result or {})
         return results
 
     def _direct_socket(self, endpoint: str) -> zmq.Socket:
@@ -780,6 +719,117 @@ class _Routing:
     def endpoints(self, key: str) -> list[str]:
         return [self.addresses[n] for n in self.ring.get_nodes(key, self.replicas)
                 if n in self.addresses]
+
+
+class _Router:
+    """Token-aware routing state, shared by Client and AsyncClient: the ring, whether it
+    is stale, the nodes' gossip (a SUB socket drained without blocking before each
+    request), and the endpoints that went silent lately. Fetching the ring is the
+    client's (sync or async); everything else is here."""
+
+    def __init__(self) -> None:
+        self.routing: _Routing | None = None
+        self.stale = False
+        self.fetched_at = -1e9
+        self.avoid: dict[str, float] = {}   # endpoint -> monotonic time it is avoided until
+        self._gossip: zmq.Socket | None = None
+        self._gossip_endpoints: set[str] = set()
+
+    def wants_ring(self) -> bool:
+        """Drain gossip; True if the ring should be (re)fetched now (and note the try)."""
+        self.drain_gossip()
+        now = time.monotonic()
+        if (self.routing is None or self.stale) and now - self.fetched_at >= _RING_REFRESH_GAP_S:
+            self.fetched_at = now
+            return True
+        return False
+
+    def update(self, state: RingState) -> None:
+        if self.routing is None or self.routing.fingerprint != state.fingerprint:
+            from zring.ring import HashRing  # numpy: only clients that route pay for it
+            ring = HashRing({n.node_id: n.weight for n in state.nodes}, vnodes=state.vnodes)
+        else:
+            ring = self.routing.ring
+        self.routing = _Routing(ring, state)
+        self.stale = False
+        self._watch_gossip(state)
+
+    def endpoints_for(self, key: str, seeds: list[str]) -> list[str]:
+        """Where to send ``key``'s request, in order: its replicas (ones that went silent
+        lately last), then the seeds."""
+        if self.routing is None:
+            return seeds
+        replicas = self.routing.endpoints(key)
+        now = time.monotonic()
+        fresh = [e for e in replicas if self.avoid.get(e, 0.0) <= now]
+        ordered = fresh + [e for e in replicas if e not in fresh]
+        return ordered + [e for e in seeds if e not in ordered]
+
+    def owner_endpoint(self, key: str, seed: str) -> str:
+        """The endpoint of ``key``'s first replica (fast: batches group by it)."""
+        routing = self.routing
+        if routing is None:
+            return seed
+        endpoint = routing.addresses.get(routing.ring.get_node(key), seed)
+        if self.avoid and self.avoid.get(endpoint, 0.0) > time.monotonic():
+            return self.endpoints_for(key, [seed])[0]  # its owner went silent lately
+        return endpoint
+
+    def note_reply(self, body: dict) -> None:
+        """A node that was not a replica of the key says which ring it routes by."""
+        ring = body.get("ring")
+        if ring is not None and self.routing is not None and ring != self.routing.fingerprint:
+            self.stale = True
+
+    def silent(self, endpoint: str) -> None:
+        """No reply from ``endpoint``: try it last for a while; perhaps the ring moved on."""
+        self.avoid[endpoint] = time.monotonic() + _AVOID_S
+        self.stale = True
+
+    def _watch_gossip(self, state: RingState) -> None:
+        if self._gossip is None:
+            self._gossip = zmq.Context.instance().socket(zmq.SUB)
+            self._gossip.setsockopt(zmq.LINGER, 0)
+            self._gossip.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            self._gossip.setsockopt(zmq.RCVHWM, 100)
+            self._gossip.setsockopt(zmq.SUBSCRIBE, b"")
+        for member in state.members:
+            endpoint = member.gossip_address
+            if endpoint and endpoint not in self._gossip_endpoints and member.status != "left":
+                try:
+                    self._gossip.connect(endpoint)
+                    self._gossip_endpoints.add(endpoint)
+                except zmq.ZMQError:
+                    continue
+
+    def drain_gossip(self, budget: int = 100) -> None:
+        """Gossip that arrived since the last request: a sender routing by another ring
+        means ours is stale (membership changed)."""
+        if self._gossip is None or self.routing is None:
+            return
+        fingerprint = self.routing.fingerprint
+        for _ in range(budget):
+            try:
+                frame = self._gossip.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = decode(frame)
+            except ProtocolError:
+                continue
+            if message.type != MsgType.GOSSIP:
+                continue
+            sender = message.body["sender"]
+            for row in message.body["members"]:
+                if isinstance(row, dict) and row.get("node_id") == sender and \
+                        row.get("ring", fingerprint) != fingerprint:
+                    self.stale = True
+
+    def close(self) -> None:
+        if self._gossip is not None:
+            self._gossip.close(linger=0)
+            self._gossip = None
+            self._gossip_endpoints.clear()
 
 
 def _unwrap(reply: Message, request_type: MsgType) -> dict:

@@ -35,6 +35,10 @@ class _History:
     intervals: deque[float] = field(default_factory=deque)
     total: float = 0.0
     total_squares: float = 0.0
+    # when silence since last_at makes the member suspect / down (kept current on every
+    # heartbeat: liveness is asked for every replica of every request)
+    suspect_at: float = math.inf
+    down_at: float = math.inf
 
 
 class PhiAccrualDetector:
@@ -60,6 +64,7 @@ class PhiAccrualDetector:
             # Seed with the expected interval so a new member is judged sanely at once.
             history = self._histories[node_id] = _History(now)
             self._add(history, self.expected_interval_s)
+            self._schedule(history)
             return
         interval = now - history.last_at
         history.last_at = now
@@ -67,6 +72,12 @@ class PhiAccrualDetector:
         # of the heartbeat rhythm: keeping it would blunt the detector for the next outage.
         if 0 < interval <= self.expected_interval_s * 3:
             self._add(history, interval)
+        self._schedule(history)
+
+    def _schedule(self, history: _History) -> None:
+        mean, std = self._mean_std(history)
+        history.suspect_at = history.last_at + mean + self._suspect_z * std
+        history.down_at = history.last_at + mean + self._down_z * std
 
     def _add(self, history: _History, interval: float) -> None:
         history.intervals.append(interval)
@@ -104,13 +115,9 @@ class PhiAccrualDetector:
 
     def liveness(self, node_id: str, now: float) -> Liveness:
         history = self._histories.get(node_id)
-        if history is None:
+        if history is None or now >= history.down_at:
             return Liveness.DOWN
-        silence = now - history.last_at
-        mean, std = self._mean_std(history)
-        if silence >= mean + self._down_z * std:
-            return Liveness.DOWN
-        if silence >= mean + self._suspect_z * std:
+        if now >= history.suspect_at:
             return Liveness.SUSPECT
         return Liveness.UP
 
@@ -119,9 +126,7 @@ class PhiAccrualDetector:
         history = self._histories.get(node_id)
         if history is None:
             return None
-        mean, std = self._mean_std(history)
-        for z in (self._suspect_z, self._down_z):
-            at = history.last_at + mean + z * std
+        for at in (history.suspect_at, history.down_at):
             if at > now:
                 return at
         return None

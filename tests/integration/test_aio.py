@@ -66,10 +66,16 @@ def test_put_get_delete_round_trip(shared):
     run(main())
 
 
-def test_200_concurrent_gets_share_one_socket(shared):
+def test_200_concurrent_gets_share_one_socket_per_node(shared):
     async def main():
         async with AsyncClient(shared.seeds) as client:
             await asyncio.gather(*(client.put(f"aio:c{i}", f"v{i}") for i in range(200)))
+            results = await asyncio.gather(*(client.get(f"aio:c{i}") for i in range(200)))
+            assert [r.value for r in results] == [f"v{i}" for i in range(200)]
+            # token-aware: each key's request went to a replica, over that node's socket
+            assert len(client._connections) <= 3 and len(client._replies) == 0
+            assert client._router.routing is not None
+        async with AsyncClient(shared.seeds, token_aware=False) as client:
             results = await asyncio.gather(*(client.get(f"aio:c{i}") for i in range(200)))
             assert [r.value for r in results] == [f"v{i}" for i in range(200)]
             assert len(client._connections) == 1 and len(client._replies) == 0
@@ -104,7 +110,7 @@ def test_mput_and_mget_in_several_chunks(shared):
 
 def test_timeout_on_a_dead_endpoint_within_the_deadline():
     async def main():
-        client = AsyncClient(dead_endpoints(2), timeout=0.3, retries=1)
+        client = AsyncClient(dead_endpoints(2), timeout=0.3, retries=1, token_aware=False)
         start = time.monotonic()
         with pytest.raises(Timeout, match="2 tries"):
             await client.get("k")

@@ -124,6 +124,7 @@ def net(monkeypatch) -> FakeNetwork:
 
 
 def client_on(*seeds: str, first: int = 0, **kwargs) -> AsyncClient:
+    kwargs.setdefault("token_aware", False)  # these fakes answer requests, not RING_STATE
     client = AsyncClient(list(seeds), **kwargs)
     client._seed_index = first   # deterministic: start at seeds[first]
     return client

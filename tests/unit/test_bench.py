@@ -1,0 +1,311 @@
+"""tools/bench.py without sockets: measurement loops, optional zring APIs, tables."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import zring
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def args_for(*argv: str):
+    return bench.build_parser().parse_args(list(argv))
+
+
+def finished(name: str, ops: int, elapsed_s: float, latencies_ms: list[float], batch: int = 1,
+             errors: int = 0, misses: int = 0):
+    return bench.Result(name, ops=ops, errors=errors, misses=misses, elapsed_s=elapsed_s,
+                        latencies_ns=[int(ms * 1e6) for ms in latencies_ms], batch=batch)
+
+
+# ---------------------------------------------------------------------- measurement
+
+def test_result_counts_keys_per_second_and_nearest_rank_percentiles():
+    result = finished("x", ops=10, elapsed_s=2.0, latencies_ms=[float(i) for i in range(1, 101)],
+                      batch=100)
+    assert result.ops_per_s == 500.0
+    assert result.percentile_ms(0.50) == 50.0
+    assert result.percentile_ms(0.99) == 99.0
+    assert bench.Result("empty").ops_per_s == 0.0
+    assert bench.Result("empty").percentile_ms(0.5) != bench.Result("empty").percentile_ms(0.5)
+
+
+def test_run_workload_counts_misses_errors_and_batch_hits():
+    def op(i: int) -> bool:
+        if i == 3:
+            raise ValueError("boom")
+        return i % 2 == 0
+
+    result = bench.run_workload("single", op, 10, max_seconds=60)
+    assert (result.ops, result.errors, result.misses) == (9, 1, 4)  # odd i but 3: 1, 5, 7, 9
+    assert len(result.latencies_ns) == 9
+    assert result.first_error == "ValueError: boom"
+
+    batched = bench.run_workload("batch", lambda c: 97, 5, max_seconds=60, batch=100)
+    assert (batched.ops, batched.misses) == (5, 15)
+    assert batched.ops_per_s == pytest.approx(500 / batched.elapsed_s)
+
+
+def test_run_workload_stops_at_max_seconds(capsys):
+    result = bench.run_workload("slow", lambda i: True, 1000, max_seconds=0)
+    assert result.ops == 1
+    assert "stopped after 1 calls" in capsys.readouterr().out
+
+
+def test_run_async_workload_keeps_concurrency_in_flight_and_runs_every_index_once():
+    seen: list[int] = []
+    state = {"now": 0, "peak": 0}
+
+    async def op(i: int) -> bool:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        state["now"] -= 1
+        seen.append(i)
+        if i == 7:
+            raise KeyError("seven")
+        return i != 8
+
+    result = asyncio.run(bench.run_async_workload("a", op, 500, 100, max_seconds=60))
+    assert sorted(seen) == list(range(500))
+    assert state["peak"] == 100
+    assert (result.ops, result.errors, result.misses) == (499, 1, 1)
+    assert len(result.latencies_ns) == 499
+    assert result.first_error.startswith("KeyError")
+
+
+def test_run_async_workload_with_fewer_ops_than_workers():
+    async def op(i: int) -> bool:
+        return True
+
+    result = asyncio.run(bench.run_async_workload("a", op, 3, 100, max_seconds=60))
+    assert result.ops == 3 and result.errors == 0
+
+
+def test_run_async_workload_cancels_calls_that_never_return(capsys):
+    async def hang(i: int) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    began = time.monotonic()
+    result = asyncio.run(bench.run_async_workload("hung", hang, 1000, 10, max_seconds=0,
+                                                  grace_s=0.05))
+    assert time.monotonic() - began < 5
+    assert (result.ops, result.errors) == (0, 10)
+    assert "unfinished" in result.first_error
+
+
+def test_key_batches_are_distinct_and_cover_the_ops():
+    batches = bench.key_batches("p", 250, 100)
+    assert [len(b) for b in batches] == [100, 100, 100]
+    flat = [key for b in batches for key in b]
+    assert len(set(flat)) == 300 and flat[0] == "p:00000000"
+    assert len(bench.key_batches("p", 1, 100)) == 1
+
+
+def test_parse_vm_rss():
+    text = "Name:\tpython\nVmPeak:\t  300000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n"
+    assert bench.parse_vm_rss(text) == 12345 * 1024
+    assert bench.parse_vm_rss("Name:\tkthreadd\n") is None
+
+
+# ---------------------------------------------------------------------- options
+
+def test_parse_workloads():
+    assert bench.parse_workloads(bench.DEFAULT_WORKLOADS) == {"sync", "async", "batch"}
+    assert bench.parse_workloads(" Sync , batch ") == {"sync", "batch"}
+    assert bench.parse_workloads("all") == set(bench.WORKLOADS)
+    with pytest.raises(ValueError, match="unknown bogus"):
+        bench.parse_workloads("sync,bogus")
+    with pytest.raises(ValueError):
+        bench.parse_workloads(" , ")
+
+
+def test_main_rejects_bad_options(capsys):
+    assert bench.main(["--workloads", "nope"]) == 2
+    assert bench.main(["--concurrency", "0"]) == 2
+    assert bench.main(["--start-cluster", "--seeds", "tcp://127.0.0.1:1"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- optional zring APIs
+
+def test_async_client_class_missing_gives_a_note(monkeypatch):
+    monkeypatch.delattr(zring, "AsyncClient", raising=False)
+    monkeypatch.delitem(zring._LAZY, "AsyncClient", raising=False)
+    monkeypatch.setitem(sys.modules, "zring.aio", None)  # import zring.aio -> not found
+    cls, why = bench.async_client_class()
+    assert cls is None and "not available" in why
+
+
+def test_async_client_class_present(monkeypatch):
+    class Fake:
+        pass
+
+    monkeypatch.setattr(zring, "AsyncClient", Fake, raising=False)
+    assert bench.async_client_class() == (Fake, "")
+
+
+class FakeBatchClient:
+    def __init__(self, short: bool = False) -> None:
+        self.store: dict[str, bytes] = {}
+        self.short = short
+
+    def mput(self, items):
+        pairs = list(items.items()) if isinstance(items, dict) else list(items)
+        self.store.update(pairs)
+        return [SimpleNamespace(success=True) for _ in pairs]
+
+    def mget(self, keys):
+        replies = [SimpleNamespace(found=key in self.store, value=self.store.get(key))
+                   for key in keys]
+        return replies[:-1] if self.short else replies
+
+
+def test_zring_batch_counts_keys_and_per_call_latency():
+    args = args_for("--ops", "250", "--batch", "100")
+    results = bench.bench_zring_batch(FakeBatchClient(), args, b"v", "p")
+    assert set(results) == {"mput", "mget"}
+    for result in results.values():
+        assert (result.ops, result.batch, result.errors, result.misses) == (3, 100, 0, 0)
+        assert len(result.latencies_ns) == 3
+
+
+def test_zring_batch_without_mget_is_a_note():
+    client = SimpleNamespace(mput=lambda items: [])
+    note = bench.bench_zring_batch(client, args_for(), b"v", "p")
+    assert note == "zring.Client.mget not available in this zring (yet)"
+
+
+def test_zring_batch_with_a_wrong_reply_count_fails_the_warm_up():
+    note = bench.bench_zring_batch(FakeBatchClient(short=True), args_for(), b"v", "p")
+    assert "warm-up failed" in note and "99 replies for 100 keys" in note
+
+
+class FakeAsyncClient:
+    instances: list[FakeAsyncClient] = []
+
+    def __init__(self, seeds, timeout=5.0, retries=3, fail=False):
+        self.seeds, self.timeout, self.fail = seeds, timeout, fail
+        self.store: dict[str, bytes] = {}
+        self.in_flight = self.peak = 0
+        self.closed = False
+        FakeAsyncClient.instances.append(self)
+
+    async def _tick(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(0)
+        self.in_flight -= 1
+        if self.fail:
+            raise RuntimeError("no cluster")
+
+    async def put(self, key, value, w=None):
+        await self._tick()
+        self.store[key] = value
+        return SimpleNamespace(success=True)
+
+    async def get(self, key, r=None):
+        await self._tick()
+        return SimpleNamespace(found=key in self.store, value=self.store.get(key))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_zring_async_runs_put_then_get_with_concurrency_in_flight():
+    FakeAsyncClient.instances.clear()
+    args = args_for("--ops", "300", "--concurrency", "50", "--timeout", "2")
+    results = asyncio.run(bench.bench_zring_async(FakeAsyncClient, "tcp://127.0.0.1:1", args,
+                                                  b"v", "p"))
+    client = FakeAsyncClient.instances[-1]
+    assert client.closed and client.timeout == 2.0
+    assert client.peak == 50
+    assert (results["aput"].ops, results["aget"].ops) == (300, 300)
+    assert results["aget"].misses == 0
+
+
+def test_zring_async_warm_up_failure_is_a_note_and_closes():
+    FakeAsyncClient.instances.clear()
+
+    def failing(seeds, timeout=5.0):
+        return FakeAsyncClient(seeds, timeout, fail=True)
+
+    note = asyncio.run(bench.bench_zring_async(failing, "s", args_for(), b"v", "p"))
+    assert note == "AsyncClient warm-up failed: RuntimeError: no cluster"
+    assert FakeAsyncClient.instances[-1].closed
+
+
+# ---------------------------------------------------------------------- tables
+
+def test_table_shows_ratios_and_dashes_for_skipped_zring_rows():
+    zring_results = {
+        "put": finished("zring put", 100, 1.0, [2.0] * 100),
+        "get": finished("zring get", 200, 1.0, [1.0] * 200),
+        "get_r1": finished("zring get r=1", 200, 1.0, [1.0] * 200),
+        "mput": finished("zring mput", 10, 1.0, [5.0] * 10, batch=100),
+        "mget": finished("zring mget", 8, 1.0, [4.0] * 8, batch=100, misses=3),
+    }
+    redis_get = finished("redis GET", 1000, 1.0, [0.5] * 1000)
+    redis_results = {
+        "put": finished("redis SET", 1000, 1.0, [0.5] * 1000), "get": redis_get,
+        "get_r1": redis_get,
+        "aput": finished("redis async SET", 500, 1.0, [10.0] * 500),
+        "aget": finished("redis async GET", 500, 1.0, [10.0] * 500),
+        "mput": finished("redis pipe SET", 10, 1.0, [1.0] * 10, batch=100),
+        "mget": finished("redis pipe GET", 10, 1.0, [1.0] * 10, batch=100),
+    }
+    text = bench.format_table(zring_results, redis_results, {"w": 2, "r": 2},
+                              {"sync", "async", "batch"})
+    lines = {label: line[len(label):].split() for line in text.splitlines()
+             for label in [line.split("  ")[0]]}
+    assert lines["put W=2"][-5:] == ["0.10x", "4.00x", "4.00x", "0/0", "0/0"]
+    assert lines["get R=1"][0] == "200"
+    assert lines["mget 100 R=2"][-5:] == ["0.80x", "4.00x", "4.00x", "0/0", "3/0"]
+    assert lines["async 100 get R=2"][:3] == ["-", "-", "-"]
+    assert lines["async 100 get R=2"][-5:] == ["-", "-", "-", "-/0", "-/0"]
+    assert sum(1 for line in text.splitlines() if set(line) <= {"-", " "}) == 3  # header, 2 rules
+
+    only_sync = bench.format_table(zring_results, None, {"w": 2, "r": 2}, {"sync"})
+    assert "async" not in only_sync and "redis" not in only_sync
+    assert len(only_sync.splitlines()) == 5
+
+
+def test_table_notes_name_each_skipped_group_once():
+    notes = {"aput": "no AsyncClient", "aget": "no AsyncClient", "mput": "no mput"}
+    lines = bench.table_notes(notes, {"sync", "async", "batch"}, 100, 100)
+    assert lines[:2] == ["note: async rows: zring side skipped: no AsyncClient",
+                         "note: batch rows: zring side skipped: no mput"]
+    assert not any("async 100" in line for line in bench.table_notes({}, {"sync"}, 100, 100))
+
+
+def test_memory_table_ratio_to_redis():
+    mib = bench.MIB
+    rows = [bench.MemoryRow("zring node1", 1_000_000, 300 * mib, 100 * mib, "pid 1"),
+            bench.MemoryRow("zring node2", 1_000_000, None, None),
+            bench.MemoryRow("redis-server", 1_000_000, 150 * mib, 8 * mib, "pid 3")]
+    text = bench.format_memory_table(rows)
+    lines = text.splitlines()
+    assert lines[2].split()[:6] == ["zring", "node1", "1,000,000", "300.0", "100.0", "2.00x"]
+    assert lines[3].split()[3:6] == ["-", "-", "-"]
+    assert lines[4].split()[:4] == ["redis-server", "1,000,000", "150.0", "8.0"]
