@@ -99,7 +99,7 @@ class Simulation:
         self.report = Report(seed)
         self.net = FaultyNet(self.rng)
         self.seconds = seconds
-        self.ops: dict[int, Op] = {}
+        self.ops: dict[int, Op | list[Op]] = {}  # request id -> its op (a batch: ops)
         self.history: list[Op] = []
         self.written: dict[str, set[bytes]] = {}
         self.keys = [f"k{i}" for i in range(24)]
@@ -135,6 +135,9 @@ class Simulation:
         if not nodes:
             return
         node = self.rng.choice(nodes)
+        if self.rng.random() < 0.2:  # a client batch: the MPUT/MGET fast paths
+            self.start_batch(node)
+            return
         key = self.rng.choice(self.keys)
         if self.rng.random() < 0.6:
             self.sequence += 1
@@ -148,27 +151,55 @@ class Simulation:
         self.ops[request_id] = op
         self.history.append(op)
 
+    def start_batch(self, node: str) -> None:
+        keys = self.rng.sample(self.keys, self.rng.randint(2, 4))
+        if self.rng.random() < 0.6:
+            items = []
+            for key in keys:
+                self.sequence += 1
+                value = f"{key}={self.sequence}".encode()
+                self.written.setdefault(key, set()).add(value)
+                items.append([key, value])
+            ops = [Op("put", key, value, node, self.net.now) for key, value in items]
+            request_id = self.net.send(node, MsgType.MPUT, {"items": items})
+        else:
+            ops = [Op("get", key, None, node, self.net.now) for key in keys]
+            request_id = self.net.send(node, MsgType.MGET, {"keys": keys})
+        self.ops[request_id] = ops
+        self.history += ops
+
     def collect_replies(self) -> None:
         for request_id in list(self.ops):
             reply = self.net.client_replies.pop(request_id, None)
-            op = self.ops[request_id]
+            ops = self.ops[request_id]
+            ops = ops if isinstance(ops, list) else [ops]
             if reply is None:
-                if self.net.now - op.started > 3.0:  # the client gives up: outcome unknown
-                    op.outcome = "unknown"
+                if self.net.now - ops[0].started > 3.0:  # the client gives up: unknown
+                    for op in ops:
+                        op.outcome = "unknown"
                     del self.ops[request_id]
                 continue
             del self.ops[request_id]
-            op.finished = self.net.now
-            if reply.type != MsgType.OK:
-                op.outcome = "failed"
-                continue
-            op.outcome = "ok"
-            if op.kind == "put":
-                op.version = tuple(reply.body["version"])
+            if reply.type == MsgType.OK and "results" in reply.body:
+                bodies = reply.body["results"]
             else:
-                op.value = reply.body["value"] if reply.body["found"] else None
-                version = reply.body.get("version")
-                op.version = tuple(version) if version else None
+                bodies = [reply.body if reply.type == MsgType.OK else None] * len(ops)
+            for op, body in zip(ops, bodies, strict=True):
+                self.complete(op, body)
+
+    def complete(self, op: Op, body: dict | None) -> None:
+        """``body``: the key's OK reply (or batch entry); None or an error entry: failed."""
+        op.finished = self.net.now
+        if body is None or "error" in body:
+            op.outcome = "failed"
+            return
+        op.outcome = "ok"
+        if op.kind == "put":
+            op.version = tuple(body["version"])
+        else:
+            op.value = body["value"] if body["found"] else None
+            version = body.get("version")
+            op.version = tuple(version) if version else None
 
     # ---------------------------------------------------------------- faults
 
