@@ -521,14 +521,21 @@ class Client:
         endpoints ``_endpoints_for`` gives)."""
         if not self.token_aware:
             return self._execute(msg_type, body)
-        endpoints = self._endpoints_for(body["key"])
+        key = body["key"]
+        self._routing_now()
+        endpoints = None   # the whole order, worked out only if the owner is silent
         request = Message(msg_type, next(self._ids), body)
         frame = encode(request)
         tried: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
-            endpoint = endpoints[attempt % len(endpoints)]
+                if endpoints is None:
+                    endpoints = self._router.endpoints_for(
+                        key, self.seeds[self._seed_index:] + self.seeds[:self._seed_index])
+                endpoint = endpoints[attempt % len(endpoints)]
+            else:
+                endpoint = self._router.owner_endpoint(key, self._current_seed())
             tried.append(endpoint)
             sock = self._direct_socket(endpoint)
             try:
@@ -808,9 +815,12 @@ class _Router:
         if self._gossip is None or self.routing is None:
             return
         fingerprint = self.routing.fingerprint
+        gossip = self._gossip
         for _ in range(budget):
+            if not gossip.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return  # cheaper than a recv raising Again, before every request
             try:
-                frame = self._gossip.recv(zmq.NOBLOCK)
+                frame = gossip.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:

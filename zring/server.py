@@ -132,9 +132,13 @@ class NodeServer:
                 next_sync_at = time.monotonic() + self.config.fsync_period_s
 
     def _drain_router(self, effects: list, budget: int = 1000) -> None:
+        router = self.router
         for _ in range(budget):
+            # asking EVENTS is cheaper than a recv that raises Again on an empty queue
+            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
             if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
@@ -147,6 +151,8 @@ class NodeServer:
 
     def _drain_sub(self, effects: list, budget: int = 1000) -> None:
         for _ in range(budget):
+            if not self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -159,6 +165,8 @@ class NodeServer:
     def _drain_dealer(self, sock: zmq.Socket, address: str, effects: list,
                       budget: int = 1000) -> None:
         for _ in range(budget):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
