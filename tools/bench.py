@@ -4,21 +4,37 @@
     python tools/bench.py                          # the supervisord cluster (127.0.0.1:7001..7003)
     python tools/bench.py --start-cluster          # a temporary 3-node cluster, removed after
     python tools/bench.py --ops 5000 --value-size 1000
+    python tools/bench.py --workloads sync,batch   # only some of the workloads below
     python tools/bench.py --redis-port 6379        # an already running redis-server
     python tools/bench.py --no-redis               # zring alone
+    python tools/bench.py --workloads memory       # the memory comparison alone (1M keys)
+    python tools/bench.py --start-cluster --memory # every workload, then the memory comparison
 
-Workloads, each run synchronously by one client (one request in flight, so the numbers are
-latency-bound, as a simple application sees them):
+Workloads (``--workloads``, default ``sync,async,batch``), all in one table:
 
-    put          zring put(key, value) at the cluster's default W   vs  redis SET
-    get          zring get(key) at the cluster's default R          vs  redis GET
-    get R=1      zring get(key, r=1)                                vs  redis GET
+    sync    one synchronous client, one request in flight (latency-bound, as a simple
+            application sees it):
+              put W=2          zring put(key, value) at the cluster's default W   vs  SET
+              get R=2          zring get(key) at the cluster's default R          vs  GET
+              get R=1          zring get(key, r=1)                                vs  GET
+    async   --concurrency (100) requests in flight at once: zring.AsyncClient driven by 100
+            asyncio workers  vs  redis.asyncio driven by 100 workers (a connection each):
+              async 100 put / async 100 get                                       vs  SET / GET
+    batch   --batch (100) keys per call on the synchronous zring.Client:
+              mput 100         client.mput(100 items)    vs  a redis-py pipeline of 100 SETs
+              mget 100         client.mget(100 keys)     vs  a redis-py pipeline of 100 GETs
+            (ops/s counts keys; the latencies are per call of 100 keys)
+    memory  (``--memory``) VmRSS of each node of a fresh 3-node cluster preloaded with
+            --memory-keys (1,000,000) keys of --value-size bytes (N=3: every node holds all of
+            them), after a pass of gets over --memory-sample random keys, beside redis-server
+            holding the same keys (its VmRSS and INFO used_memory_rss). It always uses its own
+            cluster and redis-server, after the other workloads are done and stopped.
 
-For each: throughput (ops/s), zring's mean latency, p50 and p99 latency (ms) and the ratio
-zring/redis of both.
-Every loop is bounded by --ops and by --max-seconds, and every process this tool starts
-(redis-server, the temporary cluster's nodes) is stopped in a ``finally``: terminate, then
-kill after a deadline.
+For each workload: throughput (ops/s), p50 and p99 latency (ms) of both and the ratios
+zring/redis. Every loop is bounded by --ops and by --max-seconds, and every process this tool
+starts (redis-server, the temporary clusters' nodes) is stopped in a ``finally``: terminate,
+then kill after a deadline. zring.AsyncClient, Client.mget and Client.mput are optional: where
+the installed zring lacks them, those zring cells show "-" with a note (redis still runs).
 
 Redis is optional: without redis-server (``apt-get install -y redis-server``) or redis-py
 (``pip install redis``) the tool prints a hint and benchmarks zring alone. Only loopback
@@ -28,16 +44,21 @@ addresses are ever used.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import inspect
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zring.localcluster import LocalCluster
@@ -45,12 +66,19 @@ if TYPE_CHECKING:
 DEFAULT_SEEDS = "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003"
 LOOPBACK = "127.0.0.1"
 WARMUP_OPS = 200
+WORKLOADS = ("sync", "async", "batch", "memory")
+DEFAULT_WORKLOADS = "sync,async,batch"
+REDIS_TIMEOUT_S = 5.0
+MIB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------- measurement
 
 @dataclass
 class Result:
+    """One workload on one system. ``ops`` counts completed calls, each of ``batch`` keys;
+    ``misses`` counts keys (a get that found nothing, a put not acknowledged)."""
+
     name: str
     ops: int = 0
     errors: int = 0
@@ -58,10 +86,12 @@ class Result:
     elapsed_s: float = 0.0
     latencies_ns: list[int] = field(default_factory=list)
     first_error: str = ""
+    batch: int = 1
 
     @property
     def ops_per_s(self) -> float:
-        return self.ops / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Keys per second (calls per second times keys per call)."""
+        return self.ops * self.batch / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def mean_ms(self) -> float:
         if not self.latencies_ns:
@@ -69,21 +99,31 @@ class Result:
         return sum(self.latencies_ns) / len(self.latencies_ns) / 1e6
 
     def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the successful operations' latencies."""
+        """Nearest-rank percentile of the successful calls' latencies."""
         if not self.latencies_ns:
             return float("nan")
         ordered = sorted(self.latencies_ns)
         rank = min(len(ordered), max(1, math.ceil(q * len(ordered))))
         return ordered[rank - 1] / 1e6
 
+    def fail(self, exc: BaseException | str) -> None:
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
 
-def run_workload(name: str, op: Callable[[int], bool], count: int, max_seconds: float) -> Result:
+    def count_hits(self, hits: int | bool | None) -> None:
+        """``hits``: how many of the call's ``batch`` keys were found / acknowledged."""
+        self.misses += self.batch - min(self.batch, int(hits or 0))
+
+
+def run_workload(name: str, op: Callable[[int], int | bool], count: int, max_seconds: float,
+                 batch: int = 1) -> Result:
     """Call ``op(i)`` for i in 0..count-1, one at a time, timing each call.
 
-    ``op`` returns False for a miss (a get that found nothing); an exception is an error.
-    Stops early (and says so) if ``max_seconds`` pass.
+    ``op`` returns how many of its ``batch`` keys it found (a bool for one key: False is a
+    miss); an exception is an error. Stops early (and says so) if ``max_seconds`` pass.
     """
-    result = Result(name)
+    result = Result(name, batch=batch)
     latencies = result.latencies_ns
     clock = time.perf_counter_ns
     start = clock()
@@ -91,23 +131,105 @@ def run_workload(name: str, op: Callable[[int], bool], count: int, max_seconds: 
     for i in range(count):
         t0 = clock()
         try:
-            found = op(i)
+            hits = op(i)
         except Exception as exc:  # a benchmark counts failures instead of stopping on them
-            result.errors += 1
-            if not result.first_error:
-                result.first_error = f"{type(exc).__name__}: {exc}"
+            result.fail(exc)
         else:
             latencies.append(clock() - t0)
-            if found is False:
-                result.misses += 1
+            result.count_hits(hits)
         result.ops = i + 1
         if clock() > deadline:
-            print(f"  {name}: stopped after {result.ops} ops (--max-seconds {max_seconds})",
+            print(f"  {name}: stopped after {result.ops} calls (--max-seconds {max_seconds})",
                   flush=True)
             break
     result.elapsed_s = (clock() - start) / 1e9
-    result.ops -= result.errors  # throughput counts completed operations only
+    result.ops -= result.errors  # throughput counts completed calls only
     return result
+
+
+async def run_async_workload(name: str, op: Callable[[int], Awaitable[int | bool]], count: int,
+                             concurrency: int, max_seconds: float, grace_s: float = 30.0,
+                             batch: int = 1) -> Result:
+    """Await ``op(i)`` for i in 0..count-1 with ``concurrency`` calls in flight at once (that
+    many workers, each taking the next index as soon as its call returns), timing each call.
+
+    Workers take no new index once ``max_seconds`` have passed; calls still unfinished
+    ``grace_s`` after that are cancelled and counted as errors, so a hung client cannot hang
+    the benchmark.
+    """
+    result = Result(name, batch=batch)
+    latencies = result.latencies_ns
+    clock = time.perf_counter_ns
+    state = {"next": 0, "in_flight": 0, "stopped": False}
+    start = clock()
+    deadline = start + int(max_seconds * 1e9)
+
+    async def worker() -> None:
+        while not state["stopped"] and state["next"] < count:
+            i = state["next"]
+            state["next"] += 1
+            state["in_flight"] += 1
+            t0 = clock()
+            try:
+                hits = await op(i)
+            except Exception as exc:  # counted, as in run_workload
+                result.fail(exc)
+            else:
+                latencies.append(clock() - t0)
+                result.count_hits(hits)
+            finally:
+                state["in_flight"] -= 1
+            result.ops += 1
+            if clock() > deadline and not state["stopped"]:
+                state["stopped"] = True
+                print(f"  {name}: stopped after {state['next']} calls started "
+                      f"(--max-seconds {max_seconds})", flush=True)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, count)))]
+    _, pending = await asyncio.wait(tasks, timeout=max_seconds + grace_s)
+    if pending:
+        hung = state["in_flight"]
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=5)
+        for _ in range(hung):
+            result.fail(f"{hung} calls still unfinished {grace_s:g}s after --max-seconds: "
+                        "cancelled")
+        result.ops += hung
+    result.elapsed_s = (clock() - start) / 1e9
+    result.ops -= result.errors
+    return result
+
+
+def parse_vm_rss(status_text: str) -> int | None:
+    """The VmRSS of a /proc/<pid>/status text, in bytes (None if absent)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            scale = {"kb": 1024, "mb": MIB, "gb": 1024 * MIB}.get(parts[2].lower(), 1) \
+                if len(parts) > 2 else 1
+            return int(parts[1]) * scale
+    return None
+
+
+def vm_rss(pid: int) -> int | None:
+    """Resident memory of process ``pid`` in bytes, from /proc (None if it is gone)."""
+    try:
+        return parse_vm_rss(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return None
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 # ---------------------------------------------------------------------- processes
@@ -158,10 +280,10 @@ def temp_cluster() -> LocalCluster:
     return LocalCluster(tempfile.mkdtemp(prefix="zring-bench-"), nodes=3, log_level="warning")
 
 
-def start_temp_cluster(cluster: LocalCluster) -> None:
+def start_temp_cluster(cluster: LocalCluster, timeout_s: float = 60) -> None:
     print(f"starting a temporary 3-node cluster in {cluster.root} ...", flush=True)
     try:
-        cluster.start()
+        cluster.start(timeout_s)
     except Exception as exc:  # LocalCluster.start has already stopped whatever it started
         raise RuntimeError(f"{exc}; node logs: {cluster.log_dir}") from None
 
@@ -205,11 +327,67 @@ class TempRedis:
 
 # ---------------------------------------------------------------------- workloads
 
-def bench_zring(seeds: str, ops: int, value: bytes, timeout: float, max_seconds: float,
-                prefix: str) -> tuple[dict[str, Result], dict]:
+# (key, workload group, zring label, redis command), in the table's order
+ROWS = (
+    ("put", "sync", "put W={w}", "SET"),
+    ("get", "sync", "get R={r}", "GET"),
+    ("get_r1", "sync", "get R=1", "GET"),
+    ("aput", "async", "async {c} put W={w}", "SET"),
+    ("aget", "async", "async {c} get R={r}", "GET"),
+    ("mput", "batch", "mput {b} W={w}", "pipeline SET"),
+    ("mget", "batch", "mget {b} R={r}", "pipeline GET"),
+)
+
+
+def key_batches(prefix: str, count: int, batch: int) -> list[list[str]]:
+    """``ceil(count / batch)`` lists of ``batch`` distinct keys under ``prefix``."""
+    calls = max(1, math.ceil(count / batch))
+    return [[f"{prefix}:{c * batch + j:08d}" for j in range(batch)] for c in range(calls)]
+
+
+def async_client_class() -> tuple[Any, str]:
+    """``zring.AsyncClient`` (or ``zring.aio.AsyncClient``), else (None, why not)."""
+    import zring
+
+    try:
+        cls = getattr(zring, "AsyncClient", None)
+    except Exception as exc:  # its lazy import failed: the module is being written
+        return None, f"zring.AsyncClient failed to import ({type(exc).__name__}: {exc})"
+    if cls is None:
+        try:
+            cls = getattr(importlib.import_module("zring.aio"), "AsyncClient", None)
+        except ModuleNotFoundError as exc:
+            if exc.name != "zring.aio":
+                return None, f"zring.aio failed to import ({exc})"
+        except Exception as exc:
+            return None, f"zring.aio failed to import ({type(exc).__name__}: {exc})"
+    if cls is None:
+        return None, "zring.AsyncClient is not available in this zring (yet)"
+    return cls, ""
+
+
+async def _close(client: Any) -> None:
+    """``client.close()``, awaited if it is a coroutine function."""
+    closing = client.close()
+    if inspect.isawaitable(closing):
+        await closing
+
+
+def _count_ok(replies: list, batch: int, attribute: str) -> int:
+    if len(replies) != batch:
+        raise RuntimeError(f"{len(replies)} replies for {batch} keys")
+    return sum(1 for reply in replies if getattr(reply, attribute))
+
+
+def bench_zring(seeds: str, workloads: set[str], args: argparse.Namespace, value: bytes,
+                prefix: str) -> tuple[dict[str, Result], dict[str, str], dict]:
+    """zring's rows: (results by row key, why a row's zring side was skipped, quorums)."""
     from zring import Client
 
-    client = Client(seeds, timeout=timeout)
+    ops, max_seconds = args.ops, args.max_seconds
+    results: dict[str, Result] = {}
+    notes: dict[str, str] = {}
+    client = Client(seeds, timeout=args.timeout)
     try:
         try:
             state = client.ring_state()
@@ -224,24 +402,106 @@ def bench_zring(seeds: str, ops: int, value: bytes, timeout: float, max_seconds:
                 client.get(f"{prefix}:warmup:{i}")
         except Exception as exc:
             raise RuntimeError(f"zring warm-up failed: {type(exc).__name__}: {exc}") from None
-        results = {
-            "put": run_workload("zring put", lambda i: bool(client.put(keys[i], value)),
-                                ops, max_seconds),
-            "get": run_workload("zring get", lambda i: client.get(keys[i]).found,
-                                ops, max_seconds),
-            "get_r1": run_workload("zring get r=1", lambda i: client.get(keys[i], r=1).found,
-                                   ops, max_seconds),
-        }
-        return results, quorums
+        if "sync" in workloads:
+            results["put"] = run_workload("zring put", lambda i: bool(client.put(keys[i], value)),
+                                          ops, max_seconds)
+            results["get"] = run_workload("zring get", lambda i: client.get(keys[i]).found,
+                                          ops, max_seconds)
+            results["get_r1"] = run_workload("zring get r=1",
+                                             lambda i: client.get(keys[i], r=1).found,
+                                             ops, max_seconds)
+        if "batch" in workloads:
+            results_or_note = bench_zring_batch(client, args, value, prefix)
+            if isinstance(results_or_note, str):
+                notes["mput"] = notes["mget"] = results_or_note
+            else:
+                results.update(results_or_note)
     finally:
         client.close()
+    if "async" in workloads:
+        cls, why = async_client_class()
+        if cls is None:
+            notes["aput"] = notes["aget"] = why
+        else:
+            results_or_note = asyncio.run(bench_zring_async(cls, seeds, args, value, prefix))
+            if isinstance(results_or_note, str):
+                notes["aput"] = notes["aget"] = results_or_note
+            else:
+                results.update(results_or_note)
+    return results, notes, quorums
 
 
-def bench_redis(port: int, ops: int, value: bytes, max_seconds: float,
+def bench_zring_batch(client: Any, args: argparse.Namespace, value: bytes,
+                      prefix: str) -> dict[str, Result] | str:
+    """mput then mget of ``args.batch`` keys per call; a note instead if they are missing."""
+    mput, mget = getattr(client, "mput", None), getattr(client, "mget", None)
+    missing = [name for name, method in (("mput", mput), ("mget", mget)) if method is None]
+    if missing:
+        return f"zring.Client.{' and '.join(missing)} not available in this zring (yet)"
+    batch = args.batch
+    batches = key_batches(f"{prefix}:batch", args.ops, batch)
+    items = [[(key, value) for key in keys] for keys in batches]
+    try:
+        warmup = key_batches(f"{prefix}:batch-warmup", batch, batch)[0]
+        _count_ok(mput([(key, value) for key in warmup]), batch, "success")
+        _count_ok(mget(warmup), batch, "found")
+    except Exception as exc:
+        return f"mput/mget warm-up failed: {type(exc).__name__}: {exc}"
+    return {
+        "mput": run_workload(f"zring mput {batch}",
+                             lambda c: _count_ok(mput(items[c]), batch, "success"),
+                             len(batches), args.max_seconds, batch=batch),
+        "mget": run_workload(f"zring mget {batch}",
+                             lambda c: _count_ok(mget(batches[c]), batch, "found"),
+                             len(batches), args.max_seconds, batch=batch),
+    }
+
+
+async def bench_zring_async(cls: Any, seeds: str, args: argparse.Namespace, value: bytes,
+                            prefix: str) -> dict[str, Result] | str:
+    """put then get with ``args.concurrency`` requests in flight on one AsyncClient."""
+    concurrency = args.concurrency
+    keys = [f"{prefix}:async:{i:08d}" for i in range(args.ops)]
+    grace_s = 4 * args.timeout + 10
+    try:
+        client = cls(seeds, timeout=args.timeout)
+    except Exception as exc:
+        return f"AsyncClient({seeds!r}) failed: {type(exc).__name__}: {exc}"
+    try:
+        async def warm_up() -> None:
+            for i in range(min(WARMUP_OPS, args.ops)):
+                await client.put(f"{prefix}:async-warmup:{i}", value)
+                await client.get(f"{prefix}:async-warmup:{i}")
+            await asyncio.gather(*(client.get(f"{prefix}:async-warmup:{i % WARMUP_OPS}")
+                                   for i in range(concurrency)))
+        try:
+            await asyncio.wait_for(warm_up(), timeout=grace_s + 60)
+        except Exception as exc:  # TimeoutError included
+            return f"AsyncClient warm-up failed: {type(exc).__name__}: {exc}"
+
+        async def put(i: int) -> bool:
+            return bool(await client.put(keys[i], value))
+
+        async def get(i: int) -> bool:
+            return (await client.get(keys[i])).found
+
+        return {
+            "aput": await run_async_workload("zring async put", put, args.ops, concurrency,
+                                             args.max_seconds, grace_s),
+            "aget": await run_async_workload("zring async get", get, args.ops, concurrency,
+                                             args.max_seconds, grace_s),
+        }
+    finally:
+        await _close(client)
+
+
+def bench_redis(port: int, workloads: set[str], args: argparse.Namespace, value: bytes,
                 prefix: str) -> dict[str, Result]:
     import redis
 
-    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=5)
+    ops, max_seconds = args.ops, args.max_seconds
+    results: dict[str, Result] = {}
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=REDIS_TIMEOUT_S)
     try:
         keys = [f"{prefix}:{i:08d}" for i in range(ops)]
         try:
@@ -251,54 +511,261 @@ def bench_redis(port: int, ops: int, value: bytes, max_seconds: float,
         except Exception as exc:
             raise RuntimeError(f"redis at {LOOPBACK}:{port}: {type(exc).__name__}: {exc}") \
                 from None
-        put = run_workload("redis SET", lambda i: bool(client.set(keys[i], value)),
-                           ops, max_seconds)
-        get = run_workload("redis GET", lambda i: client.get(keys[i]) is not None,
-                           ops, max_seconds)
-        written = keys[:put.ops + put.errors] + [f"{prefix}:warmup:{i}"
-                                                 for i in range(min(WARMUP_OPS, ops))]
-        for start in range(0, len(written), 1000):  # leave a shared redis as it was
-            client.delete(*written[start:start + 1000])
-        return {"put": put, "get": get, "get_r1": get}
+        if "sync" in workloads:
+            results["put"] = run_workload("redis SET", lambda i: bool(client.set(keys[i], value)),
+                                          ops, max_seconds)
+            results["get"] = run_workload("redis GET",
+                                          lambda i: client.get(keys[i]) is not None,
+                                          ops, max_seconds)
+            results["get_r1"] = results["get"]
+        if "batch" in workloads:
+            batch = args.batch
+            batches = key_batches(f"{prefix}:batch", ops, batch)
+
+            def pipe_set(c: int) -> int:
+                pipe = client.pipeline(transaction=False)
+                for key in batches[c]:
+                    pipe.set(key, value)
+                return sum(1 for ok in pipe.execute() if ok)
+
+            def pipe_get(c: int) -> int:
+                pipe = client.pipeline(transaction=False)
+                for key in batches[c]:
+                    pipe.get(key)
+                return sum(1 for found in pipe.execute() if found is not None)
+
+            results["mput"] = run_workload(f"redis pipeline {batch} SET", pipe_set, len(batches),
+                                           max_seconds, batch=batch)
+            results["mget"] = run_workload(f"redis pipeline {batch} GET", pipe_get, len(batches),
+                                           max_seconds, batch=batch)
+        if "async" in workloads:
+            results.update(asyncio.run(bench_redis_async(port, args, value, prefix)))
+        return results
     finally:
+        try:  # leave a shared redis as it was
+            doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for start in range(0, len(doomed), 1000):
+                client.delete(*doomed[start:start + 1000])
+        except Exception as exc:
+            print(f"warning: could not delete the benchmark's keys {prefix}:* from redis: {exc}",
+                  file=sys.stderr)
         client.close()
+
+
+async def bench_redis_async(port: int, args: argparse.Namespace, value: bytes,
+                            prefix: str) -> dict[str, Result]:
+    """SET then GET with ``args.concurrency`` commands in flight (redis.asyncio: a pooled
+    connection per worker)."""
+    from redis import asyncio as aioredis
+
+    concurrency = args.concurrency
+    keys = [f"{prefix}:async:{i:08d}" for i in range(args.ops)]
+    client = aioredis.Redis(host=LOOPBACK, port=port, socket_timeout=REDIS_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client.ping() for _ in range(concurrency))),
+                               timeout=60)  # open the pool's connections before timing
+
+        async def put(i: int) -> bool:
+            return bool(await client.set(keys[i], value))
+
+        async def get(i: int) -> bool:
+            return await client.get(keys[i]) is not None
+
+        grace_s = 2 * REDIS_TIMEOUT_S + 10
+        return {
+            "aput": await run_async_workload("redis async SET", put, args.ops, concurrency,
+                                             args.max_seconds, grace_s),
+            "aget": await run_async_workload("redis async GET", get, args.ops, concurrency,
+                                             args.max_seconds, grace_s),
+        }
+    finally:
+        closing = getattr(client, "aclose", None) or client.close
+        await closing()
+
+
+# ---------------------------------------------------------------------- memory
+
+@dataclass
+class MemoryRow:
+    process: str
+    keys: int
+    rss: int | None                 # bytes: after the warm-up gets (zring) / the load (redis)
+    rss_start: int | None           # bytes: right after start (zring) / empty (redis)
+    note: str = ""
+
+
+def preload_value(size: int) -> bytes:
+    """A value like LocalCluster.preload's: random hex digits, ``size`` bytes."""
+    return os.urandom(size // 2 + 1).hex().encode()[:size].ljust(size, b"0")
+
+
+def bench_memory(args: argparse.Namespace, use_redis: bool,
+                 redis_binary: str | None) -> list[MemoryRow]:
+    """Resident memory of each node of a fresh preloaded 3-node cluster, then of a fresh
+    redis-server holding the same keys (the cluster is stopped first)."""
+    from zring import Client
+    from zring.localcluster import LocalCluster
+
+    count = args.memory_keys
+    rows: list[MemoryRow] = []
+    cluster = LocalCluster(tempfile.mkdtemp(prefix="zring-bench-memory-"), nodes=3,
+                           log_level="warning")
+    temp_redis: TempRedis | None = None
+    try:
+        print(f"memory: preloading {count:,} keys of {args.value_size}-byte values into "
+              f"{cluster.root} ...", flush=True)
+        began = time.monotonic()
+        keys = cluster.preload(count, value_size=args.value_size)
+        print(f"  preloaded in {time.monotonic() - began:.1f}s", flush=True)
+        start_temp_cluster(cluster, timeout_s=max(60.0, count / 10_000))
+        names = sorted(cluster.autostart)
+        pids = {name: int(cluster.supervisor().getProcessInfo(name)["pid"]) for name in names}
+        at_start = {name: vm_rss(pid) for name, pid in pids.items()}
+        sample = random.Random(1).sample(keys, min(args.memory_sample, count))
+        del keys
+        read_quorum = min(cluster.replicas, len(names))  # every replica reads every sampled key
+        client = Client(cluster.seeds, timeout=args.timeout)
+        try:
+            warm = run_workload("zring warm-up gets",
+                                lambda i: client.get(sample[i], r=read_quorum).found,
+                                len(sample), args.max_seconds)
+        finally:
+            client.close()
+        print(f"  {warm.ops:,} gets (R={read_quorum}) of random keys in {warm.elapsed_s:.1f}s: "
+              f"{warm.misses} misses, {warm.errors} errors"
+              + (f" (first: {warm.first_error})" if warm.first_error else ""), flush=True)
+        held = count * min(cluster.replicas, len(names)) // len(names)
+        for name in names:
+            disk = tree_size(cluster.root / "data" / name)
+            rows.append(MemoryRow(f"zring {name}", held, vm_rss(pids[name]), at_start[name],
+                                  f"pid {pids[name]}, store on disk {disk / MIB:,.1f} MiB"))
+        stop_temp_cluster(cluster, args.keep_cluster_files)  # before loading redis: 2 cores
+
+        if use_redis and redis_binary is None:
+            redis_binary = shutil.which("redis-server")
+        if not use_redis or redis_binary is None:
+            if use_redis:
+                print("  no redis-server (apt-get install -y redis-server): zring alone")
+            return rows
+        import redis
+
+        temp_redis = TempRedis(redis_binary)
+        temp_redis.start()
+        pid = temp_redis.proc.pid
+        empty = vm_rss(pid)
+        client = redis.Redis(host=LOOPBACK, port=temp_redis.port, socket_timeout=60)
+        try:
+            print(f"  loading {count:,} keys into redis-server (pid {pid}) with pipelines ...",
+                  flush=True)
+            began = time.monotonic()
+            for start in range(0, count, 10_000):
+                pipe = client.pipeline(transaction=False)
+                for i in range(start, min(count, start + 10_000)):
+                    pipe.set(f"key{i:08d}", preload_value(args.value_size))
+                pipe.execute()
+                if time.monotonic() - began > args.max_seconds:
+                    print(f"  redis load stopped at {min(count, start + 10_000):,} keys "
+                          f"(--max-seconds {args.max_seconds})", flush=True)
+                    break
+            loaded = client.dbsize()
+            info = client.info("memory")
+            print(f"  loaded {loaded:,} keys in {time.monotonic() - began:.1f}s", flush=True)
+        finally:
+            client.close()
+        rows.append(MemoryRow(
+            "redis-server", loaded, vm_rss(pid), empty,
+            f"pid {pid}, used_memory_rss {info['used_memory_rss'] / MIB:,.1f} MiB, "
+            f"used_memory {info['used_memory'] / MIB:,.1f} MiB"))
+        return rows
+    finally:
+        if temp_redis is not None:
+            temp_redis.stop()
+        stop_temp_cluster(cluster, args.keep_cluster_files)
+
+
+def format_memory_table(rows: list[MemoryRow]) -> str:
+    """The memory rows with the ratio of each VmRSS to redis-server's (if measured)."""
+    redis_rss = next((row.rss for row in rows if row.process == "redis-server"), None)
+    header = ["process", "keys", "VmRSS MiB", "at start MiB", "VmRSS z/r", "notes"]
+    table = [header]
+    for row in rows:
+        if row.process == "redis-server":
+            ratio = ""
+        else:
+            ratio = _ratio(row.rss, redis_rss) if row.rss is not None and redis_rss else "-"
+        table.append([row.process, f"{row.keys:,}", _mib(row.rss), _mib(row.rss_start), ratio,
+                      row.note])
+    return _layout(table, left={0, 5})
+
+
+def _mib(size: int | None) -> str:
+    return "-" if size is None else f"{size / MIB:,.1f}"
 
 
 # ---------------------------------------------------------------------- report
 
 def format_table(zring: dict[str, Result], redis_results: dict[str, Result] | None,
-                 quorums: dict) -> str:
-    labels = {"put": f"put (W={quorums.get('w', '?')})",
-              "get": f"get (R={quorums.get('r', '?')})",
-              "get_r1": "get (R=1)"}
-    redis_names = {"put": "SET", "get": "GET", "get_r1": "GET"}
-    header = ["workload", "zring ops/s", "mean ms", "p50 ms", "p99 ms"]
-    if redis_results:
-        header += ["redis op", "ops/s", "p50 ms", "p99 ms", "ops/s z/r", "p50 z/r"]
+                 quorums: dict, workloads: set[str], concurrency: int = 100,
+                 batch: int = 100) -> str:
+    """One row per workload run; a zring side that did not run (see the notes) shows "-"."""
+    fill = {"w": quorums.get("w", "?"), "r": quorums.get("r", "?"), "c": concurrency,
+            "b": batch}
+    header = ["workload", "zring ops/s", "p50 ms", "p99 ms"]
+    if redis_results is not None:
+        header += ["redis", "ops/s", "p50 ms", "p99 ms", "ops/s z/r", "p50 z/r", "p99 z/r"]
     header += ["errors", "misses"]
-    rows = [header]
-    for key, label in labels.items():
-        z = zring[key]
-        row = [label, f"{z.ops_per_s:,.0f}", f"{z.mean_ms():.3f}", f"{z.percentile_ms(0.50):.3f}",
-               f"{z.percentile_ms(0.99):.3f}"]
-        errors, misses = [str(z.errors)], [str(z.misses)]
-        if redis_results:
-            r = redis_results[key]
-            row += [redis_names[key], f"{r.ops_per_s:,.0f}", f"{r.percentile_ms(0.50):.3f}",
-                    f"{r.percentile_ms(0.99):.3f}", _ratio(z.ops_per_s, r.ops_per_s),
-                    _ratio(z.percentile_ms(0.50), r.percentile_ms(0.50))]
-            errors.append(str(r.errors))
-            misses.append(str(r.misses))
+    table: list[list[str] | None] = [header]
+    group = None
+    for key, row_group, template, redis_op in ROWS:
+        if row_group not in workloads:
+            continue
+        if group is not None and row_group != group:
+            table.append(None)  # a rule between workload groups
+        group = row_group
+        z = zring.get(key)
+        row = [template.format(**fill)]
+        row += _cells(z)
+        errors = [str(z.errors) if z else "-"]
+        misses = [str(z.misses) if z else "-"]
+        if redis_results is not None:
+            r = redis_results.get(key)
+            row += [redis_op if r else "-", *_cells(r)]
+            if z and r:
+                row += [_ratio(z.ops_per_s, r.ops_per_s),
+                        _ratio(z.percentile_ms(0.50), r.percentile_ms(0.50)),
+                        _ratio(z.percentile_ms(0.99), r.percentile_ms(0.99))]
+            else:
+                row += ["-", "-", "-"]
+            errors.append(str(r.errors) if r else "-")
+            misses.append(str(r.misses) if r else "-")
         row += ["/".join(errors), "/".join(misses)]
-        rows.append(row)
-    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        table.append(row)
+    return _layout(table, left={0, 4} if redis_results is not None else {0})
+
+
+def _cells(result: Result | None) -> list[str]:
+    if result is None:
+        return ["-", "-", "-"]
+    return [f"{result.ops_per_s:,.0f}", f"{result.percentile_ms(0.50):.3f}",
+            f"{result.percentile_ms(0.99):.3f}"]
+
+
+def _layout(table: list[list[str] | None], left: set[int]) -> str:
+    """Columns padded to their widest cell (``left`` ones left-aligned), a rule under the
+    header and wherever ``table`` holds None."""
+    rows = [row for row in table if row is not None]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    rule = "  ".join("-" * w for w in widths)
     lines = []
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in
-                                              zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
+    for n, row in enumerate(table):
+        if row is None:
+            lines.append(rule)
+            continue
+        cells = [cell.ljust(w) if c in left else cell.rjust(w)
+                 for c, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
         if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append(rule)
     return "\n".join(lines)
 
 
@@ -308,7 +775,41 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def table_notes(notes: dict[str, str], workloads: set[str], concurrency: int,
+                batch: int) -> list[str]:
+    """The lines printed under the table: skipped zring sides, then what the rows mean."""
+    lines = []
+    seen = set()
+    for key, group, _template, _redis in ROWS:
+        if group in workloads and key in notes and (group, notes[key]) not in seen:
+            seen.add((group, notes[key]))
+            lines.append(f"note: {group} rows: zring side skipped: {notes[key]}")
+    lines.append("z/r: zring divided by redis (ops/s: below 1 is slower; p50, p99: above 1 is "
+                 "slower). errors/misses: zring/redis.")
+    if "async" in workloads:
+        lines.append(f"async {concurrency}: {concurrency} requests in flight at once "
+                     f"(zring.AsyncClient / redis.asyncio, {concurrency} asyncio workers); "
+                     "latency per request.")
+    if "batch" in workloads:
+        lines.append(f"batch: zring mput/mget of {batch} keys per call vs a redis-py pipeline "
+                     f"of {batch} (transaction=False); ops/s and misses count keys, latency "
+                     "is per call.")
+    return lines
+
+
 # ---------------------------------------------------------------------- CLI
+
+def parse_workloads(text: str) -> set[str]:
+    """``sync,async,batch,memory`` (any of them, comma-separated) or ``all`` (every one)."""
+    names = {name.strip().lower() for name in text.split(",") if name.strip()}
+    if "all" in names:
+        names = (names - {"all"}) | set(WORKLOADS)
+    unknown = sorted(names - set(WORKLOADS))
+    if unknown or not names:
+        raise ValueError(f"--workloads: unknown {', '.join(unknown)}" if unknown
+                         else "--workloads: name at least one")
+    return names
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
@@ -319,23 +820,98 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start a temporary 3-node cluster on free loopback ports and "
                              "stop it afterwards")
     parser.add_argument("--keep-cluster-files", action="store_true",
-                        help="with --start-cluster: keep its data and logs")
+                        help="with --start-cluster or --memory: keep their data and logs")
     parser.add_argument("--redis-port", type=int, default=None,
                         help="use a redis-server already listening on 127.0.0.1:PORT "
-                             "(default: start one on a free port)")
+                             "(default: start one on a free port; --memory always starts its "
+                             "own)")
     parser.add_argument("--no-redis", action="store_true", help="benchmark zring alone")
-    parser.add_argument("--ops", type=int, default=20000, help="operations per workload")
+    parser.add_argument("--workloads", default=DEFAULT_WORKLOADS,
+                        help=f"comma-separated, of {', '.join(WORKLOADS)} or all "
+                             f"(default: {DEFAULT_WORKLOADS})")
+    parser.add_argument("--memory", action="store_true",
+                        help="also compare resident memory holding --memory-keys keys "
+                             "(same as adding memory to --workloads)")
+    parser.add_argument("--ops", type=int, default=20000,
+                        help="operations per workload (batch workloads: keys, in calls of "
+                             "--batch)")
     parser.add_argument("--value-size", type=int, default=100, help="value size in bytes")
+    parser.add_argument("--concurrency", type=int, default=100,
+                        help="requests in flight in the async workloads")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="keys per call in the batch workloads")
+    parser.add_argument("--memory-keys", type=int, default=1_000_000,
+                        help="keys preloaded for the memory comparison")
+    parser.add_argument("--memory-sample", type=int, default=20_000,
+                        help="random keys read once before measuring zring's memory")
     parser.add_argument("--timeout", type=float, default=5.0, help="zring client timeout (s)")
     parser.add_argument("--max-seconds", type=float, default=300.0,
-                        help="stop any one workload after this long")
+                        help="stop any one workload (or load) after this long")
     return parser
+
+
+def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
+                redis_binary: str | None) -> None:
+    """The sync, async and batch workloads, on one cluster and one redis-server."""
+    value = os.urandom(args.value_size)
+    prefix = f"bench:{os.getpid()}:{int(time.time())}"
+    cluster: LocalCluster | None = None
+    temp_redis: TempRedis | None = None
+    try:
+        seeds = args.seeds or DEFAULT_SEEDS
+        if args.start_cluster:
+            cluster = temp_cluster()
+            start_temp_cluster(cluster)
+            seeds = ",".join(cluster.seeds)
+        redis_port = args.redis_port
+        if use_redis and redis_port is None:
+            temp_redis = TempRedis(redis_binary)
+            temp_redis.start()
+            redis_port = temp_redis.port
+
+        chosen = [w for w in WORKLOADS if w in workloads]
+        print(f"zring at {seeds}; {args.ops} ops per workload, {args.value_size}-byte values; "
+              f"workloads: {', '.join(chosen)}", flush=True)
+        zring_results, notes, quorums = bench_zring(seeds, workloads, args, value, prefix)
+        print(f"zring: {quorums['nodes']} nodes in the ring, N={quorums['n']}, "
+              f"W={quorums['w']}, R={quorums['r']}", flush=True)
+        redis_results = None
+        if use_redis:
+            import redis
+            version = redis.Redis(host=LOOPBACK, port=redis_port).info("server")["redis_version"]
+            started = ", started here without persistence" if temp_redis else ""
+            print(f"redis {version} at {LOOPBACK}:{redis_port} "
+                  f"(redis-py {redis.__version__}{started})", flush=True)
+            redis_results = bench_redis(redis_port, workloads, args, value, prefix)
+        print()
+        print(format_table(zring_results, redis_results, quorums, workloads, args.concurrency,
+                           args.batch))
+        print()
+        seen = set()
+        for result in [*zring_results.values(), *(redis_results or {}).values()]:
+            if result.first_error and id(result) not in seen:
+                seen.add(id(result))
+                print(f"first error in {result.name}: {result.first_error}")
+        for line in table_notes(notes, workloads, args.concurrency, args.batch):
+            print(line)
+    finally:
+        if temp_redis is not None:
+            temp_redis.stop()
+        if cluster is not None:
+            stop_temp_cluster(cluster, args.keep_cluster_files)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.ops < 1 or args.value_size < 0:
-        print("bench.py: error: --ops must be >= 1 and --value-size >= 0", file=sys.stderr)
+    try:
+        workloads = parse_workloads(args.workloads) | ({"memory"} if args.memory else set())
+    except ValueError as exc:
+        print(f"bench.py: error: {exc}", file=sys.stderr)
+        return 2
+    if min(args.ops, args.concurrency, args.batch, args.memory_keys) < 1 \
+            or args.value_size < 0 or args.memory_sample < 0:
+        print("bench.py: error: --ops, --concurrency, --batch and --memory-keys must be >= 1, "
+              "--value-size and --memory-sample >= 0", file=sys.stderr)
         return 2
     if args.start_cluster and args.seeds:
         print("bench.py: error: --seeds and --start-cluster exclude each other", file=sys.stderr)
@@ -356,62 +932,39 @@ def main(argv: list[str] | None = None) -> int:
             print("note: redis-py is not installed (pip install redis); "
                   "benchmarking zring alone")
             use_redis = False
-    if use_redis and args.redis_port is None:
+    needs_binary = "memory" in workloads or args.redis_port is None
+    if use_redis and needs_binary:
         redis_binary = shutil.which("redis-server")
-        if redis_binary is None:
+        if redis_binary is None and args.redis_port is None:
             print("note: redis-server not found (apt-get install -y redis-server); "
                   "benchmarking zring alone")
             use_redis = False
 
-    value = os.urandom(args.value_size)
-    prefix = f"bench:{os.getpid()}:{int(time.time())}"
-    cluster: LocalCluster | None = None
-    temp_redis: TempRedis | None = None
+    status = 0
     try:
-        seeds = args.seeds or DEFAULT_SEEDS
-        if args.start_cluster:
-            cluster = temp_cluster()
-            start_temp_cluster(cluster)
-            seeds = ",".join(cluster.seeds)
-        redis_port = args.redis_port
-        if use_redis and redis_port is None:
-            temp_redis = TempRedis(redis_binary)
-            temp_redis.start()
-            redis_port = temp_redis.port
-
-        print(f"zring at {seeds}; {args.ops} ops per workload, {args.value_size}-byte values, "
-              "one synchronous client", flush=True)
-        zring_results, quorums = bench_zring(seeds, args.ops, value, args.timeout,
-                                             args.max_seconds, prefix)
-        print(f"zring: {quorums['nodes']} nodes in the ring, N={quorums['n']}, "
-              f"W={quorums['w']}, R={quorums['r']}", flush=True)
-        redis_results = None
-        if use_redis:
-            import redis
-            version = redis.Redis(host=LOOPBACK, port=redis_port).info("server")["redis_version"]
-            started = ", started here without persistence" if temp_redis else ""
-            print(f"redis {version} at {LOOPBACK}:{redis_port} "
-                  f"(redis-py {redis.__version__}{started})", flush=True)
-            redis_results = bench_redis(redis_port, args.ops, value, args.max_seconds, prefix)
-        print()
-        print(format_table(zring_results, redis_results, quorums))
-        for result in [*zring_results.values(), *(redis_results or {}).values()]:
-            if result.first_error:
-                print(f"first error in {result.name}: {result.first_error}")
-        print("\nz/r: zring divided by redis (ops/s: below 1 is slower; p50: above 1 is slower)."
-              " errors/misses: zring/redis.")
-        return 0
-    except (RuntimeError, OSError) as exc:
-        print(f"bench.py: error: {exc}", file=sys.stderr)
-        return 1
+        if workloads - {"memory"}:
+            try:
+                run_latency(args, workloads - {"memory"}, use_redis, redis_binary)
+            except (RuntimeError, OSError) as exc:
+                print(f"bench.py: error: {exc}", file=sys.stderr)
+                status = 1
+        if "memory" in workloads:
+            if workloads - {"memory"}:
+                print()
+            try:
+                rows = bench_memory(args, use_redis, redis_binary)
+            except (RuntimeError, OSError) as exc:
+                print(f"bench.py: error: memory: {exc}", file=sys.stderr)
+                return 1
+            print()
+            print(format_memory_table(rows))
+            print("\nVmRSS: after start and a pass of gets over the sample (zring) / after the "
+                  "load (redis); at start: before those gets (zring) / empty (redis). "
+                  "z/r: VmRSS divided by redis-server's.")
+        return status
     except KeyboardInterrupt:
         print("bench.py: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if temp_redis is not None:
-            temp_redis.stop()
-        if cluster is not None:
-            stop_temp_cluster(cluster, args.keep_cluster_files)
 
 
 if __name__ == "__main__":
