@@ -313,8 +313,9 @@ def run_worker(kind: str, worker_id: int, seeds: list[str], out: str, keys: int,
 
     signal.signal(signal.SIGTERM, stop)
     rng = random.Random(seed)
-    clients = [Client([s], timeout=1.0, retries=0) for s in seeds]
-    current = rng.randrange(len(clients))
+    # one token-aware client: each op goes straight to a replica of its key; no retries,
+    # so every op is sent once and an unanswered write stays indeterminate
+    client = Client(seeds, timeout=1.0, retries=0)
     period = 1.0 / rate
     with open(out, "a", buffering=1) as history:
         for sequence in range(1 << 62):
@@ -328,27 +329,24 @@ def run_worker(kind: str, worker_id: int, seeds: list[str], out: str, keys: int,
                 key = f"reg-{rng.randrange(keys)}"
                 f = rng.choice(("write", "read"))
                 value = f"w{worker_id}-{sequence}" if f == "write" else None
-            op = {"p": worker_id, "f": f, "key": key, "value": value,
-                  "node": clients[current].seeds[0]}
+            op = {"p": worker_id, "f": f, "key": key, "value": value}
             history.write(json.dumps({**op, "type": "invoke", "time": time.monotonic()}) + "\n")
             try:
                 if f == "read":
-                    result = clients[current].get(key)
+                    result = client.get(key)
                     op["value"] = result.value if result.found else None
                     if isinstance(op["value"], bytes):
                         op["value"] = op["value"].decode()
                 else:
-                    result = clients[current].put(key, value)
+                    result = client.put(key, value)
                 op["version"] = list(result.version) if result.version else None
                 op["type"] = "ok"
             except Exception as exc:  # a failed or silent op: indeterminate for writes
                 op["type"] = "fail" if f == "read" else "info"
                 op["error"] = f"{type(exc).__name__}: {exc}"[:200]
-                current = (current + 1) % len(clients)  # try another coordinator next
             history.write(json.dumps({**op, "time": time.monotonic()}) + "\n")
             time.sleep(max(0.0, period - (time.monotonic() - started)))
-    for client in clients:
-        client.close()
+    client.close()
 
 
 # ------------------------------------------------------------------ history and checker

@@ -321,11 +321,18 @@ class AsyncClient:
             return False
         router = self._router
         if router.wants_ring():
-            try:
-                router.update(RingState.from_body(await self._execute(MsgType.RING_STATE,
-                                                                      {})))
-            except ZringError:
-                pass  # no ring to be had now: keep what we had, or use the seeds
+            for endpoint in router.ring_sources(self.seeds)[:3]:
+                request_id = next(self._ids)
+                frame = encode(Message(MsgType.RING_STATE, request_id, {}))
+                try:
+                    reply = await self._attempt(endpoint, request_id, frame)
+                    if reply is not None:
+                        router.update(RingState.from_body(_unwrap(reply,
+                                                                  MsgType.RING_STATE)))
+                        break
+                except ZringError:
+                    pass
+                router.silent(endpoint)  # silent or failing: ask the next one
         return router.routing is not None
 
     async def _by_owner(self, keys: list[str]) -> list[list[int]]:

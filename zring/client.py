@@ -64,7 +64,8 @@ SEEDS_ENV = "ZRING_SEEDS"
 _BACKOFF_BASE_S = 0.05     # sleep before retry k: base * 2**k, capped
 _BACKOFF_MAX_S = 1.0
 _WAIT_POLL_S = 0.1         # add_node / remove_node: pause between status polls
-_AVOID_S = 2.0             # a silent endpoint is tried last for this long
+_AVOID_S = 3.0             # a silent endpoint is tried last for this long
+_GOSSIP_SILENCE_S = 3.0    # a node whose gossip we have not heard this long is tried last
 _RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
 
@@ -504,11 +505,15 @@ class Client:
             return None
         router = self._router
         if router.wants_ring():
-            try:
-                state = RingState.from_body(self._execute(MsgType.RING_STATE, {}))
-            except ZringError:  # no ring to be had: keep what we had, or use the seeds
-                return router.routing
-            router.update(state)
+            for endpoint in router.ring_sources(self.seeds)[:3]:
+                try:
+                    state = RingState.from_body(self._execute_at(
+                        endpoint, MsgType.RING_STATE, {}, timeout=min(self.timeout, 1.0)))
+                except ZringError:  # this one is silent or failing: the next
+                    router.silent(endpoint)
+                    continue
+                router.update(state)
+                break
         return router.routing
 
     def _endpoints_for(self, key: str) -> list[str]:
@@ -715,13 +720,14 @@ class Client:
 class _Routing:
     """The ring a token-aware client routes by, with each node's endpoint."""
 
-    __slots__ = ("ring", "fingerprint", "replicas", "addresses")
+    __slots__ = ("ring", "fingerprint", "replicas", "addresses", "node_of")
 
     def __init__(self, ring: HashRing, state: RingState) -> None:
         self.ring = ring
         self.fingerprint = state.fingerprint
         self.replicas = state.replicas
         self.addresses = {node.node_id: node.address for node in state.nodes}
+        self.node_of = {address: node_id for node_id, address in self.addresses.items()}
 
     def endpoints(self, key: str) -> list[str]:
         return [self.addresses[n] for n in self.ring.get_nodes(key, self.replicas)
@@ -741,6 +747,28 @@ class _Router:
         self.avoid: dict[str, float] = {}   # endpoint -> monotonic time it is avoided until
         self._gossip: zmq.Socket | None = None
         self._gossip_endpoints: set[str] = set()
+        # our own view of who is alive: when we last heard each node's gossip (it publishes
+        # every 0.5 s), so a dead owner is skipped without first waiting out a timeout
+        self._heard: dict[str, float] = {}
+        self._listening_since: float | None = None
+
+    def _avoided(self, endpoint: str, now: float) -> bool:
+        if self.avoid.get(endpoint, 0.0) > now:
+            return True
+        since = self._listening_since
+        if since is None or now - since < _GOSSIP_SILENCE_S or self.routing is None:
+            return False
+        node_id = self.routing.node_of.get(endpoint)
+        return node_id is not None and now - self._heard.get(node_id, since) > \
+            _GOSSIP_SILENCE_S
+
+    def ring_sources(self, seeds: list[str]) -> list[str]:
+        """Where to ask for the ring: known nodes that seem alive, then the seeds."""
+        if self.routing is None:
+            return seeds
+        now = time.monotonic()
+        known = [e for e in self.routing.addresses.values() if not self._avoided(e, now)]
+        return known + [e for e in seeds if e not in known]
 
     def wants_ring(self) -> bool:
         """Drain gossip; True if the ring should be (re)fetched now (and note the try)."""
@@ -768,7 +796,7 @@ class _Router:
             return seeds
         replicas = self.routing.endpoints(key)
         now = time.monotonic()
-        fresh = [e for e in replicas if self.avoid.get(e, 0.0) <= now]
+        fresh = [e for e in replicas if not self._avoided(e, now)]
         ordered = fresh + [e for e in replicas if e not in fresh]
         return ordered + [e for e in seeds if e not in ordered]
 
@@ -778,8 +806,8 @@ class _Router:
         if routing is None:
             return seed
         endpoint = routing.addresses.get(routing.ring.get_node(key), seed)
-        if self.avoid and self.avoid.get(endpoint, 0.0) > time.monotonic():
-            return self.endpoints_for(key, [seed])[0]  # its owner went silent lately
+        if self._avoided(endpoint, time.monotonic()):
+            return self.endpoints_for(key, [seed])[0]  # its owner seems down
         return endpoint
 
     def note_reply(self, body: dict) -> None:
@@ -808,6 +836,8 @@ class _Router:
                     self._gossip_endpoints.add(endpoint)
                 except zmq.ZMQError:
                     continue
+        if self._listening_since is None:
+            self._listening_since = time.monotonic()
 
     def drain_gossip(self, budget: int = 100) -> None:
         """Gossip that arrived since the last request: a sender routing by another ring
@@ -830,6 +860,7 @@ class _Router:
             if message.type != MsgType.GOSSIP:
                 continue
             sender = message.body["sender"]
+            self._heard[sender] = time.monotonic()
             for row in message.body["members"]:
                 if isinstance(row, dict) and row.get("node_id") == sender and \
                         row.get("ring", fingerprint) != fingerprint:
@@ -840,6 +871,7 @@ class _Router:
             self._gossip.close(linger=0)
             self._gossip = None
             self._gossip_endpoints.clear()
+            self._listening_since = None
 
 
 def _unwrap(reply: Message, request_type: MsgType) -> dict:
