@@ -62,6 +62,7 @@ from zring.errors import (
     InvalidRequest,
     ProtocolError,
     Timeout,
+    Unavailable,
     ZringError,
     error_from_code,
 )
@@ -375,7 +376,12 @@ class AsyncClient:
             tried.append(endpoint)
             reply = await self._attempt(endpoint, request_id, frame)
             if reply is not None:
-                result = _unwrap(reply, msg_type)
+                try:
+                    result = _unwrap(reply, msg_type)
+                except Unavailable:
+                    # a coordinator cut off from the key's replicas: ask another next time
+                    self._router.avoid_for_now(endpoint)
+                    raise
                 self._router.note_reply(result)
                 return result
             if routed:

@@ -549,7 +549,12 @@ class Client:
                 self._drop_direct(endpoint)  # its reply may still come: never read it
                 raise
             if reply is not None:
-                result = _unwrap(reply, msg_type)
+                try:
+                    result = _unwrap(reply, msg_type)
+                except Unavailable:
+                    # a coordinator cut off from the key's replicas: ask another next time
+                    self._router.avoid_for_now(endpoint)
+                    raise
                 self._router.note_reply(result)
                 return result
             self._drop_direct(endpoint)
@@ -815,6 +820,9 @@ class _Router:
         ring = body.get("ring")
         if ring is not None and self.routing is not None and ring != self.routing.fingerprint:
             self.stale = True
+
+    def avoid_for_now(self, endpoint: str) -> None:
+        self.avoid[endpoint] = time.monotonic() + _AVOID_S
 
     def silent(self, endpoint: str) -> None:
         """No reply from ``endpoint``: try it last for a while; perhaps the ring moved on."""
