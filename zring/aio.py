@@ -344,7 +344,7 @@ class AsyncClient:
         seed = self._endpoint_for(None)
         groups: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
-            groups.setdefault(self._router.owner_endpoint(key, seed), []).append(index)
+            groups.setdefault(self._router.batch_endpoint(key, seed), []).append(index)
         return list(groups.values())
 
     def _on_silence(self, connection: _Connection, sent_at: float) -> None:

@@ -571,7 +571,7 @@ class Client:
         routing = self._routing_now()
         seed = self._current_seed()
         for index, key in enumerate(keys):
-            endpoint = seed if routing is None else self._router.owner_endpoint(key, seed)
+            endpoint = seed if routing is None else self._router.batch_endpoint(key, seed)
             groups.setdefault(endpoint, []).append(index)
         chunks = [(endpoint, indexes[start:start + _BATCH_CHUNK])
                   for endpoint, indexes in groups.items()
@@ -725,7 +725,7 @@ class Client:
 class _Routing:
     """The ring a token-aware client routes by, with each node's endpoint."""
 
-    __slots__ = ("ring", "fingerprint", "replicas", "addresses", "node_of")
+    __slots__ = ("ring", "fingerprint", "replicas", "addresses", "node_of", "preferred")
 
     def __init__(self, ring: HashRing, state: RingState) -> None:
         self.ring = ring
@@ -733,6 +733,8 @@ class _Routing:
         self.replicas = state.replicas
         self.addresses = {node.node_id: node.address for node in state.nodes}
         self.node_of = {address: node_id for node_id, address in self.addresses.items()}
+        # each client prefers its own random order of nodes: batches spread over clients
+        self.preferred = random.sample(list(self.addresses.values()), len(self.addresses))
 
     def endpoints(self, key: str) -> list[str]:
         return [self.addresses[n] for n in self.ring.get_nodes(key, self.replicas)
@@ -804,6 +806,20 @@ class _Router:
         fresh = [e for e in replicas if not self._avoided(e, now)]
         ordered = fresh + [e for e in replicas if e not in fresh]
         return ordered + [e for e in seeds if e not in ordered]
+
+    def batch_endpoint(self, key: str, seed: str) -> str:
+        """Where a batch sends ``key``: when every node holds every key (no more nodes than
+        replicas), all keys go to one node (this client's preferred live one: one request,
+        fewer hops); otherwise to the key's owner."""
+        routing = self.routing
+        if routing is None:
+            return seed
+        if len(routing.addresses) <= routing.replicas:
+            now = time.monotonic()
+            for endpoint in routing.preferred:
+                if not self._avoided(endpoint, now):
+                    return endpoint
+        return self.owner_endpoint(key, seed)
 
     def owner_endpoint(self, key: str, seed: str) -> str:
         """The endpoint of ``key``'s first replica (fast: batches group by it)."""

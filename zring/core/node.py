@@ -101,10 +101,16 @@ class _MultiRead:
 
     batch: BatchReply
     quorum: int
-    requests: list[Message]
-    replies: dict[int, dict[str, Record | None]] = field(default_factory=dict)
+    keys: list
+    n: int | None           # as the client sent them, for keys that take the single path
+    r: int | None
+    # index -> {node: its wire record [key, value, ts, writer] or None}
+    replies: dict[int, dict[str, list | None]] = field(default_factory=dict)
     replicas: dict[int, list[str]] = field(default_factory=dict)
     pending: int = 0
+
+    def request(self, index: int) -> Message:
+        return Message(MsgType.GET, 0, {"key": self.keys[index], "n": self.n, "r": self.r})
 
 
 @dataclass(slots=True)
@@ -337,37 +343,45 @@ class NodeCore:
 
     def _on_mget(self, route, message: Message, now: float) -> list[Effect]:
         """Many reads at once: each replica asked once for all its keys (one local lookup
-        pass, one REPLICA_READ_MANY per peer). A key whose replicas fail falls back to the
-        single-key path (stand-by replicas, its own error)."""
+        pass, one REPLICA_READ_MANY per peer); records stay wire lists throughout. A key
+        whose replicas fail falls back to the single-key path (stand-bys, its own error)."""
         keys = message.body["keys"]
-        n, r = message.body.get("n"), message.body.get("r")
-        requests = [Message(MsgType.GET, 0, {"key": key, "n": n, "r": r}) for key in keys]
-        batch, effects = self._open_batch(route, message, requests)
+        raw_n, raw_r = message.body.get("n"), message.body.get("r")
+        batch, effects = self._open_batch(route, message, len(keys))
         if batch is None:
             return effects
         n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
         me = self.config.node_id
-        read = _MultiRead(batch, quorum, requests)
+        read = _MultiRead(batch, quorum, keys, raw_n, raw_r)
         by_target: dict[str, list[int]] = {}
+        is_up, ring = self.members.is_up, self.ring
+        # every node holds every key (no more nodes than replicas): one list for all keys
+        everywhere = ring.get_nodes_at(0, n) if len(ring) <= n else None
+        asked_for: dict[tuple, list[str] | None] = {}   # preference list -> who is asked
         for index, key in enumerate(keys):
             if key.__class__ is not str or self._key_too_long(key):
-                effects += self._single(batch, index, requests[index], now)
+                effects += self._single(batch, index, read.request(index), now)
                 continue
-            natural = self.ring.get_nodes_at(key_position(key), n)
-            live = [x for x in natural if x == me or self.members.is_up(x, now)]
-            if len(live) < quorum:
-                effects += self._single(batch, index, requests[index], now)
+            natural = everywhere or ring.get_nodes_at(key_position(key), n)
+            replicas = tuple(natural)
+            asked = asked_for.get(replicas, ())
+            if asked == ():
+                live = [x for x in natural if x == me or is_up(x, now)]
+                # ourselves first, then peers in one fixed order: the keys of a batch share
+                # as few peers as possible (one REPLICA_READ_MANY each)
+                live.sort(key=self._read_preference)
+                asked = asked_for[replicas] = live[:quorum] if len(live) >= quorum else None
+            if asked is None:
+                effects += self._single(batch, index, read.request(index), now)
                 continue
-            if me in live:
-                live.remove(me)
-                live.insert(0, me)
             read.replies[index] = {}
             read.replicas[index] = natural
             read.pending += 1
-            for target in live[:quorum]:
+            for target in asked:
                 by_target.setdefault(target, []).append(index)
+        get_wire = self.store.get_wire
         for index in by_target.pop(me, ()):
-            read.replies[index][me] = self.store.get(keys[index])
+            read.replies[index][me] = get_wire(keys[index])
             effects += self._multi_read_done(read, index, now)
         for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_READ_MANY,
@@ -380,24 +394,23 @@ class NodeCore:
                       reply: Message | None, now: float) -> list[Effect]:
         wires = reply.body.get("records") if reply is not None and \
             reply.type == MsgType.OK else None
-        records = None
-        if isinstance(wires, list) and len(wires) == len(indexes):
-            try:
-                records = [None if w is None else record_from_wire(w) for w in wires]
-            except ProtocolError:
-                records = None
+        if not (isinstance(wires, list) and len(wires) == len(indexes)
+                and all(w is None or _is_read_wire(w, read.keys[i])
+                        for w, i in zip(wires, indexes, strict=True))):
+            wires = None
         effects: list[Effect] = []
+        results = read.batch.results
         for position, index in enumerate(indexes):
-            if read.batch.results[index] is not None:
+            if results[index] is not None:
                 continue
-            if records is None:  # that replica failed: this key takes the careful path
+            if wires is None:  # that replica failed: this key takes the careful path
                 read.pending -= 1
-                effects += self._single(read.batch, index, read.requests[index], now)
+                effects += self._single(read.batch, index, read.request(index), now)
                 continue
-            record = records[position]
-            if record is not None:
-                self.clock.observe(record.version.timestamp)
-            read.replies[index][node_id] = record
+            wire = wires[position]
+            if wire is not None:
+                self.clock.observe(wire[2])
+            read.replies[index][node_id] = wire
             effects += self._multi_read_done(read, index, now)
         return effects
 
@@ -405,25 +418,28 @@ class NodeCore:
         replies = read.replies[index]
         if len(replies) < read.quorum or read.batch.results[index] is not None:
             return []
-        newest = _newest(replies.values())
-        found = newest is not None and not newest.is_tombstone
-        body = {"found": found, "value": newest.value if found else None,
-                "version": list(newest.version) if newest else None,
+        newest = None
+        for wire in replies.values():
+            if wire is not None and (newest is None or (wire[2], wire[3]) >
+                                     (newest[2], newest[3])):
+                newest = wire
+        found = newest is not None and newest[1] is not None
+        body = {"found": found, "value": newest[1] if found else None,
+                "version": [newest[2], newest[3]] if newest else None,
                 "served_by": list(replies)}
         if self.config.node_id not in read.replicas[index]:
             body["ring"] = self.ring.fingerprint()
         read.pending -= 1
         effects: list[Effect] = []
         if newest is not None:
-            for node_id, record in replies.items():  # read repair, as for a single read
-                if record is None or record.version < newest.version:
+            for node_id, wire in replies.items():  # read repair, as for a single read
+                if wire is None or (wire[2], wire[3]) < (newest[2], newest[3]):
                     self.stats["read_repairs"] += 1
                     if node_id == self.config.node_id:
-                        self.store.put(newest)
+                        self.store.put(record_from_wire(newest))
                     else:
                         effects += self._call(node_id, MsgType.REPLICA_WRITE,
-                                              {"records": [record_to_wire(newest)]},
-                                              lambda *_: [], now)
+                                              {"records": [newest]}, lambda *_: [], now)
         return effects + self._fill_result(read.batch, index, body)
 
     def _on_mput(self, route, message: Message, now: float) -> list[Effect]:
@@ -437,7 +453,7 @@ class NodeCore:
                 raise ProtocolError("an MPUT item must be [key, value]")
             requests.append(Message(MsgType.PUT, 0, {"key": item[0], "value": item[1],
                                                      "n": n, "w": w}))
-        batch, effects = self._open_batch(route, message, requests)
+        batch, effects = self._open_batch(route, message, len(requests))
         if batch is None:
             return effects
         n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
@@ -505,6 +521,9 @@ class NodeCore:
                                "still be applied"})
         return effects
 
+    def _read_preference(self, node_id: str) -> tuple[bool, str]:
+        return node_id != self.config.node_id, node_id
+
     def _key_too_long(self, key: str) -> bool:
         limit = self.config.max_key_bytes
         return len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit
@@ -530,17 +549,15 @@ class NodeCore:
         return [Reply(batch.route, Message(MsgType.OK, batch.request_id,
                                            {"results": batch.results}))]
 
-    def _open_batch(self, route, message: Message, requests: list[Message]):
-        if len(requests) > MAX_BATCH_KEYS:
-            raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} keys, "
-                                 f"not {len(requests)}")
+    def _open_batch(self, route, message: Message, count: int):
+        if count > MAX_BATCH_KEYS:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} keys, not {count}")
         self._check_serving()
-        if not requests:
+        if not count:
             return None, [Reply(route, Message(MsgType.OK, message.request_id,
                                                {"results": []}))]
         self._open_batches += 1
-        return BatchReply(route, message.request_id, [None] * len(requests),
-                          len(requests)), []
+        return BatchReply(route, message.request_id, [None] * count, count), []
 
     def _fill_batches(self, effects: list[Effect]) -> list[Effect]:
         """Replies to the keys of client batches fill their result lists; a batch whose
@@ -1078,10 +1095,9 @@ class NodeCore:
         keys = message.body["keys"]
         if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
             raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
-        get = self.store.get
-        wires = [None if (record := get(key)) is None else record_to_wire(record)
-                 for key in keys]
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}))]
+        get_wire = self.store.get_wire
+        return [Reply(route, Message(MsgType.OK, message.request_id,
+                                     {"records": [get_wire(key) for key in keys]}))]
 
     def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
         target = message.body["target"]
@@ -2484,6 +2500,14 @@ def _stats_figures(reply: Message | None) -> tuple[int, int] | None:
 def _peak_to_mean(values: list[int]) -> float:
     mean = sum(values) / len(values) if values else 0
     return round(max(values) / mean, 4) if mean else 1.0
+
+
+def _is_read_wire(wire: object, key: str) -> bool:
+    """A peer's answer for ``key`` in a batch read: ``[key, value, timestamp, writer]``."""
+    return (wire.__class__ is list and len(wire) == 4 and wire[0] == key
+            and (wire[1] is None or wire[1].__class__ in (bytes, str))
+            and wire[2].__class__ is int and 0 <= wire[2] < 1 << 64
+            and wire[3].__class__ is str)
 
 
 def _newest(records) -> Record | None:

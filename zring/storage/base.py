@@ -86,6 +86,13 @@ class Store(ABC):
     def get(self, key: str) -> Record | None:
         """The record for ``key`` (a tombstone included), or None if never seen."""
 
+    def get_wire(self, key: str) -> list | None:
+        """``get`` as a wire record ``[key, value, timestamp, writer]`` (batch reads)."""
+        record = self.get(key)
+        if record is None:
+            return None
+        return [record.key, record.value, record.version.timestamp, record.version.node_id]
+
     @abstractmethod
     def put(self, record: Record) -> bool:
         """Store ``record`` unless the held version is newer or equal; True if stored."""

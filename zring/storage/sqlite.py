@@ -249,6 +249,14 @@ class SQLiteStore(Store):
         return Record(key, value, Version(timestamp, writer), position)
 
     @_translating_errors
+    def get_wire(self, key: str) -> list | None:
+        rows = self._cursor.execute(_GET, (key_position(key) - _POSITION_SHIFT, key)).fetchall()
+        if not rows:
+            return None
+        value, timestamp, writer = rows[0]
+        return [key, value, timestamp, writer]
+
+    @_translating_errors
     def put(self, record: Record) -> bool:
         self._join_batch()
         self._cursor.execute(_UPSERT, _row(record))  # autocommit: one statement, one commit
