@@ -171,3 +171,76 @@ def test_a_replica_that_does_not_answer_is_replaced_by_a_stand_by():
     reply = sim.request("node1", MsgType.GET, {"key": "k", "r": 2}, max_seconds=10)
     assert reply.type == MsgType.OK and reply.body["found"]
     assert sorted(reply.body["served_by"]) == sorted(["node1", others[1]])
+
+
+# ---------------------------------------------------------------- review regressions
+
+def test_a_key_falls_back_to_the_single_path_once_and_no_reply_escapes_the_core():
+    """Both replicas an MGET asks fail (one answers an error, one is silent): the key
+    went to the single-key path twice, and the second answer, after the batch was
+    answered, left the core as a Reply routed to a Slot (the server crashed on it)."""
+    from zring.core.batching import Slot
+    from zring.errors import StorageError
+    sim = cluster_of(4)
+    core = sim.node("node1")
+    key = next(f"k{i}" for i in range(1000)
+               if "node1" not in core.ring.get_nodes_at(key_position(f"k{i}"), 3))
+    sim.request("node2", MsgType.PUT, {"key": key, "value": b"v"})
+    first = sim.request("node1", MsgType.MGET, {"keys": [key], "r": 2}).body["results"][0]
+    failing, silent = first["served_by"]
+    store = sim.node(failing).store
+    real_get_wire, real_get = store.get_wire, store.get
+
+    def damaged(method):
+        def read(k):
+            if k == key:
+                raise StorageError("damaged row", reason="damaged")
+            return method(k)
+        return read
+    store.get_wire, store.get = damaged(real_get_wire), damaged(real_get)
+    sim.down.add(sim.node(silent).config.address)
+    escaped, original = [], sim._apply
+
+    def apply(address, effects):
+        effects = list(effects)
+        stray = [e for e in effects if isinstance(e, Reply) and isinstance(e.route, Slot)]
+        escaped.extend(stray)
+        original(address, [e for e in effects if e not in stray])
+    sim._apply = apply
+    fallbacks, single = [], core._single
+    core._single = lambda *args: fallbacks.append(args[1]) or single(*args)
+    request_id = sim.send("node1", MsgType.MGET, {"keys": [key], "r": 2})
+    sim.run(6.0)
+    assert request_id in sim.client_replies
+    assert escaped == [] and fallbacks == [0]
+    assert core._open_batches == 0 and core._open_batch_keys == 0
+
+
+def test_coalescing_cuts_batches_by_size_so_every_frame_is_deliverable():
+    from zring.protocol import MAX_FRAME_BYTES
+    value = b"x" * (4 * 1024 * 1024)
+    sends = [Send("tcp://peer", Message(MsgType.REPLICA_WRITE, i,
+                                        {"records": [[f"k{i}", value, 1, "n1"]]}))
+             for i in range(17)]
+    batches = coalesce_sends(sends)
+    assert len(batches) >= 2
+    assert all(len(encode(b.message)) < MAX_FRAME_BYTES for b in batches)
+    assert sum(len(b.message.body["messages"]) if b.message.type == MsgType.BATCH else 1
+               for b in batches) == 17
+
+
+def test_a_refused_batch_leaves_nothing_open():
+    sim = cluster_of(3)
+    core = sim.node("node1")
+    assert sim.request("node1", MsgType.MGET, {"keys": ["a"], "r": 5}).type == MsgType.ERROR
+    assert sim.request("node1", MsgType.MPUT, {"items": [["a", b"1"]], "w": 9}).type == \
+        MsgType.ERROR
+    assert core._open_batches == 0 and core._open_batch_keys == 0
+
+
+def test_batch_keys_count_towards_the_pending_limit():
+    sim = cluster_of(3, max_pending_requests=50)
+    reply = sim.request("node1", MsgType.MGET, {"keys": [f"k{i}" for i in range(51)]})
+    assert reply.type == MsgType.ERROR and reply.body["code"] == "unavailable"
+    reply = sim.request("node1", MsgType.MGET, {"keys": [f"k{i}" for i in range(50)]})
+    assert reply.type == MsgType.OK

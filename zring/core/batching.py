@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zring.core.effects import Effect, Send
-from zring.protocol import Message, MsgType, message_to_wire
+from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
 
-__all__ = ["BATCHABLE", "MAX_BATCH_KEYS", "BatchReply", "Slot", "coalesce_sends"]
+__all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "approx_size",
+           "coalesce_sends"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
 BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE,
                        MsgType.REPLICA_READ_MANY})
 MAX_BATCH_KEYS = 10_000     # keys in one MGET/MPUT, and messages in one BATCH
+BATCH_MAX_BYTES = MAX_FRAME_BYTES // 4   # a BATCH (or its reply) is cut past this size
 
 
 def coalesce_sends(effects: list[Effect]) -> list[Effect]:
@@ -35,8 +37,7 @@ def coalesce_sends(effects: list[Effect]) -> list[Effect]:
     for address, indexes in by_address.items():
         if len(indexes) < 2:
             continue
-        for start in range(0, len(indexes), MAX_BATCH_KEYS):
-            chunk = indexes[start:start + MAX_BATCH_KEYS]
+        for chunk in _chunks(indexes, effects):
             wires = [message_to_wire(effects[i].message) for i in chunk]
             first_of[chunk[0]] = Send(address, Message(MsgType.BATCH, 0, {"messages": wires}))
             skip.update(chunk[1:])
@@ -48,6 +49,32 @@ def coalesce_sends(effects: list[Effect]) -> list[Effect]:
     return merged
 
 
+def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:
+    """Runs of at most MAX_BATCH_KEYS messages and about BATCH_MAX_BYTES each."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for index in indexes:
+        message_size = approx_size(effects[index].message.body)
+        if chunks[-1] and (len(chunks[-1]) >= MAX_BATCH_KEYS
+                           or size + message_size > BATCH_MAX_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(index)
+        size += message_size
+    return chunks
+
+
+def approx_size(body: object) -> int:
+    """Roughly the encoded size of a message body (its keys and values dominate)."""
+    if body.__class__ in (bytes, str):
+        return len(body) + 5
+    if body.__class__ is list:
+        return 5 + sum(approx_size(item) for item in body)
+    if body.__class__ is dict:
+        return 5 + sum(len(k) + approx_size(v) for k, v in body.items())
+    return 9
+
+
 @dataclass(slots=True)
 class BatchReply:
     """A client's MGET/MPUT: one reply once every key's own operation has answered."""
@@ -56,6 +83,7 @@ class BatchReply:
     request_id: int
     results: list
     pending: int
+    closed: bool = False    # answered (or failed as a whole): late key replies are dropped
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,14 @@ import structlog
 
 from zring.config import NodeConfig
 from zring.core import repair
-from zring.core.batching import BATCHABLE, MAX_BATCH_KEYS, BatchReply, Slot
+from zring.core.batching import (
+    BATCH_MAX_BYTES,
+    BATCHABLE,
+    MAX_BATCH_KEYS,
+    BatchReply,
+    Slot,
+    approx_size,
+)
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
 from zring.errors import (
@@ -207,6 +214,7 @@ class NodeCore:
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
         self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
+        self._open_batch_keys = 0   # their keys: they count towards max_pending_requests
         self._stats_jobs: list[_StatsJob] = []
         self._transfer_totals: tuple[int, int] = (-1, -1)  # keys, bytes of our transfer
         self._saved_records = -1                  # a transfer's progress last saved at
@@ -296,7 +304,9 @@ class NodeCore:
             return [Reply(route, _error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
         if (message.type in _QUORUM_TYPES
-                and len(self._quorums) >= self.config.max_pending_requests):
+                and _batch_size(message) <= MAX_BATCH_KEYS  # bigger: refused as invalid
+                and len(self._quorums) + self._open_batch_keys + _batch_size(message)
+                > self.config.max_pending_requests):
             self.stats["overloaded"] += 1
             return [Reply(route, _error(message.request_id, Unavailable(
                 f"{self.config.node_id} is coordinating {len(self._quorums)} requests; "
@@ -320,8 +330,12 @@ class NodeCore:
         if len(wires) > MAX_BATCH_KEYS:
             raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} messages")
         replies: list[list] = []
+        replies_size = 0
         effects: list[Effect] = []
         for wire in wires:
+            if replies_size > BATCH_MAX_BYTES:  # answer in several frames, each deliverable
+                effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
+                replies, replies_size = [], 0
             try:
                 inner = validate(wire)
             except ProtocolError as exc:
@@ -336,6 +350,7 @@ class NodeCore:
             for effect in self._dispatch(route, inner, now):
                 if effect.__class__ is Reply and effect.route is route:
                     replies.append(message_to_wire(effect.message))
+                    replies_size += approx_size(effect.message.body)
                 else:
                     effects.append(effect)
         effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
@@ -347,10 +362,18 @@ class NodeCore:
         whose replicas fail falls back to the single-key path (stand-bys, its own error)."""
         keys = message.body["keys"]
         raw_n, raw_r = message.body.get("n"), message.body.get("r")
+        n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
         batch, effects = self._open_batch(route, message, len(keys))
         if batch is None:
             return effects
-        n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
+        try:
+            return self._start_mget(batch, effects, keys, raw_n, raw_r, n, quorum, now)
+        except BaseException:
+            self._close_batch(batch)  # answered with the error; late key replies dropped
+            raise
+
+    def _start_mget(self, batch: BatchReply, effects: list[Effect], keys: list, raw_n,
+                    raw_r, n: int, quorum: int, now: float) -> list[Effect]:
         me = self.config.node_id
         read = _MultiRead(batch, quorum, keys, raw_n, raw_r)
         by_target: dict[str, list[int]] = {}
@@ -401,9 +424,10 @@ class NodeCore:
         effects: list[Effect] = []
         results = read.batch.results
         for position, index in enumerate(indexes):
-            if results[index] is not None:
-                continue
-            if wires is None:  # that replica failed: this key takes the careful path
+            if results[index] is not None or index not in read.replies:
+                continue  # answered, or already handed to the single-key path
+            if wires is None:  # that replica failed: this key takes the careful path, once
+                del read.replies[index]
                 read.pending -= 1
                 effects += self._single(read.batch, index, read.request(index), now)
                 continue
@@ -453,10 +477,18 @@ class NodeCore:
                 raise ProtocolError("an MPUT item must be [key, value]")
             requests.append(Message(MsgType.PUT, 0, {"key": item[0], "value": item[1],
                                                      "n": n, "w": w}))
+        n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
         batch, effects = self._open_batch(route, message, len(requests))
         if batch is None:
             return effects
-        n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
+        try:
+            return self._start_mput(batch, effects, requests, n, quorum, now)
+        except BaseException:
+            self._close_batch(batch)  # answered with the error; late key replies dropped
+            raise
+
+    def _start_mput(self, batch: BatchReply, effects: list[Effect], requests: list[Message],
+                    n: int, quorum: int, now: float) -> list[Effect]:
         me = self.config.node_id
         write = _MultiWrite(batch, quorum)
         by_target: dict[str, list[Record]] = {}
@@ -512,6 +544,8 @@ class NodeCore:
             if len(write.acks[index]) >= write.quorum:
                 body = {"version": list(record.version), "stored_on": list(write.acks[index]),
                         "replicated_to": list(write.replicas[index])}
+                if self.config.node_id not in write.replicas[index]:
+                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
                 effects += self._fill_result(write.batch, index, body)
             elif len(write.acks[index]) + write.waiting[index] < write.quorum:
                 self.stats["writes_unavailable"] += 1
@@ -539,15 +573,26 @@ class NodeCore:
             return [Reply(slot, _error(0, exc))]
 
     def _fill_result(self, batch: BatchReply, index: int, body: dict) -> list[Effect]:
-        if batch.results[index] is not None:
+        if batch.closed or batch.results[index] is not None:
             return []
         batch.results[index] = body
         batch.pending -= 1
         if batch.pending:
             return []
-        self._open_batches -= 1
+        self._close_batch(batch)
+        size = approx_size(batch.results)
+        if size > BATCH_MAX_BYTES:  # the reply could not be delivered: say so instead
+            return [Reply(batch.route, _error(batch.request_id, InvalidRequest(
+                f"the reply to this batch would take about {size} bytes: send fewer keys "
+                "per batch")))]
         return [Reply(batch.route, Message(MsgType.OK, batch.request_id,
                                            {"results": batch.results}))]
+
+    def _close_batch(self, batch: BatchReply) -> None:
+        if not batch.closed:
+            batch.closed = True
+            self._open_batches -= 1
+            self._open_batch_keys -= len(batch.results)
 
     def _open_batch(self, route, message: Message, count: int):
         if count > MAX_BATCH_KEYS:
@@ -557,12 +602,13 @@ class NodeCore:
             return None, [Reply(route, Message(MsgType.OK, message.request_id,
                                                {"results": []}))]
         self._open_batches += 1
+        self._open_batch_keys += count
         return BatchReply(route, message.request_id, [None] * count, count), []
 
     def _fill_batches(self, effects: list[Effect]) -> list[Effect]:
         """Replies to the keys of client batches fill their result lists; a batch whose
         every key has answered becomes one reply."""
-        if not self._open_batches:
+        if not any(e.__class__ is Reply and e.route.__class__ is Slot for e in effects):
             return effects
         out: list[Effect] = []
         for effect in effects:
@@ -667,7 +713,11 @@ class NodeCore:
             call = self._calls.pop(request_id, None)
             if call is not None:
                 self.stats["peer_timeouts"] += 1
-                effects += call.on_reply(call.node_id, None, now)
+                try:
+                    effects += call.on_reply(call.node_id, None, now)
+                except Exception:  # e.g. a hint that could not be stored: keep serving
+                    self.stats["handler_errors"] += 1
+                    self.log.exception("timeout_handling_failed", peer=call.node_id)
         if now >= self._next_count_at:
             self._key_count = self.store.count()
             # a COUNT over 1M rows takes ~0.15 s of the loop: a status figure can lag
@@ -1096,8 +1146,10 @@ class NodeCore:
         if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
             raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
         get_wire = self.store.get_wire
-        return [Reply(route, Message(MsgType.OK, message.request_id,
-                                     {"records": [get_wire(key) for key in keys]}))]
+        wires = [get_wire(key) for key in keys]
+        if approx_size(wires) > BATCH_MAX_BYTES:  # the coordinator reads these one by one
+            raise InvalidRequest("these records are too large for one reply")
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}))]
 
     def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
         target = message.body["target"]
@@ -2500,6 +2552,15 @@ def _stats_figures(reply: Message | None) -> tuple[int, int] | None:
 def _peak_to_mean(values: list[int]) -> float:
     mean = sum(values) / len(values) if values else 0
     return round(max(values) / mean, 4) if mean else 1.0
+
+
+def _batch_size(message: Message) -> int:
+    """Keys a request adds to the node's pending operations (a batch: one per key)."""
+    if message.type == MsgType.MGET:
+        return len(message.body["keys"])
+    if message.type == MsgType.MPUT:
+        return len(message.body["items"])
+    return 1
 
 
 def _is_read_wire(wire: object, key: str) -> bool:
