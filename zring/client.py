@@ -68,6 +68,7 @@ _AVOID_S = 3.0             # a silent endpoint is tried last for this long
 _GOSSIP_SILENCE_S = 3.0    # a node whose gossip we have not heard this long is tried last
 _RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
+_BATCH_BYTES = 8 << 20     # and about this much of their keys and values
 
 
 # ------------------------------------------------------------------ seeds
@@ -538,7 +539,8 @@ class Client:
                 if endpoints is None:
                     endpoints = self._router.endpoints_for(
                         key, self.seeds[self._seed_index:] + self.seeds[:self._seed_index])
-                endpoint = endpoints[attempt % len(endpoints)]
+                # worked out after the owner was marked silent: it starts past the owner
+                endpoint = endpoints[(attempt - 1) % len(endpoints)]
             else:
                 endpoint = self._router.owner_endpoint(key, self._current_seed())
             tried.append(endpoint)
@@ -555,6 +557,12 @@ class Client:
                     # a coordinator cut off from the key's replicas: ask another next time
                     self._router.avoid_for_now(endpoint)
                     raise
+                except NotMember:
+                    # a node that left (our ring is stale): it refused, so ask the next one
+                    self._router.silent(endpoint)
+                    if attempt == self.retries:
+                        raise
+                    continue
                 self._router.note_reply(result)
                 return result
             self._drop_direct(endpoint)
@@ -573,9 +581,8 @@ class Client:
         for index, key in enumerate(keys):
             endpoint = seed if routing is None else self._router.batch_endpoint(key, seed)
             groups.setdefault(endpoint, []).append(index)
-        chunks = [(endpoint, indexes[start:start + _BATCH_CHUNK])
-                  for endpoint, indexes in groups.items()
-                  for start in range(0, len(indexes), _BATCH_CHUNK)]
+        chunks = [(endpoint, chunk) for endpoint, indexes in groups.items()
+                  for chunk in _chunked(indexes, entries)]
         results: list[dict | None] = [None] * len(entries)
         pending: dict[int, tuple[str, list[int]]] = {}
         for endpoint, indexes in chunks:
@@ -648,7 +655,7 @@ class Client:
                                    frame, timeout)
             if reply is not None:
                 return _unwrap(reply, msg_type)
-            self.close()  # silence: drop the request and any late reply with the socket
+            self._close_seed_socket()  # silence: drop the request and any late reply with it
             self._next_seed()
         raise Timeout(f"no reply to {msg_type.name} within {timeout:g}s from "
                       f"{', '.join(dict.fromkeys(tried))} ({len(tried)} tries)")
@@ -692,7 +699,7 @@ class Client:
             return None
         except BaseException:
             if socket is self._socket:
-                self.close()  # the request may still be answered: never read that reply
+                self._close_seed_socket()  # it may still be answered: never read that reply
             raise
         return None
 
@@ -700,8 +707,13 @@ class Client:
         return self.seeds[self._seed_index]
 
     def _next_seed(self) -> None:
-        self.close()
+        self._close_seed_socket()
         self._seed_index = (self._seed_index + 1) % len(self.seeds)
+
+    def _close_seed_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
 
     def _connected_socket(self) -> zmq.Socket:
         if self._socket is None:
@@ -720,6 +732,22 @@ class Client:
             socket.close(linger=0)
             raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
         return socket
+
+
+def _chunked(indexes: list[int], entries: list[dict]) -> list[list[int]]:
+    """Runs of at most _BATCH_CHUNK entries and about _BATCH_BYTES of keys and values."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for index in indexes:
+        entry = entries[index]
+        entry_size = len(entry["key"]) + len(entry.get("value") or b"") + 16
+        if chunks[-1] and (len(chunks[-1]) >= _BATCH_CHUNK
+                           or size + entry_size > _BATCH_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(index)
+        size += entry_size
+    return chunks
 
 
 class _Routing:
@@ -896,6 +924,7 @@ class _Router:
             self._gossip = None
             self._gossip_endpoints.clear()
             self._listening_since = None
+            self.stale = True  # no more gossip: refetch (and resubscribe) on next use
 
 
 def _unwrap(reply: Message, request_type: MsgType) -> dict:

@@ -873,3 +873,55 @@ def test_import_zring_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ token-aware routing
+
+def _ring_state(endpoints: dict[str, str]) -> RingState:
+    from zring.client import MemberInfo, RingNode
+    return RingState(64, 3, 2, 2, 1, tuple(RingNode(n, 1.0, e) for n, e in endpoints.items()),
+                     tuple(MemberInfo(n, e, "normal", "up", 0, 1 / 3, 1.0,
+                                      gossip_address="inproc://zring-no-gossip-" + n)
+                           for n, e in endpoints.items()))
+
+
+@pytest.fixture
+def silent_routed_client(monkeypatch):
+    """A token-aware client that knows a 3-node ring whose every node is silent."""
+    import zring.client as client_module
+    monkeypatch.setattr(client_module, "_BACKOFF_BASE_S", 0.0)
+    endpoints = {n: f"inproc://zring-silent-{n}" for n in ("a", "b", "c")}
+    client = Client(list(endpoints.values()), timeout=0.05, retries=3)
+    client._router.update(_ring_state(endpoints))
+    tried: list[str] = []
+    monkeypatch.setattr(client, "_exchange", lambda sock, endpoint, *a: tried.append(endpoint))
+    yield client, tried
+    client.close()
+
+
+def test_a_silent_owner_is_followed_by_the_other_replicas_in_order(silent_routed_client):
+    client, tried = silent_routed_client
+    client._router.wants_ring = lambda: False   # no refetch: the ring above stays
+    replicas = client._router.routing.endpoints("key")
+    with pytest.raises(Timeout):
+        client.get("key")
+    assert tried[:3] == replicas
+
+
+def test_a_seed_timeout_does_not_leave_the_ring_without_gossip(silent_routed_client):
+    client, _ = silent_routed_client
+    with pytest.raises(Timeout):
+        client.cluster_status()
+    assert client._router._gossip is not None   # only the seed socket was dropped
+    client.close()
+    assert client._router.stale                 # after a close: refetched on next use
+
+
+def test_batches_are_cut_by_bytes_as_well_as_by_count():
+    from zring.client import _BATCH_BYTES, _BATCH_CHUNK, _chunked
+    small = [{"key": f"k{i}", "value": b"v"} for i in range(2500)]
+    assert [len(c) for c in _chunked(list(range(2500)), small)] == [_BATCH_CHUNK] * 2 + [500]
+    big = [{"key": f"k{i}", "value": b"x" * (1 << 20)} for i in range(20)]
+    chunks = _chunked(list(range(20)), big)
+    assert len(chunks) >= 3 and all(len(c) * (1 << 20) <= _BATCH_BYTES for c in chunks)
+    assert [i for c in chunks for i in c] == list(range(20))
