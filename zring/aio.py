@@ -45,19 +45,20 @@ import zmq.asyncio
 from zring.client import (
     _BACKOFF_BASE_S,
     _BACKOFF_MAX_S,
+    _BATCH_CHUNK,
     ClusterStatus,
     DeleteResult,
     GetResult,
     PutResult,
     RingState,
+    _client_options,
     _count,
     _key,
     _Router,
     _unwrap,
     _value,
-    parse_seeds,
-    seeds_from_env,
 )
+from zring.core.batching import cut
 from zring.errors import (
     InvalidRequest,
     ProtocolError,
@@ -70,7 +71,7 @@ from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
 
 __all__ = ["AsyncClient"]
 
-BATCH_MAX_KEYS = 1000                 # keys (or items) in one MGET / MPUT message
+BATCH_MAX_KEYS = _BATCH_CHUNK         # keys (or items) in one MGET / MPUT message
 BATCH_MAX_BYTES = 8 * 1024 * 1024     # keys + values in one MPUT message (one big item alone)
 
 
@@ -145,20 +146,9 @@ class _Connection:
 # ------------------------------------------------------------------ batches
 
 
-def _chunks(entries: list, size: Callable[[Any], int] | None = None) -> Iterator[list]:
+def _chunks(entries: list, size: Callable[[Any], int] | None = None) -> list[list]:
     """``entries`` cut into runs of at most BATCH_MAX_KEYS (and BATCH_MAX_BYTES by ``size``)."""
-    chunk: list = []
-    chunk_bytes = 0
-    for entry in entries:
-        entry_bytes = size(entry) if size is not None else 0
-        if chunk and (len(chunk) == BATCH_MAX_KEYS
-                      or chunk_bytes + entry_bytes > BATCH_MAX_BYTES):
-            yield chunk
-            chunk, chunk_bytes = [], 0
-        chunk.append(entry)
-        chunk_bytes += entry_bytes
-    if chunk:
-        yield chunk
+    return cut(entries, size or (lambda entry: 0), BATCH_MAX_KEYS, BATCH_MAX_BYTES)
 
 
 def _item_bytes(item: list) -> int:
@@ -204,15 +194,7 @@ class AsyncClient:
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
                  retries: int = 3, *, token_aware: bool = True) -> None:
-        self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
-        if not self.seeds:
-            raise InvalidRequest("no seed endpoints given")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidRequest(f"timeout must be a positive number, got {timeout!r}")
-        if type(retries) is not int or retries < 0:
-            raise InvalidRequest(f"retries must be an int >= 0, got {retries!r}")
-        self.timeout = float(timeout)
-        self.retries = retries
+        self.seeds, self.timeout, self.retries = _client_options(seeds, timeout, retries)
         self._context = zmq.asyncio.Context.instance()
         self._connections: dict[str, _Connection] = {}
         self._replies = _PendingReplies()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import zmq
 
+from zring.core.batching import cut
 from zring.errors import (
     InvalidRequest,
     NotMember,
@@ -252,6 +253,18 @@ def _text(value: object, name: str) -> str:
     return value
 
 
+def _client_options(seeds: object, timeout: object, retries: object):
+    """Checked (seeds, timeout, retries) of a Client or AsyncClient."""
+    seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
+    if not seeds:
+        raise InvalidRequest("no seed endpoints given")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidRequest(f"timeout must be a positive number, got {timeout!r}")
+    if type(retries) is not int or retries < 0:
+        raise InvalidRequest(f"retries must be an int >= 0, got {retries!r}")
+    return seeds, float(timeout), retries
+
+
 # ------------------------------------------------------------------ client
 
 
@@ -265,15 +278,7 @@ class Client:
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
                  retries: int = 3, *, token_aware: bool = True) -> None:
-        self.seeds = seeds_from_env() if seeds is None else parse_seeds(seeds)
-        if not self.seeds:
-            raise InvalidRequest("no seed endpoints given")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidRequest(f"timeout must be a positive number, got {timeout!r}")
-        if type(retries) is not int or retries < 0:
-            raise InvalidRequest(f"retries must be an int >= 0, got {retries!r}")
-        self.timeout = float(timeout)
-        self.retries = retries
+        self.seeds, self.timeout, self.retries = _client_options(seeds, timeout, retries)
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._seed_index = random.randrange(len(self.seeds))  # spread clients over seeds
@@ -736,18 +741,8 @@ class Client:
 
 def _chunked(indexes: list[int], entries: list[dict]) -> list[list[int]]:
     """Runs of at most _BATCH_CHUNK entries and about _BATCH_BYTES of keys and values."""
-    chunks: list[list[int]] = [[]]
-    size = 0
-    for index in indexes:
-        entry = entries[index]
-        entry_size = len(entry["key"]) + len(entry.get("value") or b"") + 16
-        if chunks[-1] and (len(chunks[-1]) >= _BATCH_CHUNK
-                           or size + entry_size > _BATCH_BYTES):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(index)
-        size += entry_size
-    return chunks
+    return cut(indexes, lambda i: len(entries[i]["key"]) + len(entries[i].get("value") or b"")
+               + 16, _BATCH_CHUNK, _BATCH_BYTES)
 
 
 class _Routing:

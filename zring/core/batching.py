@@ -8,13 +8,15 @@ and one transaction per key into one per peer per cycle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from zring.core.effects import Effect, Send
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
 
 __all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "approx_size",
-           "coalesce_sends"]
+           "coalesce_sends", "cut"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
 BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE,
@@ -49,19 +51,25 @@ def coalesce_sends(effects: list[Effect]) -> list[Effect]:
     return merged
 
 
-def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:
-    """Runs of at most MAX_BATCH_KEYS messages and about BATCH_MAX_BYTES each."""
-    chunks: list[list[int]] = [[]]
+def cut(items: list, size_of: Callable[[Any], int], max_count: int,
+        max_bytes: int) -> list[list]:
+    """``items`` in runs of at most ``max_count`` and about ``max_bytes`` by ``size_of``
+    (one item bigger than that travels alone). Used for every batch, client and node."""
+    runs: list[list] = [[]]
     size = 0
-    for index in indexes:
-        message_size = approx_size(effects[index].message.body)
-        if chunks[-1] and (len(chunks[-1]) >= MAX_BATCH_KEYS
-                           or size + message_size > BATCH_MAX_BYTES):
-            chunks.append([])
+    for item in items:
+        item_size = size_of(item)
+        if runs[-1] and (len(runs[-1]) >= max_count or size + item_size > max_bytes):
+            runs.append([])
             size = 0
-        chunks[-1].append(index)
-        size += message_size
-    return chunks
+        runs[-1].append(item)
+        size += item_size
+    return runs if runs[-1] else []
+
+
+def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:
+    return cut(indexes, lambda i: approx_size(effects[i].message.body), MAX_BATCH_KEYS,
+               BATCH_MAX_BYTES)
 
 
 def approx_size(body: object) -> int:
