@@ -114,7 +114,6 @@ class _MultiRead:
     # index -> {node: its wire record [key, value, ts, writer] or None}
     replies: dict[int, dict[str, list | None]] = field(default_factory=dict)
     replicas: dict[int, list[str]] = field(default_factory=dict)
-    pending: int = 0
 
     def request(self, index: int) -> Message:
         return Message(MsgType.GET, 0, {"key": self.keys[index], "n": self.n, "r": self.r})
@@ -303,9 +302,10 @@ class NodeCore:
             self.stats["bad_frames"] += 1
             return [Reply(route, _error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
+        adds = _batch_size(message)
         if (message.type in _QUORUM_TYPES
-                and _batch_size(message) <= MAX_BATCH_KEYS  # bigger: refused as invalid
-                and len(self._quorums) + self._open_batch_keys + _batch_size(message)
+                and adds <= MAX_BATCH_KEYS  # bigger: refused as invalid by the handler
+                and len(self._quorums) + self._open_batch_keys + adds
                 > self.config.max_pending_requests):
             self.stats["overloaded"] += 1
             return [Reply(route, _error(message.request_id, Unavailable(
@@ -399,7 +399,6 @@ class NodeCore:
                 continue
             read.replies[index] = {}
             read.replicas[index] = natural
-            read.pending += 1
             for target in asked:
                 by_target.setdefault(target, []).append(index)
         get_wire = self.store.get_wire
@@ -428,7 +427,6 @@ class NodeCore:
                 continue  # answered, or already handed to the single-key path
             if wires is None:  # that replica failed: this key takes the careful path, once
                 del read.replies[index]
-                read.pending -= 1
                 effects += self._single(read.batch, index, read.request(index), now)
                 continue
             wire = wires[position]
@@ -447,13 +445,9 @@ class NodeCore:
             if wire is not None and (newest is None or (wire[2], wire[3]) >
                                      (newest[2], newest[3])):
                 newest = wire
-        found = newest is not None and newest[1] is not None
-        body = {"found": found, "value": newest[1] if found else None,
-                "version": [newest[2], newest[3]] if newest else None,
-                "served_by": list(replies)}
-        if self.config.node_id not in read.replicas[index]:
-            body["ring"] = self.ring.fingerprint()
-        read.pending -= 1
+        body = self._get_body(None if newest is None else newest[1],
+                              None if newest is None else [newest[2], newest[3]],
+                              list(replies), read.replicas[index])
         effects: list[Effect] = []
         if newest is not None:
             for node_id, wire in replies.items():  # read repair, as for a single read
@@ -542,10 +536,7 @@ class NodeCore:
                 continue
             record = write.records[index]
             if len(write.acks[index]) >= write.quorum:
-                body = {"version": list(record.version), "stored_on": list(write.acks[index]),
-                        "replicated_to": list(write.replicas[index])}
-                if self.config.node_id not in write.replicas[index]:
-                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
+                body = self._put_body(record, write.acks[index], write.replicas[index])
                 effects += self._fill_result(write.batch, index, body)
             elif len(write.acks[index]) + write.waiting[index] < write.quorum:
                 self.stats["writes_unavailable"] += 1
@@ -555,10 +546,29 @@ class NodeCore:
                                "still be applied"})
         return effects
 
+    def _get_body(self, value, version: list | None, served_by: list[str],
+                  replicas: list[str]) -> dict:
+        """A read's answer (a GET's, or one key's of an MGET): the newest value and version
+        (``value`` None with a version: a tombstone, not found)."""
+        found = version is not None and value is not None
+        return self._with_ring_hint({"found": found, "value": value if found else None,
+                                     "version": version, "served_by": served_by}, replicas)
+
+    def _put_body(self, record: Record, acks: list[str], replicas: list[str]) -> dict:
+        """A write's answer (a PUT's or DELETE's, or one key's of an MPUT)."""
+        return self._with_ring_hint({"version": list(record.version), "stored_on": list(acks),
+                                     "replicated_to": list(replicas)}, replicas)
+
+    def _with_ring_hint(self, body: dict, replicas: list[str]) -> dict:
+        if self.config.node_id not in replicas:
+            body["ring"] = self.ring.fingerprint()  # a token-aware client's ring is stale
+        return body
+
     def _read_preference(self, node_id: str) -> tuple[bool, str]:
         return node_id != self.config.node_id, node_id
 
     def _key_too_long(self, key: str) -> bool:
+        """Over max_key_bytes in UTF-8 (a key of up to a quarter of it is never encoded)."""
         limit = self.config.max_key_bytes
         return len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit
 
@@ -925,10 +935,7 @@ class NodeCore:
             acked, possible = self._write_quorum_state(op)
             if acked:
                 op.answered = True
-                body = {"version": list(op.record.version), "stored_on": list(op.acks),
-                        "replicated_to": list(op.sets[0])}
-                if self.config.node_id not in op.sets[0]:
-                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
+                body = self._put_body(op.record, op.acks, op.sets[0])
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif not possible:
                 op.answered = True
@@ -1027,12 +1034,9 @@ class NodeCore:
             if len(op.replies) >= op.needed:
                 op.answered = True
                 newest = _newest(op.replies.values())
-                found = newest is not None and not newest.is_tombstone
-                body = {"found": found, "value": newest.value if found else None,
-                        "version": list(newest.version) if newest else None,
-                        "served_by": list(op.replies)}
-                if self.config.node_id not in op.replicas:
-                    body["ring"] = self.ring.fingerprint()  # a token-aware client is stale
+                body = self._get_body(None if newest is None else newest.value,
+                                      None if newest is None else list(newest.version),
+                                      list(op.replies), op.replicas)
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif len(op.counted) - len(op.failed) < op.needed:
                 op.answered = True
@@ -1068,8 +1072,8 @@ class NodeCore:
             raise NotMember(f"{self.config.node_id} has left the cluster")
 
     def _check_key(self, key: str) -> str:
-        size = len(key.encode("utf-8", "surrogatepass"))
-        if size > self.config.max_key_bytes:
+        if self._key_too_long(key):
+            size = len(key.encode("utf-8", "surrogatepass"))
             raise InvalidRequest(f"key of {size} bytes exceeds the limit of "
                                  f"{self.config.max_key_bytes}")
         return key
@@ -1110,13 +1114,12 @@ class NodeCore:
         return [Reply(route, Message(MsgType.OK, message.request_id, {"received": received}))]
 
     def _check_record_sizes(self, items: list) -> None:
-        max_key, max_value = self.config.max_key_bytes, self.config.max_value_bytes
+        max_value = self.config.max_value_bytes
         for item in items:
             if item.__class__ is not list or len(item) != 4:
                 raise ProtocolError("a record must be [key, value, timestamp, writer]")
             key, value = item[0], item[1]
-            if (key.__class__ is str and len(key) * 4 > max_key
-                    and len(key.encode("utf-8", "surrogatepass")) > max_key) or (
+            if (key.__class__ is str and self._key_too_long(key)) or (
                     value is not None and hasattr(value, "__len__")
                     and len(value) > max_value):
                 raise InvalidRequest("record exceeds the key or value size limit")
