@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from zring.errors import ProtocolError
-from zring.storage.base import Record, record_from_wire
+from zring.storage.base import record_from_wire, record_to_wire
 
 __all__ = ["MsgType", "Message", "encode", "decode", "validate", "message_to_wire",
            "record_to_wire", "record_from_wire", "MAX_FRAME_BYTES", "CLIENT_TYPES",
@@ -198,5 +198,3 @@ def _is_request_id(value: object) -> bool:
     return type(value) is int and 0 <= value <= _MAX_INT
 
 
-def record_to_wire(record: Record) -> list:
-    return [record.key, record.value, record.version.timestamp, record.version.node_id]

@@ -18,7 +18,7 @@ from zring.hashing import key_position
 from zring.versions import Version
 
 __all__ = ["Hint", "Record", "Store", "Value", "position_group_cut", "record_from_wire",
-           "record_size"]
+           "record_size", "record_to_wire"]
 
 Value = bytes | str
 
@@ -32,6 +32,10 @@ class Record(NamedTuple):
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+
+def record_to_wire(record: Record) -> list:
+    return [record.key, record.value, record.version.timestamp, record.version.node_id]
 
 
 def record_from_wire(item: object) -> Record:
@@ -89,9 +93,7 @@ class Store(ABC):
     def get_wire(self, key: str) -> list | None:
         """``get`` as a wire record ``[key, value, timestamp, writer]`` (batch reads)."""
         record = self.get(key)
-        if record is None:
-            return None
-        return [record.key, record.value, record.version.timestamp, record.version.node_id]
+        return None if record is None else record_to_wire(record)
 
     @abstractmethod
     def put(self, record: Record) -> bool:
