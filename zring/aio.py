@@ -55,6 +55,7 @@ from zring.client import (
     _count,
     _key,
     _Router,
+    _seeds_from,
     _unwrap,
     _value,
 )
@@ -63,7 +64,6 @@ from zring.errors import (
     InvalidRequest,
     ProtocolError,
     Timeout,
-    Unavailable,
     ZringError,
     error_from_code,
 )
@@ -347,8 +347,7 @@ class AsyncClient:
         tried: list[str] = []
         routed = None
         if key is not None and await self._routing():
-            seeds = self.seeds[self._seed_index:] + self.seeds[:self._seed_index]
-            routed = self._router.endpoints_for(key, seeds)
+            routed = self._router.endpoints_for(key, _seeds_from(self.seeds, self._seed_index))
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
@@ -358,14 +357,13 @@ class AsyncClient:
             tried.append(endpoint)
             reply = await self._attempt(endpoint, request_id, frame)
             if reply is not None:
-                try:
-                    result = _unwrap(reply, msg_type)
-                except Unavailable:
-                    # a coordinator cut off from the key's replicas: ask another next time
-                    self._router.avoid_for_now(endpoint)
-                    raise
-                self._router.note_reply(result)
-                return result
+                if not routed:
+                    return _unwrap(reply, msg_type)
+                result = self._router.unwrap(endpoint, reply, msg_type,
+                                             may_retry=attempt < self.retries)
+                if result is not None:
+                    return result
+                continue
             if routed:
                 self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "

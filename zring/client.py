@@ -219,6 +219,11 @@ class RingState:
                          for n in body.get("nodes", ())),
                    tuple(MemberInfo.from_row(r) for r in body.get("members", ())))
 
+    def hash_ring(self) -> HashRing:
+        """The ring these nodes form (as every node builds it)."""
+        from zring.ring import HashRing  # numpy: only clients that route pay for it
+        return HashRing({n.node_id: n.weight for n in self.nodes}, vnodes=self.vnodes)
+
 
 @dataclass(frozen=True, slots=True)
 class MembershipResult:
@@ -450,9 +455,7 @@ class Client:
     def _ring_for(self, state: RingState) -> HashRing:
         """The ring of ``state``, rebuilt only when its fingerprint changes."""
         if self._ring is None or self._ring_fingerprint != state.fingerprint:
-            from zring.ring import HashRing  # numpy: only clients that route pay for it
-            self._ring = HashRing({n.node_id: n.weight for n in state.nodes},
-                                  vnodes=state.vnodes)
+            self._ring = state.hash_ring()
             self._ring_fingerprint = state.fingerprint
         return self._ring
 
@@ -522,14 +525,9 @@ class Client:
                 break
         return router.routing
 
-    def _endpoints_for(self, key: str) -> list[str]:
-        self._routing_now()
-        return self._router.endpoints_for(key, self.seeds[self._seed_index:]
-                                          + self.seeds[:self._seed_index])
-
     def _execute_key(self, msg_type: MsgType, body: dict) -> dict:
-        """A single-key request, sent to a replica of the key (Lazy Pirate over the
-        endpoints ``_endpoints_for`` gives)."""
+        """A single-key request, sent to a replica of the key: its owner first, then (Lazy
+        Pirate) the order ``_Router.endpoints_for`` gives."""
         if not self.token_aware:
             return self._execute(msg_type, body)
         key = body["key"]
@@ -543,7 +541,7 @@ class Client:
                 time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
                 if endpoints is None:
                     endpoints = self._router.endpoints_for(
-                        key, self.seeds[self._seed_index:] + self.seeds[:self._seed_index])
+                        key, _seeds_from(self.seeds, self._seed_index))
                 # worked out after the owner was marked silent: it starts past the owner
                 endpoint = endpoints[(attempt - 1) % len(endpoints)]
             else:
@@ -556,20 +554,11 @@ class Client:
                 self._drop_direct(endpoint)  # its reply may still come: never read it
                 raise
             if reply is not None:
-                try:
-                    result = _unwrap(reply, msg_type)
-                except Unavailable:
-                    # a coordinator cut off from the key's replicas: ask another next time
-                    self._router.avoid_for_now(endpoint)
-                    raise
-                except NotMember:
-                    # a node that left (our ring is stale): it refused, so ask the next one
-                    self._router.silent(endpoint)
-                    if attempt == self.retries:
-                        raise
-                    continue
-                self._router.note_reply(result)
-                return result
+                result = self._router.unwrap(endpoint, reply, msg_type,
+                                             may_retry=attempt < self.retries)
+                if result is not None:
+                    return result
+                continue
             self._drop_direct(endpoint)
             self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
@@ -590,16 +579,17 @@ class Client:
                   for chunk in _chunked(indexes, entries)]
         results: list[dict | None] = [None] * len(entries)
         pending: dict[int, tuple[str, list[int]]] = {}
+        unsent: list[tuple[str, list[int]]] = []   # retried through the seeds below
         for endpoint, indexes in chunks:
             request_id = next(self._ids)
             frame = encode(Message(msg_type, request_id,
                                    make_body([entries[i] for i in indexes])))
             sock = self._direct_socket(endpoint)
             if not sock.poll(self.timeout * 1000, zmq.POLLOUT):
-                continue  # left pending: retried through the seeds below
+                unsent.append((endpoint, indexes))
+                continue
             sock.send(frame)
             pending[request_id] = (endpoint, indexes)
-        unsent = [c for c in chunks if not any(c[1] is p[1] for p in pending.values())]
         deadline = time.monotonic() + self.timeout
         poller = zmq.Poller()
         for endpoint in {endpoint for endpoint, _ in pending.values()}:
@@ -739,6 +729,11 @@ class Client:
         return socket
 
 
+def _seeds_from(seeds: list[str], index: int) -> list[str]:
+    """The seeds, the current one (``index``) first."""
+    return seeds[index:] + seeds[:index]
+
+
 def _chunked(indexes: list[int], entries: list[dict]) -> list[list[int]]:
     """Runs of at most _BATCH_CHUNK entries and about _BATCH_BYTES of keys and values."""
     return cut(indexes, lambda i: len(entries[i]["key"]) + len(entries[i].get("value") or b"")
@@ -811,8 +806,7 @@ class _Router:
 
     def update(self, state: RingState) -> None:
         if self.routing is None or self.routing.fingerprint != state.fingerprint:
-            from zring.ring import HashRing  # numpy: only clients that route pay for it
-            ring = HashRing({n.node_id: n.weight for n in state.nodes}, vnodes=state.vnodes)
+            ring = state.hash_ring()
         else:
             ring = self.routing.ring
         self.routing = _Routing(ring, state)
@@ -860,12 +854,30 @@ class _Router:
         if ring is not None and self.routing is not None and ring != self.routing.fingerprint:
             self.stale = True
 
+    def unwrap(self, endpoint: str, reply: Message, msg_type: MsgType, *,
+               may_retry: bool) -> dict | None:
+        """The body of a routed request's reply (its ring hint noted); None: refused by a
+        node that left (our ring is stale), so the caller asks the next endpoint."""
+        try:
+            result = _unwrap(reply, msg_type)
+        except Unavailable:
+            # a coordinator cut off from the key's replicas: ask another next time
+            self.avoid_for_now(endpoint)
+            raise
+        except NotMember:
+            self.silent(endpoint)
+            if not may_retry:
+                raise
+            return None
+        self.note_reply(result)
+        return result
+
     def avoid_for_now(self, endpoint: str) -> None:
         self.avoid[endpoint] = time.monotonic() + _AVOID_S
 
     def silent(self, endpoint: str) -> None:
         """No reply from ``endpoint``: try it last for a while; perhaps the ring moved on."""
-        self.avoid[endpoint] = time.monotonic() + _AVOID_S
+        self.avoid_for_now(endpoint)
         self.stale = True
 
     def _watch_gossip(self, state: RingState) -> None:
