@@ -81,8 +81,9 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def preflight(need_delay: bool = False) -> list[str]:
-    """Why this machine cannot run the test (empty: it can)."""
+def preflight() -> list[str]:
+    """Why this machine cannot run the test (empty: it can; without NetfilterQueue it runs
+    all but the delay fault, see ``delay_available``)."""
     problems = []
     if os.geteuid() != 0:
         problems.append("needs root (ip netns, iptables)")
@@ -96,9 +97,6 @@ def preflight(need_delay: bool = False) -> list[str]:
             problems.append(f"cannot create network namespaces: {made.stderr.strip()}")
         else:
             _run("ip", "netns", "del", probe, check=False)
-    if need_delay and importlib.util.find_spec("netfilterqueue") is None:
-        problems.append("NetfilterQueue not installed (apt-get install libnetfilter-queue-dev"
-                        " && pip install -e '.[jepsen]')")
     return problems
 
 
@@ -558,18 +556,6 @@ def _majority_ring(nodes: Sequence[str]) -> dict[str, set[str]]:
     reach = count // 2 // 2 or 1
     return {node: {nodes[(i + d) % count] for d in range(-reach, reach + 1)}
             for i, node in enumerate(nodes)}
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # the cluster is still recovering
-            pass
-        time.sleep(0.2)
-    raise JepsenError(f"timed out after {timeout_s:g}s waiting for {what}")
 
 
 def run(args: argparse.Namespace) -> dict:
