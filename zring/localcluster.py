@@ -41,12 +41,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import zring
 from zring.client import Client, ClusterStatus
 
-__all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "free_ports", "wait_for"]
+__all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "free_ports", "load_tool",
+           "wait_for"]
 
 ROOT = Path(zring.__file__).resolve().parents[1]   # the source checkout (or site-packages)
 CHAOS = ROOT / "tools" / "chaos.py"
@@ -344,19 +346,30 @@ class LocalCluster:
         return "".join(p.read_text(errors="replace") for p in [*rotated, current] if p.exists())
 
 
-def _chaos_path() -> Path:
-    if not CHAOS.is_file():
-        raise LocalClusterError(f"{CHAOS} not found: chaos needs a source checkout of zring "
+def _tool_path(name: str, path: Path | None = None) -> Path:
+    path = ROOT / "tools" / f"{name}.py" if path is None else path
+    if not path.is_file():
+        raise LocalClusterError(f"{path} not found: {name} needs a source checkout of zring "
                                 "(tools/ is not installed with the package)")
-    return CHAOS
+    return path
+
+
+def _chaos_path() -> Path:
+    return _tool_path("chaos", CHAOS)
+
+
+def load_tool(name: str, path: Path | None = None) -> ModuleType:
+    """``tools/<name>.py`` (or ``path``) imported as a module, once, without touching
+    sys.path (tests and this module use chaos, bench and jepsen this way)."""
+    module_name = f"zring_tools_{name}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, _tool_path(name, path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
 
 
 def _chaos_module():
-    """tools/chaos.py imported as a module (loaded once, without touching sys.path)."""
-    module = sys.modules.get("zring_tools_chaos")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("zring_tools_chaos", _chaos_path())
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
+    return load_tool("chaos", CHAOS)

@@ -3,7 +3,6 @@ each kind, then its checker's verdict. Needs root (ip netns, iptables); skipped 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,19 +10,15 @@ import sys
 import pytest
 from cluster import ROOT
 
+from zring.localcluster import load_tool
+
 pytestmark = pytest.mark.integration
 
 JEPSEN = ROOT / "tools" / "jepsen.py"
 
 
 def _problems() -> list[str]:
-    module = sys.modules.get("zring_tools_jepsen")
-    if module is None:  # loaded once, as the checker's unit tests load it
-        spec = importlib.util.spec_from_file_location("zring_tools_jepsen", JEPSEN)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return module.preflight()
+    return load_tool("jepsen").preflight()
 
 
 @pytest.mark.timeout(420)

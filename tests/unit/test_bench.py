@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 import zring
+from zring.localcluster import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_tool("bench")
 
 
 def args_for(*argv: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import signal
@@ -14,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from zring.localcluster import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_chaos():
-    spec = importlib.util.spec_from_file_location("chaos", ROOT / "tools" / "chaos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("chaos", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load_chaos()
+chaos = load_tool("chaos")
 
 
 class FakeSupervisor:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
-from cluster import ROOT
 
-_spec = importlib.util.spec_from_file_location("zring_tools_jepsen", ROOT / "tools" / "jepsen.py")
-jepsen = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = jepsen
-_spec.loader.exec_module(jepsen)
+from zring.localcluster import load_tool
+
+jepsen = load_tool("jepsen")
 Op = jepsen.Op
 
 
