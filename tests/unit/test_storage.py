@@ -73,6 +73,17 @@ def test_get_missing_key_is_none(store):
     assert store.get("nothing") is None
 
 
+def test_get_wire_many_matches_get_wire_key_by_key(store):
+    # over one query's run of keys, with misses, duplicates, tombstones and str values
+    store.put_many(record(f"k{i}", f"v{i}" if i % 3 else b"b", i + 1) for i in range(1200))
+    store.put(record("k7", None, 5000))
+    keys = [f"k{i}" for i in range(0, 1300, 2)] + ["k7", "k8", "k8", "missing"]
+    many = store.get_wire_many(keys)
+    assert many == [store.get_wire(key) for key in keys]
+    assert many[-4] == ["k7", None, 5000, "n1"] and many[-1] is None
+    assert store.get_wire_many([]) == []
+
+
 def test_newer_version_wins_and_older_or_equal_is_ignored(store):
     assert store.put(record("k", "first", 10))
     assert not store.put(record("k", "older", 9))

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from zring.core.effects import Effect, Send
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
 
-__all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "approx_size",
+__all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "encoded_size",
            "coalesce_sends", "cut"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
@@ -68,19 +70,13 @@ def cut(items: list, size_of: Callable[[Any], int], max_count: int,
 
 
 def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:
-    return cut(indexes, lambda i: approx_size(effects[i].message.body), MAX_BATCH_KEYS,
+    return cut(indexes, lambda i: encoded_size(effects[i].message.body), MAX_BATCH_KEYS,
                BATCH_MAX_BYTES)
 
 
-def approx_size(body: object) -> int:
-    """Roughly the encoded size of a message body (its keys and values dominate)."""
-    if body.__class__ in (bytes, str):
-        return len(body) + 5
-    if body.__class__ is list:
-        return 5 + sum(approx_size(item) for item in body)
-    if body.__class__ is dict:
-        return 5 + sum(len(k) + approx_size(v) for k, v in body.items())
-    return 9
+def encoded_size(body: object) -> int:
+    """The encoded size of a message body (msgpack's C packer: cheaper than walking it)."""
+    return len(msgpack.packb(body, use_bin_type=True))
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ from zring.core.batching import (
     MAX_BATCH_KEYS,
     BatchReply,
     Slot,
-    approx_size,
+    encoded_size,
 )
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
@@ -125,10 +125,17 @@ class _MultiWrite:
 
     batch: BatchReply
     quorum: int
-    records: dict[int, Record] = field(default_factory=dict)
+    items: list             # [key, value] as the client sent them
+    n: int | None           # as the client sent them, for keys that take the single path
+    w: int | None
+    wires: dict[int, list] = field(default_factory=dict)   # index -> its wire record
     replicas: dict[int, list[str]] = field(default_factory=dict)
     acks: dict[int, list[str]] = field(default_factory=dict)
     waiting: dict[int, int] = field(default_factory=dict)
+
+    def request(self, index: int) -> Message:
+        key, value = self.items[index]
+        return Message(MsgType.PUT, 0, {"key": key, "value": value, "n": self.n, "w": self.w})
 
 
 @dataclass(slots=True)
@@ -350,7 +357,7 @@ class NodeCore:
             for effect in self._dispatch(route, inner, now):
                 if effect.__class__ is Reply and effect.route is route:
                     replies.append(message_to_wire(effect.message))
-                    replies_size += approx_size(effect.message.body)
+                    replies_size += encoded_size(effect.message.body)
                 else:
                     effects.append(effect)
         effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
@@ -401,9 +408,9 @@ class NodeCore:
             read.replicas[index] = natural
             for target in asked:
                 by_target.setdefault(target, []).append(index)
-        get_wire = self.store.get_wire
-        for index in by_target.pop(me, ()):
-            read.replies[index][me] = get_wire(keys[index])
+        local = by_target.pop(me, [])
+        for index, wire in zip(local, self.store.get_wire_many([keys[i] for i in local])):
+            read.replies[index][me] = wire
             effects += self._multi_read_done(read, index, now)
         for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_READ_MANY,
@@ -463,59 +470,67 @@ class NodeCore:
     def _on_mput(self, route, message: Message, now: float) -> list[Effect]:
         """Many writes at once: while no ring change is under way and every replica is up
         (the common case), each replica gets one REPLICA_WRITE with all its records; any
-        other key takes the single-key path (hints, joint quorums)."""
-        n, w = message.body.get("n"), message.body.get("w")
-        requests = []
-        for item in message.body["items"]:
+        other key takes the single-key path (hints, joint quorums). Records stay wire lists
+        ``[key, value, timestamp, writer]`` throughout."""
+        items = message.body["items"]
+        for item in items:
             if item.__class__ is not list or len(item) != 2:
                 raise ProtocolError("an MPUT item must be [key, value]")
-            requests.append(Message(MsgType.PUT, 0, {"key": item[0], "value": item[1],
-                                                     "n": n, "w": w}))
+        raw_n, raw_w = message.body.get("n"), message.body.get("w")
         n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
-        batch, effects = self._open_batch(route, message, len(requests))
+        batch, effects = self._open_batch(route, message, len(items))
         if batch is None:
             return effects
         try:
-            return self._start_mput(batch, effects, requests, n, quorum, now)
+            write = _MultiWrite(batch, quorum, items, raw_n, raw_w)
+            return self._start_mput(write, effects, n, now)
         except BaseException:
             self._close_batch(batch)  # answered with the error; late key replies dropped
             raise
 
-    def _start_mput(self, batch: BatchReply, effects: list[Effect], requests: list[Message],
-                    n: int, quorum: int, now: float) -> list[Effect]:
+    def _start_mput(self, write: _MultiWrite, effects: list[Effect], n: int,
+                    now: float) -> list[Effect]:
         me = self.config.node_id
-        write = _MultiWrite(batch, quorum)
-        by_target: dict[str, list[Record]] = {}
-        indexes_of: dict[str, list[int]] = {}
-        clock_ms = int(now * 1000)
-        for index, request in enumerate(requests):
-            key, value = request.body["key"], request.body["value"]
+        batch, quorum = write.batch, write.quorum
+        by_target: dict[str, list[int]] = {}
+        ring, is_up = self.ring, self.members.is_up
+        # no ring change under way: each key's one write set is its preference list
+        steady = not self._previous_ring and not self._future_ring()
+        everywhere = ring.get_nodes_at(0, n) if steady and len(ring) <= n else None
+        all_up: dict[tuple, bool] = {}   # preference list -> every replica is up
+        max_value, clock_ms = self.config.max_value_bytes, int(now * 1000)
+        for index, (key, value) in enumerate(write.items):
             if key.__class__ is not str or value.__class__ not in (bytes, str) or \
-                    self._key_too_long(key) or len(value) > self.config.max_value_bytes:
-                effects += self._single(batch, index, request, now)
+                    self._key_too_long(key) or len(value) > max_value:
+                effects += self._single(batch, index, write.request(index), now)
                 continue
-            position = key_position(key)
-            sets = self._write_sets(position, n)
-            natural = sets[0]
-            if len(sets) > 1 or len(natural) < quorum or not all(
-                    x == me or self.members.is_up(x, now) for x in natural):
-                effects += self._single(batch, index, request, now)
+            if steady:
+                natural = everywhere or ring.get_nodes_at(key_position(key), n)
+            else:
+                sets = self._write_sets(key_position(key), n)
+                natural = sets[0] if len(sets) == 1 else []
+            replicas = tuple(natural)
+            up = all_up.get(replicas)
+            if up is None:
+                up = all_up[replicas] = len(natural) >= quorum and all(
+                    x == me or is_up(x, now) for x in natural)
+            if not up:
+                effects += self._single(batch, index, write.request(index), now)
                 continue
-            record = Record(key, value, self.clock.version(clock_ms, me), position)
-            write.records[index] = record
+            write.wires[index] = [key, value, self.clock.version(clock_ms, me).timestamp, me]
             write.replicas[index] = natural
             write.acks[index] = []
             write.waiting[index] = len(natural)
             for target in natural:
-                by_target.setdefault(target, []).append(record)
-                indexes_of.setdefault(target, []).append(index)
-        if me in by_target:
-            self.store.put_many(by_target.pop(me))
-            effects += self._on_write_many(write, me, indexes_of.pop(me), True, now)
-        for target, records in by_target.items():
-            indexes = indexes_of[target]
+                by_target.setdefault(target, []).append(index)
+        wires = write.wires
+        local = by_target.pop(me, None)
+        if local:
+            self.store.put_wire([wires[i] for i in local])
+            effects += self._on_write_many(write, me, local, True, now)
+        for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_WRITE,
-                                  {"records": [record_to_wire(r) for r in records]},
+                                  {"records": [wires[i] for i in indexes]},
                                   lambda node, reply, t, ix=indexes: self._on_write_many(
                                       write, node, ix, reply is not None
                                       and reply.type == MsgType.OK, t), now)
@@ -524,21 +539,22 @@ class NodeCore:
     def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
                        now: float) -> list[Effect]:
         effects: list[Effect] = []
+        results, waiting, acks = write.batch.results, write.waiting, write.acks
         for index in indexes:
-            write.waiting[index] -= 1
+            waiting[index] -= 1
             if ok:
-                write.acks[index].append(node_id)
+                acks[index].append(node_id)
             else:  # kept as a hint here, as a single write's coordinator does
-                self.store.add_hints([Hint(0, node_id, write.records[index],
+                self.store.add_hints([Hint(0, node_id, record_from_wire(write.wires[index]),
                                            int(now * 1000))])
                 self.stats["hints_stored"] += 1
-            if write.batch.results[index] is not None:
+            if results[index] is not None:
                 continue
-            record = write.records[index]
-            if len(write.acks[index]) >= write.quorum:
-                body = self._put_body(record, write.acks[index], write.replicas[index])
+            if len(acks[index]) >= write.quorum:
+                wire = write.wires[index]
+                body = self._put_body([wire[2], wire[3]], acks[index], write.replicas[index])
                 effects += self._fill_result(write.batch, index, body)
-            elif len(write.acks[index]) + write.waiting[index] < write.quorum:
+            elif len(acks[index]) + waiting[index] < write.quorum:
                 self.stats["writes_unavailable"] += 1
                 effects += self._fill_result(write.batch, index, {
                     "error": Unavailable.code,
@@ -554,9 +570,9 @@ class NodeCore:
         return self._with_ring_hint({"found": found, "value": value if found else None,
                                      "version": version, "served_by": served_by}, replicas)
 
-    def _put_body(self, record: Record, acks: list[str], replicas: list[str]) -> dict:
+    def _put_body(self, version: list, acks: list[str], replicas: list[str]) -> dict:
         """A write's answer (a PUT's or DELETE's, or one key's of an MPUT)."""
-        return self._with_ring_hint({"version": list(record.version), "stored_on": list(acks),
+        return self._with_ring_hint({"version": version, "stored_on": list(acks),
                                      "replicated_to": list(replicas)}, replicas)
 
     def _with_ring_hint(self, body: dict, replicas: list[str]) -> dict:
@@ -590,7 +606,7 @@ class NodeCore:
         if batch.pending:
             return []
         self._close_batch(batch)
-        size = approx_size(batch.results)
+        size = encoded_size(batch.results)
         if size > BATCH_MAX_BYTES:  # the reply could not be delivered: say so instead
             return [Reply(batch.route, _error(batch.request_id, InvalidRequest(
                 f"the reply to this batch would take about {size} bytes: send fewer keys "
@@ -935,7 +951,7 @@ class NodeCore:
             acked, possible = self._write_quorum_state(op)
             if acked:
                 op.answered = True
-                body = self._put_body(op.record, op.acks, op.sets[0])
+                body = self._put_body(list(op.record.version), op.acks, op.sets[0])
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif not possible:
                 op.answered = True
@@ -1148,9 +1164,8 @@ class NodeCore:
         keys = message.body["keys"]
         if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
             raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
-        get_wire = self.store.get_wire
-        wires = [get_wire(key) for key in keys]
-        if approx_size(wires) > BATCH_MAX_BYTES:  # the coordinator reads these one by one
+        wires = self.store.get_wire_many(keys)
+        if encoded_size(wires) > BATCH_MAX_BYTES:  # the coordinator reads these one by one
             raise InvalidRequest("these records are too large for one reply")
         return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}))]
 

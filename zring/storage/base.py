@@ -95,6 +95,10 @@ class Store(ABC):
         record = self.get(key)
         return None if record is None else record_to_wire(record)
 
+    def get_wire_many(self, keys: list[str]) -> list[list | None]:
+        """``get_wire`` for each of ``keys``, in order (a store may look them up together)."""
+        return [self.get_wire(key) for key in keys]
+
     @abstractmethod
     def put(self, record: Record) -> bool:
         """Store ``record`` unless the held version is newer or equal; True if stored."""

@@ -140,6 +140,9 @@ ON CONFLICT (pos, key) DO UPDATE SET
 WHERE (excluded.ts, excluded.writer) > (records.ts, records.writer)
 """
 _GET = "SELECT value, ts, writer FROM records WHERE pos = ? AND key = ?"
+_GET_MANY_PREFIX = "SELECT key, value, ts, writer FROM records WHERE pos IN ("
+_GET_MANY: dict[int, str] = {}   # the query for each number of keys, built once
+_MAX_IN = 500                    # keys per query (well under SQLite's variable limit)
 _SCAN = """
 SELECT key, value, ts, writer, pos FROM records
 WHERE pos BETWEEN ? AND ? ORDER BY pos, key LIMIT ?
@@ -255,6 +258,21 @@ class SQLiteStore(Store):
             return None
         value, timestamp, writer = rows[0]
         return [key, value, timestamp, writer]
+
+    @_translating_errors
+    def get_wire_many(self, keys: list[str]) -> list[list | None]:
+        # one query per run of keys (the primary key serves each IN position): half the cost
+        # of a statement per key
+        found: dict[str, list] = {}
+        shift = _POSITION_SHIFT
+        execute = self._cursor.execute
+        for start in range(0, len(keys), _MAX_IN):
+            run = keys[start:start + _MAX_IN]
+            query = _GET_MANY.get(len(run)) or _GET_MANY.setdefault(
+                len(run), _GET_MANY_PREFIX + ",".join("?" * len(run)) + ")")
+            for row in execute(query, [key_position(k) - shift for k in run]).fetchall():
+                found[row[0]] = list(row)
+        return [found.get(key) for key in keys]
 
     @_translating_errors
     def put(self, record: Record) -> bool:
