@@ -323,11 +323,7 @@ class AsyncClient:
         all of them without a ring)."""
         if not keys or not await self._routing():
             return [list(range(len(keys)))] if keys else []
-        seed = self._endpoint_for(None)
-        groups: dict[str, list[int]] = {}
-        for index, key in enumerate(keys):
-            groups.setdefault(self._router.batch_endpoint(key, seed), []).append(index)
-        return list(groups.values())
+        return list(self._router.group(keys, self._endpoint_for(None)).values())
 
     def _on_silence(self, connection: _Connection, sent_at: float) -> None:
         """An attempt sent at ``sent_at`` got no reply in time: if the node said nothing at

@@ -569,12 +569,8 @@ class Client:
         """Group ``entries`` by the endpoint of their key, send every chunk at once, gather
         the per-key results in order; chunks whose endpoint stays silent are resent once
         through the seeds. The first per-key error is raised after all have answered."""
-        groups: dict[str, list[int]] = {}
-        routing = self._routing_now()
-        seed = self._current_seed()
-        for index, key in enumerate(keys):
-            endpoint = seed if routing is None else self._router.batch_endpoint(key, seed)
-            groups.setdefault(endpoint, []).append(index)
+        self._routing_now()
+        groups = self._router.group(keys, self._current_seed())
         chunks = [(endpoint, chunk) for endpoint, indexes in groups.items()
                   for chunk in _chunked(indexes, entries)]
         results: list[dict | None] = [None] * len(entries)
@@ -837,6 +833,26 @@ class _Router:
                 if not self._avoided(endpoint, now):
                     return endpoint
         return self.owner_endpoint(key, seed)
+
+    def group(self, keys: list[str], seed: str) -> dict[str, list[int]]:
+        """The indexes of ``keys`` grouped by ``batch_endpoint`` (worked out once per node
+        rather than once per key)."""
+        routing = self.routing
+        if routing is None or len(routing.addresses) <= routing.replicas:
+            return {self.batch_endpoint(keys[0], seed): list(range(len(keys)))} if keys else {}
+        groups: dict[str, list[int]] = {}
+        usable: dict[str, bool] = {}   # endpoint -> not avoided right now
+        now = time.monotonic()
+        get_node, addresses = routing.ring.get_node, routing.addresses
+        for index, key in enumerate(keys):
+            endpoint = addresses.get(get_node(key), seed)
+            ok = usable.get(endpoint)
+            if ok is None:
+                ok = usable[endpoint] = not self._avoided(endpoint, now)
+            if not ok:
+                endpoint = self.endpoints_for(key, [seed])[0]  # its owner seems down
+            groups.setdefault(endpoint, []).append(index)
+        return groups
 
     def owner_endpoint(self, key: str, seed: str) -> str:
         """The endpoint of ``key``'s first replica (fast: batches group by it)."""
