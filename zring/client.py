@@ -68,6 +68,7 @@ _WAIT_POLL_S = 0.1         # add_node / remove_node: pause between status polls
 _AVOID_S = 3.0             # a silent endpoint is tried last for this long
 _GOSSIP_SILENCE_S = 3.0    # a node whose gossip we have not heard this long is tried last
 _RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
 _BATCH_BYTES = 8 << 20     # and about this much of their keys and values
 
@@ -672,11 +673,15 @@ class Client:
         None on silence (including a send that could not be queued in time)."""
         deadline = time.monotonic() + timeout
         try:
-            if not socket.poll(timeout * 1000, zmq.POLLOUT):
-                return None
-            socket.send(frame, zmq.NOBLOCK)
+            try:
+                socket.send(frame, zmq.NOBLOCK)
+            except zmq.Again:  # a full queue: wait for room, within the timeout
+                if not socket.poll(timeout * 1000, zmq.POLLOUT):
+                    return None
+                socket.send(frame, zmq.NOBLOCK)
             while (remaining := deadline - time.monotonic()) > 0:
-                if not socket.poll(remaining * 1000, zmq.POLLIN):
+                # zmq_poll on the socket alone: Socket.poll builds a Poller every call
+                if not zmq.zmq_poll([(socket, _POLLIN)], int(remaining * 1000) + 1):
                     return None
                 frames = socket.recv_multipart(zmq.NOBLOCK)
                 try:
@@ -922,7 +927,7 @@ class _Router:
         fingerprint = self.routing.fingerprint
         gossip = self._gossip
         for _ in range(budget):
-            if not gossip.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not gossip.getsockopt(_EVENTS) & _POLLIN:
                 return  # cheaper than a recv raising Again, before every request
             try:
                 frame = gossip.recv(zmq.NOBLOCK)

@@ -28,6 +28,7 @@ __all__ = ["NodeServer", "run_node"]
 log = structlog.get_logger("zring.server")
 
 _HWM = 10_000
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
 _MAX_ROUTE_FRAMES = 4   # identity, optional delimiter: anything longer is not ours to answer
 _GOSSIP_TOPIC = b""
 _CONNECT_GRACE_S = 1.0    # how long a new peer connection may take before sends to it drop
@@ -135,7 +136,7 @@ class NodeServer:
         router = self.router
         for _ in range(budget):
             # asking EVENTS is cheaper than a recv that raises Again on an empty queue
-            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not router.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -151,7 +152,7 @@ class NodeServer:
 
     def _drain_sub(self, effects: list, budget: int = 1000) -> None:
         for _ in range(budget):
-            if not self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not self.sub.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
@@ -165,7 +166,7 @@ class NodeServer:
     def _drain_dealer(self, sock: zmq.Socket, address: str, effects: list,
                       budget: int = 1000) -> None:
         for _ in range(budget):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)

@@ -65,8 +65,8 @@ def silent(request: Message) -> list[tuple[float, bytes]]:
 
 
 class FakeSocket:
-    """A DEALER to a scripted node: ``send`` hands the request to the behaviour, whose
-    replies arrive in ``recv_multipart`` after their delays."""
+    """A DEALER to a scripted node: ``try_send``/``send`` hand the request to the behaviour,
+    whose replies arrive in ``recv_multipart`` after their delays."""
 
     def __init__(self, endpoint: str, behaviour: Behaviour, block_sends: bool = False) -> None:
         self.endpoint = endpoint
@@ -77,6 +77,14 @@ class FakeSocket:
         self.closed = False
         self._blocked: list[asyncio.Future] = []
 
+    def try_send(self, frame: bytes) -> bool:
+        if self.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+        if self.block_sends:
+            return False
+        self._deliver(frame)
+        return True
+
     async def send(self, frame: bytes) -> None:
         if self.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK)
@@ -84,6 +92,9 @@ class FakeSocket:
             future = asyncio.get_running_loop().create_future()
             self._blocked.append(future)
             await future
+        self._deliver(frame)
+
+    def _deliver(self, frame: bytes) -> None:
         request = decode(frame)
         self.sent.append(request)
         loop = asyncio.get_running_loop()

@@ -925,3 +925,30 @@ def test_batches_are_cut_by_bytes_as_well_as_by_count():
     chunks = _chunked(list(range(20)), big)
     assert len(chunks) >= 3 and all(len(c) * (1 << 20) <= _BATCH_BYTES for c in chunks)
     assert [i for c in chunks for i in c] == list(range(20))
+
+
+def test_batch_groups_keys_by_owner_and_skips_an_avoided_owner():
+    from zring.client import RingState, _Router
+
+    router = _Router()
+    router.update(RingState.from_body(ring_body(("n1", "n2", "n3", "n4", "n5"))))
+    try:
+        ring, addresses = router.routing.ring, router.routing.addresses
+        keys = [f"user:{i}" for i in range(200)]
+        groups = router.group(keys, "tcp://seed:1")
+        assert sorted(i for group in groups.values() for i in group) == list(range(200))
+        for endpoint, indexes in groups.items():
+            assert all(addresses[ring.get_node(keys[i])] == endpoint for i in indexes)
+        # an owner that went silent: its keys go to their next replica instead
+        router.avoid_for_now(addresses["n1"])
+        moved = router.group(keys, "tcp://seed:1")
+        assert addresses["n1"] not in moved
+        for endpoint, indexes in moved.items():
+            assert all(endpoint == addresses[ring.get_nodes(keys[i], 3)[
+                ring.get_nodes(keys[i], 3)[0] == "n1"]] for i in indexes)
+        # no more nodes than replicas: every key to one node
+        router.update(RingState.from_body(ring_body(("n1", "n2", "n3"), fingerprint=2)))
+        assert [len(group) for group in router.group(keys, "tcp://seed:1").values()] == [200]
+        assert router.group([], "tcp://seed:1") == {}
+    finally:
+        router.close()
