@@ -10,7 +10,7 @@
     python tools/bench.py --workloads memory       # the memory comparison alone (1M keys)
     python tools/bench.py --start-cluster --memory # every workload, then the memory comparison
 
-Workloads (``--workloads``, default ``sync,async,batch``), all in one table:
+Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
 
     sync    one synchronous client, one request in flight (latency-bound, as a simple
             application sees it):
@@ -23,7 +23,11 @@ Workloads (``--workloads``, default ``sync,async,batch``), all in one table:
     batch   --batch (100) keys per call on the synchronous zring.Client:
               mput 100         client.mput(100 items)    vs  a redis-py pipeline of 100 SETs
               mget 100         client.mget(100 keys)     vs  a redis-py pipeline of 100 GETs
+              mget 100 R=1     client.mget(100 keys, r=1)  vs  the same pipeline
             (ops/s counts keys; the latencies are per call of 100 keys)
+    echo    the ceiling: a bare pyzmq DEALER/ROUTER echo that decodes and re-encodes each
+            msgpack frame (no zring), one at a time and --concurrency in flight, with its
+            rate against redis's and zring's against it
     memory  (``--memory``) VmRSS of each node of a fresh 3-node cluster preloaded with
             --memory-keys (1,000,000) keys of --value-size bytes (N=3: every node holds all of
             them), after a pass of gets over --memory-sample random keys, beside redis-server
@@ -66,8 +70,8 @@ if TYPE_CHECKING:
 DEFAULT_SEEDS = "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003"
 LOOPBACK = "127.0.0.1"
 WARMUP_OPS = 200
-WORKLOADS = ("sync", "async", "batch", "memory")
-DEFAULT_WORKLOADS = "sync,async,batch"
+WORKLOADS = ("sync", "async", "batch", "echo", "memory")
+DEFAULT_WORKLOADS = "sync,async,batch,echo"
 REDIS_TIMEOUT_S = 5.0
 MIB = 1024 * 1024
 
@@ -336,6 +340,7 @@ ROWS = (
     ("aget", "async", "async {c} get R={r}", "GET"),
     ("mput", "batch", "mput {b} W={w}", "pipeline SET"),
     ("mget", "batch", "mget {b} R={r}", "pipeline GET"),
+    ("mget_r1", "batch", "mget {b} R=1", "pipeline GET"),
 )
 
 
@@ -454,6 +459,9 @@ def bench_zring_batch(client: Any, args: argparse.Namespace, value: bytes,
         "mget": run_workload(f"zring mget {batch}",
                              lambda c: _count_ok(mget(batches[c]), batch, "found"),
                              len(batches), args.max_seconds, batch=batch),
+        "mget_r1": run_workload(f"zring mget {batch} r=1",
+                                lambda c: _count_ok(mget(batches[c], r=1), batch, "found"),
+                                len(batches), args.max_seconds, batch=batch),
     }
 
 
@@ -493,6 +501,89 @@ async def bench_zring_async(cls: Any, seeds: str, args: argparse.Namespace, valu
         }
     finally:
         await _close(client)
+
+
+# A ROUTER that answers each frame with its msgpack decode re-encoded: the least a pyzmq
+# server does per request, so its rate is the ceiling of any pyzmq cluster on this machine.
+ECHO_SERVER = """
+import sys, msgpack, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.bind(sys.argv[1])
+while True:
+    frames = sock.recv_multipart()
+    sock.send_multipart([*frames[:-1], msgpack.packb(msgpack.unpackb(frames[-1]))])
+"""
+
+
+def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
+    """The bare pyzmq DEALER/ROUTER echo (``ECHO_SERVER`` in its own process): one request
+    at a time, and ``args.concurrency`` in flight (a window kept full on one DEALER)."""
+    import msgpack
+    import zmq
+
+    from zring.localcluster import free_ports
+
+    endpoint = f"tcp://{LOOPBACK}:{free_ports(1)[0]}"
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint])
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
+    try:
+        sock.connect(endpoint)
+        frame = msgpack.packb([11, 1, {"key": "bench:echo:00000001", "value": value}])
+        for _ in range(WARMUP_OPS):  # also waits for the server to bind
+            sock.send(frame)
+            sock.recv()
+
+        def round_trip(i: int) -> bool:
+            sock.send(frame)
+            return bool(sock.recv())
+
+        results = {"echo": run_workload("pyzmq echo", round_trip, args.ops, args.max_seconds)}
+        window = Result(f"pyzmq echo {args.concurrency} in flight")
+        clock = time.perf_counter_ns
+        sent: list[int] = []
+        start = clock()
+        for _ in range(min(args.concurrency, args.ops)):
+            sent.append(clock())
+            sock.send(frame)
+        done = 0
+        while done < args.ops:
+            sock.recv()  # FIFO: answers the oldest request in flight
+            window.latencies_ns.append(clock() - sent[done])
+            done += 1
+            if len(sent) < args.ops:
+                sent.append(clock())
+                sock.send(frame)
+        window.ops = done
+        window.elapsed_s = (clock() - start) / 1e9
+        results["echo_window"] = window
+        return results
+    except zmq.ZMQError as exc:
+        raise RuntimeError(f"pyzmq echo at {endpoint}: {exc}") from None
+    finally:
+        sock.close(linger=0)
+        stop_processes([server])
+
+
+def format_echo_table(echo: dict[str, Result], zring: dict[str, Result],
+                      redis_results: dict[str, Result] | None, concurrency: int) -> str:
+    """The echo's rows: its rate against redis's and zring's against it."""
+    header = ["ceiling: bare pyzmq echo", "ops/s", "p50 ms", "p99 ms", "echo/redis",
+              "zring/echo"]
+    rows = (("echo", "one at a time (vs sync GET; zring get R=1)", "get", "get_r1"),
+            ("echo_window", f"{concurrency} in flight (vs async GET; zring async get)", "aget",
+             "aget"))
+    table: list[list[str] | None] = [header]
+    for key, label, redis_key, zring_key in rows:
+        result = echo[key]
+        redis_result = (redis_results or {}).get(redis_key)
+        zring_result = zring.get(zring_key)
+        table.append([label, *_cells(result),
+                      _ratio(result.ops_per_s, redis_result.ops_per_s) if redis_result else "-",
+                      _ratio(zring_result.ops_per_s, result.ops_per_s) if zring_result
+                      else "-"])
+    return _layout(table, left={0})
 
 
 def bench_redis(port: int, workloads: set[str], args: argparse.Namespace, value: bytes,
@@ -538,6 +629,7 @@ def bench_redis(port: int, workloads: set[str], args: argparse.Namespace, value:
                                            max_seconds, batch=batch)
             results["mget"] = run_workload(f"redis pipeline {batch} GET", pipe_get, len(batches),
                                            max_seconds, batch=batch)
+            results["mget_r1"] = results["mget"]
         if "async" in workloads:
             results.update(asyncio.run(bench_redis_async(port, args, value, prefix)))
         return results
@@ -800,7 +892,7 @@ def table_notes(notes: dict[str, str], workloads: set[str], concurrency: int,
 # ---------------------------------------------------------------------- CLI
 
 def parse_workloads(text: str) -> set[str]:
-    """``sync,async,batch,memory`` (any of them, comma-separated) or ``all`` (every one)."""
+    """``sync,async,batch,echo,memory`` (any of them, comma-separated) or ``all``."""
     names = {name.strip().lower() for name in text.split(",") if name.strip()}
     if "all" in names:
         names = (names - {"all"}) | set(WORKLOADS)
@@ -883,9 +975,14 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
             print(f"redis {version} at {LOOPBACK}:{redis_port} "
                   f"(redis-py {redis.__version__}{started})", flush=True)
             redis_results = bench_redis(redis_port, workloads, args, value, prefix)
+        echo_results = bench_echo(args, value) if "echo" in workloads else None
         print()
         print(format_table(zring_results, redis_results, quorums, workloads, args.concurrency,
                            args.batch))
+        if echo_results is not None:
+            print()
+            print(format_echo_table(echo_results, zring_results, redis_results,
+                                    args.concurrency))
         print()
         seen = set()
         for result in [*zring_results.values(), *(redis_results or {}).values()]:

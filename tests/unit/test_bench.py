@@ -120,7 +120,7 @@ def test_parse_vm_rss():
 # ---------------------------------------------------------------------- options
 
 def test_parse_workloads():
-    assert bench.parse_workloads(bench.DEFAULT_WORKLOADS) == {"sync", "async", "batch"}
+    assert bench.parse_workloads(bench.DEFAULT_WORKLOADS) == {"sync", "async", "batch", "echo"}
     assert bench.parse_workloads(" Sync , batch ") == {"sync", "batch"}
     assert bench.parse_workloads("all") == set(bench.WORKLOADS)
     with pytest.raises(ValueError, match="unknown bogus"):
@@ -164,7 +164,7 @@ class FakeBatchClient:
         self.store.update(pairs)
         return [SimpleNamespace(success=True) for _ in pairs]
 
-    def mget(self, keys):
+    def mget(self, keys, r=None):
         replies = [SimpleNamespace(found=key in self.store, value=self.store.get(key))
                    for key in keys]
         return replies[:-1] if self.short else replies
@@ -173,7 +173,7 @@ class FakeBatchClient:
 def test_zring_batch_counts_keys_and_per_call_latency():
     args = args_for("--ops", "250", "--batch", "100")
     results = bench.bench_zring_batch(FakeBatchClient(), args, b"v", "p")
-    assert set(results) == {"mput", "mget"}
+    assert set(results) == {"mput", "mget", "mget_r1"}
     for result in results.values():
         assert (result.ops, result.batch, result.errors, result.misses) == (3, 100, 0, 0)
         assert len(result.latencies_ns) == 3
@@ -277,6 +277,20 @@ def test_table_shows_ratios_and_dashes_for_skipped_zring_rows():
     only_sync = bench.format_table(zring_results, None, {"w": 2, "r": 2}, {"sync"})
     assert "async" not in only_sync and "redis" not in only_sync
     assert len(only_sync.splitlines()) == 5
+
+
+def test_echo_table_sets_the_echo_against_redis_and_zring_against_the_echo():
+    echo = {"echo": finished("pyzmq echo", 500, 1.0, [0.2] * 500),
+            "echo_window": finished("pyzmq echo 100 in flight", 5000, 1.0, [2.0] * 5000)}
+    zring_results = {"get_r1": finished("zring get r=1", 250, 1.0, [0.4] * 250),
+                     "aget": finished("zring async get", 1000, 1.0, [10.0] * 1000)}
+    redis_results = {"get": finished("redis GET", 1000, 1.0, [0.1] * 1000),
+                     "aget": finished("redis async GET", 10000, 1.0, [1.0] * 10000)}
+    lines = bench.format_echo_table(echo, zring_results, redis_results, 100).splitlines()
+    assert lines[2].split()[-5:] == ["500", "0.200", "0.200", "0.50x", "0.50x"]
+    assert lines[3].split()[-5:] == ["5,000", "2.000", "2.000", "0.50x", "0.20x"]
+    without = bench.format_echo_table(echo, {}, None, 100).splitlines()
+    assert without[2].split()[-2:] == ["-", "-"]
 
 
 def test_table_notes_name_each_skipped_group_once():
