@@ -137,8 +137,9 @@ class GetResult:
 
     @classmethod
     def from_body(cls, body: dict) -> GetResult:
+        version = body.get("version")
         return cls(body.get("value"), bool(body.get("found")), tuple(body.get("served_by", ())),
-                   _version(body.get("version")))
+                   None if version is None else Version(version[0], version[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,17 +583,19 @@ class Client:
             frame = encode(Message(msg_type, request_id,
                                    make_body([entries[i] for i in indexes])))
             sock = self._direct_socket(endpoint)
-            if not sock.poll(self.timeout * 1000, zmq.POLLOUT):
-                unsent.append((endpoint, indexes))
-                continue
-            sock.send(frame)
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:  # a full queue: wait for room, within the timeout
+                if not sock.poll(self.timeout * 1000, zmq.POLLOUT):
+                    unsent.append((endpoint, indexes))
+                    continue
+                sock.send(frame)
             pending[request_id] = (endpoint, indexes)
         deadline = time.monotonic() + self.timeout
-        poller = zmq.Poller()
-        for endpoint in {endpoint for endpoint, _ in pending.values()}:
-            poller.register(self._direct[endpoint], zmq.POLLIN)
+        polled = [(self._direct[endpoint], _POLLIN)
+                  for endpoint in {endpoint for endpoint, _ in pending.values()}]
         while pending and (remaining := deadline - time.monotonic()) > 0:
-            for sock, _ in poller.poll(remaining * 1000):
+            for sock, _ in zmq.zmq_poll(polled, int(remaining * 1000) + 1):
                 while True:
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -737,6 +740,10 @@ def _seeds_from(seeds: list[str], index: int) -> list[str]:
 
 def _chunked(indexes: list[int], entries: list[dict]) -> list[list[int]]:
     """Runs of at most _BATCH_CHUNK entries and about _BATCH_BYTES of keys and values."""
+    if len(indexes) <= _BATCH_CHUNK and sum(
+            len(entries[i]["key"]) + len(entries[i].get("value") or b"") + 16
+            for i in indexes) <= _BATCH_BYTES:
+        return [indexes]   # the usual batch: one run, without cutting key by key
     return cut(indexes, lambda i: len(entries[i]["key"]) + len(entries[i].get("value") or b"")
                + 16, _BATCH_CHUNK, _BATCH_BYTES)
 

@@ -70,6 +70,35 @@ def test_mput_then_mget_round_trip_in_key_order():
         assert all(core.store.get(k) is not None for k, _ in items)
 
 
+def test_mget_r1_answers_from_the_coordinators_copies_as_single_gets_do():
+    sim = cluster_of(3)
+    sim.request("node1", MsgType.MPUT, {"items": [["a", b"1"], ["b", "two"], ["gone", b"x"]]})
+    sim.request("node1", MsgType.DELETE, {"key": "gone"})
+    sent = count_sends(sim, "node2")
+    keys = ["a", "b", "gone", "missing"]
+    reply = sim.request("node2", MsgType.MGET, {"keys": keys, "r": 1})
+    singles = [sim.request("node2", MsgType.GET, {"key": k, "r": 1}).body for k in keys]
+    assert reply.body["results"] == singles
+    assert [r["found"] for r in singles] == [True, True, False, False]
+    assert singles[2]["version"] is not None and singles[3]["version"] is None  # tombstone
+    assert all(r["served_by"] == ["node2"] for r in singles)
+    assert not [m for m in sent if m.type in (MsgType.REPLICA_READ, MsgType.REPLICA_READ_MANY)]
+
+
+def test_a_batch_reply_too_big_to_deliver_is_refused_with_a_clear_error():
+    sim = cluster_of(3)
+    big = b"v" * sim.node("node1").config.max_value_bytes
+    keys = [f"big{i}" for i in range(5)]    # 5 x 4 MiB: over a batch reply's 16 MiB
+    for key in keys:
+        assert sim.request("node1", MsgType.PUT, {"key": key, "value": big}).type == MsgType.OK
+    for r in (1, 2):
+        reply = sim.request("node1", MsgType.MGET, {"keys": keys, "r": r})
+        assert reply.type == MsgType.ERROR and reply.body["code"] == "invalid"
+        assert "send fewer keys" in reply.body["message"]
+    reply = sim.request("node1", MsgType.MGET, {"keys": keys[:3], "r": 1})
+    assert [r["value"] for r in reply.body["results"]] == [big] * 3
+
+
 def test_one_bad_key_fails_alone():
     sim = cluster_of(3)
     too_long = "x" * (sim.node("node1").config.max_key_bytes + 1)

@@ -102,6 +102,10 @@ class _Quorum:
     spares: list[str] = field(default_factory=list)  # reads: live replicas not asked yet
 
 
+# a bound on a batch result's encoded size besides its value (flags, version, node ids)
+_RESULT_SIZE_BOUND = 1024
+
+
 @dataclass(slots=True)
 class _MultiRead:
     """An MGET's keys read in one pass per replica (index -> replies so far)."""
@@ -388,6 +392,7 @@ class NodeCore:
         # every node holds every key (no more nodes than replicas): one list for all keys
         everywhere = ring.get_nodes_at(0, n) if len(ring) <= n else None
         asked_for: dict[tuple, list[str] | None] = {}   # preference list -> who is asked
+        direct: list[int] = []    # R=1 keys we replicate: answered from our copy, no replies
         for index, key in enumerate(keys):
             if key.__class__ is not str or self._key_too_long(key):
                 effects += self._single(batch, index, read.request(index), now)
@@ -404,10 +409,15 @@ class NodeCore:
             if asked is None:
                 effects += self._single(batch, index, read.request(index), now)
                 continue
+            if quorum == 1 and asked[0] == me:  # our own copy is the answer
+                direct.append(index)
+                continue
             read.replies[index] = {}
             read.replicas[index] = natural
             for target in asked:
                 by_target.setdefault(target, []).append(index)
+        if direct:
+            effects += self._answer_from_own_copies(read, direct)
         local = by_target.pop(me, [])
         for index, wire in zip(local, self.store.get_wire_many([keys[i] for i in local])):
             read.replies[index][me] = wire
@@ -418,6 +428,23 @@ class NodeCore:
                                   lambda node, reply, t, ix=indexes: self._on_read_many(
                                       read, node, ix, reply, t), now)
         return effects
+
+    def _answer_from_own_copies(self, read: _MultiRead, indexes: list[int]) -> list[Effect]:
+        """R=1 keys this node replicates: each answer is its own copy, as for a single GET
+        (we are one of the key's replicas, so no ring hint)."""
+        me, batch = self.config.node_id, read.batch
+        results = batch.results
+        wires = self.store.get_wire_many([read.keys[i] for i in indexes])
+        for index, wire in zip(indexes, wires, strict=True):
+            if wire is None:
+                results[index] = {"found": False, "value": None, "version": None,
+                                  "served_by": [me]}
+            else:
+                found = wire[1] is not None
+                results[index] = {"found": found, "value": wire[1] if found else None,
+                                  "version": [wire[2], wire[3]], "served_by": [me]}
+        batch.pending -= len(indexes)
+        return [] if batch.pending else self._finish_batch(batch)
 
     def _on_read_many(self, read: _MultiRead, node_id: str, indexes: list[int],
                       reply: Message | None, now: float) -> list[Effect]:
@@ -603,11 +630,16 @@ class NodeCore:
             return []
         batch.results[index] = body
         batch.pending -= 1
-        if batch.pending:
-            return []
+        return [] if batch.pending else self._finish_batch(batch)
+
+    def _finish_batch(self, batch: BatchReply) -> list[Effect]:
+        """Every key answered: one reply with all the results."""
         self._close_batch(batch)
-        size = encoded_size(batch.results)
-        if size > BATCH_MAX_BYTES:  # the reply could not be delivered: say so instead
+        # values dominate a result's size: encode to measure only when they come near
+        bound = _RESULT_SIZE_BOUND * len(batch.results) + sum(
+            _encoded_bound(r.get("value")) for r in batch.results)
+        if bound > BATCH_MAX_BYTES and (size := encoded_size(batch.results)) > BATCH_MAX_BYTES:
+            # the reply could not be delivered: say so instead
             return [Reply(batch.route, _error(batch.request_id, InvalidRequest(
                 f"the reply to this batch would take about {size} bytes: send fewer keys "
                 "per batch")))]
@@ -2584,6 +2616,13 @@ def _batch_size(message: Message) -> int:
     if message.type == MsgType.MPUT:
         return len(message.body["items"])
     return 1
+
+
+def _encoded_bound(value: bytes | str | None) -> int:
+    """At least a value's encoded size (a str's UTF-8 takes up to 4 bytes a character)."""
+    if value is None:
+        return 0
+    return len(value) if value.__class__ is bytes else 4 * len(value)
 
 
 def _is_read_wire(wire: object, key: str) -> bool:
