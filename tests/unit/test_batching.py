@@ -134,6 +134,48 @@ def test_mput_and_mget_send_one_request_per_peer_not_one_per_key():
     assert 1 <= len(reads) <= 2 and sum(len(m.body["keys"]) for m in reads) == 40
 
 
+def test_mget_asks_its_peer_before_reading_its_own_copies():
+    sim = cluster_of(3)
+    keys = [f"k{i}" for i in range(20)]
+    sim.request("node1", MsgType.MPUT, {"items": [[k, k.encode()] for k in keys]})
+    core, now = sim.node("node1"), sim.now
+    frame = encode(Message(MsgType.MGET, 9, {"keys": keys, "r": 2}))
+    effects = core.handle_frame(CLIENT, frame, now)
+    reads = [e for e in effects if isinstance(e, Send)]
+    assert [e.message.type for e in reads] == [MsgType.REPLICA_READ_MANY]  # no reply yet
+    assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
+    assert core.tick(now) == [] and not core._own_reads          # next cycle: read, waits
+    peer = next(c for c in sim.cores.values() if c.config.address == reads[0].address)
+    answer = peer.handle_frame((b"node1",), encode(reads[0].message), now)
+    reply_frame = encode(answer[0].message)
+    replies = core.handle_reply(reads[0].address, reply_frame, now)
+    assert [e.message.type for e in replies] == [MsgType.OK]
+    assert [r["value"] for r in replies[0].message.body["results"]] == \
+        [k.encode() for k in keys]
+    assert all(len(r["served_by"]) == 2 for r in replies[0].message.body["results"])
+
+
+def test_mget_own_reads_after_the_peer_failed_leave_the_single_key_path_alone():
+    sim = cluster_of(3)
+    keys = [f"k{i}" for i in range(10)]
+    sim.request("node1", MsgType.MPUT, {"items": [[k, k.encode()] for k in keys]})
+    core, now = sim.node("node1"), sim.now
+    effects = core.handle_frame(CLIENT, encode(Message(MsgType.MGET, 9, {"keys": keys,
+                                                                         "r": 2})), now)
+    read = next(e for e in effects if isinstance(e, Send))
+    # the peer refuses before our own reads ran: every key takes the single-key path
+    refusal = encode(Message(MsgType.ERROR, read.message.request_id,
+                             {"code": "unavailable", "message": "busy"}))
+    singles = core.handle_reply(read.address, refusal, now)
+    assert singles and not any(isinstance(e, Reply) for e in singles)
+    assert core.tick(now) == [] and core.tick(now) == []   # the queued reads skip them all
+    assert not core._own_reads
+    sim._apply(core.config.address, singles)                # the single reads finish
+    assert sim.run_until(lambda: 9 in sim.client_replies, 5)
+    results = sim.client_replies.pop(9).body["results"]
+    assert [r["value"] for r in results] == [k.encode() for k in keys]
+
+
 def test_mget_keys_whose_replica_is_silent_fall_back_to_a_stand_by():
     sim = cluster_of(3)
     keys = [f"k{i}" for i in range(30)]

@@ -223,6 +223,10 @@ class NodeCore:
         self._ready_at = now + 2 * config.gossip_interval_s  # see _defer_until_ready
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
+        # MGET keys read from our own store one loop cycle later, once the reads asked of
+        # peers have left: (ticks when queued, the batch read, key indexes)
+        self._own_reads: list[tuple[int, _MultiRead, list[int]]] = []
+        self._ticks = 0
         self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
         self._open_batch_keys = 0   # their keys: they count towards max_pending_requests
         self._stats_jobs: list[_StatsJob] = []
@@ -419,14 +423,43 @@ class NodeCore:
         if direct:
             effects += self._answer_from_own_copies(read, direct)
         local = by_target.pop(me, [])
-        for index, wire in zip(local, self.store.get_wire_many([keys[i] for i in local])):
-            read.replies[index][me] = wire
-            effects += self._multi_read_done(read, index, now)
+        if local and by_target:
+            # the peers' reads leave with this cycle's effects; ours waits for the next
+            # cycle, so both stores are read at the same time
+            self._own_reads.append((self._ticks, read, local))
+        elif local:
+            effects += self._read_own_copies(read, local, now)
         for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_READ_MANY,
                                   {"keys": [keys[i] for i in indexes]},
                                   lambda node, reply, t, ix=indexes: self._on_read_many(
                                       read, node, ix, reply, t), now)
+        return effects
+
+    def _read_own_copies(self, read: _MultiRead, indexes: list[int],
+                         now: float) -> list[Effect]:
+        """Our replies to an MGET's keys (those not answered or handed to the single-key
+        path meanwhile)."""
+        if read.batch.closed:
+            return []
+        indexes = [i for i in indexes if read.batch.results[i] is None and i in read.replies]
+        effects: list[Effect] = []
+        me = self.config.node_id
+        for index, wire in zip(indexes, self.store.get_wire_many(
+                [read.keys[i] for i in indexes]), strict=True):
+            read.replies[index][me] = wire
+            effects += self._multi_read_done(read, index, now)
+        return effects
+
+    def _run_own_reads(self, now: float) -> list[Effect]:
+        """The own reads queued before this loop cycle began."""
+        due = [entry for entry in self._own_reads if entry[0] < self._ticks - 1]
+        if not due:
+            return []
+        self._own_reads = [entry for entry in self._own_reads if entry[0] >= self._ticks - 1]
+        effects: list[Effect] = []
+        for _, read, indexes in due:
+            effects += self._read_own_copies(read, indexes, now)
         return effects
 
     def _answer_from_own_copies(self, read: _MultiRead, indexes: list[int]) -> list[Effect]:
@@ -765,7 +798,8 @@ class NodeCore:
 
     def _tick(self, now: float) -> list[Effect]:
         self._last_tick = now
-        effects: list[Effect] = []
+        self._ticks += 1
+        effects: list[Effect] = self._run_own_reads(now) if self._own_reads else []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
             _, request_id = heapq.heappop(self._call_deadlines)
             call = self._calls.pop(request_id, None)
@@ -811,7 +845,7 @@ class NodeCore:
                 times.append(change_at)
         if self._call_deadlines:
             times.append(self._call_deadlines[0][0])
-        if self._tree_jobs or self._stats_jobs or self._wipe:
+        if self._tree_jobs or self._stats_jobs or self._wipe or self._own_reads:
             times.append(self._last_tick)  # keep hashing or counting: the next slice at once
         if self._drops and self._settled_at is not None and \
                 not self._change_under_way(self._last_tick):

@@ -303,8 +303,12 @@ class SQLiteStore(Store):
                 record_from_wire(item)  # raises the precise ProtocolError
             rows.append((key, value, timestamp, writer, key_position(key) - shift))
             size += len(key) + (len(value) if value is not None else 0)
-        with self._transaction():
-            self._cursor.executemany(_UPSERT, rows)
+        if len(rows) == 1:  # one statement is atomic by itself: no savepoint around it
+            self._join_batch()
+            self._cursor.execute(_UPSERT, rows[0])
+        else:
+            with self._transaction():
+                self._cursor.executemany(_UPSERT, rows)
         return len(rows), size
 
     @_translating_errors
