@@ -120,6 +120,20 @@ def test_empty_and_oversized_batches():
     assert reply.type == MsgType.ERROR and reply.body["code"] == "protocol"
 
 
+def test_answered_peer_calls_do_not_wake_the_loop_at_their_old_deadlines():
+    sim = cluster_of(3)
+    core, now = sim.node("node1"), sim.now
+    peers = {c.config.address: c for c in sim.cores.values()}
+    for i in range(20):   # each write asks both peers; every peer answers at once
+        frame = encode(Message(MsgType.PUT, 100 + i, {"key": f"k{i}", "value": b"v"}))
+        for send in [e for e in core.handle_frame(CLIENT, frame, now) if isinstance(e, Send)]:
+            answer = peers[send.address].handle_frame((b"node1",), encode(send.message), now)
+            core.handle_reply(send.address, encode(answer[0].message), now)
+    assert not core._calls and len(core._call_deadlines) == 40   # answered, still in the heap
+    stale = core._call_deadlines[0][0]
+    assert core.next_deadline() != stale and core._call_deadlines == []
+
+
 def test_mput_and_mget_send_one_request_per_peer_not_one_per_key():
     sim = cluster_of(3)
     sent = count_sends(sim, "node1")

@@ -843,8 +843,13 @@ class NodeCore:
             change_at = detector.next_change_at(member.node_id, self._last_tick)
             if change_at is not None:
                 times.append(change_at)
-        if self._call_deadlines:
-            times.append(self._call_deadlines[0][0])
+        deadlines, calls = self._call_deadlines, self._calls
+        # calls already answered leave their deadline in the heap: drop those from its top,
+        # or the loop would wake for each of them request_timeout_s after a burst
+        while deadlines and deadlines[0][1] not in calls:
+            heapq.heappop(deadlines)
+        if deadlines:
+            times.append(deadlines[0][0])
         if self._tree_jobs or self._stats_jobs or self._wipe or self._own_reads:
             times.append(self._last_tick)  # keep hashing or counting: the next slice at once
         if self._drops and self._settled_at is not None and \
