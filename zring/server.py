@@ -29,6 +29,8 @@ log = structlog.get_logger("zring.server")
 
 _HWM = 10_000
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 _MAX_ROUTE_FRAMES = 4   # identity, optional delimiter: anything longer is not ours to answer
 _GOSSIP_TOPIC = b""
 _CONNECT_GRACE_S = 1.0    # how long a new peer connection may take before sends to it drop
@@ -134,9 +136,10 @@ class NodeServer:
 
     def _drain_router(self, effects: list, budget: int = 1000) -> None:
         router = self.router
-        for _ in range(budget):
-            # asking EVENTS is cheaper than a recv that raises Again on an empty queue
-            if not router.getsockopt(_EVENTS) & _POLLIN:
+        for n in range(budget):
+            # the poll said a frame waits; after it, asking EVENTS is cheaper than a recv
+            # that raises Again on an empty queue
+            if n and not router.getsockopt(_EVENTS) & _POLLIN:
                 return
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -185,8 +188,7 @@ class NodeServer:
             kind = type(effect)
             try:
                 if kind is Reply:
-                    self.router.send_multipart([*effect.route, encode(effect.message)],
-                                               zmq.NOBLOCK)
+                    self._reply(effect.route, encode(effect.message))
                 elif kind is Send:
                     self._send(effect.address, encode(effect.message))
                 elif kind is Publish:
@@ -202,6 +204,14 @@ class NodeServer:
                 self.core.stats["sends_dropped"] += 1
             except zmq.ZMQError as exc:
                 self.log.warning("effect_failed", effect=kind.__name__, error=str(exc))
+
+    def _reply(self, route: tuple[bytes, ...], frame: bytes) -> None:
+        # send_multipart without its per-frame type checks and IntFlag arithmetic; a ROUTER
+        # takes a message whole once its first frame is accepted (or raises Again on it)
+        router = self.router
+        for part in route:
+            router.send(part, _SNDMORE_NOBLOCK)
+        router.send(frame, _NOBLOCK)
 
     def _send(self, address: str, frame: bytes) -> None:
         dealer = self._dealer(address)
