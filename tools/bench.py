@@ -7,6 +7,7 @@
     python tools/bench.py --workloads sync,batch   # only some of the workloads below
     python tools/bench.py --redis-port 6379        # an already running redis-server
     python tools/bench.py --no-redis               # zring alone
+    python tools/bench.py --start-cluster --rounds 3   # 3 rounds, median and range of ratios
     python tools/bench.py --workloads memory       # the memory comparison alone (1M keys)
     python tools/bench.py --start-cluster --memory # every workload, then the memory comparison
 
@@ -55,6 +56,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -835,6 +837,29 @@ def format_table(zring: dict[str, Result], redis_results: dict[str, Result] | No
     return _layout(table, left={0, 4} if redis_results is not None else {0})
 
 
+def round_ratios(zring: dict[str, Result], redis_results: dict[str, Result]) -> dict[str, float]:
+    """Each row's ops/s ratio zring/redis in one round (rows either side lacks: none)."""
+    return {key: zring[key].ops_per_s / redis_results[key].ops_per_s
+            for key, *_ in ROWS
+            if key in zring and key in redis_results and redis_results[key].ops_per_s > 0}
+
+
+def format_ratio_summary(ratios: dict[str, list[float]], quorums: dict, workloads: set[str],
+                         concurrency: int = 100, batch: int = 100) -> str:
+    """The ops/s ratios of every round: median, lowest and highest, per row."""
+    fill = {"w": quorums.get("w", "?"), "r": quorums.get("r", "?"), "c": concurrency,
+            "b": batch}
+    table: list[list[str] | None] = [["workload", "rounds", "z/r median", "lowest",
+                                      "highest"]]
+    for key, group, template, _redis in ROWS:
+        if group in workloads and ratios.get(key):
+            values = sorted(ratios[key])
+            table.append([template.format(**fill), str(len(values)),
+                          f"{statistics.median(values):.2f}x", f"{values[0]:.2f}x",
+                          f"{values[-1]:.2f}x"])
+    return _layout(table, left={0})
+
+
 def _cells(result: Result | None) -> list[str]:
     if result is None:
         return ["-", "-", "-"]
@@ -927,6 +952,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ops", type=int, default=20000,
                         help="operations per workload (batch workloads: keys, in calls of "
                              "--batch)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every workload on both systems this many times (fresh keys "
+                             "each round) and add the median and range of each ratio: this "
+                             "machine's speed drifts from one minute to the next")
     parser.add_argument("--value-size", type=int, default=100, help="value size in bytes")
     parser.add_argument("--concurrency", type=int, default=100,
                         help="requests in flight in the async workloads")
@@ -964,25 +993,39 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
         chosen = [w for w in WORKLOADS if w in workloads]
         print(f"zring at {seeds}; {args.ops} ops per workload, {args.value_size}-byte values; "
               f"workloads: {', '.join(chosen)}", flush=True)
-        zring_results, notes, quorums = bench_zring(seeds, workloads, args, value, prefix)
-        print(f"zring: {quorums['nodes']} nodes in the ring, N={quorums['n']}, "
-              f"W={quorums['w']}, R={quorums['r']}", flush=True)
-        redis_results = None
         if use_redis:
             import redis
             version = redis.Redis(host=LOOPBACK, port=redis_port).info("server")["redis_version"]
             started = ", started here without persistence" if temp_redis else ""
             print(f"redis {version} at {LOOPBACK}:{redis_port} "
                   f"(redis-py {redis.__version__}{started})", flush=True)
-            redis_results = bench_redis(redis_port, workloads, args, value, prefix)
-        echo_results = bench_echo(args, value) if "echo" in workloads else None
-        print()
-        print(format_table(zring_results, redis_results, quorums, workloads, args.concurrency,
-                           args.batch))
-        if echo_results is not None:
+        ratios: dict[str, list[float]] = {}
+        for round_number in range(1, args.rounds + 1):
+            round_prefix = prefix if args.rounds == 1 else f"{prefix}:r{round_number}"
+            if args.rounds > 1:
+                print(f"\nround {round_number} of {args.rounds}", flush=True)
+            zring_results, notes, quorums = bench_zring(seeds, workloads, args, value,
+                                                        round_prefix)
+            if round_number == 1:
+                print(f"zring: {quorums['nodes']} nodes in the ring, N={quorums['n']}, "
+                      f"W={quorums['w']}, R={quorums['r']}", flush=True)
+            redis_results = None
+            if use_redis:
+                redis_results = bench_redis(redis_port, workloads, args, value, round_prefix)
+                for key, ratio in round_ratios(zring_results, redis_results).items():
+                    ratios.setdefault(key, []).append(ratio)
+            echo_results = bench_echo(args, value) if "echo" in workloads else None
             print()
-            print(format_echo_table(echo_results, zring_results, redis_results,
-                                    args.concurrency))
+            print(format_table(zring_results, redis_results, quorums, workloads,
+                               args.concurrency, args.batch))
+            if echo_results is not None:
+                print()
+                print(format_echo_table(echo_results, zring_results, redis_results,
+                                        args.concurrency))
+        if args.rounds > 1 and ratios:
+            print()
+            print(format_ratio_summary(ratios, quorums, workloads, args.concurrency,
+                                       args.batch))
         print()
         seen = set()
         for result in [*zring_results.values(), *(redis_results or {}).values()]:
@@ -1005,9 +1048,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench.py: error: {exc}", file=sys.stderr)
         return 2
-    if min(args.ops, args.concurrency, args.batch, args.memory_keys) < 1 \
+    if min(args.ops, args.concurrency, args.batch, args.memory_keys, args.rounds) < 1 \
             or args.value_size < 0 or args.memory_sample < 0:
-        print("bench.py: error: --ops, --concurrency, --batch and --memory-keys must be >= 1, "
+        print("bench.py: error: --ops, --concurrency, --batch, --memory-keys and --rounds "
+              "must be >= 1, "
               "--value-size and --memory-sample >= 0", file=sys.stderr)
         return 2
     if args.start_cluster and args.seeds:

@@ -293,6 +293,21 @@ def test_echo_table_sets_the_echo_against_redis_and_zring_against_the_echo():
     assert without[2].split()[-2:] == ["-", "-"]
 
 
+def test_rounds_summary_gives_median_and_range_of_each_ratio():
+    zring_round = {"get_r1": finished("zring get r=1", 100, 1.0, [1.0] * 100),
+                   "mget": finished("zring mget", 5, 1.0, [1.0] * 5, batch=100)}
+    redis_round = {"get_r1": finished("redis GET", 400, 1.0, [1.0] * 400),
+                   "mget": finished("redis pipe GET", 10, 1.0, [1.0] * 10, batch=100),
+                   "put": finished("redis SET", 10, 1.0, [1.0] * 10)}
+    assert bench.round_ratios(zring_round, redis_round) == {"get_r1": 0.25, "mget": 0.5}
+    ratios = {"get_r1": [0.25, 0.5, 0.2], "mget": [0.5]}
+    text = bench.format_ratio_summary(ratios, {"w": 2, "r": 2}, {"sync", "batch"})
+    lines = {line.split("  ")[0]: line.split() for line in text.splitlines()[2:]}
+    assert lines["get R=1"][-4:] == ["3", "0.25x", "0.20x", "0.50x"]
+    assert lines["mget 100 R=2"][-4:] == ["1", "0.50x", "0.50x", "0.50x"]
+    assert "put W=2" not in lines
+
+
 def test_table_notes_name_each_skipped_group_once():
     notes = {"aput": "no AsyncClient", "aget": "no AsyncClient", "mput": "no mput"}
     lines = bench.table_notes(notes, {"sync", "async", "batch"}, 100, 100)
