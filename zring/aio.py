@@ -174,6 +174,7 @@ class _LoopDealer:
         try:
             self.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
+            self._on_events()  # even a refused send may swallow the FD's signal of a reply
             return False
         self._on_events()  # sending may have swallowed the FD's signal of a reply
         return True
@@ -209,12 +210,12 @@ class _LoopDealer:
         if self.closed:
             return
         self.closed = True
-        if not self.loop.is_closed():
+        if not self.loop.is_closed():  # a closed loop runs no callbacks: its waiters are gone
             self.loop.remove_reader(self._fd)
-        if self._reader is not None and not self._reader.done():
-            self._reader.set_exception(zmq.ZMQError(zmq.ENOTSOCK))
-        for waiter in self._senders:
-            waiter.cancel()   # as pyzmq cancels the sends pending on a closed socket
+            if self._reader is not None and not self._reader.done():
+                self._reader.set_exception(zmq.ZMQError(zmq.ENOTSOCK))
+            for waiter in self._senders:
+                waiter.cancel()   # as pyzmq cancels the sends pending on a closed socket
         self.socket.close(linger=0)
 
 
@@ -493,6 +494,8 @@ class AsyncClient:
             raise
         finally:
             timer.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a timeout nobody awaited is not logged
             connection.inflight.discard(request_id)
             self._replies.forget(request_id, future)
 

@@ -8,6 +8,7 @@ from test_rebalance_core import cluster_of
 
 from zring.core.batching import MAX_BATCH_KEYS, coalesce_sends
 from zring.core.effects import Publish, Reply, Send
+from zring.errors import StorageError
 from zring.hashing import key_position
 from zring.protocol import Message, MsgType, encode
 
@@ -118,6 +119,28 @@ def test_empty_and_oversized_batches():
     assert reply.type == MsgType.ERROR and reply.body["code"] == "invalid"
     reply = sim.request("node1", MsgType.MPUT, {"items": [["k"]]})
     assert reply.type == MsgType.ERROR and reply.body["code"] == "protocol"
+
+
+def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
+    sim = cluster_of(3)
+    keys = [f"k{i}" for i in range(20)]
+    sim.request("node1", MsgType.MPUT, {"items": [[k, k.encode()] for k in keys]})
+    core, now = sim.node("node1"), sim.now
+
+    def broken(keys):
+        raise StorageError("disk I/O error", path="x", reason="error")
+    core.store.get_wire_many = broken
+    effects = core.handle_frame(CLIENT, encode(Message(MsgType.MGET, 9, {"keys": keys,
+                                                                         "r": 2})), now)
+    assert any(isinstance(e, Send) for e in effects) and core._open_batch_keys == 20
+    assert core.tick(now) == []
+    failed = core.tick(now)             # the own read runs, fails: one error reply
+    assert [e.message.type for e in failed] == [MsgType.ERROR]
+    assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
+    assert core._open_batch_keys == 0 and core._open_batches == 0
+    del core.store.get_wire_many     # the store recovers: the node serves on
+    reply = sim.request("node1", MsgType.MGET, {"keys": keys, "r": 2})
+    assert [r["value"] for r in reply.body["results"]] == [k.encode() for k in keys]
 
 
 def test_answered_peer_calls_do_not_wake_the_loop_at_their_old_deadlines():

@@ -459,8 +459,23 @@ class NodeCore:
         self._own_reads = [entry for entry in self._own_reads if entry[0] >= self._ticks - 1]
         effects: list[Effect] = []
         for _, read, indexes in due:
-            effects += self._read_own_copies(read, indexes, now)
+            try:
+                effects += self._read_own_copies(read, indexes, now)
+            except ZringError as exc:  # e.g. the store failed: the batch fails, as in a handler
+                effects += self._fail_batch(read.batch, exc)
+            except Exception as exc:  # a bug no check foresaw: answer, keep serving
+                self.stats["handler_errors"] += 1
+                self.log.exception("request_failed", type="MGET")
+                effects += self._fail_batch(read.batch, ZringError(
+                    f"{self.config.node_id} failed on MGET: {type(exc).__name__}"))
         return effects
+
+    def _fail_batch(self, batch: BatchReply, exc: ZringError) -> list[Effect]:
+        """A batch that cannot go on: one error reply (late key replies are dropped)."""
+        if batch.closed:
+            return []
+        self._close_batch(batch)
+        return [Reply(batch.route, _error(batch.request_id, exc))]
 
     def _answer_from_own_copies(self, read: _MultiRead, indexes: list[int]) -> list[Effect]:
         """R=1 keys this node replicates: each answer is its own copy, as for a single GET
@@ -556,7 +571,6 @@ class NodeCore:
         ring, is_up = self.ring, self.members.is_up
         # no ring change under way: each key's one write set is its preference list
         steady = not self._previous_ring and not self._future_ring()
-        everywhere = ring.get_nodes_at(0, n) if steady and len(ring) <= n else None
         all_up: dict[tuple, bool] = {}   # preference list -> every replica is up
         max_value, clock_ms = self.config.max_value_bytes, int(now * 1000)
         for index, (key, value) in enumerate(write.items):
@@ -565,7 +579,7 @@ class NodeCore:
                 effects += self._single(batch, index, write.request(index), now)
                 continue
             if steady:
-                natural = everywhere or ring.get_nodes_at(key_position(key), n)
+                natural = ring.get_nodes_at(key_position(key), n)
             else:
                 sets = self._write_sets(key_position(key), n)
                 natural = sets[0] if len(sets) == 1 else []
