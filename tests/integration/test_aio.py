@@ -25,7 +25,7 @@ def open_sockets() -> list:
     # pyzmq's context tracks its sockets (weakly): the clients' DEALERs are among them (a
     # client's gossip SUB lives on across event loops until close())
     return [s for s in zmq.Context.instance()._sockets
-            if not s.closed and s.socket_type == zmq.DEALER]
+            if not s.closed and s.type == zmq.DEALER]
 
 
 def run(coro):
