@@ -328,14 +328,20 @@ class NodeCore:
                 "retry later")))]
         try:
             return handler(self, route, message, now)
-        except ZringError as exc:
-            return [Reply(route, _error(message.request_id, exc))]
-        except Exception as exc:  # a bug or an input no check foresaw: answer, keep serving
-            self.stats["handler_errors"] += 1
-            self.log.exception("request_failed", type=message.type.name)
-            return [Reply(route, _error(message.request_id, ZringError(
-                f"{self.config.node_id} failed on {message.type.name}: "
-                f"{type(exc).__name__}")))]
+        except Exception as exc:
+            return [Reply(route, _error(message.request_id,
+                                        self._failure(exc, message.type.name)))]
+
+    def _failure(self, exc: Exception, request_type: str) -> ZringError:
+        """The error a client gets for ``exc`` (call it in the ``except``): a ZringError as
+        it is; anything else is a bug or an input no check foresaw, logged and counted, and
+        the node keeps serving."""
+        if isinstance(exc, ZringError):
+            return exc
+        self.stats["handler_errors"] += 1
+        self.log.exception("request_failed", type=request_type)
+        return ZringError(f"{self.config.node_id} failed on {request_type}: "
+                          f"{type(exc).__name__}")
 
     # ------------------------------------------------------------------ batches
 
@@ -378,14 +384,8 @@ class NodeCore:
         keys = message.body["keys"]
         raw_n, raw_r = message.body.get("n"), message.body.get("r")
         n, quorum = self._quorum_args(message.body, "r", self.config.read_quorum)
-        batch, effects = self._open_batch(route, message, len(keys))
-        if batch is None:
-            return effects
-        try:
-            return self._start_mget(batch, effects, keys, raw_n, raw_r, n, quorum, now)
-        except BaseException:
-            self._close_batch(batch)  # answered with the error; late key replies dropped
-            raise
+        return self._run_batch(route, message, len(keys), lambda batch, effects: (
+            self._start_mget(batch, effects, keys, raw_n, raw_r, n, quorum, now)))
 
     def _start_mget(self, batch: BatchReply, effects: list[Effect], keys: list, raw_n,
                     raw_r, n: int, quorum: int, now: float) -> list[Effect]:
@@ -461,13 +461,8 @@ class NodeCore:
         for _, read, indexes in due:
             try:
                 effects += self._read_own_copies(read, indexes, now)
-            except ZringError as exc:  # e.g. the store failed: the batch fails, as in a handler
-                effects += self._fail_batch(read.batch, exc)
-            except Exception as exc:  # a bug no check foresaw: answer, keep serving
-                self.stats["handler_errors"] += 1
-                self.log.exception("request_failed", type="MGET")
-                effects += self._fail_batch(read.batch, ZringError(
-                    f"{self.config.node_id} failed on MGET: {type(exc).__name__}"))
+            except Exception as exc:  # e.g. the store failed: the batch fails, as in a handler
+                effects += self._fail_batch(read.batch, self._failure(exc, "MGET"))
         return effects
 
     def _fail_batch(self, batch: BatchReply, exc: ZringError) -> list[Effect]:
@@ -484,13 +479,7 @@ class NodeCore:
         results = batch.results
         wires = self.store.get_wire_many([read.keys[i] for i in indexes])
         for index, wire in zip(indexes, wires, strict=True):
-            if wire is None:
-                results[index] = {"found": False, "value": None, "version": None,
-                                  "served_by": [me]}
-            else:
-                found = wire[1] is not None
-                results[index] = {"found": found, "value": wire[1] if found else None,
-                                  "version": [wire[2], wire[3]], "served_by": [me]}
+            results[index] = _wire_read_body(wire, [me])
         batch.pending -= len(indexes)
         return [] if batch.pending else self._finish_batch(batch)
 
@@ -527,9 +516,8 @@ class NodeCore:
             if wire is not None and (newest is None or (wire[2], wire[3]) >
                                      (newest[2], newest[3])):
                 newest = wire
-        body = self._get_body(None if newest is None else newest[1],
-                              None if newest is None else [newest[2], newest[3]],
-                              list(replies), read.replicas[index])
+        body = self._with_ring_hint(_wire_read_body(newest, list(replies)),
+                                    read.replicas[index])
         effects: list[Effect] = []
         if newest is not None:
             for node_id, wire in replies.items():  # read repair, as for a single read
@@ -553,15 +541,8 @@ class NodeCore:
                 raise ProtocolError("an MPUT item must be [key, value]")
         raw_n, raw_w = message.body.get("n"), message.body.get("w")
         n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
-        batch, effects = self._open_batch(route, message, len(items))
-        if batch is None:
-            return effects
-        try:
-            write = _MultiWrite(batch, quorum, items, raw_n, raw_w)
-            return self._start_mput(write, effects, n, now)
-        except BaseException:
-            self._close_batch(batch)  # answered with the error; late key replies dropped
-            raise
+        return self._run_batch(route, message, len(items), lambda batch, effects: (
+            self._start_mput(_MultiWrite(batch, quorum, items, raw_n, raw_w), effects, n, now)))
 
     def _start_mput(self, write: _MultiWrite, effects: list[Effect], n: int,
                     now: float) -> list[Effect]:
@@ -640,9 +621,7 @@ class NodeCore:
                   replicas: list[str]) -> dict:
         """A read's answer (a GET's, or one key's of an MGET): the newest value and version
         (``value`` None with a version: a tombstone, not found)."""
-        found = version is not None and value is not None
-        return self._with_ring_hint({"found": found, "value": value if found else None,
-                                     "version": version, "served_by": served_by}, replicas)
+        return self._with_ring_hint(_read_body(value, version, served_by), replicas)
 
     def _put_body(self, version: list, acks: list[str], replicas: list[str]) -> dict:
         """A write's answer (a PUT's or DELETE's, or one key's of an MPUT)."""
@@ -698,6 +677,19 @@ class NodeCore:
             batch.closed = True
             self._open_batches -= 1
             self._open_batch_keys -= len(batch.results)
+
+    def _run_batch(self, route, message: Message, count: int,
+                   start: Callable[[BatchReply, list[Effect]], list[Effect]]) -> list[Effect]:
+        """Open a client batch of ``count`` keys and ``start`` it; if starting fails, the
+        batch is closed (answered with the error; late key replies are dropped)."""
+        batch, effects = self._open_batch(route, message, count)
+        if batch is None:
+            return effects
+        try:
+            return start(batch, effects)
+        except BaseException:
+            self._close_batch(batch)
+            raise
 
     def _open_batch(self, route, message: Message, count: int):
         if count > MAX_BATCH_KEYS:
@@ -1085,9 +1077,8 @@ class NodeCore:
         # as soon as one of those fails, as Cassandra reads only the replicas it needs.
         me = self.config.node_id
         if quorum == 1 and me in live:  # our own copy is the answer: no quorum to track
-            wire = self.store.get_wire(key)
-            body = self._get_body(None if wire is None else wire[1],
-                                  None if wire is None else [wire[2], wire[3]], [me], natural)
+            # (we are one of the key's replicas: no ring hint)
+            body = _wire_read_body(self.store.get_wire(key), [me])
             return [Reply(route, Message(MsgType.OK, message.request_id, body))]
         if me in live:
             live.remove(me)
@@ -2669,6 +2660,20 @@ def _batch_size(message: Message) -> int:
     if message.type == MsgType.MPUT:
         return len(message.body["items"])
     return 1
+
+
+def _read_body(value, version: list | None, served_by: list[str]) -> dict:
+    """A read's answer without the ring hint (``value`` None with a version: a tombstone)."""
+    found = version is not None and value is not None
+    return {"found": found, "value": value if found else None, "version": version,
+            "served_by": served_by}
+
+
+def _wire_read_body(wire: list | None, served_by: list[str]) -> dict:
+    """``_read_body`` of a wire record ``[key, value, timestamp, writer]`` (None: unseen)."""
+    if wire is None:
+        return _read_body(None, None, served_by)
+    return _read_body(wire[1], [wire[2], wire[3]], served_by)
 
 
 def _encoded_bound(value: bytes | str | None) -> int:
