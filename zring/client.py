@@ -582,14 +582,9 @@ class Client:
             request_id = next(self._ids)
             frame = encode(Message(msg_type, request_id,
                                    make_body([entries[i] for i in indexes])))
-            sock = self._direct_socket(endpoint)
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # a full queue: wait for room, within the timeout
-                if not sock.poll(self.timeout * 1000, zmq.POLLOUT):
-                    unsent.append((endpoint, indexes))
-                    continue
-                sock.send(frame)
+            if not _send_within(self._direct_socket(endpoint), frame, self.timeout):
+                unsent.append((endpoint, indexes))
+                continue
             pending[request_id] = (endpoint, indexes)
         deadline = time.monotonic() + self.timeout
         polled = [(self._direct[endpoint], _POLLIN)
@@ -676,12 +671,8 @@ class Client:
         None on silence (including a send that could not be queued in time)."""
         deadline = time.monotonic() + timeout
         try:
-            try:
-                socket.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # a full queue: wait for room, within the timeout
-                if not socket.poll(timeout * 1000, zmq.POLLOUT):
-                    return None
-                socket.send(frame, zmq.NOBLOCK)
+            if not _send_within(socket, frame, timeout):
+                return None
             while (remaining := deadline - time.monotonic()) > 0:
                 # zmq_poll on the socket alone: Socket.poll builds a Poller every call
                 if not zmq.zmq_poll([(socket, _POLLIN)], int(remaining * 1000) + 1):
@@ -731,6 +722,21 @@ class Client:
             socket.close(linger=0)
             raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
         return socket
+
+
+def _send_within(socket: zmq.Socket, frame: bytes, timeout: float) -> bool:
+    """Queue ``frame`` on ``socket``, waiting up to ``timeout`` for room in a full queue;
+    False if it could not be queued."""
+    try:
+        socket.send(frame, zmq.NOBLOCK)
+    except zmq.Again:
+        if not socket.poll(timeout * 1000, zmq.POLLOUT):
+            return False
+        try:
+            socket.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+    return True
 
 
 def _seeds_from(seeds: list[str], index: int) -> list[str]:
