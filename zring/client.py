@@ -69,6 +69,7 @@ _AVOID_S = 3.0             # a silent endpoint is tried last for this long
 _GOSSIP_SILENCE_S = 3.0    # a node whose gossip we have not heard this long is tried last
 _RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
+_RCVTIMEO = int(zmq.RCVTIMEO)
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
 _BATCH_BYTES = 8 << 20     # and about this much of their keys and values
 
@@ -674,10 +675,10 @@ class Client:
             if not _send_within(socket, frame, timeout):
                 return None
             while (remaining := deadline - time.monotonic()) > 0:
-                # zmq_poll on the socket alone: Socket.poll builds a Poller every call
-                if not zmq.zmq_poll([(socket, _POLLIN)], int(remaining * 1000) + 1):
-                    return None
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                # a blocking recv with a timeout: one wait on the socket's own signal, where
+                # zmq_poll asks the socket for its events before and after waiting
+                socket.setsockopt(_RCVTIMEO, int(remaining * 1000) + 1)
+                frames = socket.recv_multipart()
                 try:
                     reply = decode(frames[-1])
                 except ProtocolError as exc:

@@ -143,6 +143,51 @@ def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
     assert [r["value"] for r in reply.body["results"]] == [k.encode() for k in keys]
 
 
+def test_mput_sends_its_peers_their_writes_before_writing_its_own_copies():
+    sim = cluster_of(3)
+    core, now = sim.node("node1"), sim.now
+    items = [[f"k{i}", b"v%d" % i] for i in range(20)]
+    effects = core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
+                                now)
+    writes = [e for e in effects if isinstance(e, Send)]
+    assert len(writes) == 2 and not any(isinstance(e, Reply) for e in effects)
+    assert all(core.store.get(k) is None for k, _ in items)     # ours: not yet
+    assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
+    # both peers ack before our own write ran: w=2 is made, the batch is answered
+    for send in writes:
+        peer = next(c for c in sim.cores.values() if c.config.address == send.address)
+        answer = peer.handle_frame((b"node1",), encode(send.message), now)
+        replies = core.handle_reply(send.address, encode(answer[0].message), now)
+    assert [e.message.type for e in replies] == [MsgType.OK]
+    assert all(sorted(r["stored_on"]) == ["node2", "node3"]
+               for r in replies[0].message.body["results"])
+    assert core.tick(now) == [] and not core._own_work    # next cycle: our copies too
+    assert [core.store.get(k).value for k, _ in items] == [v for _, v in items]
+
+
+def test_a_store_failing_in_a_deferred_own_write_fails_the_batch_not_the_node():
+    sim = cluster_of(3)
+    core, now = sim.node("node1"), sim.now
+    items = [[f"k{i}", b"v"] for i in range(10)]
+
+    def broken(items):
+        raise StorageError("disk I/O error", path="x", reason="error")
+    core.store.put_wire = broken
+    effects = core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
+                                now)
+    assert len([e for e in effects if isinstance(e, Send)]) == 2
+    assert core.tick(now) == []
+    failed = core.tick(now)             # the own write runs, fails: one error reply
+    assert [e.message.type for e in failed] == [MsgType.ERROR]
+    assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
+    assert core._open_batch_keys == 0 and core._open_batches == 0
+    del core.store.put_wire          # the store recovers: the node serves on
+    reply = sim.request("node1", MsgType.MPUT, {"items": items})
+    assert all(len(r["stored_on"]) >= 2 for r in reply.body["results"])
+    assert sim.run_until(lambda: not core._own_work, 5)
+    assert all(core.store.get(k).value == b"v" for k, _ in items)
+
+
 def test_answered_peer_calls_do_not_wake_the_loop_at_their_old_deadlines():
     sim = cluster_of(3)
     core, now = sim.node("node1"), sim.now
@@ -181,7 +226,7 @@ def test_mget_asks_its_peer_before_reading_its_own_copies():
     reads = [e for e in effects if isinstance(e, Send)]
     assert [e.message.type for e in reads] == [MsgType.REPLICA_READ_MANY]  # no reply yet
     assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
-    assert core.tick(now) == [] and not core._own_reads          # next cycle: read, waits
+    assert core.tick(now) == [] and not core._own_work          # next cycle: read, waits
     peer = next(c for c in sim.cores.values() if c.config.address == reads[0].address)
     answer = peer.handle_frame((b"node1",), encode(reads[0].message), now)
     reply_frame = encode(answer[0].message)
@@ -206,7 +251,7 @@ def test_mget_own_reads_after_the_peer_failed_leave_the_single_key_path_alone():
     singles = core.handle_reply(read.address, refusal, now)
     assert singles and not any(isinstance(e, Reply) for e in singles)
     assert core.tick(now) == [] and core.tick(now) == []   # the queued reads skip them all
-    assert not core._own_reads
+    assert not core._own_work
     sim._apply(core.config.address, singles)                # the single reads finish
     assert sim.run_until(lambda: 9 in sim.client_replies, 5)
     results = sim.client_replies.pop(9).body["results"]

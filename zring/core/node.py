@@ -223,9 +223,11 @@ class NodeCore:
         self._ready_at = now + 2 * config.gossip_interval_s  # see _defer_until_ready
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
-        # MGET keys read from our own store one loop cycle later, once the reads asked of
-        # peers have left: (ticks when queued, the batch read, key indexes)
-        self._own_reads: list[tuple[int, _MultiRead, list[int]]] = []
+        # a batch's own reads and writes, done one loop cycle later, once what it asked of
+        # peers has left (both stores work at once): (ticks when queued, batch, its request
+        # type, the work)
+        self._own_work: list[tuple[int, BatchReply, str,
+                                   Callable[[float], list[Effect]]]] = []
         self._ticks = 0
         self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
         self._open_batch_keys = 0   # their keys: they count towards max_pending_requests
@@ -426,7 +428,8 @@ class NodeCore:
         if local and by_target:
             # the peers' reads leave with this cycle's effects; ours waits for the next
             # cycle, so both stores are read at the same time
-            self._own_reads.append((self._ticks, read, local))
+            self._own_work.append((self._ticks, read.batch, "MGET",
+                                   lambda t: self._read_own_copies(read, local, t)))
         elif local:
             effects += self._read_own_copies(read, local, now)
         for target, indexes in by_target.items():
@@ -451,18 +454,18 @@ class NodeCore:
             effects += self._multi_read_done(read, index, now)
         return effects
 
-    def _run_own_reads(self, now: float) -> list[Effect]:
-        """The own reads queued before this loop cycle began."""
-        due = [entry for entry in self._own_reads if entry[0] < self._ticks - 1]
+    def _run_own_work(self, now: float) -> list[Effect]:
+        """The own reads and writes queued before this loop cycle began."""
+        due = [entry for entry in self._own_work if entry[0] < self._ticks - 1]
         if not due:
             return []
-        self._own_reads = [entry for entry in self._own_reads if entry[0] >= self._ticks - 1]
+        self._own_work = [entry for entry in self._own_work if entry[0] >= self._ticks - 1]
         effects: list[Effect] = []
-        for _, read, indexes in due:
+        for _, batch, request_type, work in due:
             try:
-                effects += self._read_own_copies(read, indexes, now)
+                effects += work(now)
             except Exception as exc:  # e.g. the store failed: the batch fails, as in a handler
-                effects += self._fail_batch(read.batch, self._failure(exc, "MGET"))
+                effects += self._fail_batch(batch, self._failure(exc, request_type))
         return effects
 
     def _fail_batch(self, batch: BatchReply, exc: ZringError) -> list[Effect]:
@@ -580,9 +583,13 @@ class NodeCore:
                 by_target.setdefault(target, []).append(index)
         wires = write.wires
         local = by_target.pop(me, None)
-        if local:
-            self.store.put_wire([wires[i] for i in local])
-            effects += self._on_write_many(write, me, local, True, now)
+        if local and by_target:
+            # the peers' writes leave with this cycle's effects; ours is made in the next
+            # cycle, so all the replicas write at the same time
+            self._own_work.append((self._ticks, batch, "MPUT",
+                                   lambda t: self._write_own_copies(write, local, t)))
+        elif local:
+            effects += self._write_own_copies(write, local, now)
         for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_WRITE,
                                   {"records": [wires[i] for i in indexes]},
@@ -590,6 +597,14 @@ class NodeCore:
                                       write, node, ix, reply is not None
                                       and reply.type == MsgType.OK, t), now)
         return effects
+
+    def _write_own_copies(self, write: _MultiWrite, indexes: list[int],
+                          now: float) -> list[Effect]:
+        """Our copies of an MPUT's records, written whether or not the batch has been
+        answered meanwhile (the peers' acks may have made its quorums)."""
+        wires = write.wires
+        self.store.put_wire([wires[i] for i in indexes])
+        return self._on_write_many(write, self.config.node_id, indexes, True, now)
 
     def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
                        now: float) -> list[Effect]:
@@ -805,7 +820,7 @@ class NodeCore:
     def _tick(self, now: float) -> list[Effect]:
         self._last_tick = now
         self._ticks += 1
-        effects: list[Effect] = self._run_own_reads(now) if self._own_reads else []
+        effects: list[Effect] = self._run_own_work(now) if self._own_work else []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
             _, request_id = heapq.heappop(self._call_deadlines)
             call = self._calls.pop(request_id, None)
@@ -856,7 +871,7 @@ class NodeCore:
             heapq.heappop(deadlines)
         if deadlines:
             times.append(deadlines[0][0])
-        if self._tree_jobs or self._stats_jobs or self._wipe or self._own_reads:
+        if self._tree_jobs or self._stats_jobs or self._wipe or self._own_work:
             times.append(self._last_tick)  # keep hashing or counting: the next slice at once
         if self._drops and self._settled_at is not None and \
                 not self._change_under_way(self._last_tick):
