@@ -27,8 +27,11 @@ Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
               mget 100 R=1     client.mget(100 keys, r=1)  vs  the same pipeline
             (ops/s counts keys; the latencies are per call of 100 keys)
     echo    the ceiling: a bare pyzmq DEALER/ROUTER echo that decodes and re-encodes each
-            msgpack frame (no zring), one at a time and --concurrency in flight, with its
-            rate against redis's and zring's against it
+            msgpack frame (no zring), one at a time and --concurrency in flight, and the same
+            echo behind a relay process that forwards each frame to it and its answer back
+            (two hops one after the other, the least a write at W=2 or a read at R=2 takes
+            when its coordinator must hear a peer), with their rates against redis's and
+            zring's against them
     memory  (``--memory``) VmRSS of each node of a fresh 3-node cluster preloaded with
             --memory-keys (1,000,000) keys of --value-size bytes (N=3: every node holds all of
             them), after a pass of gets over --memory-sample random keys, beside redis-server
@@ -515,33 +518,61 @@ while True:
     frames = sock.recv_multipart()
     sock.send_multipart([*frames[:-1], msgpack.packb(msgpack.unpackb(frames[-1]))])
 """
+# A ROUTER that forwards each decoded frame to the echo (argv[2]) on a DEALER and returns
+# its answer: a coordinator that only asks one peer, one request at a time.
+RELAY_SERVER = """
+import sys, msgpack, zmq
+context = zmq.Context()
+sock = context.socket(zmq.ROUTER)
+sock.bind(sys.argv[1])
+peer = context.socket(zmq.DEALER)
+peer.connect(sys.argv[2])
+while True:
+    frames = sock.recv_multipart()
+    peer.send(msgpack.packb(msgpack.unpackb(frames[-1])))
+    sock.send_multipart([*frames[:-1], msgpack.packb(msgpack.unpackb(peer.recv()))])
+"""
 
 
 def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
     """The bare pyzmq DEALER/ROUTER echo (``ECHO_SERVER`` in its own process): one request
-    at a time, and ``args.concurrency`` in flight (a window kept full on one DEALER)."""
+    at a time, and ``args.concurrency`` in flight (a window kept full on one DEALER); then
+    one at a time through ``RELAY_SERVER`` (a third process) in front of it."""
     import msgpack
     import zmq
 
     from zring.localcluster import free_ports
 
-    endpoint = f"tcp://{LOOPBACK}:{free_ports(1)[0]}"
+    endpoint, relay_endpoint = (f"tcp://{LOOPBACK}:{port}" for port in free_ports(2))
     server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint])
+    relay = subprocess.Popen([sys.executable, "-c", RELAY_SERVER, relay_endpoint, endpoint])
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
+    relayed = zmq.Context.instance().socket(zmq.DEALER)
+    relayed.setsockopt(zmq.LINGER, 0)
+    relayed.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
     try:
         sock.connect(endpoint)
+        relayed.connect(relay_endpoint)
         frame = msgpack.packb([11, 1, {"key": "bench:echo:00000001", "value": value}])
-        for _ in range(WARMUP_OPS):  # also waits for the server to bind
+        for _ in range(WARMUP_OPS):  # also waits for the servers to bind
             sock.send(frame)
             sock.recv()
+            relayed.send(frame)
+            relayed.recv()
 
         def round_trip(i: int) -> bool:
             sock.send(frame)
             return bool(sock.recv())
 
-        results = {"echo": run_workload("pyzmq echo", round_trip, args.ops, args.max_seconds)}
+        def relayed_round_trip(i: int) -> bool:
+            relayed.send(frame)
+            return bool(relayed.recv())
+
+        results = {"echo": run_workload("pyzmq echo", round_trip, args.ops, args.max_seconds),
+                   "relay": run_workload("pyzmq relay + echo", relayed_round_trip, args.ops,
+                                         args.max_seconds)}
         window = Result(f"pyzmq echo {args.concurrency} in flight")
         clock = time.perf_counter_ns
         sent: list[int] = []
@@ -562,10 +593,12 @@ def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
         results["echo_window"] = window
         return results
     except zmq.ZMQError as exc:
-        raise RuntimeError(f"pyzmq echo at {endpoint}: {exc}") from None
+        raise RuntimeError(f"pyzmq echo at {endpoint} (relay at {relay_endpoint}): "
+                           f"{exc}") from None
     finally:
         sock.close(linger=0)
-        stop_processes([server])
+        relayed.close(linger=0)
+        stop_processes([relay, server])
 
 
 def format_echo_table(echo: dict[str, Result], zring: dict[str, Result],
@@ -575,7 +608,9 @@ def format_echo_table(echo: dict[str, Result], zring: dict[str, Result],
               "zring/echo"]
     rows = (("echo", "one at a time (vs sync GET; zring get R=1)", "get", "get_r1"),
             ("echo_window", f"{concurrency} in flight (vs async GET; zring async get)", "aget",
-             "aget"))
+             "aget"),
+            ("relay", "two hops (vs sync GET; zring get R=2)", "get", "get"),
+            ("relay", "two hops (vs sync SET; zring put W=2)", "put", "put"))
     table: list[list[str] | None] = [header]
     for key, label, redis_key, zring_key in rows:
         result = echo[key]

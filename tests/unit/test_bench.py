@@ -281,14 +281,20 @@ def test_table_shows_ratios_and_dashes_for_skipped_zring_rows():
 
 def test_echo_table_sets_the_echo_against_redis_and_zring_against_the_echo():
     echo = {"echo": finished("pyzmq echo", 500, 1.0, [0.2] * 500),
-            "echo_window": finished("pyzmq echo 100 in flight", 5000, 1.0, [2.0] * 5000)}
+            "echo_window": finished("pyzmq echo 100 in flight", 5000, 1.0, [2.0] * 5000),
+            "relay": finished("pyzmq relay + echo", 200, 1.0, [0.5] * 200)}
     zring_results = {"get_r1": finished("zring get r=1", 250, 1.0, [0.4] * 250),
-                     "aget": finished("zring async get", 1000, 1.0, [10.0] * 1000)}
+                     "aget": finished("zring async get", 1000, 1.0, [10.0] * 1000),
+                     "get": finished("zring get", 100, 1.0, [1.0] * 100),
+                     "put": finished("zring put", 50, 1.0, [2.0] * 50)}
     redis_results = {"get": finished("redis GET", 1000, 1.0, [0.1] * 1000),
+                     "put": finished("redis SET", 800, 1.0, [0.1] * 800),
                      "aget": finished("redis async GET", 10000, 1.0, [1.0] * 10000)}
     lines = bench.format_echo_table(echo, zring_results, redis_results, 100).splitlines()
     assert lines[2].split()[-5:] == ["500", "0.200", "0.200", "0.50x", "0.50x"]
     assert lines[3].split()[-5:] == ["5,000", "2.000", "2.000", "0.50x", "0.20x"]
+    assert lines[4].split()[-5:] == ["200", "0.500", "0.500", "0.20x", "0.50x"]   # R=2
+    assert lines[5].split()[-5:] == ["200", "0.500", "0.500", "0.25x", "0.25x"]   # W=2
     without = bench.format_echo_table(echo, {}, None, 100).splitlines()
     assert without[2].split()[-2:] == ["-", "-"]
 
