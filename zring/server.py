@@ -5,11 +5,20 @@ address for our own requests (identity = our node id, so the peer's ROUTER answe
 it), and one SUB connected to every member's PUB. Nothing here blocks: the poll timeout is
 the core's nearest deadline, and every send is non-blocking (a full or unconnected queue
 drops the message; the core's deadline then answers for it).
+
+The loop waits on the sockets' ZMQ_FD notification descriptors with ``select.poll`` rather
+than ``zmq_poll``, which asks every socket for its events (two system calls each) before
+and after each wait. A ZMQ_FD is edge-triggered: it signals that a socket's events may have
+changed, and any operation on the socket can consume that signal. So the loop keeps the set
+of sockets known to hold input, and after every cycle asks each socket it used (the ROUTER
+it answered on, the DEALERs it sent on) whether input arrived meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import signal
 import time
 
@@ -63,9 +72,18 @@ class NodeServer:
         # Requests to a peer whose connection is still being set up (IMMEDIATE refuses
         # them until it is): retried each cycle for a moment rather than dropped.
         self.parked: list[tuple[str, bytes, float]] = []
-        self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller = select.poll()
+        self.socket_by_fd: dict[int, zmq.Socket] = {}
+        self.readable: set[zmq.Socket] = set()   # input known to wait: no sleep before it
+        self.used: set[zmq.Socket] = set()       # sent on this cycle: check before sleeping
+        for sock in (self.router, self.sub):
+            self._watch(sock)
+        # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
+        # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
+        self.wakeup_fd, self._wakeup_write_fd = os.pipe()
+        for fd in (self.wakeup_fd, self._wakeup_write_fd):
+            os.set_blocking(fd, False)
+        self.poller.register(self.wakeup_fd, select.POLLIN)
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
         self.log = log.bind(node_id=config.node_id)
@@ -90,8 +108,36 @@ class NodeServer:
             self.dealer_created_at[address] = time.monotonic()
             self.dealers[address] = dealer
             self.dealer_by_socket[dealer] = address
-            self.poller.register(dealer, zmq.POLLIN)
+            self._watch(dealer)
         return dealer
+
+    def _watch(self, sock: zmq.Socket) -> None:
+        fd = sock.getsockopt(zmq.FD)
+        self.socket_by_fd[fd] = sock
+        self.poller.register(fd, select.POLLIN)
+        self.used.add(sock)   # input may be waiting already: ask it before the first sleep
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s`` unless input is known to wait; add every socket whose
+        events say input arrived to ``readable``."""
+        for sock in self.used:
+            if sock.getsockopt(_EVENTS) & _POLLIN:
+                self.readable.add(sock)
+        self.used.clear()
+        # rounded up: waking a little before a deadline would only spin until it
+        timeout_ms = 0 if self.readable or timeout_s <= 0 else min(
+            math.ceil(timeout_s * 1000), 1000)
+        for fd, _ in self.poller.poll(timeout_ms):
+            sock = self.socket_by_fd.get(fd)
+            if sock is None:   # the signal pipe: empty it (the handler has run)
+                try:
+                    os.read(fd, 512)
+                except BlockingIOError:
+                    pass
+                continue
+            # asking for its events takes the socket's pending commands (clears the fd)
+            if sock not in self.readable and sock.getsockopt(_EVENTS) & _POLLIN:
+                self.readable.add(sock)
 
     # ------------------------------------------------------------------ loop
 
@@ -109,23 +155,20 @@ class NodeServer:
                 deadline = min(deadline, _PARKED_RETRY_S)
             if periodic:
                 deadline = min(deadline, next_sync_at - time.monotonic())
-            try:
-                events = dict(self.poller.poll(max(0.0, min(deadline * 1000, 1000.0))))
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EINTR:
-                    continue
-                raise
+            self._wait(deadline)
+            ready, self.readable = self.readable, set()
             # Everything this cycle writes is one commit; replies leave only after it.
             effects: list = []
             with self.store.group_commit():
-                if self.router in events:
-                    self._drain_router(effects)
-                if self.sub in events:
-                    self._drain_sub(effects)
-                for sock in events:
-                    address = self.dealer_by_socket.get(sock)
-                    if address is not None:
-                        self._drain_dealer(sock, address, effects)
+                for sock in ready:
+                    if sock is self.router:
+                        more = self._drain_router(effects)
+                    elif sock is self.sub:
+                        more = self._drain_sub(effects)
+                    else:
+                        more = self._drain_dealer(sock, self.dealer_by_socket[sock], effects)
+                    if more:   # its budget ran out: the rest waits for the next cycle
+                        self.readable.add(sock)
                 effects += self.core.tick(time.time())
             self._perform(effects)
             if self.parked:
@@ -134,17 +177,19 @@ class NodeServer:
                 self.store.sync()
                 next_sync_at = time.monotonic() + self.config.fsync_period_s
 
-    def _drain_router(self, effects: list, budget: int = 1000) -> None:
+    # Each drain is called when the socket's events said input waits, and reads until they
+    # say none does (asking is cheaper than a recv that raises Again); True: the budget ran
+    # out first.
+
+    def _drain_router(self, effects: list, budget: int = 1000) -> bool:
         router = self.router
         for n in range(budget):
-            # the poll said a frame waits; after it, asking EVENTS is cheaper than a recv
-            # that raises Again on an empty queue
             if n and not router.getsockopt(_EVENTS) & _POLLIN:
-                return
+                return False
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
-                return
+                return False
             if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
                 self.core.stats["bad_frames"] += 1
                 self.log.warning("frame_dropped", reason="unexpected frame count",
@@ -152,33 +197,37 @@ class NodeServer:
                 continue
             route, payload = tuple(frames[:-1]), frames[-1]
             effects += self.core.handle_frame(route, payload, time.time())
+        return True
 
-    def _drain_sub(self, effects: list, budget: int = 1000) -> None:
-        for _ in range(budget):
-            if not self.sub.getsockopt(_EVENTS) & _POLLIN:
-                return
+    def _drain_sub(self, effects: list, budget: int = 1000) -> bool:
+        sub = self.sub
+        for n in range(budget):
+            if n and not sub.getsockopt(_EVENTS) & _POLLIN:
+                return False
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                frames = sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             if len(frames) != 1:
                 self.core.stats["bad_gossip"] += 1
                 continue
             effects += self.core.handle_gossip(frames[0], time.time())
+        return True
 
     def _drain_dealer(self, sock: zmq.Socket, address: str, effects: list,
-                      budget: int = 1000) -> None:
-        for _ in range(budget):
-            if not sock.getsockopt(_EVENTS) & _POLLIN:
-                return
+                      budget: int = 1000) -> bool:
+        for n in range(budget):
+            if n and not sock.getsockopt(_EVENTS) & _POLLIN:
+                return False
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             if len(frames) != 1:
                 self.core.stats["bad_replies"] += 1
                 continue
             effects += self.core.handle_reply(address, frames[0], time.time())
+        return True
 
     # ------------------------------------------------------------------ effects
 
@@ -194,8 +243,10 @@ class NodeServer:
                 elif kind is Publish:
                     self.pub.send(encode(effect.message), zmq.NOBLOCK)
                 elif kind is Subscribe:
+                    self.used.add(self.sub)
                     self.sub.connect(effect.gossip_address)
                 elif kind is Unsubscribe:
+                    self.used.add(self.sub)
                     self.sub.disconnect(effect.gossip_address)
                 elif kind is Shutdown:
                     self.log.info("node_stopping", reason=effect.reason)
@@ -209,12 +260,14 @@ class NodeServer:
         # send_multipart without its per-frame type checks and IntFlag arithmetic; a ROUTER
         # takes a message whole once its first frame is accepted (or raises Again on it)
         router = self.router
+        self.used.add(router)
         for part in route:
             router.send(part, _SNDMORE_NOBLOCK)
         router.send(frame, _NOBLOCK)
 
     def _send(self, address: str, frame: bytes) -> None:
         dealer = self._dealer(address)
+        self.used.add(dealer)
         try:
             dealer.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -227,6 +280,7 @@ class NodeServer:
         parked, self.parked = self.parked, []
         now = time.monotonic()
         for address, frame, expires_at in parked:
+            self.used.add(self.dealers[address])
             try:
                 self.dealers[address].send(frame, zmq.NOBLOCK)
             except zmq.Again:
@@ -240,6 +294,8 @@ class NodeServer:
         for sock in [self.router, self.pub, self.sub, *self.dealers.values()]:
             sock.close(linger=0)
         self.store.close()
+        for fd in (self.wakeup_fd, self._wakeup_write_fd):
+            os.close(fd)
 
 
 def run_node(config: NodeConfig) -> int:
@@ -249,6 +305,7 @@ def run_node(config: NodeConfig) -> int:
         server.running = False
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.set_wakeup_fd(server._wakeup_write_fd, warn_on_full_buffer=False)
     try:
         server.serve()
     finally:
