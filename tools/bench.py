@@ -39,10 +39,13 @@ Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
             cluster and redis-server, after the other workloads are done and stopped.
 
 For each workload: throughput (ops/s), p50 and p99 latency (ms) of both and the ratios
-zring/redis. Every loop is bounded by --ops and by --max-seconds, and every process this tool
-starts (redis-server, the temporary clusters' nodes) is stopped in a ``finally``: terminate,
-then kill after a deadline. zring.AsyncClient, Client.mget and Client.mput are optional: where
-the installed zring lacks them, those zring cells show "-" with a note (redis still runs).
+zring/redis; after each round, the share of the machine's CPU time its hypervisor took
+(steal, from /proc/stat) meanwhile: on a shared virtual machine it swings from none to half a
+core and takes every figure with it. Every loop is bounded by --ops and by --max-seconds,
+and every process this tool starts (redis-server, the temporary clusters' nodes) is stopped
+in a ``finally``: terminate, then kill after a deadline. zring.AsyncClient, Client.mget and
+Client.mput are optional: where the installed zring lacks them, those zring cells show "-"
+with a note (redis still runs).
 
 Redis is optional: without redis-server (``apt-get install -y redis-server``) or redis-py
 (``pip install redis``) the tool prints a hint and benchmarks zring alone. Only loopback
@@ -219,6 +222,35 @@ def parse_vm_rss(status_text: str) -> int | None:
                 if len(parts) > 2 else 1
             return int(parts[1]) * scale
     return None
+
+
+def parse_cpu_steal(stat_text: str) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs from the text of /proc/stat; None if absent."""
+    for line in stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(field) for field in fields[1:]]
+            # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time
+            # is counted in user time already
+            return (ticks[7], sum(ticks[:8])) if len(ticks) >= 8 else None
+    return None
+
+
+def cpu_steal() -> tuple[int, int] | None:
+    """This machine's CPU time taken by its hypervisor so far (see ``parse_cpu_steal``)."""
+    try:
+        return parse_cpu_steal(Path("/proc/stat").read_text())
+    except OSError:
+        return None
+
+
+def steal_note(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str | None:
+    """What share of the CPU time between two ``cpu_steal`` readings the hypervisor took."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return (f"CPU time taken by the hypervisor (steal) during this round: {share:.0%}"
+            + (" (the figures above are unsteady)" if share >= 0.05 else ""))
 
 
 def vm_rss(pid: int) -> int | None:
@@ -1039,6 +1071,7 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
             round_prefix = prefix if args.rounds == 1 else f"{prefix}:r{round_number}"
             if args.rounds > 1:
                 print(f"\nround {round_number} of {args.rounds}", flush=True)
+            steal_before = cpu_steal()
             zring_results, notes, quorums = bench_zring(seeds, workloads, args, value,
                                                         round_prefix)
             if round_number == 1:
@@ -1050,6 +1083,7 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
                 for key, ratio in round_ratios(zring_results, redis_results).items():
                     ratios.setdefault(key, []).append(ratio)
             echo_results = bench_echo(args, value) if "echo" in workloads else None
+            steal = steal_note(steal_before, cpu_steal())
             print()
             print(format_table(zring_results, redis_results, quorums, workloads,
                                args.concurrency, args.batch))
@@ -1057,6 +1091,8 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
                 print()
                 print(format_echo_table(echo_results, zring_results, redis_results,
                                         args.concurrency))
+            if steal is not None:
+                print(steal)
         if args.rounds > 1 and ratios:
             print()
             print(format_ratio_summary(ratios, quorums, workloads, args.concurrency,

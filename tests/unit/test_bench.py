@@ -332,3 +332,17 @@ def test_memory_table_ratio_to_redis():
     assert lines[2].split()[:6] == ["zring", "node1", "1,000,000", "300.0", "100.0", "2.00x"]
     assert lines[3].split()[3:6] == ["-", "-", "-"]
     assert lines[4].split()[:4] == ["redis-server", "1,000,000", "150.0", "8.0"]
+
+
+def test_cpu_steal_reads_the_all_cpus_line_and_the_note_gives_its_share():
+    text = ("cpu  100 5 50 800 10 0 5 30 7 0\n"
+            "cpu0 50 2 25 400 5 0 2 15 0 0\nintr 12345\n")
+    assert bench.parse_cpu_steal(text) == (30, 1000)   # guest time is in user time already
+    assert bench.parse_cpu_steal("intr 1\n") is None
+    assert bench.parse_cpu_steal("cpu  1 2 3 4\n") is None   # a kernel without steal
+    note = bench.steal_note((30, 1000), (130, 2000))
+    assert "10%" in note and "unsteady" in note
+    assert "unsteady" not in bench.steal_note((30, 1000), (40, 2000))   # 1%
+    assert bench.steal_note(None, (130, 2000)) is None
+    assert bench.steal_note((30, 1000), (30, 1000)) is None
+
