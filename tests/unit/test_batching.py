@@ -121,6 +121,16 @@ def test_empty_and_oversized_batches():
     assert reply.type == MsgType.ERROR and reply.body["code"] == "protocol"
 
 
+def assert_own_work_fails_batch_9(core, now: float) -> None:
+    """The batch's own reads or writes wait for the next cycle, run, fail: one error reply
+    to the client's batch (request 9), and nothing of it stays open."""
+    assert core.tick(now) == []
+    failed = core.tick(now)
+    assert [e.message.type for e in failed] == [MsgType.ERROR]
+    assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
+    assert core._open_batch_keys == 0 and core._open_batches == 0
+
+
 def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
     sim = cluster_of(3)
     keys = [f"k{i}" for i in range(20)]
@@ -133,11 +143,7 @@ def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
     effects = core.handle_frame(CLIENT, encode(Message(MsgType.MGET, 9, {"keys": keys,
                                                                          "r": 2})), now)
     assert any(isinstance(e, Send) for e in effects) and core._open_batch_keys == 20
-    assert core.tick(now) == []
-    failed = core.tick(now)             # the own read runs, fails: one error reply
-    assert [e.message.type for e in failed] == [MsgType.ERROR]
-    assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
-    assert core._open_batch_keys == 0 and core._open_batches == 0
+    assert_own_work_fails_batch_9(core, now)
     del core.store.get_wire_many     # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MGET, {"keys": keys, "r": 2})
     assert [r["value"] for r in reply.body["results"]] == [k.encode() for k in keys]
@@ -176,11 +182,7 @@ def test_a_store_failing_in_a_deferred_own_write_fails_the_batch_not_the_node():
     effects = core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
                                 now)
     assert len([e for e in effects if isinstance(e, Send)]) == 2
-    assert core.tick(now) == []
-    failed = core.tick(now)             # the own write runs, fails: one error reply
-    assert [e.message.type for e in failed] == [MsgType.ERROR]
-    assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
-    assert core._open_batch_keys == 0 and core._open_batches == 0
+    assert_own_work_fails_batch_9(core, now)
     del core.store.put_wire          # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MPUT, {"items": items})
     assert all(len(r["stored_on"]) >= 2 for r in reply.body["results"])
