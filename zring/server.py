@@ -78,15 +78,15 @@ class NodeServer:
         self.used: set[zmq.Socket] = set()       # sent on this cycle: check before sleeping
         for sock in (self.router, self.sub):
             self._watch(sock)
-        # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
-        # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
-        self.wakeup_fd, self._wakeup_write_fd = os.pipe()
-        for fd in (self.wakeup_fd, self._wakeup_write_fd):
-            os.set_blocking(fd, False)
-        self.poller.register(self.wakeup_fd, select.POLLIN)
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
         self.log = log.bind(node_id=config.node_id)
+        # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
+        # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
+        self.wakeup_fd, self.wakeup_write_fd = os.pipe()
+        for fd in (self.wakeup_fd, self.wakeup_write_fd):
+            os.set_blocking(fd, False)
+        self.poller.register(self.wakeup_fd, select.POLLIN)
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -176,6 +176,10 @@ class NodeServer:
             if periodic and time.monotonic() >= next_sync_at:
                 self.store.sync()
                 next_sync_at = time.monotonic() + self.config.fsync_period_s
+        # a batch's own reads and writes queued for the next cycle are done before leaving
+        with self.store.group_commit():
+            effects = self.core.finish_own_work(time.time())
+        self._perform(effects)
 
     # Each drain is called when the socket's events said input waits, and reads until they
     # say none does (asking is cheaper than a recv that raises Again); True: the budget ran
@@ -294,7 +298,7 @@ class NodeServer:
         for sock in [self.router, self.pub, self.sub, *self.dealers.values()]:
             sock.close(linger=0)
         self.store.close()
-        for fd in (self.wakeup_fd, self._wakeup_write_fd):
+        for fd in (self.wakeup_fd, self.wakeup_write_fd):
             os.close(fd)
 
 
@@ -305,9 +309,10 @@ def run_node(config: NodeConfig) -> int:
         server.running = False
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.set_wakeup_fd(server._wakeup_write_fd, warn_on_full_buffer=False)
+    signal.set_wakeup_fd(server.wakeup_write_fd, warn_on_full_buffer=False)
     try:
         server.serve()
     finally:
+        signal.set_wakeup_fd(-1)   # before its pipe is closed
         server.close()
     return 0

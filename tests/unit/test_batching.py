@@ -149,6 +149,19 @@ def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
     assert [r["value"] for r in reply.body["results"]] == [k.encode() for k in keys]
 
 
+def assert_answered_by_the_peers_alone(sim: SimCluster, core, writes: list[Send],
+                                       now: float) -> None:
+    """Each peer applies its REPLICA_WRITE and acks; the last ack answers node1's MPUT with
+    every key stored on node2 and node3 (node1's own copies not counted)."""
+    for send in writes:
+        peer = next(c for c in sim.cores.values() if c.config.address == send.address)
+        answer = peer.handle_frame((b"node1",), encode(send.message), now)
+        replies = core.handle_reply(send.address, encode(answer[0].message), now)
+    assert [e.message.type for e in replies] == [MsgType.OK]
+    assert all(sorted(r["stored_on"]) == ["node2", "node3"]
+               for r in replies[0].message.body["results"])
+
+
 def test_mput_sends_its_peers_their_writes_before_writing_its_own_copies():
     sim = cluster_of(3)
     core, now = sim.node("node1"), sim.now
@@ -160,18 +173,12 @@ def test_mput_sends_its_peers_their_writes_before_writing_its_own_copies():
     assert all(core.store.get(k) is None for k, _ in items)     # ours: not yet
     assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
     # both peers ack before our own write ran: w=2 is made, the batch is answered
-    for send in writes:
-        peer = next(c for c in sim.cores.values() if c.config.address == send.address)
-        answer = peer.handle_frame((b"node1",), encode(send.message), now)
-        replies = core.handle_reply(send.address, encode(answer[0].message), now)
-    assert [e.message.type for e in replies] == [MsgType.OK]
-    assert all(sorted(r["stored_on"]) == ["node2", "node3"]
-               for r in replies[0].message.body["results"])
+    assert_answered_by_the_peers_alone(sim, core, writes, now)
     assert core.tick(now) == [] and not core._own_work    # next cycle: our copies too
     assert [core.store.get(k).value for k, _ in items] == [v for _, v in items]
 
 
-def test_a_store_failing_in_a_deferred_own_write_fails_the_batch_not_the_node():
+def test_a_store_failing_in_a_deferred_own_write_counts_as_a_failed_replica():
     sim = cluster_of(3)
     core, now = sim.node("node1"), sim.now
     items = [[f"k{i}", b"v"] for i in range(10)]
@@ -181,12 +188,27 @@ def test_a_store_failing_in_a_deferred_own_write_fails_the_batch_not_the_node():
     core.store.put_wire = broken
     effects = core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
                                 now)
-    assert len([e for e in effects if isinstance(e, Send)]) == 2
-    assert_own_work_fails_batch_9(core, now)
+    writes = [e for e in effects if isinstance(e, Send)]
+    assert len(writes) == 2
+    assert core.tick(now) == [] and core.tick(now) == []   # ours failed: no answer yet
+    assert core.stats["own_writes_failed"] == 10 and not core._own_work
+    # the peers' writes left before ours failed: they make w=2
+    assert_answered_by_the_peers_alone(sim, core, writes, now)
+    assert core._open_batch_keys == 0 and core._open_batches == 0
     del core.store.put_wire          # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MPUT, {"items": items})
     assert all(len(r["stored_on"]) >= 2 for r in reply.body["results"])
     assert sim.run_until(lambda: not core._own_work, 5)
+    assert all(core.store.get(k).value == b"v" for k, _ in items)
+
+
+def test_own_work_still_queued_when_the_node_stops_is_done_at_once():
+    sim = cluster_of(3)
+    core, now = sim.node("node1"), sim.now
+    items = [[f"k{i}", b"v"] for i in range(10)]
+    core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})), now)
+    assert core._own_work and all(core.store.get(k) is None for k, _ in items)
+    assert core.finish_own_work(now) == [] and not core._own_work   # no quorum yet: no reply
     assert all(core.store.get(k).value == b"v" for k, _ in items)
 
 

@@ -224,11 +224,12 @@ class NodeCore:
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
         # a batch's own reads and writes, done one loop cycle later, once what it asked of
-        # peers has left (both stores work at once): (ticks when queued, batch, its request
-        # type, the work)
+        # peers has left (both stores work at once): (the tick count to run at, batch, its
+        # request type, the work)
         self._own_work: list[tuple[int, BatchReply, str,
                                    Callable[[float], list[Effect]]]] = []
-        self._ticks = 0
+        self._ticks = 0          # ticks begun: one per loop cycle, at its end
+        self._in_tick = False
         self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
         self._open_batch_keys = 0   # their keys: they count towards max_pending_requests
         self._stats_jobs: list[_StatsJob] = []
@@ -428,8 +429,8 @@ class NodeCore:
         if local and by_target:
             # the peers' reads leave with this cycle's effects; ours waits for the next
             # cycle, so both stores are read at the same time
-            self._own_work.append((self._ticks, read.batch, "MGET",
-                                   lambda t: self._read_own_copies(read, local, t)))
+            self._defer_own_work(read.batch, "MGET",
+                                 lambda t: self._read_own_copies(read, local, t))
         elif local:
             effects += self._read_own_copies(read, local, now)
         for target, indexes in by_target.items():
@@ -454,12 +455,21 @@ class NodeCore:
             effects += self._multi_read_done(read, index, now)
         return effects
 
-    def _run_own_work(self, now: float) -> list[Effect]:
-        """The own reads and writes queued before this loop cycle began."""
-        due = [entry for entry in self._own_work if entry[0] < self._ticks - 1]
+    def _defer_own_work(self, batch: BatchReply, request_type: str,
+                        work: Callable[[float], list[Effect]]) -> None:
+        """Run ``work`` in the next loop cycle's tick, after this cycle's sends have left."""
+        # queued by a handler, the tick that ends this cycle is still to come
+        self._own_work.append((self._ticks + (1 if self._in_tick else 2), batch, request_type,
+                               work))
+
+    def _run_own_work(self, now: float, everything: bool = False) -> list[Effect]:
+        """The own reads and writes due by now (``everything``: all of them)."""
+        ticks = self._ticks
+        due = [entry for entry in self._own_work if everything or entry[0] <= ticks]
         if not due:
             return []
-        self._own_work = [entry for entry in self._own_work if entry[0] >= self._ticks - 1]
+        self._own_work = [entry for entry in self._own_work
+                          if not everything and entry[0] > ticks]
         effects: list[Effect] = []
         for _, batch, request_type, work in due:
             try:
@@ -586,8 +596,8 @@ class NodeCore:
         if local and by_target:
             # the peers' writes leave with this cycle's effects; ours is made in the next
             # cycle, so all the replicas write at the same time
-            self._own_work.append((self._ticks, batch, "MPUT",
-                                   lambda t: self._write_own_copies(write, local, t)))
+            self._defer_own_work(batch, "MPUT",
+                                 lambda t: self._write_own_copies(write, local, t))
         elif local:
             effects += self._write_own_copies(write, local, now)
         for target, indexes in by_target.items():
@@ -601,20 +611,28 @@ class NodeCore:
     def _write_own_copies(self, write: _MultiWrite, indexes: list[int],
                           now: float) -> list[Effect]:
         """Our copies of an MPUT's records, written whether or not the batch has been
-        answered meanwhile (the peers' acks may have made its quorums)."""
+        answered meanwhile (the peers' acks may have made its quorums). If our store fails,
+        we count as a replica that failed: the peers' writes have left, so each key's
+        quorum decides (and no hint is kept in a store that is failing)."""
         wires = write.wires
-        self.store.put_wire([wires[i] for i in indexes])
+        try:
+            self.store.put_wire([wires[i] for i in indexes])
+        except StorageError as exc:
+            self.stats["own_writes_failed"] += len(indexes)
+            self.log.error("own_write_failed", keys=len(indexes), error=str(exc))
+            return self._on_write_many(write, self.config.node_id, indexes, False, now,
+                                       keep_hints=False)
         return self._on_write_many(write, self.config.node_id, indexes, True, now)
 
     def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
-                       now: float) -> list[Effect]:
+                       now: float, keep_hints: bool = True) -> list[Effect]:
         effects: list[Effect] = []
         results, waiting, acks = write.batch.results, write.waiting, write.acks
         for index in indexes:
             waiting[index] -= 1
             if ok:
                 acks[index].append(node_id)
-            else:  # kept as a hint here, as a single write's coordinator does
+            elif keep_hints:  # kept as a hint here, as a single write's coordinator does
                 self.store.add_hints([Hint(0, node_id, record_from_wire(write.wires[index]),
                                            int(now * 1000))])
                 self.stats["hints_stored"] += 1
@@ -820,6 +838,17 @@ class NodeCore:
     def _tick(self, now: float) -> list[Effect]:
         self._last_tick = now
         self._ticks += 1
+        self._in_tick = True
+        try:
+            return self._tick_work(now)
+        finally:
+            self._in_tick = False
+
+    def finish_own_work(self, now: float) -> list[Effect]:
+        """Before the node stops: the own reads and writes still queued, at once."""
+        return self._fill_batches(self._run_own_work(now, everything=True))
+
+    def _tick_work(self, now: float) -> list[Effect]:
         effects: list[Effect] = self._run_own_work(now) if self._own_work else []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
             _, request_id = heapq.heappop(self._call_deadlines)
