@@ -68,6 +68,7 @@ _WAIT_POLL_S = 0.1         # add_node / remove_node: pause between status polls
 _AVOID_S = 3.0             # a silent endpoint is tried last for this long
 _GOSSIP_SILENCE_S = 3.0    # a node whose gossip we have not heard this long is tried last
 _RING_REFRESH_GAP_S = 0.5  # refetch a stale ring at most this often
+_GOSSIP_CHECK_S = 0.02     # read arrived gossip before a request at most this often
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
@@ -791,6 +792,7 @@ class _Router:
         # every 0.5 s), so a dead owner is skipped without first waiting out a timeout
         self._heard: dict[str, float] = {}
         self._listening_since: float | None = None
+        self._gossip_read_at = -1e9
 
     def _avoided(self, endpoint: str, now: float) -> bool:
         if self.avoid.get(endpoint, 0.0) > now:
@@ -812,8 +814,12 @@ class _Router:
 
     def wants_ring(self) -> bool:
         """Drain gossip; True if the ring should be (re)fetched now (and note the try)."""
-        self.drain_gossip()
         now = time.monotonic()
+        # nodes gossip every 0.5 s: asking the socket before each of thousands of requests a
+        # second (two system calls) finds nothing new
+        if now - self._gossip_read_at >= _GOSSIP_CHECK_S:
+            self._gossip_read_at = now
+            self.drain_gossip()
         if (self.routing is None or self.stale) and now - self.fetched_at >= _RING_REFRESH_GAP_S:
             self.fetched_at = now
             return True

@@ -952,3 +952,17 @@ def test_batch_groups_keys_by_owner_and_skips_an_avoided_owner():
         assert router.group([], "tcp://seed:1") == {}
     finally:
         router.close()
+
+
+def test_gossip_is_read_before_a_request_at_most_every_few_milliseconds(monkeypatch):
+    from zring.client import _GOSSIP_CHECK_S, _Router
+
+    router = _Router()
+    reads: list[int] = []
+    monkeypatch.setattr(router, "drain_gossip", lambda: reads.append(1))
+    for _ in range(50):          # a burst of requests: the socket is asked once
+        router.wants_ring()
+    assert len(reads) == 1
+    router._gossip_read_at -= _GOSSIP_CHECK_S   # the interval has passed: asked again
+    router.wants_ring()
+    assert len(reads) == 2
