@@ -202,6 +202,19 @@ def test_a_store_failing_in_a_deferred_own_write_counts_as_a_failed_replica():
     assert all(core.store.get(k).value == b"v" for k, _ in items)
 
 
+def test_own_work_queued_during_a_tick_runs_in_the_next_cycle():
+    sim = cluster_of(3)
+    core, now = sim.node("node1"), sim.now
+    core._ready, core._ready_at = False, now + 1   # as if just restarted: requests wait
+    items = [[f"k{i}", b"v"] for i in range(10)]
+    assert core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
+                             now) == []
+    released = core.tick(now + 1)   # the held MPUT is handled inside this tick
+    assert len([e for e in released if isinstance(e, Send)]) == 2 and core._own_work
+    assert core.tick(now + 1) == [] and not core._own_work   # the next cycle writes ours
+    assert all(core.store.get(k).value == b"v" for k, _ in items)
+
+
 def test_own_work_still_queued_when_the_node_stops_is_done_at_once():
     sim = cluster_of(3)
     core, now = sim.node("node1"), sim.now

@@ -224,12 +224,11 @@ class NodeCore:
         self._ready = False
         self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
         # a batch's own reads and writes, done one loop cycle later, once what it asked of
-        # peers has left (both stores work at once): (the tick count to run at, batch, its
-        # request type, the work)
+        # peers has left (both stores work at once): (ticks finished when queued, batch,
+        # its request type, the work)
         self._own_work: list[tuple[int, BatchReply, str,
                                    Callable[[float], list[Effect]]]] = []
-        self._ticks = 0          # ticks begun: one per loop cycle, at its end
-        self._in_tick = False
+        self._ticks = 0          # ticks finished: one per loop cycle, at its end
         self._open_batches = 0   # client batches (MGET/MPUT) with keys still unanswered
         self._open_batch_keys = 0   # their keys: they count towards max_pending_requests
         self._stats_jobs: list[_StatsJob] = []
@@ -458,18 +457,14 @@ class NodeCore:
     def _defer_own_work(self, batch: BatchReply, request_type: str,
                         work: Callable[[float], list[Effect]]) -> None:
         """Run ``work`` in the next loop cycle's tick, after this cycle's sends have left."""
-        # queued by a handler, the tick that ends this cycle is still to come
-        self._own_work.append((self._ticks + (1 if self._in_tick else 2), batch, request_type,
-                               work))
+        self._own_work.append((self._ticks, batch, request_type, work))
 
-    def _run_own_work(self, now: float, everything: bool = False) -> list[Effect]:
-        """The own reads and writes due by now (``everything``: all of them)."""
-        ticks = self._ticks
-        due = [entry for entry in self._own_work if everything or entry[0] <= ticks]
+    def _run_own_work(self, now: float, queued_before: int) -> list[Effect]:
+        """The own reads and writes queued before ``queued_before`` ticks had finished."""
+        due = [entry for entry in self._own_work if entry[0] < queued_before]
         if not due:
             return []
-        self._own_work = [entry for entry in self._own_work
-                          if not everything and entry[0] > ticks]
+        self._own_work = [entry for entry in self._own_work if entry[0] >= queued_before]
         effects: list[Effect] = []
         for _, batch, request_type, work in due:
             try:
@@ -835,21 +830,14 @@ class NodeCore:
     def tick(self, now: float) -> list[Effect]:
         return self._fill_batches(self._tick(now))
 
-    def _tick(self, now: float) -> list[Effect]:
-        self._last_tick = now
-        self._ticks += 1
-        self._in_tick = True
-        try:
-            return self._tick_work(now)
-        finally:
-            self._in_tick = False
-
     def finish_own_work(self, now: float) -> list[Effect]:
         """Before the node stops: the own reads and writes still queued, at once."""
-        return self._fill_batches(self._run_own_work(now, everything=True))
+        return self._fill_batches(self._run_own_work(now, self._ticks + 1))
 
-    def _tick_work(self, now: float) -> list[Effect]:
-        effects: list[Effect] = self._run_own_work(now) if self._own_work else []
+    def _tick(self, now: float) -> list[Effect]:
+        self._last_tick = now
+        # what earlier cycles queued (work queued from here on waits for the next tick)
+        effects: list[Effect] = self._run_own_work(now, self._ticks) if self._own_work else []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
             _, request_id = heapq.heappop(self._call_deadlines)
             call = self._calls.pop(request_id, None)
@@ -882,6 +870,7 @@ class NodeCore:
             effects += self._background_repair(now)
         if now >= self._next_gc_at:
             self._collect_tombstones(now)
+        self._ticks += 1
         return effects
 
     def next_deadline(self) -> float:
