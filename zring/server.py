@@ -16,11 +16,13 @@ it answered on, the DEALERs it sent on) whether input arrived meanwhile.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import select
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 import zmq
@@ -67,17 +69,18 @@ class NodeServer:
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, _GOSSIP_TOPIC)
         self.dealers: dict[str, zmq.Socket] = {}
-        self.dealer_by_socket: dict[zmq.Socket, str] = {}
         self.dealer_created_at: dict[str, float] = {}
         # Requests to a peer whose connection is still being set up (IMMEDIATE refuses
         # them until it is): retried each cycle for a moment rather than dropped.
         self.parked: list[tuple[str, bytes, float]] = []
         self.poller = select.poll()
         self.socket_by_fd: dict[int, zmq.Socket] = {}
+        # what each polled socket's messages go to: one message's frames -> effects
+        self.take: dict[zmq.Socket, Callable[[list[bytes]], list]] = {}
         self.readable: set[zmq.Socket] = set()   # input known to wait: no sleep before it
         self.used: set[zmq.Socket] = set()       # sent on this cycle: check before sleeping
-        for sock in (self.router, self.sub):
-            self._watch(sock)
+        self._watch(self.router, self._take_request)
+        self._watch(self.sub, self._take_gossip)
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
         self.log = log.bind(node_id=config.node_id)
@@ -107,11 +110,12 @@ class NodeServer:
             dealer.connect(address)
             self.dealer_created_at[address] = time.monotonic()
             self.dealers[address] = dealer
-            self.dealer_by_socket[dealer] = address
-            self._watch(dealer)
+            self._watch(dealer, functools.partial(self._take_reply, address))
         return dealer
 
-    def _watch(self, sock: zmq.Socket) -> None:
+    def _watch(self, sock: zmq.Socket, take: Callable[[list[bytes]], list]) -> None:
+        """Poll ``sock``; its messages go to ``take``."""
+        self.take[sock] = take
         fd = sock.getsockopt(zmq.FD)
         self.socket_by_fd[fd] = sock
         self.poller.register(fd, select.POLLIN)
@@ -161,13 +165,7 @@ class NodeServer:
             effects: list = []
             with self.store.group_commit():
                 for sock in ready:
-                    if sock is self.router:
-                        more = self._drain_router(effects)
-                    elif sock is self.sub:
-                        more = self._drain_sub(effects)
-                    else:
-                        more = self._drain_dealer(sock, self.dealer_by_socket[sock], effects)
-                    if more:   # its budget ran out: the rest waits for the next cycle
+                    if self._drain(sock, effects):   # the rest waits for the next cycle
                         self.readable.add(sock)
                 effects += self.core.tick(time.time())
             self._perform(effects)
@@ -181,45 +179,11 @@ class NodeServer:
             effects = self.core.finish_own_work(time.time())
         self._perform(effects)
 
-    # Each drain is called when the socket's events said input waits, and reads until they
-    # say none does (asking is cheaper than a recv that raises Again); True: the budget ran
-    # out first.
-
-    def _drain_router(self, effects: list, budget: int = 1000) -> bool:
-        router = self.router
-        for n in range(budget):
-            if n and not router.getsockopt(_EVENTS) & _POLLIN:
-                return False
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return False
-            if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
-                self.core.stats["bad_frames"] += 1
-                self.log.warning("frame_dropped", reason="unexpected frame count",
-                                 frames=len(frames))
-                continue
-            route, payload = tuple(frames[:-1]), frames[-1]
-            effects += self.core.handle_frame(route, payload, time.time())
-        return True
-
-    def _drain_sub(self, effects: list, budget: int = 1000) -> bool:
-        sub = self.sub
-        for n in range(budget):
-            if n and not sub.getsockopt(_EVENTS) & _POLLIN:
-                return False
-            try:
-                frames = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
-            if len(frames) != 1:
-                self.core.stats["bad_gossip"] += 1
-                continue
-            effects += self.core.handle_gossip(frames[0], time.time())
-        return True
-
-    def _drain_dealer(self, sock: zmq.Socket, address: str, effects: list,
-                      budget: int = 1000) -> bool:
+    def _drain(self, sock: zmq.Socket, effects: list, budget: int = 1000) -> bool:
+        """Read ``sock``'s messages into ``effects``, called when its events said input
+        waits, until they say none does (asking is cheaper than a recv that raises Again);
+        True: the budget ran out first."""
+        take = self.take[sock]
         for n in range(budget):
             if n and not sock.getsockopt(_EVENTS) & _POLLIN:
                 return False
@@ -227,11 +191,28 @@ class NodeServer:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            if len(frames) != 1:
-                self.core.stats["bad_replies"] += 1
-                continue
-            effects += self.core.handle_reply(address, frames[0], time.time())
+            effects += take(frames)
         return True
+
+    def _take_request(self, frames: list[bytes]) -> list:
+        if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
+            self.core.stats["bad_frames"] += 1
+            self.log.warning("frame_dropped", reason="unexpected frame count",
+                             frames=len(frames))
+            return []
+        return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
+
+    def _take_gossip(self, frames: list[bytes]) -> list:
+        if len(frames) != 1:
+            self.core.stats["bad_gossip"] += 1
+            return []
+        return self.core.handle_gossip(frames[0], time.time())
+
+    def _take_reply(self, address: str, frames: list[bytes]) -> list:
+        if len(frames) != 1:
+            self.core.stats["bad_replies"] += 1
+            return []
+        return self.core.handle_reply(address, frames[0], time.time())
 
     # ------------------------------------------------------------------ effects
 
