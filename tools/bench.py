@@ -578,32 +578,31 @@ def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
     endpoint, relay_endpoint = (f"tcp://{LOOPBACK}:{port}" for port in free_ports(2))
     server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint])
     relay = subprocess.Popen([sys.executable, "-c", RELAY_SERVER, relay_endpoint, endpoint])
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
-    relayed = zmq.Context.instance().socket(zmq.DEALER)
-    relayed.setsockopt(zmq.LINGER, 0)
-    relayed.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
+    sockets = []
+    for _ in range(2):
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVTIMEO, int(REDIS_TIMEOUT_S * 1000))
+        sockets.append(dealer)
+    sock, relayed = sockets
     try:
         sock.connect(endpoint)
         relayed.connect(relay_endpoint)
         frame = msgpack.packb([11, 1, {"key": "bench:echo:00000001", "value": value}])
         for _ in range(WARMUP_OPS):  # also waits for the servers to bind
-            sock.send(frame)
-            sock.recv()
-            relayed.send(frame)
-            relayed.recv()
+            for dealer in sockets:
+                dealer.send(frame)
+                dealer.recv()
 
-        def round_trip(i: int) -> bool:
-            sock.send(frame)
-            return bool(sock.recv())
+        def round_trip(dealer: zmq.Socket) -> Callable[[int], bool]:
+            def one(i: int) -> bool:
+                dealer.send(frame)
+                return bool(dealer.recv())
+            return one
 
-        def relayed_round_trip(i: int) -> bool:
-            relayed.send(frame)
-            return bool(relayed.recv())
-
-        results = {"echo": run_workload("pyzmq echo", round_trip, args.ops, args.max_seconds),
-                   "relay": run_workload("pyzmq relay + echo", relayed_round_trip, args.ops,
+        results = {"echo": run_workload("pyzmq echo", round_trip(sock), args.ops,
+                                        args.max_seconds),
+                   "relay": run_workload("pyzmq relay + echo", round_trip(relayed), args.ops,
                                          args.max_seconds)}
         window = Result(f"pyzmq echo {args.concurrency} in flight")
         clock = time.perf_counter_ns
@@ -628,8 +627,8 @@ def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
         raise RuntimeError(f"pyzmq echo at {endpoint} (relay at {relay_endpoint}): "
                            f"{exc}") from None
     finally:
-        sock.close(linger=0)
-        relayed.close(linger=0)
+        for dealer in sockets:
+            dealer.close(linger=0)
         stop_processes([relay, server])
 
 
