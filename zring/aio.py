@@ -62,6 +62,7 @@ from zring.client import (
     _seeds_from,
     _unwrap,
     _value,
+    new_dealer,
 )
 from zring.core.batching import cut
 from zring.errors import (
@@ -71,7 +72,8 @@ from zring.errors import (
     ZringError,
     error_from_code,
 )
-from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
+from zring.protocol import Message, MsgType, decode, encode
+from zring.security import ClientKeys
 
 __all__ = ["AsyncClient"]
 
@@ -281,12 +283,15 @@ class AsyncClient:
 
     ``seeds``: ROUTER endpoints (a list or a comma-separated str; default ``$ZRING_SEEDS``,
     else 127.0.0.1:7001..7003). ``timeout``: seconds to wait for each reply. ``retries``:
-    how many times a silent request is resent, each time to the next seed.
+    how many times a silent request is resent, each time to the next seed. ``keys``: as
+    Client's (CurveZMQ keys for a cluster with security on).
     """
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
-                 retries: int = 3, *, token_aware: bool = True) -> None:
+                 retries: int = 3, *, token_aware: bool = True,
+                 keys: ClientKeys | None = None) -> None:
         self.seeds, self.timeout, self.retries = _client_options(seeds, timeout, retries)
+        self.keys = keys
         self._context = zmq.Context.instance()
         self._connections: dict[str, _Connection] = {}
         self._replies = _PendingReplies()
@@ -294,7 +299,7 @@ class AsyncClient:
         self._ids = itertools.count(random.getrandbits(32) + 1)
         self._closes = 0   # close() count: a request that outlived a close() fails
         self.token_aware = token_aware   # as Client: each key's request to one of its replicas
-        self._router = _Router()
+        self._router = _Router(self.keys)
 
     def __repr__(self) -> str:
         return f"AsyncClient(seeds={self.seeds!r}, timeout={self.timeout}, " \
@@ -568,18 +573,8 @@ class AsyncClient:
         connection.socket.close(linger=0)
 
     def _new_socket(self, endpoint: str) -> _LoopDealer:
-        """A DEALER with the options of Client's: LINGER 0, MAXMSGSIZE, bounded HWMs."""
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        socket.setsockopt(zmq.SNDHWM, 1000)
-        socket.setsockopt(zmq.RCVHWM, 1000)
-        try:
-            socket.connect(endpoint)
-        except zmq.ZMQError as exc:
-            socket.close(linger=0)
-            raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
-        return _LoopDealer(socket, asyncio.get_running_loop())
+        return _LoopDealer(new_dealer(self._context, endpoint, self.keys),
+                           asyncio.get_running_loop())
 
 
 def _time_out(future: asyncio.Future) -> None:

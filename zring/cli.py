@@ -41,6 +41,7 @@ from zring.storage import STORE_FILE  # noqa: E402 - a node's store in its --dat
 _STORE_COMPANIONS = ("-wal", "-shm")  # SQLite's files beside it: they belong to it
 _DAMAGE_REASONS = ("damaged", "foreign")  # StorageError reasons that --rebuild may cure
 
+_FRAME_HEADROOM = 64 * 1024   # a request's fields besides its key and value
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _STATE_LETTERS = {"normal": "N", "joining": "J", "leaving": "L", "left": "X"}
 
@@ -67,17 +68,23 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     """The NodeConfig described by ``zring node`` arguments (ValueError if inconsistent)."""
     from zring.client import parse_seeds, seeds_from_env
     from zring.config import NodeConfig
+    from zring.protocol import MAX_FRAME_BYTES
     if args.memory == bool(args.data_dir):
         raise ValueError("give exactly one of --data-dir DIR and --memory")
     seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
     gossip = args.gossip or default_gossip_address(args.listen)
     options = {name: getattr(args, name) for name in
                ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync",
-                "fsync_period_s", "stream_batch_records", "stream_pulls_in_flight")
+                "fsync_period_s", "stream_batch_records", "stream_pulls_in_flight",
+                "max_key_bytes", "max_value_bytes")
                if getattr(args, name) is not None}
     config = NodeConfig(node_id=args.id, address=args.listen, gossip_address=gossip,
                         seeds=seeds, data_dir=None if args.memory else args.data_dir,
+                        keys_dir=args.keys or os.environ.get("ZRING_KEYS_DIR") or None,
                         **options)
+    if config.max_value_bytes + config.max_key_bytes + _FRAME_HEADROOM > MAX_FRAME_BYTES:
+        raise ValueError(f"--max-value-bytes and --max-key-bytes must leave a request "
+                         f"within the {MAX_FRAME_BYTES}-byte frame limit")
     if not 1 <= config.write_quorum <= config.replicas:
         raise ValueError(f"--write-quorum {config.write_quorum} must be between 1 and "
                          f"--replicas {config.replicas}")
@@ -474,6 +481,24 @@ def _cmd_local_keys(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stats(client: Client, args: argparse.Namespace) -> int:
+    for name, value in sorted(client.node_stats(args.node_id).items()):
+        print(f"{name} {value}")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from zring.security import keygen
+
+    def names(text: str) -> list[str]:
+        return [n.strip() for n in text.split(",") if n.strip()]
+    written = keygen(args.dir, nodes=names(args.nodes), clients=names(args.clients),
+                     admins=names(args.admins), force=args.force)
+    for path in written:
+        print(path)
+    return 0
+
+
 def _cmd_ping(client: Client, args: argparse.Namespace) -> int:
     reply = client.ping()
     print(f"{reply.get('node_id', '?')}: {reply.get('status', '?')}")
@@ -515,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
                             metavar="SECONDS",
                             help="wait this long for each reply before trying the next seed "
                                  "(default 5)")
+        parser.add_argument("--key", dest="key_file", default=default, metavar="FILE",
+                            help="for a cluster with security on: this client's "
+                                 ".key_secret file (default: $ZRING_KEY_FILE)")
+        parser.add_argument("--server-key", default=default, metavar="FILE",
+                            help="the cluster's public cluster.key (default: "
+                                 "$ZRING_SERVER_KEY_FILE, else the one in --key's key "
+                                 "directory)")
 
     parser = argparse.ArgumentParser(prog="zring", description=(
         "A replicated key-value cluster on a consistent-hash ring, over ZeroMQ."))
@@ -554,6 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default): fsync every --fsync-period seconds")
     node.add_argument("--fsync-period", dest="fsync_period_s", type=_positive_float,
                       help="seconds between fsyncs with --fsync periodic (default 1)")
+    node.add_argument("--max-key-bytes", type=_positive_int,
+                      help="longest key accepted, in UTF-8 bytes (default 4096)")
+    node.add_argument("--max-value-bytes", type=_positive_int,
+                      help="largest value accepted (default 4 MiB)")
+    node.add_argument("--keys", metavar="DIR",
+                      help="turn CurveZMQ security on with this `zring keygen` directory "
+                           "(default: $ZRING_KEYS_DIR; unset: security off)")
     node.add_argument("--stream-batch-records", type=_positive_int,
                       help="records per page when ranges stream (default 2000)")
     node.add_argument("--stream-pulls-in-flight", type=_positive_int,
@@ -627,6 +666,25 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--limit", type=_positive_int, help="at most this many keys")
 
     client_command("ping", _cmd_ping, "ask one node who it is")
+    stats = client_command("stats", _cmd_stats, "one node's counters (rejected frames, "
+                                                "refused connections, forbidden requests...)")
+    stats.add_argument("node_id")
+
+    keygen = commands.add_parser("keygen", help="make CurveZMQ keypairs (security)",
+                                 description=(
+        "Write the cluster keypair (once) and a keypair for each named node, client and "
+        "admin into DIR, every file mode 0600. Give a node `--keys DIR` (or "
+        "$ZRING_KEYS_DIR) to turn security on: it then admits only the public keys in "
+        "DIR/nodes, DIR/clients and DIR/admin. A client needs DIR/cluster.key and its own "
+        ".key_secret (--key FILE or $ZRING_KEY_FILE); adding or removing nodes, "
+        "rebalancing and repairing need an admin key."))
+    keygen.set_defaults(handler=None)
+    keygen.add_argument("--dir", required=True, metavar="DIR", help="the key directory")
+    keygen.add_argument("--nodes", default="", metavar="A,B,C", help="node ids")
+    keygen.add_argument("--clients", default="", metavar="A,B", help="client names")
+    keygen.add_argument("--admins", default="", metavar="A,B", help="admin names")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace existing keypairs (their holders are locked out)")
 
     check_help = "verify a stopped node's store (offline; exit 1 if damaged)"
     check = commands.add_parser("check", help=check_help, description=(
@@ -647,8 +705,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _client_from_args(args: argparse.Namespace) -> Client:
     from zring.client import Client, parse_seeds, seeds_from_env
+    from zring.security import ClientKeys
     seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
-    return Client(seeds, timeout=args.timeout or 5.0)
+    key_file = args.key_file or os.environ.get("ZRING_KEY_FILE")
+    keys = None
+    if key_file:
+        keys = ClientKeys.load(key_file, args.server_key
+                               or os.environ.get("ZRING_SERVER_KEY_FILE") or None)
+    return Client(seeds, timeout=args.timeout or 5.0, keys=keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -660,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "keygen":
+            return _cmd_keygen(args)
         if args.command == "node":
             try:
                 config = node_config_from_args(args)

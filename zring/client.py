@@ -48,6 +48,7 @@ from zring.errors import (
     error_from_code,
 )
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
+from zring.security import ClientKeys
 from zring.versions import Version
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SEEDS", "Client", "ClusterStatus", "DeleteResult", "GetResult", "MemberInfo",
-    "MembershipResult", "PutResult", "RingNode", "RingState", "parse_seeds", "seeds_from_env",
+    "MembershipResult", "PutResult", "RingNode", "RingState", "ClientKeys", "parse_seeds",
+    "seeds_from_env", "new_dealer",
 ]
 
 DEFAULT_SEEDS: tuple[str, ...] = ("tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002",
@@ -282,12 +284,16 @@ class Client:
 
     ``seeds``: ROUTER endpoints (a list or a comma-separated str; default ``$ZRING_SEEDS``,
     else 127.0.0.1:7001..7003). ``timeout``: seconds to wait for each reply. ``retries``:
-    how many times a silent request is resent, each time to the next seed.
+    how many times a silent request is resent, each time to the next seed. ``keys``: for a
+    cluster with security on, this client's CurveZMQ keys (``ClientKeys.load(key_file)``;
+    None: a plain connection, which such a cluster refuses).
     """
 
     def __init__(self, seeds: str | Sequence[str] | None = None, timeout: float = 5.0,
-                 retries: int = 3, *, token_aware: bool = True) -> None:
+                 retries: int = 3, *, token_aware: bool = True,
+                 keys: ClientKeys | None = None) -> None:
         self.seeds, self.timeout, self.retries = _client_options(seeds, timeout, retries)
+        self.keys = keys
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._seed_index = random.randrange(len(self.seeds))  # spread clients over seeds
@@ -295,7 +301,7 @@ class Client:
         self._ring: HashRing | None = None
         self._ring_fingerprint: int | None = None
         self.token_aware = token_aware
-        self._router = _Router()
+        self._router = _Router(self.keys)
         self._direct: dict[str, zmq.Socket] = {}   # endpoint -> DEALER, for routed requests
 
     def __repr__(self) -> str:
@@ -368,6 +374,12 @@ class Client:
 
     def ping(self) -> dict:
         return self._execute(MsgType.PING, {})
+
+    def node_stats(self, node_id: str) -> dict[str, int]:
+        """``node_id``'s counters since it started: rejected frames, refused connections,
+        forbidden requests, overloads, dropped sends..."""
+        member, _ = self._member(_text(node_id, "node id"))
+        return dict(self._execute_at(member.address, MsgType.STATS, {})["counters"])
 
     def get_node(self, key: str) -> str:
         """The node that owns ``key`` (its first replica), from the cluster's current ring."""
@@ -713,17 +725,25 @@ class Client:
         return self._socket
 
     def _new_socket(self, endpoint: str) -> zmq.Socket:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        socket.setsockopt(zmq.SNDHWM, 1000)
-        socket.setsockopt(zmq.RCVHWM, 1000)
-        try:
-            socket.connect(endpoint)
-        except zmq.ZMQError as exc:
-            socket.close(linger=0)
-            raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
-        return socket
+        return new_dealer(self._context, endpoint, self.keys)
+
+
+def new_dealer(context: zmq.Context, endpoint: str, keys: ClientKeys | None) -> zmq.Socket:
+    """A client's DEALER to ``endpoint`` (Client's and AsyncClient's): LINGER 0,
+    MAXMSGSIZE, bounded HWMs, CurveZMQ if ``keys``."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    socket.setsockopt(zmq.SNDHWM, 1000)
+    socket.setsockopt(zmq.RCVHWM, 1000)
+    if keys is not None:
+        keys.connect(socket)
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
+    return socket
 
 
 def _send_within(socket: zmq.Socket, frame: bytes, timeout: float) -> bool:
@@ -781,7 +801,8 @@ class _Router:
     request), and the endpoints that went silent lately. Fetching the ring is the
     client's (sync or async); everything else is here."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ClientKeys | None = None) -> None:
+        self.keys = keys
         self.routing: _Routing | None = None
         self.stale = False
         self.fetched_at = -1e9
@@ -928,6 +949,8 @@ class _Router:
             self._gossip.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
             self._gossip.setsockopt(zmq.RCVHWM, 100)
             self._gossip.setsockopt(zmq.SUBSCRIBE, b"")
+            if self.keys is not None:
+                self.keys.connect(self._gossip)
         for member in state.members:
             endpoint = member.gossip_address
             if endpoint and endpoint not in self._gossip_endpoints and member.status != "left":

@@ -19,6 +19,8 @@ class NodeConfig:
     seeds: list[str] = field(default_factory=list)   # ROUTER endpoints to learn members from
     data_dir: str | None = None        # None: in-memory store (tests only)
     weight: float = 1.0
+    # security: a `zring keygen` directory turns CurveZMQ on for every socket (None: off)
+    keys_dir: str | None = None
 
     # durability (like Redis's appendfsync): "always" fsyncs every commit before any reply
     # leaves (one commit per poll cycle: a group commit); "periodic" commits without fsync

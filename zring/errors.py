@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ZringError", "ProtocolError", "InvalidRequest", "Unavailable", "Timeout", "NotMember",
-    "MembershipConflict", "StorageError", "error_from_code",
+    "MembershipConflict", "StorageError", "Forbidden", "error_from_code",
 ]
 
 
@@ -59,6 +59,13 @@ class MembershipConflict(ZringError):
     code = "conflict"
 
 
+class Forbidden(ZringError):
+    """With security on: the caller's key does not allow this request (an admin or peer
+    request from a client key)."""
+
+    code = "forbidden"
+
+
 class StorageError(ZringError):
     """The node's store failed or is unreadable."""
 
@@ -66,7 +73,8 @@ class StorageError(ZringError):
 
 
 _BY_CODE = {cls.code: cls for cls in (ZringError, ProtocolError, InvalidRequest, Unavailable,
-                                       Timeout, NotMember, MembershipConflict, StorageError)}
+                                       Timeout, NotMember, MembershipConflict, StorageError,
+                                       Forbidden)}
 
 
 def error_from_code(code: str, message: str, details: dict | None = None) -> ZringError:

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import zring
 from zring.client import Client, ClusterStatus
+from zring.security import ClientKeys
 
 __all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "free_ports", "load_tool",
            "wait_for"]
@@ -100,7 +101,9 @@ class LocalCluster:
     def __init__(self, root: str | os.PathLike, *, nodes: int = 3, spares: int = 0,
                  replicas: int = 3, write_quorum: int = 2, read_quorum: int = 2,
                  vnodes: int | None = None, extra_args: tuple[str, ...] = (),
-                 log_level: str = "debug", restart_delay_s: float = 0.0) -> None:
+                 log_level: str = "debug", restart_delay_s: float = 0.0,
+                 keys_dir: str | os.PathLike | None = None,
+                 client_key: str = "admin/admin") -> None:
         self.root = Path(root)
         self.names = [f"node{i}" for i in range(1, nodes + spares + 1)]
         self.autostart = set(self.names[:nodes])
@@ -119,6 +122,12 @@ class LocalCluster:
                           "--read-quorum", str(read_quorum), *extra_args]
         if vnodes is not None:
             self.node_args += ["--vnodes", str(vnodes)]
+        # security on: every node gets --keys; clients here use ``client_key`` (a key of
+        # ``keys_dir``, "role dir/name")
+        self.client_keys: ClientKeys | None = None
+        if keys_dir is not None:
+            self.node_args += ["--keys", str(keys_dir)]
+            self.client_keys = ClientKeys.load(Path(keys_dir) / f"{client_key}.key_secret")
         self.process: subprocess.Popen | None = None
         self._clients: list[Client] = []
         self._supervisor = None
@@ -307,13 +316,14 @@ class LocalCluster:
     def client(self, *names: str, timeout: float = 5.0) -> Client:
         """A client on the named nodes (default: the seeds), closed by ``stop()``."""
         seeds = [self.addresses[n] for n in names] if names else self.seeds
-        client = Client(seeds, timeout=timeout)
+        client = Client(seeds, timeout=timeout, keys=self.client_keys)
         self._clients.append(client)
         return client
 
     def status_from(self, name: str, timeout: float = 2.0) -> ClusterStatus:
         """``name``'s own view of the cluster (one retry on silence)."""
-        with Client([self.addresses[name]], timeout=timeout, retries=1) as client:
+        with Client([self.addresses[name]], timeout=timeout, retries=1,
+                    keys=self.client_keys) as client:
             return client.cluster_status()
 
     def wait_converged(self, names: list[str], timeout_s: float = 60) -> None:

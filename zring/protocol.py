@@ -25,7 +25,7 @@ from zring.storage.base import record_from_wire, record_to_wire
 
 __all__ = ["MsgType", "Message", "encode", "decode", "validate", "message_to_wire",
            "record_to_wire", "record_from_wire", "MAX_FRAME_BYTES", "CLIENT_TYPES",
-           "PEER_TYPES"]
+           "PEER_TYPES", "ADMIN_TYPES", "permitted"]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # also the sockets' MAXMSGSIZE
 _MAX_INT = (1 << 64) - 1
@@ -50,6 +50,7 @@ class MsgType(IntEnum):
     PLAN = 21
     MGET = 22
     MPUT = 23
+    STATS = 24
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -77,13 +78,30 @@ _TYPES = {int(t): t for t in MsgType}
 CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING_STATE,
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
-                          MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT})
+                          MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT,
+                          MsgType.STATS})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
                         MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
                         MsgType.REPAIR_FETCH, MsgType.RANGE_STATS, MsgType.BATCH,
                         MsgType.REPLICA_READ_MANY})
+
+# With security on, what each role (the ZAP handler's "role:name" User-Id) may send: the
+# cluster-changing requests need an admin key, peer requests a node key.
+ADMIN_TYPES = frozenset({MsgType.ADD_NODE, MsgType.REMOVE_NODE, MsgType.REBALANCE,
+                         MsgType.REPAIR, MsgType.PLAN})
+_ROLE_TYPES = {
+    "client": CLIENT_TYPES - ADMIN_TYPES,
+    "admin": CLIENT_TYPES,
+    "node": (CLIENT_TYPES - ADMIN_TYPES) | PEER_TYPES,
+}
+
+
+def permitted(user_id: str, msg_type: MsgType) -> bool:
+    """May the holder of ``user_id`` (``"role:name"``) send a message of this type?"""
+    role, _, _ = user_id.partition(":")
+    return msg_type in _ROLE_TYPES.get(role, ())
 
 
 @dataclass(slots=True)
@@ -111,6 +129,7 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REMOVE_NODE: {"node_id": ((str,), True), "graceful": ((bool,), False)},
     MsgType.REBALANCE: {},
     MsgType.PING: {},
+    MsgType.STATS: {},
     MsgType.REPLICA_WRITE: {"records": ((list,), True)},
     MsgType.REPLICA_READ: {"key": ((str,), True)},
     MsgType.JOIN: {"member": ((dict,), True)},

@@ -6,6 +6,12 @@ it), and one SUB connected to every member's PUB. Nothing here blocks: the poll 
 the core's nearest deadline, and every send is non-blocking (a full or unconnected queue
 drops the message; the core's deadline then answers for it).
 
+With security on (``config.keys_dir``), the ROUTER and the PUB are CurveZMQ servers whose
+clients pyzmq's ZAP handler checks against the allowed keys, every DEALER and the SUB
+connect with the node's own key, and each request reaches the core with its sender's
+``"role:name"``. A monitor on each server socket reports every refused handshake, which is
+logged and counted here.
+
 The loop waits on the sockets' ZMQ_FD notification descriptors with ``select.poll`` rather
 than ``zmq_poll``, which asks every socket for its events (two system calls each) before
 and after each wait. A ZMQ_FD is edge-triggered: it signals that a socket's events may have
@@ -26,12 +32,14 @@ from collections.abc import Callable
 
 import structlog
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
 from zring.protocol import MAX_FRAME_BYTES, encode
+from zring.security import HANDSHAKE_FAILURES, KeyAuthenticator, NodeKeys, refusal_reason
 from zring.storage import STORE_FILE, MemoryStore, SQLiteStore
 
 __all__ = ["NodeServer", "run_node"]
@@ -61,13 +69,23 @@ class NodeServer:
         else:
             self.store = MemoryStore()
         self.context = zmq.Context.instance()
+        self.keys = NodeKeys.load(config.keys_dir, config.node_id) if config.keys_dir else None
+        self.auth: KeyAuthenticator | None = None
+        if self.keys is not None:   # the ZAP handler answers before any socket binds
+            self.auth = KeyAuthenticator(self.context, self.keys.allowed, ("router", "gossip"),
+                                         config.node_id)
+            self.auth.start()
         self.router = self._socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer reclaims its id
-        self.router.bind(config.address)
         self.pub = self._socket(zmq.PUB)
-        self.pub.bind(config.gossip_address)
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, _GOSSIP_TOPIC)
+        if self.keys is not None:
+            self.keys.serve(self.router, "router")
+            self.keys.serve(self.pub, "gossip")
+            self.keys.own.connect(self.sub)
+        self.router.bind(config.address)
+        self.pub.bind(config.gossip_address)
         self.dealers: dict[str, zmq.Socket] = {}
         self.dealer_created_at: dict[str, float] = {}
         # Requests to a peer whose connection is still being set up (IMMEDIATE refuses
@@ -75,12 +93,19 @@ class NodeServer:
         self.parked: list[tuple[str, bytes, float]] = []
         self.poller = select.poll()
         self.socket_by_fd: dict[int, zmq.Socket] = {}
-        # what each polled socket's messages go to: one message's frames -> effects
-        self.take: dict[zmq.Socket, Callable[[list[bytes]], list]] = {}
+        # what each polled socket's messages go to (one message's frames -> effects), and
+        # whether they are read as bytes (False: as zmq.Frames, for their User-Id)
+        self.take: dict[zmq.Socket, tuple[Callable[[list], list], bool]] = {}
         self.readable: set[zmq.Socket] = set()   # input known to wait: no sleep before it
         self.used: set[zmq.Socket] = set()       # sent on this cycle: check before sleeping
-        self._watch(self.router, self._take_request)
+        self._watch(self.router, self._take_request, copy=self.keys is None)
         self._watch(self.sub, self._take_gossip)
+        self.monitors: list[zmq.Socket] = []
+        if self.keys is not None:
+            for name, sock in (("router", self.router), ("gossip", self.pub)):
+                monitor = sock.get_monitor_socket(HANDSHAKE_FAILURES)
+                self.monitors.append(monitor)
+                self._watch(monitor, functools.partial(self._take_refusal, name))
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
         self.log = log.bind(node_id=config.node_id)
@@ -107,15 +132,17 @@ class NodeServer:
             # Queue only on a live connection: a request to a dead peer fails at once (its
             # deadline answers for it) instead of piling up in memory until it returns.
             dealer.setsockopt(zmq.IMMEDIATE, 1)
+            if self.keys is not None:
+                self.keys.own.connect(dealer)
             dealer.connect(address)
             self.dealer_created_at[address] = time.monotonic()
             self.dealers[address] = dealer
             self._watch(dealer, functools.partial(self._take_reply, address))
         return dealer
 
-    def _watch(self, sock: zmq.Socket, take: Callable[[list[bytes]], list]) -> None:
+    def _watch(self, sock: zmq.Socket, take: Callable[[list], list], copy: bool = True) -> None:
         """Poll ``sock``; its messages go to ``take``."""
-        self.take[sock] = take
+        self.take[sock] = (take, copy)
         fd = sock.getsockopt(zmq.FD)
         self.socket_by_fd[fd] = sock
         self.poller.register(fd, select.POLLIN)
@@ -183,24 +210,35 @@ class NodeServer:
         """Read ``sock``'s messages into ``effects``, called when its events said input
         waits, until they say none does (asking is cheaper than a recv that raises Again);
         True: the budget ran out first."""
-        take = self.take[sock]
+        take, copy = self.take[sock]
         for n in range(budget):
             if n and not sock.getsockopt(_EVENTS) & _POLLIN:
                 return False
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return False
             effects += take(frames)
         return True
 
-    def _take_request(self, frames: list[bytes]) -> list:
+    def _take_request(self, frames: list) -> list:
         if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
             self.core.stats["bad_frames"] += 1
             self.log.warning("frame_dropped", reason="unexpected frame count",
                              frames=len(frames))
             return []
-        return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
+        if self.keys is None:
+            return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
+        last = frames[-1]   # zmq.Frames: the ZAP handler's User-Id rides on them
+        return self.core.handle_frame(tuple(f.bytes for f in frames[:-1]), last.bytes,
+                                      time.time(), last.get("User-Id"))
+
+    def _take_refusal(self, socket_name: str, frames: list[bytes]) -> list:
+        event = parse_monitor_message(frames)
+        self.core.stats["refused_connections"] += 1
+        self.log.warning("connection_refused", socket=socket_name,
+                         reason=refusal_reason(event["event"], event["value"]))
+        return []
 
     def _take_gossip(self, frames: list[bytes]) -> list:
         if len(frames) != 1:
@@ -276,8 +314,13 @@ class NodeServer:
 
     def close(self) -> None:
         self.store.sync()
-        for sock in [self.router, self.pub, self.sub, *self.dealers.values()]:
+        for sock in (self.router, self.pub):
+            if self.keys is not None:
+                sock.disable_monitor()
+        for sock in [self.router, self.pub, self.sub, *self.dealers.values(), *self.monitors]:
             sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         self.store.close()
         for fd in (self.wakeup_fd, self.wakeup_write_fd):
             os.close(fd)

@@ -551,8 +551,8 @@ class FakeClient:
     raise_on_call: ClassVar[BaseException | None] = None
     created: ClassVar[list[FakeClient]] = []
 
-    def __init__(self, seeds, timeout=5.0, retries=3):
-        self.seeds, self.timeout = seeds, timeout
+    def __init__(self, seeds, timeout=5.0, retries=3, keys=None):
+        self.seeds, self.timeout, self.keys = seeds, timeout, keys
         FakeClient.created.append(self)
 
     def __enter__(self):

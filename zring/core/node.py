@@ -37,6 +37,7 @@ from zring.core.batching import (
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
 from zring.errors import (
+    Forbidden,
     InvalidRequest,
     MembershipConflict,
     NotMember,
@@ -54,6 +55,7 @@ from zring.protocol import (
     MsgType,
     decode,
     message_to_wire,
+    permitted,
     record_from_wire,
     record_to_wire,
     validate,
@@ -296,8 +298,10 @@ class NodeCore:
                       members=len(self.members.all()))
         return effects
 
-    def handle_frame(self, route: tuple[bytes, ...], frame: bytes, now: float) -> list[Effect]:
-        """A request from a client or a peer arrived on the ROUTER."""
+    def handle_frame(self, route: tuple[bytes, ...], frame: bytes, now: float,
+                     user_id: str | None = None) -> list[Effect]:
+        """A request from a client or a peer arrived on the ROUTER. ``user_id``: with
+        security on, the sender's ``"role:name"`` from the ZAP handler (None: security off)."""
         try:
             message = decode(frame)
         except ProtocolError as exc:
@@ -307,7 +311,17 @@ class NodeCore:
             if request_id is None:
                 request_id = 0
             return [Reply(route, _error(request_id, exc))]
+        if user_id is not None and not permitted(user_id, message.type):
+            self.stats["forbidden"] += 1
+            self.log.warning("request_forbidden", user=user_id, type=message.type.name)
+            return [Reply(route, _error(message.request_id, Forbidden(
+                f"the key of {user_id} does not allow {message.type.name}")))]
         if message.type in _QUORUM_TYPES and not self._is_ready(now):
+            if len(self._deferred) >= self.config.max_pending_requests:
+                self.stats["overloaded"] += 1
+                return [Reply(route, _error(message.request_id, Unavailable(
+                    f"{self.config.node_id} is starting and holds "
+                    f"{len(self._deferred)} requests; retry later")))]
             # held, not refused: answered within a second, once gossip brought us up to date
             self._deferred.append((route, frame))
             return []
@@ -760,7 +774,7 @@ class NodeCore:
             return []
         deferred, self._deferred = self._deferred, []
         effects: list[Effect] = []
-        for route, frame in deferred:
+        for route, frame in deferred:   # permitted before they were held
             effects += self.handle_frame(route, frame, now)
         return effects
 
@@ -812,6 +826,7 @@ class NodeCore:
             self.stats["bad_gossip"] += 1
             self.log.warning("gossip_rejected", error=str(exc))
             return []
+        self.stats["gossip_accepted"] += 1
         sender = message.body["sender"]
         if sender in self.members:
             self.members.heard_from(sender, now)
@@ -1340,6 +1355,12 @@ class NodeCore:
 
     def _on_ping(self, route, message: Message, now: float) -> list[Effect]:
         body = {"node_id": self.config.node_id, "status": self.members.own.status.name.lower()}
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _on_stats(self, route, message: Message, now: float) -> list[Effect]:
+        """This node's counters (rejected frames, refused connections, forbidden requests,
+        dropped sends...): each counts since the node started."""
+        body = {"node_id": self.config.node_id, "counters": dict(self.stats)}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
     def _on_ring_state(self, route, message: Message, now: float) -> list[Effect]:
@@ -2574,6 +2595,7 @@ NodeCore._handlers = {
     MsgType.REMOVE_NODE: NodeCore._on_remove_node,
     MsgType.REBALANCE: NodeCore._on_rebalance,
     MsgType.PING: NodeCore._on_ping,
+    MsgType.STATS: NodeCore._on_stats,
     MsgType.REPLICA_WRITE: NodeCore._on_replica_write,
     MsgType.REPLICA_READ: NodeCore._on_replica_read,
     MsgType.JOIN: NodeCore._on_join,
