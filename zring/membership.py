@@ -15,10 +15,15 @@ from typing import Any
 from zring.errors import ProtocolError
 from zring.failure import Liveness, PhiAccrualDetector
 
-__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Member", "MemberStatus", "MemberTable"]
+__all__ = ["MAX_MEMBERS", "MAX_WEIGHT", "MIN_WEIGHT", "Member", "MemberStatus", "MemberTable"]
 
 MIN_WEIGHT = 0.01   # a member's share of the ring, relative to weight 1: finite and sane,
 MAX_WEIGHT = 100.0  # so no gossiped record can make a ring unbuildable
+# Members in one table, those that left included: forged or runaway gossip cannot grow a
+# node's table, ring and failure detector without bound (Cassandra's rings stay far below).
+MAX_MEMBERS = 1024
+MAX_NODE_ID_CHARS = 256
+MAX_ADDRESS_CHARS = 1024
 
 
 class MemberStatus(IntEnum):
@@ -71,8 +76,11 @@ class Member:
                 ring=wire.get("ring", 0), transfer=_transfer(wire.get("transfer", ())))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad member record: {exc}") from None
-        if not (isinstance(member.node_id, str) and member.node_id
+        if not (isinstance(member.node_id, str)
+                and 0 < len(member.node_id) <= MAX_NODE_ID_CHARS
                 and isinstance(member.address, str) and isinstance(member.gossip_address, str)
+                and len(member.address) <= MAX_ADDRESS_CHARS
+                and len(member.gossip_address) <= MAX_ADDRESS_CHARS
                 and type(member.generation) is int and type(member.heartbeat) is int
                 and type(member.keys) is int and type(member.hints) is int
                 and type(member.streamed) is bool
@@ -108,9 +116,14 @@ class MemberTable:
         self.detector = detector
         self._sorted: tuple[Member, ...] | None = None   # all(), cached until a change
         self._peers: tuple[Member, ...] | None = None
+        self.records_refused = 0   # records of new members past MAX_MEMBERS
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
+
+    def full_for(self, node_id: str) -> bool:
+        """Would ``node_id``, if new, exceed MAX_MEMBERS?"""
+        return node_id not in self._members and len(self._members) >= MAX_MEMBERS
 
     def __getitem__(self, node_id: str) -> Member:
         return self._members[node_id]
@@ -171,6 +184,9 @@ class MemberTable:
                     self._members[self.own_id] = replace(record, heartbeat=current.heartbeat)
                     self._changed()
                     changed = True
+                continue
+            if current is None and len(self._members) >= MAX_MEMBERS:
+                self.records_refused += 1
                 continue
             if current is None or record.newer_than(current):
                 if current is None or record.heartbeat > current.heartbeat:

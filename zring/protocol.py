@@ -174,11 +174,44 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
         # msgpack bounds every declared length by the frame's own size, and its C unpacker
-        # refuses nesting deeper than its stack; both fail here rather than allocate.
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        # refuses nesting deeper than its stack; both fail here rather than allocate. A
+        # large frame is also counted as it unpacks: each byte can become an object of ~60
+        # bytes (an empty list), so 8 MiB of b"\x90" would otherwise take 580 MiB.
+        if len(frame) <= _UNCOUNTED_FRAME_BYTES:
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0,
+                                  max_array_len=_MAX_ITEMS, max_map_len=_MAX_ITEMS)
+        else:
+            count = _ObjectBudget(_MAX_OBJECTS)
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0,
+                                  max_array_len=_MAX_ITEMS, max_map_len=_MAX_ITEMS,
+                                  list_hook=count, object_hook=count)
+    except ProtocolError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
     return validate(raw)
+
+
+# Frames up to this size unpack at full speed (at most ~20 MiB of objects); larger ones
+# count their arrays' and maps' items against _MAX_OBJECTS.
+_UNCOUNTED_FRAME_BYTES = 256 * 1024
+_MAX_ITEMS = 2_000_000          # in one array or map (a 1000-key MGET has 1000)
+_MAX_OBJECTS = 2_000_000        # items of all arrays and maps in one frame: ~130 MiB at most
+
+
+class _ObjectBudget:
+    """msgpack's list and object hook: counts the items of each array and map unpacked."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def __call__(self, container):
+        self.left -= len(container) + 1
+        if self.left < 0:
+            raise ProtocolError(f"frame holds more than {_MAX_OBJECTS} objects")
+        return container
 
 
 def validate(raw: object) -> Message:

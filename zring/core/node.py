@@ -48,7 +48,14 @@ from zring.errors import (
 )
 from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
-from zring.membership import MAX_WEIGHT, MIN_WEIGHT, Member, MemberStatus, MemberTable
+from zring.membership import (
+    MAX_MEMBERS,
+    MAX_WEIGHT,
+    MIN_WEIGHT,
+    Member,
+    MemberStatus,
+    MemberTable,
+)
 from zring.protocol import (
     CLIENT_TYPES,
     Message,
@@ -1360,7 +1367,9 @@ class NodeCore:
     def _on_stats(self, route, message: Message, now: float) -> list[Effect]:
         """This node's counters (rejected frames, refused connections, forbidden requests,
         dropped sends...): each counts since the node started."""
-        body = {"node_id": self.config.node_id, "counters": dict(self.stats)}
+        counters = dict(self.stats)
+        counters["member_records_refused"] = self.members.records_refused
+        body = {"node_id": self.config.node_id, "counters": counters}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
     def _on_ring_state(self, route, message: Message, now: float) -> list[Effect]:
@@ -1553,6 +1562,8 @@ class NodeCore:
 
     def _on_join(self, route, message: Message, now: float) -> list[Effect]:
         member = Member.from_wire(message.body["member"])
+        if self.members.full_for(member.node_id):
+            raise Unavailable(f"the cluster has {MAX_MEMBERS} members, the most it takes")
         known = self.members.get(member.node_id)
         if known is not None and known.address != member.address and known.status not in (
                 MemberStatus.LEFT,) and self.members.is_up(member.node_id, now):
