@@ -10,6 +10,7 @@
     python tools/bench.py --start-cluster --rounds 3   # 3 rounds, median and range of ratios
     python tools/bench.py --workloads memory       # the memory comparison alone (1M keys)
     python tools/bench.py --start-cluster --memory # every workload, then the memory comparison
+    python tools/bench.py --security               # zring with CurveZMQ on vs off, no redis
 
 Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
 
@@ -46,6 +47,11 @@ and every process this tool starts (redis-server, the temporary clusters' nodes)
 in a ``finally``: terminate, then kill after a deadline. zring.AsyncClient, Client.mget and
 Client.mput are optional: where the installed zring lacks them, those zring cells show "-"
 with a note (redis still runs).
+
+``--security`` compares zring with itself instead: two temporary 3-node clusters, one plain
+and one with CurveZMQ on every socket (``zring keygen`` keys, a client key), the sync, async
+and batch workloads on each in turn (who goes first alternates), every round, and the ops/s
+ratio curve/plain per row.
 
 Redis is optional: without redis-server (``apt-get install -y redis-server``) or redis-py
 (``pip install redis``) the tool prints a hint and benchmarks zring alone. Only loopback
@@ -314,11 +320,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,
                        + (f" (last error: {last_error})" if last_error else ""))
 
 
-def temp_cluster() -> LocalCluster:
-    """A 3-node LocalCluster (zring.localcluster) in a new temporary directory, not started."""
+def temp_cluster(secure: bool = False) -> LocalCluster:
+    """A 3-node LocalCluster (zring.localcluster) in a new temporary directory, not started;
+    ``secure``: with CurveZMQ keys made for it (its clients use the key "clients/bench")."""
     from zring.localcluster import LocalCluster
 
-    return LocalCluster(tempfile.mkdtemp(prefix="zring-bench-"), nodes=3, log_level="warning")
+    root = Path(tempfile.mkdtemp(prefix="zring-bench-"))
+    if not secure:
+        return LocalCluster(root, nodes=3, log_level="warning")
+    from zring.security import keygen
+    keygen(root / "keys", nodes=["node1", "node2", "node3"], clients=["bench"])
+    return LocalCluster(root, nodes=3, log_level="warning", keys_dir=root / "keys",
+                        client_key="clients/bench")
 
 
 def start_temp_cluster(cluster: LocalCluster, timeout_s: float = 60) -> None:
@@ -422,14 +435,16 @@ def _count_ok(replies: list, batch: int, attribute: str) -> int:
 
 
 def bench_zring(seeds: str, workloads: set[str], args: argparse.Namespace, value: bytes,
-                prefix: str) -> tuple[dict[str, Result], dict[str, str], dict]:
-    """zring's rows: (results by row key, why a row's zring side was skipped, quorums)."""
+                prefix: str, keys: Any = None) -> tuple[dict[str, Result], dict[str, str], dict]:
+    """zring's rows: (results by row key, why a row's zring side was skipped, quorums).
+    ``keys``: the clients' CurveZMQ keys, for a cluster with security on."""
     from zring import Client
 
     ops, max_seconds = args.ops, args.max_seconds
     results: dict[str, Result] = {}
     notes: dict[str, str] = {}
-    client = Client(seeds, timeout=args.timeout)
+    secure = {"keys": keys} if keys is not None else {}
+    client = Client(seeds, timeout=args.timeout, **secure)
     try:
         try:
             state = client.ring_state()
@@ -465,7 +480,8 @@ def bench_zring(seeds: str, workloads: set[str], args: argparse.Namespace, value
         if cls is None:
             notes["aput"] = notes["aget"] = why
         else:
-            results_or_note = asyncio.run(bench_zring_async(cls, seeds, args, value, prefix))
+            results_or_note = asyncio.run(bench_zring_async(cls, seeds, args, value, prefix,
+                                                            secure))
             if isinstance(results_or_note, str):
                 notes["aput"] = notes["aget"] = results_or_note
             else:
@@ -503,13 +519,14 @@ def bench_zring_batch(client: Any, args: argparse.Namespace, value: bytes,
 
 
 async def bench_zring_async(cls: Any, seeds: str, args: argparse.Namespace, value: bytes,
-                            prefix: str) -> dict[str, Result] | str:
-    """put then get with ``args.concurrency`` requests in flight on one AsyncClient."""
+                            prefix: str, options: dict | None = None) -> dict[str, Result] | str:
+    """put then get with ``args.concurrency`` requests in flight on one AsyncClient
+    (``options``: more AsyncClient arguments)."""
     concurrency = args.concurrency
     keys = [f"{prefix}:async:{i:08d}" for i in range(args.ops)]
     grace_s = 4 * args.timeout + 10
     try:
-        client = cls(seeds, timeout=args.timeout)
+        client = cls(seeds, timeout=args.timeout, **(options or {}))
     except Exception as exc:
         return f"AsyncClient({seeds!r}) failed: {type(exc).__name__}: {exc}"
     try:
@@ -980,6 +997,65 @@ def table_notes(notes: dict[str, str], workloads: set[str], concurrency: int,
     return lines
 
 
+# ---------------------------------------------------------------------- security
+
+
+def run_security(args: argparse.Namespace, workloads: set[str]) -> None:
+    """The sync, async and batch workloads on a plain cluster and on a CurveZMQ one, in
+    turn each round; the ops/s ratio curve/plain per row."""
+    value = os.urandom(args.value_size)
+    prefix = f"bench:{os.getpid()}:{int(time.time())}"
+    clusters: list[LocalCluster] = []
+    try:
+        plain, curve = temp_cluster(), temp_cluster(secure=True)
+        clusters += [plain, curve]
+        for cluster in clusters:
+            start_temp_cluster(cluster)
+        print(f"{args.ops} ops per workload, {args.value_size}-byte values; plain cluster "
+              f"vs CurveZMQ cluster (both up throughout)", flush=True)
+        ratios: dict[str, list[float]] = {}
+        for round_number in range(1, args.rounds + 1):
+            round_prefix = f"{prefix}:r{round_number}"
+            results = {}
+            # who goes first alternates: a drift in the machine's speed favours neither
+            order = [plain, curve] if round_number % 2 else [curve, plain]
+            for cluster in order:
+                results[cluster is curve] = bench_zring(
+                    ",".join(cluster.seeds), workloads, args, value, round_prefix,
+                    keys=cluster.client_keys)
+            (plain_results, _, quorums), (curve_results, _, _) = results[False], results[True]
+            print()
+            print(f"round {round_number} of {args.rounds}")
+            print(format_security_table(plain_results, curve_results, quorums, workloads,
+                                        args.concurrency, args.batch))
+            for key, ratio in round_ratios(curve_results, plain_results).items():
+                ratios.setdefault(key, []).append(ratio)
+        if args.rounds > 1:
+            print()
+            summary = format_ratio_summary(ratios, quorums, workloads, args.concurrency,
+                                           args.batch)
+            print(summary.replace("z/r median", "c/p median"))
+    finally:
+        for cluster in clusters:
+            stop_temp_cluster(cluster, args.keep_cluster_files)
+
+
+def format_security_table(plain: dict[str, Result], curve: dict[str, Result], quorums: dict,
+                          workloads: set[str], concurrency: int, batch: int) -> str:
+    fill = {"w": quorums.get("w", "?"), "r": quorums.get("r", "?"), "c": concurrency,
+            "b": batch}
+    table: list[list[str] | None] = [["workload", "plain ops/s", "p50 ms", "p99 ms",
+                                      "curve ops/s", "p50 ms", "p99 ms", "ops/s c/p",
+                                      "errors"]]
+    for key, group, template, _redis in ROWS:
+        if group not in workloads or key not in plain or key not in curve:
+            continue
+        p, c = plain[key], curve[key]
+        table.append([template.format(**fill), *_cells(p), *_cells(c),
+                      _ratio(c.ops_per_s, p.ops_per_s), f"{p.errors}/{c.errors}"])
+    return _layout(table, left={0})
+
+
 # ---------------------------------------------------------------------- CLI
 
 def parse_workloads(text: str) -> set[str]:
@@ -1009,6 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: start one on a free port; --memory always starts its "
                              "own)")
     parser.add_argument("--no-redis", action="store_true", help="benchmark zring alone")
+    parser.add_argument("--security", action="store_true",
+                        help="instead of redis: zring with CurveZMQ on vs off, on two "
+                             "temporary clusters (the sync, async and batch workloads)")
     parser.add_argument("--workloads", default=DEFAULT_WORKLOADS,
                         help=f"comma-separated, of {', '.join(WORKLOADS)} or all "
                              f"(default: {DEFAULT_WORKLOADS})")
@@ -1133,6 +1212,17 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.py: error: zring is not importable; run `pip install -e .` in this "
               "environment first", file=sys.stderr)
         return 2
+
+    if args.security:
+        if args.seeds or args.start_cluster:
+            print("bench.py: error: --security starts its own clusters", file=sys.stderr)
+            return 2
+        try:
+            run_security(args, workloads & {"sync", "async", "batch"})
+        except (RuntimeError, OSError) as exc:
+            print(f"bench.py: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
 
     use_redis = not args.no_redis
     redis_binary = None

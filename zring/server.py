@@ -177,7 +177,9 @@ class NodeServer:
             effects = self.core.start(time.time())
         self._perform(effects)
         self.log.info("node_listening", address=self.config.address,
-                      gossip=self.config.gossip_address, fsync=self.config.fsync)
+                      gossip=self.config.gossip_address, fsync=self.config.fsync,
+                      security="curve" if self.keys is not None else "off",
+                      allowed_keys=len(self.keys.allowed) if self.keys is not None else 0)
         periodic = self.config.fsync == "periodic"
         next_sync_at = time.monotonic() + self.config.fsync_period_s
         while self.running:
