@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zring.errors import (
+    Forbidden,
     InvalidRequest,
     MembershipConflict,
     NotMember,
@@ -38,10 +39,12 @@ _LAZY = {
     "MemberInfo": "zring.client",
     "MembershipResult": "zring.client",
     "HashRing": "zring.ring",
+    "ClientKeys": "zring.security",
 }
 
 __all__ = [
-    "AsyncClient", "Client", "ClusterStatus", "DeleteResult", "GetResult", "HashRing",
+    "AsyncClient", "Client", "ClientKeys", "ClusterStatus", "DeleteResult", "Forbidden",
+    "GetResult", "HashRing",
     "InvalidRequest", "MemberInfo", "MembershipConflict", "MembershipResult", "NotMember",
     "ProtocolError", "PutResult", "RingNode", "RingState", "StorageError", "Timeout",
     "Unavailable", "ZringError", "__version__",
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
         RingState,
     )
     from zring.ring import HashRing
+    from zring.security import ClientKeys
 
 
 def __getattr__(name: str):
