@@ -50,7 +50,7 @@ _HWM = 10_000
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math is slower
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
-_MAX_ROUTE_FRAMES = 4   # identity, optional delimiter: anything longer is not ours to answer
+_MAX_ROUTE_FRAMES = 4   # identity, optional delimiter, request: longer ones get an error
 _GOSSIP_TOPIC = b""
 _CONNECT_GRACE_S = 1.0    # how long a new peer connection may take before sends to it drop
 _PARKED_RETRY_S = 0.005
@@ -224,11 +224,9 @@ class NodeServer:
         return True
 
     def _take_request(self, frames: list) -> list:
-        if len(frames) < 2 or len(frames) > _MAX_ROUTE_FRAMES:
-            self.core.stats["bad_frames"] += 1
-            self.log.warning("frame_dropped", reason="unexpected frame count",
-                             frames=len(frames))
-            return []
+        if len(frames) > _MAX_ROUTE_FRAMES:
+            identity = frames[0] if self.keys is None else frames[0].bytes
+            return self.core.refuse_multipart(identity, len(frames))
         if self.keys is None:
             return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
         last = frames[-1]   # zmq.Frames: the ZAP handler's User-Id rides on them

@@ -92,3 +92,12 @@ def test_a_full_member_table_refuses_a_join_with_a_clear_error(monkeypatch):
         if isinstance(e, Reply)]
     assert reply.message.type == MsgType.ERROR and reply.message.body["code"] == "unavailable"
     assert "node9" not in sim.node("node1").members
+
+
+def test_a_request_of_too_many_parts_gets_a_protocol_error():
+    sim = SimCluster()
+    core = sim.add("node1")
+    [reply] = core.refuse_multipart(b"client-7", 6)
+    assert reply.route == (b"client-7",) and reply.message.request_id == 0
+    assert reply.message.body["code"] == "protocol" and "not 5" in reply.message.body["message"]
+    assert core.stats["bad_frames"] == 1

@@ -334,6 +334,14 @@ class NodeCore:
             return []
         return self._fill_batches(self._dispatch(route, message, now))
 
+    def refuse_multipart(self, identity: bytes, frames: int) -> list[Effect]:
+        """A ROUTER message of too many parts: its sender gets a protocol error (request
+        id 0: which part would hold the request is anyone's guess)."""
+        self.stats["bad_frames"] += 1
+        self.log.warning("frame_rejected", error="too many parts", frames=frames)
+        return [Reply((identity,), _error(0, ProtocolError(
+            f"a request is one frame (after an optional empty delimiter), not {frames - 1}")))]
+
     def _dispatch(self, route, message: Message, now: float) -> list[Effect]:
         handler = self._handlers.get(message.type)
         if handler is None:
