@@ -310,8 +310,10 @@ def _record_fields(ctx: FuzzContext) -> st.SearchStrategy[tuple]:
     """A well-formed record's fields in few draws (each draw costs hypothesis ~0.1 ms):
     sampled interesting values, now and then any value of the range."""
     numbers = st.one_of(st.sampled_from(_GENERATIONS), st.integers(0, _MAX_GENERATION))
-    weights = st.one_of(st.sampled_from(sorted({MIN_WEIGHT, 0.5, 1, 2.0, ctx.max_weight})),
-                        st.floats(MIN_WEIGHT, ctx.max_weight))
+    weights = st.one_of(
+        st.sampled_from(sorted({w for w in (MIN_WEIGHT, 0.5, 1, 2.0) if w <= ctx.max_weight}
+                               | {ctx.max_weight})),
+        st.floats(MIN_WEIGHT, ctx.max_weight))
     return st.tuples(
         st.sampled_from(ctx.fake_ids), st.sampled_from(ctx.addresses),
         st.sampled_from(ctx.addresses), st.sampled_from([int(s) for s in MemberStatus]),
@@ -1114,7 +1116,8 @@ class FuzzRun:
 
     def _alive(self) -> bool:
         code = self.node.exit_code()
-        if code is not None and not self.report.crashes:
+        killed = self.watch is not None and self.watch.killed_at_mib is not None
+        if code is not None and not self.report.crashes and not killed:   # ours: no crash
             self.report.crashes = 1
             self.report.exit_code = code
         return code is None

@@ -22,6 +22,7 @@ it answered on, the DEALERs it sent on) whether input arrived meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -38,6 +39,7 @@ from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
+from zring.errors import InvalidRequest
 from zring.protocol import MAX_FRAME_BYTES, encode
 from zring.security import HANDSHAKE_FAILURES, KeyAuthenticator, NodeKeys, refusal_reason
 from zring.storage import STORE_FILE, MemoryStore, SQLiteStore
@@ -108,6 +110,8 @@ class NodeServer:
                 self._watch(monitor, functools.partial(self._take_refusal, name))
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
+        self.reload_requested = False   # SIGHUP: read the allowed keys again
+        self.allowed_users = frozenset(self.keys.allowed.values()) if self.keys else frozenset()
         self.log = log.bind(node_id=config.node_id)
         # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
         # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
@@ -183,6 +187,9 @@ class NodeServer:
         periodic = self.config.fsync == "periodic"
         next_sync_at = time.monotonic() + self.config.fsync_period_s
         while self.running:
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload_keys()
             deadline = self.core.next_deadline() - time.time()
             if self.parked:
                 deadline = min(deadline, _PARKED_RETRY_S)
@@ -230,8 +237,30 @@ class NodeServer:
         if self.keys is None:
             return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
         last = frames[-1]   # zmq.Frames: the ZAP handler's User-Id rides on them
+        user_id = last.get("User-Id")
+        if user_id not in self.allowed_users:   # admitted, then removed by a reload
+            user_id = f"revoked:{user_id}"
         return self.core.handle_frame(tuple(f.bytes for f in frames[:-1]), last.bytes,
-                                      time.time(), last.get("User-Id"))
+                                      time.time(), user_id)
+
+    def _reload_keys(self) -> None:
+        """The allowed keys again from the key directory (SIGHUP): new handshakes and every
+        request check against them; a removed key's open connection is refused requests."""
+        if self.keys is None or self.auth is None:
+            self.log.warning("keys_not_reloaded", reason="security is off")
+            return
+        try:
+            keys = NodeKeys.load(self.config.keys_dir, self.config.node_id)
+        except InvalidRequest as exc:
+            self.log.warning("keys_not_reloaded", reason=exc.message)
+            return
+        if (keys.server_secret, keys.own) != (self.keys.server_secret, self.keys.own):
+            self.log.warning("keys_changed_need_restart",
+                             reason="the cluster keypair or this node's own key changed")
+        self.keys = dataclasses.replace(self.keys, allowed=keys.allowed)
+        self.auth.allowed = dict(keys.allowed)
+        self.allowed_users = frozenset(keys.allowed.values())
+        self.log.info("keys_reloaded", allowed_keys=len(keys.allowed))
 
     def _take_refusal(self, socket_name: str, frames: list[bytes]) -> list:
         event = parse_monitor_message(frames)
@@ -331,8 +360,12 @@ def run_node(config: NodeConfig) -> int:
 
     def stop(signum, frame):  # SIGTERM from supervisord: finish the current loop and exit
         server.running = False
+
+    def reload(signum, frame):
+        server.reload_requested = True
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     signal.set_wakeup_fd(server.wakeup_write_fd, warn_on_full_buffer=False)
     try:
         server.serve()

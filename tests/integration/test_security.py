@@ -212,3 +212,36 @@ def test_the_wire_shows_neither_key_nor_value_with_security_on(secure, tmp_path)
             stop.set()
             thread.join(timeout=5)
         assert key2.encode() in captured and value in captured
+
+
+def reload_keys(cluster: TestCluster) -> None:
+    """SIGHUP to every node (through supervisord, as `supervisorctl signal HUP` does)."""
+    counts = {n: cluster.log_text(n).count("keys_reloaded") for n in NODES}
+    for name in NODES:
+        cluster.supervisor().signalProcess(name, "HUP")
+    wait_for(lambda: all(cluster.log_text(n).count("keys_reloaded") > counts[n]
+                         for n in NODES), 10, "every node to reload its keys")
+
+
+def test_keys_added_or_removed_take_effect_on_sighup(secure):
+    cluster, keys = secure
+    keygen(keys, clients=["late"])
+    late_keys = ClientKeys.load(keys / "clients" / "late.key_secret")
+    late = Client(cluster.seeds, timeout=0.5, retries=1, keys=late_keys)
+    try:
+        with pytest.raises(Timeout):   # not yet allowed: refused like any unknown key
+            late.put("late", b"1")
+    finally:
+        late.close()
+    reload_keys(cluster)
+    late = Client(cluster.seeds, timeout=5, keys=late_keys)
+    try:
+        assert late.put("late", b"1").stored_on
+        for path in (keys / "clients").glob("late.*"):
+            path.unlink()
+        reload_keys(cluster)
+        # its connections are still open, but every request on them is now refused
+        with pytest.raises(Forbidden, match="revoked:client:late"):
+            late.get("late")
+    finally:
+        late.close()
