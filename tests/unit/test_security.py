@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
 import stat
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -11,6 +13,7 @@ from simnet import CLIENT, SimCluster
 from zring import cli
 from zring.core.effects import Reply
 from zring.errors import InvalidRequest
+from zring.localcluster import LocalCluster
 from zring.protocol import (
     ADMIN_TYPES,
     CLIENT_TYPES,
@@ -154,3 +157,25 @@ def test_keygen_command_and_node_options(tmp_path, capsys):
          "--max-value-bytes", str(1 << 40)])
     with pytest.raises(ValueError, match="frame limit"):
         cli.node_config_from_args(args)
+
+
+def supervisord_sections(text: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False)
+    parser.read_string(text)
+    return parser
+
+
+@pytest.mark.parametrize("source", ["repository", "localcluster"])
+def test_supervisords_xmlrpc_listens_on_a_private_unix_socket_only(source, tmp_path):
+    if source == "repository":
+        text = (Path(__file__).parents[2] / "supervisord.conf").read_text()
+    else:
+        cluster = LocalCluster(tmp_path, nodes=1)
+        cluster.write_conf()
+        text = cluster.conf.read_text()
+    conf = supervisord_sections(text)
+    assert conf.get("unix_http_server", "chmod") == "0700"
+    assert conf.get("supervisorctl", "serverurl").startswith("unix://")
+    for section in conf.sections():   # an inet server, if any, on loopback alone
+        if section == "inet_http_server":
+            assert conf.get(section, "port").startswith("127.0.0.1:")
