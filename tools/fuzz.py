@@ -3,8 +3,9 @@
 
     python tools/fuzz.py --frames 100000 --seed 1      # the long run: both targets, ~1-2 min
     python tools/fuzz.py --frames 20000 --target gossip # only the gossip SUB
-    python tools/fuzz.py --max-weight 1 --no-fresh-ids   # forged members: no huge rings
+    python tools/fuzz.py --max-weight 0.01 --no-fresh-ids   # forged members: small rings
     python tools/fuzz.py --replay DIR/suspects-hang-1.msgpack   # one frame at a time
+    python tools/fuzz.py --atheris 200000   # in-process, coverage-guided (pip install atheris)
 
 One node (``zring node --memory``, N=W=R=1, JSON logs in ``DIR/node.log``) runs on free
 loopback ports. The fuzzer sends it, through a DEALER, ROUTER frames of these kinds:
@@ -20,8 +21,9 @@ gossip address is its own PUB, waits until the node subscribed (a published hear
 raises the node's ``gossip_accepted`` counter), then publishes GOSSIP messages whose
 member records are malformed, stale records of the node itself, records of unknown node
 ids with random statuses, weights and huge generations, plus the kinds above. Structured
-frames come from hypothesis strategies (driven outside pytest, seeded by ``--seed``);
-as many again are plain seeded mutations of them (bit flips, splices, truncations).
+frames come from hypothesis strategies (driven outside pytest, seeded by ``--seed``); by
+default four times as many are plain seeded mutations of them (values swapped for odd ones,
+bit flips, splices, truncations), for volume: hypothesis draws ~500 frames a second.
 
 Only loopback is ever named: every endpoint in a forged record is one of a few free
 loopback ports or the fuzzer's own sockets, or a string with no "://". A guard decodes
@@ -37,7 +39,13 @@ the node's own gossip parseable by a peer, every forged member marked left, then
 zring.Client puts and gets fresh keys; peak RSS (VmHWM) within ``--rss-limit-mib``.
 The frames sent since the last good check before a hang, a crash or a bound are saved to
 ``DIR/suspects-*.msgpack``; ``--replay`` resends such a file one frame at a time, a PING
-after each, and names the frames the node choked on. Exit status 1 if anything failed.
+after each, and names the frames the node choked on. Files go to ``--dir`` (default: a new
+temporary directory, removed when the run passed). Exit status 1 if anything failed.
+
+``--atheris`` fuzzes without sockets: libFuzzer (through atheris, if installed) feeds a
+sans-IO NodeCore each input as a ROUTER frame or as gossip, seeded with hypothesis frames;
+an exception escaping ``handle_frame``/``handle_gossip``/``tick``, or RSS past
+``--rss-kill-mib``, is a crash, saved as ``DIR/crash-*``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +93,7 @@ _MAX_ADDRESS_CHARS = getattr(zring_membership, "MAX_ADDRESS_CHARS", 1024)
 _MEMBER_LIMIT = getattr(zring_membership, "MAX_MEMBERS", 1024)
 _VALUE_LIMIT = 4 * 1024 * 1024             # the node's default --max-value-bytes
 _MIB = 1024 * 1024
+RSS_STEP_MIB = 24   # RSS up this much between two checks: the frames are kept for --replay
 
 
 def say(text: str = "") -> None:
@@ -116,12 +126,15 @@ class FuzzContext:
 
 def unsafe_reason(parts: list[bytes], ctx: FuzzContext) -> str | None:
     """Why the node must not get this message (None: it may). A part that names no endpoint
-    and neither protected id, and is no LEAVE, passes at once (msgpack strings are their
-    UTF-8 bytes); any other is decoded exactly as the node decodes a frame: what it rejects
-    cannot hurt, what it accepts is walked."""
+    and neither protected id, and is no LEAVE (nor, with --max-weight or --no-fresh-ids, a
+    member record), passes at once: msgpack strings are their UTF-8 bytes. Any other is
+    decoded exactly as the node decodes a frame: what it rejects cannot hurt, what it
+    accepts is walked."""
+    narrowed = ctx.max_weight < MAX_WEIGHT or not ctx.fresh_ids   # records to look at too
     for part in parts:
         if (b"://" not in part and ctx.target_id.encode() not in part
-                and ctx.peer_id.encode() not in part and not _may_be_leave(part)):
+                and ctx.peer_id.encode() not in part and not _may_be_leave(part)
+                and not (narrowed and b"generation" in part)):
             continue
         try:
             message = decode(part)
@@ -162,6 +175,13 @@ def _unsafe_value(root: object, ctx: FuzzContext) -> str | None:
                 return "a record or request about the fake peer"
             if node_id == ctx.target_id and not _stale_self_record(value, ctx):
                 return "a record or request about the node that is not stale"
+            if "generation" in value:   # a member record: within the run's options?
+                weight = value.get("weight", 1.0)   # a record without one weighs 1
+                if (ctx.max_weight < MAX_WEIGHT and isinstance(weight, (int, float))
+                        and weight > ctx.max_weight):
+                    return "a weight over --max-weight"
+                if not ctx.fresh_ids and node_id not in (*ctx.fake_ids, ctx.target_id):
+                    return "a new node id (--no-fresh-ids)"
             stack.extend(value.values())
     return None
 
@@ -322,9 +342,11 @@ def _record_fields(ctx: FuzzContext) -> st.SearchStrategy[tuple]:
         st.sampled_from((0, 1, 2**64 - 1)), st.booleans())
 
 
-def _record(fields: tuple) -> dict:
+def _record(fields: tuple, ctx: FuzzContext) -> dict:
     (node_id, address, gossip_address, status, generation, heartbeat, present, weight,
      number, transfer, ring, streamed) = fields
+    if ctx.max_weight < 1:
+        present |= 1   # a record without a weight weighs 1: over the bound
     record = {"node_id": node_id, "address": address, "gossip_address": gossip_address,
               "status": status, "generation": generation, "heartbeat": heartbeat}
     optional = {"weight": weight, "keys": number, "hints": number, "streamed": streamed,
@@ -349,7 +371,7 @@ def member_records(draw, ctx: FuzzContext) -> object:
     kind = draw(st.sampled_from(kinds + (("fresh",) if ctx.fresh_ids else ())))
     if kind == "not_a_map":
         return draw(_SCALARS)
-    record = _record(draw(_record_fields(ctx)))
+    record = _record(draw(_record_fields(ctx)), ctx)
     if kind == "fresh":
         record["node_id"] = draw(_fresh_ids(ctx))
     elif kind == "stale_self":
@@ -716,11 +738,14 @@ class Mutator:
         rng = self.rng
         size = rng.randint(min(_MIB, self.max_big), self.max_big)
         target = rng.choice(self.targets)
-        how = rng.randrange(4)
+        how = rng.randrange(5)
         if how == 0:
             frame = rng.randbytes(size)
         elif how == 1:    # millions of tiny objects: a list of empty lists
             frame = b"\xdd" + (size - 5).to_bytes(4, "big") + b"\x90" * (size - 5)
+        elif how == 4:    # as many, in four lists each short enough for a per-list cap
+            quarter = size // 4 - 5
+            frame = b"\x94" + (b"\xdd" + quarter.to_bytes(4, "big") + b"\x90" * quarter) * 4
         elif how == 2:    # a value up to the limit or past it
             frame = pack([10, 1, {"key": f"big-{size}", "value": b"v" * size}])
         else:             # many empty maps in a valid envelope
@@ -775,6 +800,12 @@ class TargetNode:
                     int(fields["VmHWM"].split()[0]) / 1024)
         except (KeyError, ValueError):
             return None   # a zombie has no memory lines
+
+    def open_fds(self) -> int | None:
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return None
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -876,14 +907,14 @@ class FakePeer:
     """A member the node believes in: its ROUTER (whatever the node asks it goes unanswered)
     and its PUB, to which the node's gossip SUB connects once it knows the record."""
 
-    def __init__(self, context: zmq.Context) -> None:
+    def __init__(self, context: zmq.Context, requests: Counter) -> None:
+        self.requests = requests   # what the node asked the fake peer, by type
         self.router = _socket(context, zmq.ROUTER)
         self.pub = _socket(context, zmq.PUB, hwm=100_000)
         self.address = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
         self.gossip_address = (
             f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}")
         self.heartbeat = 0
-        self.requests: Counter = Counter()   # what the node sent the fake peer, by type
 
     def record(self, status: MemberStatus = MemberStatus.JOINING,
                generation: int = 1) -> dict:
@@ -941,10 +972,13 @@ class GossipObserver:
             return f"no gossip from the node within {timeout_s}s"
         try:
             message = decode(frame)
-            for wire in message.body["members"]:
-                Member.from_wire(wire)
         except ProtocolError as exc:
             return f"a peer would reject the node's gossip: {exc}"
+        for wire in message.body["members"]:
+            try:
+                Member.from_wire(wire)
+            except ProtocolError as exc:
+                return f"a peer would reject the node's gossip: {exc}: {_short(wire, 3)[:200]}"
         return None
 
     def close(self) -> None:
@@ -958,7 +992,7 @@ class FuzzOptions:
     frames: int = 100_000
     seed: int = 1
     targets: tuple[str, ...] = ("router", "gossip")
-    mutated_share: float = 0.75    # of all frames, plain mutations of structured ones
+    mutated_share: float = 0.8     # of all frames, plain mutations of structured ones
     big_every: int = 2500          # a frame of a few MiB every this many frames
     max_big_mib: float = 4.0
     check_every: int = 500
@@ -980,13 +1014,17 @@ class FuzzReport:
     kinds: Counter = field(default_factory=Counter)       # by target/kind
     skipped_unsafe: Counter = field(default_factory=Counter)   # by reason
     replies: Counter = field(default_factory=Counter)     # the node's replies to the fuzzer
+    peer_requests: Counter = field(default_factory=Counter)   # the node's to the fake peer
     crashes: int = 0
     exit_code: int | None = None
     hangs: int = 0
     hang_notes: list[str] = field(default_factory=list)
     ping_max_s: float = 0.0
     peak_rss_mib: float = 0.0
+    end_rss_mib: float | None = None
     rss_killed_at_mib: float | None = None
+    open_fds: list[int] = field(default_factory=list)   # sampled at each check
+    rss_steps: list[str] = field(default_factory=list)  # RSS up by RSS_STEP_MIB in one check
     started_at: float = field(default_factory=time.monotonic)
     fuzz_s: float = 0.0
     duration_s: float = 0.0
@@ -1031,9 +1069,17 @@ class FuzzReport:
                 f"{r} {n}" for r, n in self.skipped_unsafe.most_common()))
         out.append("  replies to the fuzzer: " + ", ".join(
             f"{k} {n}" for k, n in self.replies.most_common()))
+        if self.peer_requests:
+            out.append("  requests from the node to the fake peer: " + ", ".join(
+                f"{k} {n}" for k, n in self.peer_requests.most_common()))
         out.append(f"  crashes {self.crashes}, hangs {self.hangs}, slowest ping "
                    f"{self.ping_max_s:.3f}s, peak RSS {self.peak_rss_mib:.0f} MiB "
-                   f"(bound {self.options.rss_limit_mib:.0f})")
+                   f"(bound {self.options.rss_limit_mib:.0f}), at the end "
+                   + (f"{self.end_rss_mib:.0f} MiB" if self.end_rss_mib is not None else "-"))
+        if self.open_fds:
+            out.append(f"  node's open fds: {self.open_fds[0]} at start, {max(self.open_fds)} "
+                       f"at most, {self.open_fds[-1]} at the end")
+        out += [f"  RSS step: {step}" for step in self.rss_steps]
         out += [f"  hang: {note}" for note in self.hang_notes]
         keep = ("bad_frames", "bad_gossip", "gossip_accepted", "handler_errors", "overloaded",
                 "member_records_refused", "sends_dropped", "peer_timeouts", "bad_replies")
@@ -1048,10 +1094,17 @@ class FuzzReport:
         if self.stopped_early:
             out.append(f"  stopped early: {self.stopped_early}")
         out += [f"  suspects (replay with --replay): {path}" for path in self.suspects]
-        out.append(f"  node log: {self.workdir / 'node.log' if self.workdir else '-'}")
+        out.append(f"  node log: {self.workdir / 'node.log'}" if self.workdir else
+                   "  files: removed (the run passed)")
         failures = self.failures
         out.append("FAILED: " + "; ".join(failures) if failures else "PASSED")
         return out
+
+
+def _gossip_read(counters: dict[str, int]) -> int:
+    """Gossip frames the node has read: each is accepted or rejected (one whose merge then
+    failed counts twice, which only errs on the safe side)."""
+    return counters.get("gossip_accepted", 0) + counters.get("bad_gossip", 0)
 
 
 class _StopFuzz(BaseException):
@@ -1080,6 +1133,7 @@ class FuzzRun:
         self.watch: MemoryWatch | None = None
         self.ctx: FuzzContext | None = None
         self.gossip_sent = 0
+        self.last_rss_mib = 0.0
         self.since_check: list[tuple[str, list[bytes]]] = []   # suspects if the next fails
 
     # -------------------------------------------------------------- setting up
@@ -1096,7 +1150,7 @@ class FuzzRun:
         self.fuzzer = _socket(self.context, zmq.DEALER)
         self.fuzzer.setsockopt(zmq.SNDTIMEO, int(options.ping_timeout_s * 1000))
         self.fuzzer.connect(self.node.address)
-        self.peer = FakePeer(self.context)
+        self.peer = FakePeer(self.context, self.report.peer_requests)
         reply = self.probe.ask(MsgType.JOIN, {"member": self.peer.record()}, 5)
         if reply is None or reply.type != MsgType.OK:
             raise RuntimeError(f"the node refused the fake peer's JOIN: {reply}")
@@ -1113,6 +1167,10 @@ class FuzzRun:
             counters = self.probe.counters(1)
             return bool(counters and counters.get("gossip_accepted", 0) >= 1)
         wait_for(subscribed, 15, "the node to subscribe to the fake peer's PUB")
+        # heartbeats published before the SUB connected were lost: count from what it read
+        self.gossip_sent = _gossip_read(self.probe.counters(5) or {})
+        self._sample_fds()
+        self.last_rss_mib = (self.node.memory_mib() or (0.0,))[0]
 
     def _alive(self) -> bool:
         code = self.node.exit_code()
@@ -1172,7 +1230,9 @@ class FuzzRun:
             self._hang(f"no PING answer within {options.ping_timeout_s}s")
             return
         report.ping_max_s = max(report.ping_max_s, latency)
+        self._sample_fds()
         self._check_memory()
+        self._note_growth()
         if "gossip" in options.targets and not self._gossip_caught_up(options.ping_timeout_s):
             self._hang(f"the node had not read the gossip sent within "
                        f"{options.ping_timeout_s}s")
@@ -1183,7 +1243,8 @@ class FuzzRun:
                 report.gossip_problems.append(problem)
                 self._save_suspects("gossip")
         self.since_check = []
-        if not options.quiet and report.total % (options.check_every * 20) < options.check_every:
+        if not options.quiet and report.total // (options.check_every * 20) != (
+                (report.total - options.check_every) // (options.check_every * 20)):
             say(f"  .. {report.total} frames, ping {latency * 1000:.0f} ms, "
                 f"RSS {report.peak_rss_mib:.0f} MiB peak")
 
@@ -1195,12 +1256,28 @@ class FuzzRun:
             counters = self.probe.counters(max(0.1, deadline - time.monotonic()))
             if counters is not None:
                 self.report.counters = counters
-                read = counters.get("gossip_accepted", 0) + counters.get("bad_gossip", 0)
-                if read >= self.gossip_sent - window:
+                if _gossip_read(counters) >= self.gossip_sent - window:
                     return True
             if time.monotonic() >= deadline or not self._alive():
                 return False
             time.sleep(0.02)
+
+    def _note_growth(self) -> None:
+        """Keep the frames behind a big step up in RSS (replay them to find which)."""
+        memory = self.node.memory_mib()
+        if memory is None:
+            return
+        grown = memory[0] - self.last_rss_mib
+        self.last_rss_mib = memory[0]
+        if grown >= RSS_STEP_MIB and len(self.report.rss_steps) < 5:
+            path = self._save_suspects("growth")
+            self.report.rss_steps.append(f"+{grown:.0f} MiB to {memory[0]:.0f} MiB by frame "
+                                         f"{self.report.total}; frames: {path}")
+
+    def _sample_fds(self) -> None:
+        fds = self.node.open_fds()
+        if fds is not None:
+            self.report.open_fds.append(fds)
 
     def _check_memory(self) -> None:
         watch = self.watch
@@ -1255,9 +1332,13 @@ class FuzzRun:
         """The node serves correctly afterwards (each check is recorded, none raises)."""
         checks, probe = self.report.post_checks, self.probe
         self._check_memory_at_end()
-        checks["alive"] = "ok" if self._alive() else f"exited with {self.report.exit_code}"
-        if checks["alive"] != "ok":
+        self._sample_fds()
+        if not self._alive():
+            killed = self.watch.killed_at_mib
+            checks["alive"] = (f"killed by the watchdog at {killed:.0f} MiB" if killed
+                               else f"exited with {self.node.exit_code()}")
             return
+        checks["alive"] = "ok"
         latency = probe.ping_s(self.options.ping_timeout_s)
         checks["ping"] = "ok" if latency is not None else "no answer"
         if not full:
@@ -1328,6 +1409,7 @@ class FuzzRun:
         memory = self.node.memory_mib()
         if memory is not None:
             self.watch.peak_mib = max(self.watch.peak_mib, *memory)
+            self.report.end_rss_mib = memory[0]
         self.report.peak_rss_mib = self.watch.peak_mib
         if self.watch.killed_at_mib is not None:
             self.report.rss_killed_at_mib = self.watch.killed_at_mib
@@ -1383,52 +1465,19 @@ def _drive(strategy: st.SearchStrategy, seed: int, examples: int, consume) -> No
 def fuzz(options: FuzzOptions) -> FuzzReport:
     """The whole run: start the node, fuzz it, check it, stop it; never raises for what the
     node does (that goes in the report)."""
-    owned_dir = None
-    if options.workdir is None:
-        owned_dir = Path(tempfile.mkdtemp(prefix="zring-fuzz-"))
-    workdir = options.workdir or owned_dir
+    owned = options.workdir is None
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="zring-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     run = FuzzRun(options, workdir)
     report = run.report
     try:
         run.start()
-        mutator = Mutator(options.seed, options.max_big_mib, options.targets)
-        mutated_per_frame = options.mutated_share / (1 - options.mutated_share)
-        owed = 0.0
-        next_big = options.big_every
-        strategy = batches(run.ctx, options.targets)
-
-        def consume(batch: dict[str, list[list[bytes]]]) -> None:
-            nonlocal owed, next_big
-            frames = [(name, parts) for name, drawn in batch.items() for parts in drawn]
-            mutator.rng.shuffle(frames)
-            for name, parts in frames:
-                if report.total >= options.frames:
-                    raise _StopFuzz("done")
-                run.send(name, parts)
-                mutator.remember(name, parts)
-                owed += mutated_per_frame
-                while owed >= 1 and report.total < options.frames:
-                    owed -= 1
-                    run.send(*mutator.mutated())
-                if options.big_every and report.total >= next_big:
-                    next_big += options.big_every
-                    run.send(*mutator.big())
-            run.drain()
-
         say(f"fuzzing {run.node.address} (gossip {run.node.gossip_address}, pid "
             f"{run.node.pid}): {options.frames} frames, seed {options.seed}, targets "
             f"{'+'.join(options.targets)}; files in {workdir}")
         fuzz_started = time.monotonic()
-        per_example = sum(_KIND_COUNTS[n.split("/")[1]] for n in frame_strategies(run.ctx)
-                          if n.split("/")[0] in options.targets) * (1 + mutated_per_frame)
         try:
-            for round_number in range(1000):   # hypothesis may end a round early
-                sent_before = report.total
-                examples = int((options.frames - report.total) / per_example) + 1
-                _drive(strategy, options.seed * 1000 + round_number, examples, consume)
-                if report.total == sent_before:
-                    raise _StopFuzz("hypothesis generated no frames")
+            _send_frames(run)
         except _StopFuzz as stop:
             if str(stop) != "done":
                 report.stopped_early = str(stop)
@@ -1447,7 +1496,48 @@ def fuzz(options: FuzzOptions) -> FuzzReport:
         report.duration_s = time.monotonic() - report.started_at
         report.exit_code = report.exit_code if report.crashes else run.node.exit_code()
         run.close()
+    if owned and not report.failures:   # nothing to look at: a passed run leaves no files
+        shutil.rmtree(workdir, ignore_errors=True)
+        report.workdir = None
     return report
+
+
+def _send_frames(run: FuzzRun) -> None:
+    """Hypothesis batches, each frame followed by its share of mutations and now and then
+    by a big frame, until ``options.frames`` went out (raises _StopFuzz)."""
+    options, report = run.options, run.report
+    mutator = Mutator(options.seed, options.max_big_mib, options.targets)
+    mutated_per_frame = options.mutated_share / (1 - options.mutated_share)
+    owed = 0.0
+    next_big = options.big_every
+
+    def consume(batch: dict[str, list[list[bytes]]]) -> None:
+        nonlocal owed, next_big
+        frames = [(name, parts) for name, drawn in batch.items() for parts in drawn]
+        mutator.rng.shuffle(frames)
+        for name, parts in frames:
+            if report.total >= options.frames:
+                raise _StopFuzz("done")
+            run.send(name, parts)
+            mutator.remember(name, parts)
+            owed += mutated_per_frame
+            while owed >= 1 and report.total < options.frames:
+                owed -= 1
+                run.send(*mutator.mutated())
+            if options.big_every and report.total >= next_big:
+                next_big += options.big_every
+                run.send(*mutator.big())
+        run.drain()
+
+    strategy = batches(run.ctx, options.targets)
+    per_example = sum(_KIND_COUNTS[n.split("/")[1]] for n in frame_strategies(run.ctx)
+                      if n.split("/")[0] in options.targets) * (1 + mutated_per_frame)
+    for round_number in range(1000):   # hypothesis may end a round early
+        sent_before = report.total
+        examples = int((options.frames - report.total) / per_example) + 1
+        _drive(strategy, options.seed * 1000 + round_number, examples, consume)
+        if report.total == sent_before:
+            raise _StopFuzz("hypothesis generated no frames")
 
 
 # ---------------------------------------------------------------------- replay
@@ -1478,7 +1568,7 @@ def _short(value: object, depth: int) -> str:
 
 def replay(path: Path, options: FuzzOptions, slow_s: float = 1.0) -> int:
     """Resend a suspects file one frame at a time, a PING after each; name the frames
-    after which the node was slow, silent or gone."""
+    after which the node was slow, silent or gone, or had grown by 8 MiB or more."""
     saved = msgpack.unpackb(path.read_bytes(), raw=False)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="zring-fuzz-replay-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1486,6 +1576,7 @@ def replay(path: Path, options: FuzzOptions, slow_s: float = 1.0) -> int:
     culprits = []
     try:
         run.start(extra_endpoints=tuple(saved["endpoints"]))
+        last_rss = run.node.memory_mib()[0]
         say(f"replaying {len(saved['frames'])} frames from {path} (node log {workdir})")
         for index, (name, parts) in enumerate(saved["frames"]):
             reason = unsafe_reason(parts, run.ctx)
@@ -1502,10 +1593,12 @@ def replay(path: Path, options: FuzzOptions, slow_s: float = 1.0) -> int:
                 target != "gossip" or run._gossip_caught_up(options.recover_timeout_s, 0))
             took = time.monotonic() - started
             memory = run.node.memory_mib()
+            grown = memory[0] - last_rss if memory else 0.0
+            last_rss = memory[0] if memory else last_rss
             run.drain()
-            if not answered or took > slow_s or not run._alive():
+            if not answered or took > slow_s or grown >= 8 or not run._alive():
                 state = ("gone" if not run._alive() else "silent" if not answered
-                         else f"{took:.1f}s")
+                         else f"{took:.1f}s, RSS +{grown:.0f} MiB")
                 culprits.append(index)
                 say(f"  #{index} {name} -> {state}, RSS {memory[0] if memory else 0:.0f} MiB; "
                     + "; ".join(describe(p) for p in parts))
@@ -1516,6 +1609,68 @@ def replay(path: Path, options: FuzzOptions, slow_s: float = 1.0) -> int:
     say(f"{len(culprits)} frame(s) the node choked on" if culprits else
         "the node took every frame in stride")
     return 1 if culprits else 0
+
+
+# ---------------------------------------------------------------------- atheris
+
+def atheris_fuzz(runs: int, options: FuzzOptions) -> int:
+    """Coverage-guided, in process: libFuzzer (atheris) feeds a sans-IO NodeCore each input,
+    a ROUTER frame (first byte ``r``) or gossip (``g``), after a tick; its effects (sends,
+    subscriptions) are dropped, so no guard is needed. One core lives through the run, as a
+    node does: a crash may need the inputs before it (libFuzzer keeps them in the corpus)."""
+    try:
+        import atheris
+    except ImportError:
+        print("fuzz.py: --atheris needs atheris (pip install atheris)", file=sys.stderr)
+        return 2
+    from zring.config import NodeConfig
+    from zring.core.node import NodeCore
+    from zring.log import configure_logging
+    from zring.storage import MemoryStore
+
+    configure_logging("error", "console")   # each rejected input would log a warning
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="zring-fuzz-atheris-"))
+    corpus = workdir / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    address, gossip_address = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
+    ctx = FuzzContext(TARGET_ID, 1, int(MemberStatus.NORMAL), PEER_ID,
+                      (address, gossip_address), max_weight=options.max_weight,
+                      fresh_ids=options.fresh_ids)
+    seeds: list[bytes] = []
+
+    def keep(batch: dict[str, list[list[bytes]]]) -> None:   # hypothesis frames as seeds
+        for name, drawn in batch.items():
+            seeds.extend(name[0].encode() + parts[-1] for parts in drawn
+                         if len(parts[-1]) <= 64 * 1024)
+    _drive(batches(ctx, ("router", "gossip")), options.seed, 20, keep)
+    for index, data in enumerate(seeds):
+        (corpus / f"seed-{index}").write_bytes(data)
+
+    config = NodeConfig(TARGET_ID, address, gossip_address, seeds=[address], replicas=1,
+                        write_quorum=1, read_quorum=1)
+    clock = [time.time()]
+    core = NodeCore(config, MemoryStore(), clock[0])
+    core.start(clock[0])
+
+    def one_input(data: bytes) -> None:
+        clock[0] += 0.01
+        errors_before = core.stats["handler_errors"]
+        if data[:1] == b"g":
+            core.handle_gossip(data[1:], clock[0])
+        else:
+            core.handle_frame((b"fuzzer",), data[1:], clock[0])
+        core.tick(clock[0])
+        # a handler's exception the node caught, counted and logged is a bug all the same
+        if core.stats["handler_errors"] > errors_before:
+            raise RuntimeError("a handler failed on an input no check foresaw (logged above)")
+
+    say(f"atheris: {runs} runs, {len(seeds)} seed inputs, corpus and crashes in {workdir}")
+    atheris.instrument_all()   # zring is loaded already: instrument what is
+    atheris.Setup([sys.argv[0], f"-runs={runs}", f"-seed={options.seed}",
+                   f"-rss_limit_mb={int(options.rss_kill_mib)}", "-max_len=65536",
+                   f"-artifact_prefix={workdir}/", str(corpus)], one_input)
+    atheris.Fuzz()   # libFuzzer exits the process: 0 when the runs are done
+    return 0
 
 
 # ---------------------------------------------------------------------- CLI
@@ -1547,6 +1702,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("debug", "info", "warning", "error"))
     parser.add_argument("--replay", type=Path, default=None, metavar="SUSPECTS",
                         help="resend a suspects file one frame at a time instead")
+    parser.add_argument("--atheris", type=int, default=0, metavar="RUNS",
+                        help="fuzz a NodeCore in process with atheris instead (no node)")
     return parser
 
 
@@ -1573,6 +1730,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.replay is not None:
             return replay(args.replay, options)
+        if args.atheris:
+            return atheris_fuzz(args.atheris, options)
         report = fuzz(options)
     except KeyboardInterrupt:
         print("fuzz.py: interrupted", file=sys.stderr)

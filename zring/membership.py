@@ -15,13 +15,18 @@ from typing import Any
 from zring.errors import ProtocolError
 from zring.failure import Liveness, PhiAccrualDetector
 
-__all__ = ["MAX_MEMBERS", "MAX_WEIGHT", "MIN_WEIGHT", "Member", "MemberStatus", "MemberTable"]
+__all__ = ["MAX_MEMBERS", "MAX_RING_TOKENS", "MAX_WEIGHT", "MIN_WEIGHT", "Member",
+           "MemberStatus", "MemberTable"]
 
 MIN_WEIGHT = 0.01   # a member's share of the ring, relative to weight 1: finite and sane,
 MAX_WEIGHT = 100.0  # so no gossiped record can make a ring unbuildable
 # Members in one table, those that left included: forged or runaway gossip cannot grow a
 # node's table, ring and failure detector without bound (Cassandra's rings stay far below).
 MAX_MEMBERS = 1024
+# Tokens in the ring (its members' weights times vnodes per unit of weight): each costs ~40
+# bytes and the ring is rebuilt on every change, so forged members of weight 100 could
+# otherwise ask for billions. 2**22: 256 members of weight 1 at the default 16,384 vnodes.
+MAX_RING_TOKENS = 1 << 22
 MAX_NODE_ID_CHARS = 256
 MAX_ADDRESS_CHARS = 1024
 
@@ -110,20 +115,35 @@ def _transfer(wire: object) -> tuple:
 class MemberTable:
     """Every known member's newest record, and how alive each seems (failure detector)."""
 
-    def __init__(self, own: Member, detector: PhiAccrualDetector) -> None:
+    def __init__(self, own: Member, detector: PhiAccrualDetector,
+                 max_ring_weight: float = float("inf")) -> None:
         self.own_id = own.node_id
+        self.max_ring_weight = max_ring_weight   # members' weights in the ring, summed
         self._members: dict[str, Member] = {own.node_id: own}
         self.detector = detector
         self._sorted: tuple[Member, ...] | None = None   # all(), cached until a change
         self._peers: tuple[Member, ...] | None = None
-        self.records_refused = 0   # records of new members past MAX_MEMBERS
+        self.records_refused = 0   # past MAX_MEMBERS, or past max_ring_weight in the ring
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
 
-    def full_for(self, node_id: str) -> bool:
-        """Would ``node_id``, if new, exceed MAX_MEMBERS?"""
-        return node_id not in self._members and len(self._members) >= MAX_MEMBERS
+    def full_for(self, record: Member) -> bool:
+        """Would ``record`` exceed MAX_MEMBERS (if new) or, in the ring, max_ring_weight?"""
+        current = self._members.get(record.node_id)
+        if current is None and len(self._members) >= MAX_MEMBERS:
+            return True
+        return self._ring_weight_with(record, current) > self.max_ring_weight
+
+    def _ring_weight_with(self, record: Member, current: Member | None) -> float:
+        """The ring's total weight once ``record`` replaces ``current``."""
+        if current is not None and current.in_ring == record.in_ring and (
+                current.weight == record.weight):
+            return 0.0   # no change in the ring: never refused
+        total = sum(m.weight for m in self._members.values() if m.in_ring)
+        if current is not None and current.in_ring:
+            total -= current.weight
+        return total + (record.weight if record.in_ring else 0.0)
 
     def __getitem__(self, node_id: str) -> Member:
         return self._members[node_id]
@@ -185,10 +205,12 @@ class MemberTable:
                     self._changed()
                     changed = True
                 continue
-            if current is None and len(self._members) >= MAX_MEMBERS:
-                self.records_refused += 1
-                continue
             if current is None or record.newer_than(current):
+                if (current is None and len(self._members) >= MAX_MEMBERS) or (
+                        record.in_ring
+                        and self._ring_weight_with(record, current) > self.max_ring_weight):
+                    self.records_refused += 1
+                    continue
                 if current is None or record.heartbeat > current.heartbeat:
                     self.detector.heartbeat(record.node_id, now)
                 if current is None or (record.generation, record.status, record.address,

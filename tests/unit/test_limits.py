@@ -10,7 +10,7 @@ from simnet import CLIENT, SimCluster
 from zring.core.effects import Reply
 from zring.errors import ProtocolError
 from zring.failure import PhiAccrualDetector
-from zring.membership import MAX_MEMBERS, Member, MemberStatus, MemberTable
+from zring.membership import MAX_MEMBERS, MAX_RING_TOKENS, Member, MemberStatus, MemberTable
 from zring.protocol import Message, MsgType, decode, encode
 
 
@@ -70,6 +70,31 @@ def test_the_member_table_stops_growing_at_its_cap():
     # members already known still update
     table.merge([member("forged0", generation=5, status=MemberStatus.LEFT)], 1.0)
     assert table.get("forged0").generation == 5
+
+
+def test_the_ring_stops_growing_at_its_weight_cap():
+    table = MemberTable(member("me"), PhiAccrualDetector(expected_interval_s=0.5),
+                        max_ring_weight=10.0)
+    assert table.merge([member("big", weight=8.0)], 0.0)
+    table.merge([member("huge", weight=100.0), member("small", weight=1.0),
+                 member("left", weight=100.0, status=MemberStatus.LEFT)], 0.0)
+    assert sorted(table.ring_weights()) == ["big", "me", "small"]   # 1 + 8 + 1 = 10
+    assert table.records_refused == 1 and table.get("left") is not None
+    table.merge([member("big", generation=2, weight=9.0)], 1.0)      # would make 11
+    assert table.get("big").weight == 8.0
+    table.merge([member("big", generation=3, status=MemberStatus.LEFT)], 2.0)
+    table.merge([member("huge", generation=2, weight=8.0)], 3.0)     # room again
+    assert table.ring_weights()["huge"] == 8.0
+
+
+def test_forged_members_cannot_build_a_ring_beyond_its_token_cap():
+    sim = SimCluster()
+    core = sim.add("node1", vnodes=1 << 16)   # room for 64 units of weight
+    forged = [member(f"forged{i}", weight=100.0).to_wire() for i in range(50)]
+    frame = encode(Message(MsgType.GOSSIP, 0, {"sender": "forged0", "members": forged}))
+    core.handle_gossip(frame, sim.now)
+    tokens = sum(round(core.config.vnodes * w) for w in core.members.ring_weights().values())
+    assert tokens <= MAX_RING_TOKENS and core.members.records_refused > 0
 
 
 @pytest.mark.parametrize("changes", [{"node_id": "n" * 300}, {"address": "a" * 2000},

@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 import structlog
@@ -50,6 +50,7 @@ from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
 from zring.membership import (
     MAX_MEMBERS,
+    MAX_RING_TOKENS,
     MAX_WEIGHT,
     MIN_WEIGHT,
     Member,
@@ -196,7 +197,8 @@ class NodeCore:
             expected_interval_s=config.gossip_interval_s, suspect_phi=config.phi_suspect,
             down_phi=config.phi_down, min_std_s=config.fd_min_std_s,
             acceptable_pause_s=config.fd_acceptable_pause_s)
-        self.members = MemberTable(self._load_own_member(now), detector)
+        self.members = MemberTable(self._load_own_member(now), detector,
+                                   max_ring_weight=MAX_RING_TOKENS / config.vnodes)
         self._load_members(now)
         self.ring = HashRing(self.members.ring_weights(), vnodes=config.vnodes)
         self.members.update_own(ring=self.ring.fingerprint())
@@ -1570,8 +1572,10 @@ class NodeCore:
 
     def _on_join(self, route, message: Message, now: float) -> list[Effect]:
         member = Member.from_wire(message.body["member"])
-        if self.members.full_for(member.node_id):
-            raise Unavailable(f"the cluster has {MAX_MEMBERS} members, the most it takes")
+        if self.members.full_for(replace(member, status=MemberStatus.NORMAL)):
+            raise Unavailable(f"the cluster is full: at most {MAX_MEMBERS} members and "
+                              f"{MAX_RING_TOKENS} ring tokens ({self.config.vnodes} per unit "
+                              "of weight)")
         known = self.members.get(member.node_id)
         if known is not None and known.address != member.address and known.status not in (
                 MemberStatus.LEFT,) and self.members.is_up(member.node_id, now):
