@@ -24,9 +24,13 @@ MAX_WEIGHT = 100.0  # so no gossiped record can make a ring unbuildable
 # node's table, ring and failure detector without bound (Cassandra's rings stay far below).
 MAX_MEMBERS = 1024
 # Tokens in the ring (its members' weights times vnodes per unit of weight): each costs ~40
-# bytes and the ring is rebuilt on every change, so forged members of weight 100 could
-# otherwise ask for billions. 2**22: 256 members of weight 1 at the default 16,384 vnodes.
-MAX_RING_TOKENS = 1 << 22
+# bytes and the ring is rebuilt on every change (0.3 s at 2**20 tokens here, 1.2 s at 3.3M),
+# so forged members of weight 100 could otherwise ask for billions. 2**20: 64 members of
+# weight 1 at the default 16,384 vnodes (more members: fewer --vnodes).
+MAX_RING_TOKENS = 1 << 20
+# Generations adopted from others stay below this: each status change adds one, and a bumped
+# record must still be valid on the wire (< 2**63), which legitimate histories never near.
+MAX_ADOPTED_GENERATION = 1 << 62
 MAX_NODE_ID_CHARS = 256
 MAX_ADDRESS_CHARS = 1024
 
@@ -123,7 +127,8 @@ class MemberTable:
         self.detector = detector
         self._sorted: tuple[Member, ...] | None = None   # all(), cached until a change
         self._peers: tuple[Member, ...] | None = None
-        self.records_refused = 0   # past MAX_MEMBERS, or past max_ring_weight in the ring
+        # refused: past MAX_MEMBERS, past max_ring_weight, or of a generation too high
+        self.records_refused = 0
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
@@ -195,6 +200,9 @@ class MemberTable:
         """Adopt newer records; True when a status, generation or address changed."""
         changed = False
         for record in records:
+            if record.generation >= MAX_ADOPTED_GENERATION:
+                self.records_refused += 1
+                continue
             current = self._members.get(record.node_id)
             if record.node_id == self.own_id:
                 # Only we may advance our heartbeat; someone else's newer generation for us

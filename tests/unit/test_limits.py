@@ -126,3 +126,13 @@ def test_a_request_of_too_many_parts_gets_a_protocol_error():
     assert reply.route == (b"client-7",) and reply.message.request_id == 0
     assert reply.message.body["code"] == "protocol" and "not 5" in reply.message.body["message"]
     assert core.stats["bad_frames"] == 1
+
+
+def test_records_of_absurd_generations_are_refused_so_a_bump_stays_valid():
+    table = MemberTable(member("me"), PhiAccrualDetector(expected_interval_s=0.5))
+    table.merge([member("x", generation=2**63 - 1), member("me", generation=2**62)], 0.0)
+    assert table.get("x") is None and table.own.generation == 1
+    assert table.records_refused == 2
+    table.merge([member("y", generation=2**62 - 1)], 0.0)
+    bumped = table.set_status("y", MemberStatus.LEFT)
+    assert Member.from_wire(bumped.to_wire()) == bumped   # still valid on the wire
