@@ -88,9 +88,11 @@ UNUSED_PORTS = 6                           # free loopback ports forged records 
 NOT_ENDPOINTS = ("", "not-an-endpoint", "127.0.0.1:1", "tcp:/127.0.0.1:9", "tcp//x",
                  "\x00", "e" * 300)
 _MAX_GENERATION = (1 << 63) - 1            # the highest generation a member record may carry
+# the highest a node adopts from others (records above are refused): our "left" records
+# that clean up after the fuzz carry it, so no forged record can outrank them
+_TOP_ADOPTED_GENERATION = getattr(zring_membership, "MAX_ADOPTED_GENERATION", 1 << 63) - 1
 _MAX_NODE_ID_CHARS = getattr(zring_membership, "MAX_NODE_ID_CHARS", 256)
 _MAX_ADDRESS_CHARS = getattr(zring_membership, "MAX_ADDRESS_CHARS", 1024)
-_MEMBER_LIMIT = getattr(zring_membership, "MAX_MEMBERS", 1024)
 _VALUE_LIMIT = 4 * 1024 * 1024             # the node's default --max-value-bytes
 _MIB = 1024 * 1024
 RSS_STEP_MIB = 24   # RSS up this much between two checks: the frames are kept for --replay
@@ -319,7 +321,9 @@ _OUT_OF_RANGE: dict[str, tuple] = {
 }
 
 
-_GENERATIONS = (0, 1, 2, 3, 7, 2**31, 2**32, 2**62, _MAX_GENERATION - 1, _MAX_GENERATION)
+_GENERATIONS = (0, 1, 2, 3, 7, 2**31, 2**32, _TOP_ADOPTED_GENERATION,
+                _TOP_ADOPTED_GENERATION + 1, _TOP_ADOPTED_GENERATION + 2, _MAX_GENERATION - 1,
+                _MAX_GENERATION)
 _RECORD_OPTIONALS = ("weight", "keys", "hints", "streamed", "ring", "transfer", "extra")
 _TRANSFERS = ([], ["join", 0, -1, 0, -1], ["leave", 5, 10, 500, 1000],
               ["t" * 32, _MAX_GENERATION, _MAX_GENERATION, _MAX_GENERATION, _MAX_GENERATION])
@@ -821,12 +825,6 @@ class TargetNode:
             self.kill()
             self.process.wait(timeout=5)
 
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
 
 class MemoryWatch(threading.Thread):
     """Samples the node's RSS every 25 ms; past ``kill_mib`` it kills the node, so a
@@ -1000,6 +998,7 @@ class FuzzOptions:
     recover_timeout_s: float = 30.0   # after a hang: how long the node may take to answer
     rss_limit_mib: float = 400.0
     rss_kill_mib: float = 1024.0
+    max_seconds: float = 0.0       # stop fuzzing after this long (0: no limit), a failure
     max_weight: float = MAX_WEIGHT
     fresh_ids: bool = True
     workdir: Path | None = None
@@ -1134,6 +1133,8 @@ class FuzzRun:
         self.ctx: FuzzContext | None = None
         self.gossip_sent = 0
         self.last_rss_mib = 0.0
+        self.over_bound = False   # RSS went past --rss-limit-mib (reported once)
+        self.fuzz_started = time.monotonic()
         self.since_check: list[tuple[str, list[bytes]]] = []   # suspects if the next fails
 
     # -------------------------------------------------------------- setting up
@@ -1221,6 +1222,8 @@ class FuzzRun:
     def check(self) -> None:
         """Alive, answering, within memory, and reading the gossip we publish."""
         options, report = self.options, self.report
+        if options.max_seconds and time.monotonic() - self.fuzz_started > options.max_seconds:
+            raise _StopFuzz(f"out of time: {report.total} frames in {options.max_seconds}s")
         self.drain()
         if not self._alive():
             self._save_suspects("crash")
@@ -1289,9 +1292,12 @@ class FuzzRun:
             self.report.rss_killed_at_mib = watch.killed_at_mib
             self._save_suspects("rss")
             raise _StopFuzz(f"RSS {watch.killed_at_mib:.0f} MiB: node killed by the watchdog")
-        if watch.peak_mib > self.options.rss_limit_mib:
-            self._save_suspects("rss")
-            raise _StopFuzz(f"RSS {watch.peak_mib:.0f} MiB over the bound")
+        if watch.peak_mib > self.options.rss_limit_mib and not self.over_bound:
+            # a failure, yet the run goes on (the watchdog still stops a runaway)
+            self.over_bound = True
+            self.report.rss_steps.append(f"over the bound: {watch.peak_mib:.0f} MiB by frame "
+                                         f"{self.report.total}; frames: "
+                                         f"{self._save_suspects('rss')}")
 
     def _hang(self, what: str) -> None:
         """Count a hang, keep the frames that led to it, and wait for the node to come back
@@ -1370,8 +1376,8 @@ class FuzzRun:
         return "ok"
 
     def _forget_forged_members(self) -> bool:
-        """Gossip every member but the node as left with the highest generation there is (no
-        record can outrank it), until the node's ring holds only itself again."""
+        """Gossip every member but the node as left with the highest generation the node
+        adopts (no record can outrank it), until its ring holds only itself again."""
         status = self.probe.ask(MsgType.CLUSTER_STATUS, {}, 5)
         if status is None or status.type != MsgType.OK:
             return False
@@ -1385,7 +1391,7 @@ class FuzzRun:
             return ring is not None and [n["node_id"] for n in ring.body["nodes"]] == [TARGET_ID]
         for start in range(0, len(others), 256):
             records = [Member(r["node_id"], "left", "left", MemberStatus.LEFT,
-                              _MAX_GENERATION, _MAX_GENERATION).to_wire()
+                              _TOP_ADOPTED_GENERATION, _MAX_GENERATION).to_wire()
                        for r in others[start:start + 256]]
             self.peer.beacon(records)
         return False
@@ -1475,7 +1481,7 @@ def fuzz(options: FuzzOptions) -> FuzzReport:
         say(f"fuzzing {run.node.address} (gossip {run.node.gossip_address}, pid "
             f"{run.node.pid}): {options.frames} frames, seed {options.seed}, targets "
             f"{'+'.join(options.targets)}; files in {workdir}")
-        fuzz_started = time.monotonic()
+        fuzz_started = run.fuzz_started = time.monotonic()
         try:
             _send_frames(run)
         except _StopFuzz as stop:
@@ -1692,6 +1698,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recover-timeout", type=float, default=defaults.recover_timeout_s)
     parser.add_argument("--rss-limit-mib", type=float, default=defaults.rss_limit_mib)
     parser.add_argument("--rss-kill-mib", type=float, default=defaults.rss_kill_mib)
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help="stop fuzzing after this long, a failure (default: no limit)")
     parser.add_argument("--max-weight", type=float, default=defaults.max_weight,
                         help="the largest weight in a forged member record")
     parser.add_argument("--no-fresh-ids", action="store_true",
@@ -1714,6 +1722,7 @@ def options_from_args(args: argparse.Namespace) -> FuzzOptions:
                        max_big_mib=args.max_big_mib, check_every=args.check_every,
                        ping_timeout_s=args.ping_timeout, recover_timeout_s=args.recover_timeout,
                        rss_limit_mib=args.rss_limit_mib, rss_kill_mib=args.rss_kill_mib,
+                       max_seconds=args.max_seconds,
                        max_weight=args.max_weight, fresh_ids=not args.no_fresh_ids,
                        workdir=args.dir, log_level=args.log_level)
 

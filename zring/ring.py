@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +34,7 @@ import xxhash
 
 from zring.hashing import RING_SIZE, node_tokens
 
-__all__ = ["DEFAULT_VNODES", "HashRing", "RangeChange", "ring_changes"]
+__all__ = ["DEFAULT_VNODES", "HashRing", "RangeChange", "RingDiff", "ring_changes"]
 
 DEFAULT_VNODES = 16384
 
@@ -339,60 +339,146 @@ class HashRing:
         self._shift = shift
 
 
-def ring_changes(old: HashRing, new: HashRing, count: int) -> list[RangeChange]:
-    """The ranges whose ``count``-node preference list differs between ``old`` and ``new``.
+def ring_changes(old: HashRing, new: HashRing, count: int,
+                 gained_by: str | None = None) -> list[RangeChange]:
+    """The ranges whose ``count``-node preference list differs between ``old`` and ``new``
+    (``gained_by``: only those that node gains); see RingDiff.changes."""
+    return RingDiff(old, new, count).changes(gained_by)
 
-    Every token of either ring bounds a range; for each such elementary range the two
-    preference lists are looked up in each ring's preference table and compared, all in
-    numpy. Adjacent ranges with the same change are merged. The result is sorted by ``end``.
-    """
-    if count < 1:
-        raise ValueError("count must be >= 1")
-    if old.vnodes == new.vnodes and old.weights == new.weights:
-        return []
-    old._ensure_built()
-    new._ensure_built()
-    names = sorted(set(old.nodes) | set(new.nodes))
-    none = len(names)
-    width = min(count, len(names))
-    old_tokens = np.frombuffer(old._tokens, dtype=np.uint64)
-    new_tokens = np.frombuffer(new._tokens, dtype=np.uint64)
-    bounds = np.union1d(old_tokens, new_tokens)
-    old_lists = _lists_at(old, old_tokens, bounds, count, names, width)
-    new_lists = _lists_at(new, new_tokens, bounds, count, names, width)
-    differs = (old_lists != new_lists).any(axis=1)
-    starts = np.roll(bounds, 1)
-    changed = np.nonzero(differs)[0]
-    if changed.size == 0:
-        return []
-    # merge runs of adjacent ranges that change the same way
-    same_as_previous = np.zeros(changed.size, dtype=bool)
-    same_as_previous[1:] = (changed[1:] == changed[:-1] + 1) & (
-        old_lists[changed[1:]] == old_lists[changed[:-1]]).all(axis=1) & (
-        new_lists[changed[1:]] == new_lists[changed[:-1]]).all(axis=1)
-    run_starts = np.nonzero(~same_as_previous)[0]
-    run_ends = np.append(run_starts[1:], changed.size) - 1
-    firsts, lasts = changed[run_starts], changed[run_ends]
-    node_tuples: dict[tuple[int, ...], tuple[str, ...]] = {}  # few distinct lists: share them
 
-    def as_names(row: list[int]) -> tuple[str, ...]:
-        key = tuple(row)
-        found = node_tuples.get(key)
-        if found is None:
-            found = node_tuples[key] = tuple(names[i] for i in row if i != none)
+class RingDiff:
+    """Every elementary range of two rings (each token of either bounds one) with its
+    ``count``-node preference list in each, as numpy arrays of indices into ``names``
+    (padded with ``len(names)``), computed once and queried in numpy: when many members
+    change at once a million ranges change, and Python objects for each cost seconds and
+    hundreds of MiB, while the few a node acts on are cheap."""
+
+    def __init__(self, old: HashRing, new: HashRing, count: int) -> None:
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self.same = old.vnodes == new.vnodes and old.weights == new.weights
+        if self.same:
+            return
+        old._ensure_built()
+        new._ensure_built()
+        self.names = sorted(set(old.nodes) | set(new.nodes))
+        self.none = len(self.names)
+        width = min(count, len(self.names))
+        old_tokens = np.frombuffer(old._tokens, dtype=np.uint64)
+        new_tokens = np.frombuffer(new._tokens, dtype=np.uint64)
+        bounds = np.concatenate([old_tokens, new_tokens])
+        bounds.sort()   # both are sorted: cheaper than union1d's hashing
+        self.bounds = bounds[np.append(True, bounds[1:] != bounds[:-1])]
+        self.starts = np.roll(self.bounds, 1)
+        self.old_lists = _lists_at(old, old_tokens, self.bounds, count, self.names, width)
+        self.new_lists = _lists_at(new, new_tokens, self.bounds, count, self.names, width)
+
+    def _index(self, node: str) -> int | None:
+        return self.names.index(node) if node in self.names else None
+
+    def _gains(self, node: int) -> np.ndarray:
+        return (self.new_lists == node).any(axis=1) & ~(self.old_lists == node).any(axis=1)
+
+    def _losers(self) -> np.ndarray:
+        """Per range and old-list entry: does that node stop replicating the range?"""
+        return (self.old_lists[:, :, None] != self.new_lists[:, None, :]).all(axis=2) & (
+            self.old_lists != self.none)
+
+    def changes(self, gained_by: str | None = None) -> list[RangeChange]:
+        """The ranges whose preference list differs, adjacent ones with the same change
+        merged, sorted by ``end`` (``gained_by``: only those that node gains)."""
+        if self.same:
+            return []
+        old_lists, new_lists = self.old_lists, self.new_lists
+        differs = (old_lists != new_lists).any(axis=1)
+        if gained_by is not None:
+            node = self._index(gained_by)
+            if node is None:
+                return []
+            differs &= self._gains(node)
+        changed = np.nonzero(differs)[0]
+        if changed.size == 0:
+            return []
+        # merge runs of adjacent ranges that change the same way
+        same_as_previous = np.zeros(changed.size, dtype=bool)
+        same_as_previous[1:] = (changed[1:] == changed[:-1] + 1) & (
+            old_lists[changed[1:]] == old_lists[changed[:-1]]).all(axis=1) & (
+            new_lists[changed[1:]] == new_lists[changed[:-1]]).all(axis=1)
+        run_starts = np.nonzero(~same_as_previous)[0]
+        run_ends = np.append(run_starts[1:], changed.size) - 1
+        firsts, lasts = changed[run_starts], changed[run_ends]
+        names, none = self.names, self.none
+        node_tuples: dict[tuple[int, ...], tuple[str, ...]] = {}  # few distinct: share them
+
+        def as_names(row: list[int]) -> tuple[str, ...]:
+            key = tuple(row)
+            found = node_tuples.get(key)
+            if found is None:
+                found = node_tuples[key] = tuple(names[i] for i in row if i != none)
+            return found
+
+        changes = [RangeChange(start, end, as_names(before), as_names(after))
+                   for start, end, before, after in zip(
+                       self.starts[firsts].tolist(), self.bounds[lasts].tolist(),
+                       old_lists[firsts].tolist(), new_lists[firsts].tolist())]
+        if len(changes) > 1:  # the first and last range may meet across position 0
+            head, tail = changes[0], changes[-1]
+            if (tail.end == head.start and tail.end != head.end
+                    and (tail.old_nodes, tail.new_nodes) == (head.old_nodes, head.new_nodes)):
+                changes[0] = RangeChange(tail.start, head.end, head.old_nodes, head.new_nodes)
+                changes.pop()
+        return changes
+
+    def handed_over(self, node: str, to: Collection[str]) -> list[tuple[int, int]]:
+        """Inclusive position intervals ``node`` replicates in the old ring but not in the
+        new, whose new replicas (those not in the old list) are all in ``to``: what
+        ``node`` may drop once they hold it."""
+        me = None if self.same else self._index(node)
+        if me is None:
+            return []
+        old_lists, new_lists = self.old_lists, self.new_lists
+        receivers = np.array([self.names.index(n) for n in to if n in self.names],
+                             dtype=np.int64)
+        gainers = (new_lists[:, :, None] != old_lists[:, None, :]).all(axis=2) & (
+            new_lists != self.none)
+        rows = ((old_lists == me).any(axis=1) & ~(new_lists == me).any(axis=1)
+                & gainers.any(axis=1) & (~gainers | np.isin(new_lists, receivers)).all(axis=1))
+        return self._intervals(rows)
+
+    def gained_from(self, node: str, sources: Collection[str],
+                    unless_lost_by: Collection[str] = ()) -> dict[str, list[tuple[int, int]]]:
+        """Per node of ``sources``: the intervals ``node`` gains that it held in the old
+        ring, leaving out ranges any node of ``unless_lost_by`` stops replicating."""
+        me = None if self.same else self._index(node)
+        if me is None:
+            return {}
+        rows = self._gains(me)
+        excluded = np.array([self.names.index(n) for n in unless_lost_by if n in self.names],
+                            dtype=np.int64)
+        if excluded.size:
+            rows &= ~(self._losers() & np.isin(self.old_lists, excluded)).any(axis=1)
+        found = {}
+        for source in sources:
+            index = self._index(source)
+            if index is not None:
+                intervals = self._intervals(rows & (self.old_lists == index).any(axis=1))
+                if intervals:
+                    found[source] = intervals
         return found
 
-    changes = [RangeChange(start, end, as_names(before), as_names(after))
-               for start, end, before, after in zip(
-                   starts[firsts].tolist(), bounds[lasts].tolist(),
-                   old_lists[firsts].tolist(), new_lists[firsts].tolist())]
-    if len(changes) > 1:  # the first and last range may meet across position 0
-        head, tail = changes[0], changes[-1]
-        if (tail.end == head.start and tail.end != head.end
-                and (tail.old_nodes, tail.new_nodes) == (head.old_nodes, head.new_nodes)):
-            changes[0] = RangeChange(tail.start, head.end, head.old_nodes, head.new_nodes)
-            changes.pop()
-    return changes
+    def _intervals(self, rows: np.ndarray) -> list[tuple[int, int]]:
+        """The ranges where ``rows`` holds, adjacent ones merged, as sorted inclusive
+        intervals."""
+        chosen = np.nonzero(rows)[0]
+        if chosen.size == 0:
+            return []
+        breaks = np.nonzero(np.diff(chosen) != 1)[0]
+        firsts = chosen[np.append(0, breaks + 1)]
+        lasts = chosen[np.append(breaks, chosen.size - 1)]
+        intervals: list[tuple[int, int]] = []
+        for start, end in zip(self.starts[firsts].tolist(), self.bounds[lasts].tolist()):
+            intervals += RangeChange(start, end, (), ()).intervals()
+        return sorted(intervals)
 
 
 def _lists_at(ring: HashRing, tokens: np.ndarray, positions: np.ndarray, count: int,

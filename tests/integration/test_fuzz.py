@@ -17,9 +17,10 @@ fuzz = load_tool("fuzz")
 
 
 def test_a_node_survives_a_short_fuzz(tmp_path):
+    # 4000 frames take ~5 s; a node that stalls is given 30 s in all, then fails
     options = fuzz.FuzzOptions(frames=4000, seed=1, workdir=tmp_path, big_every=1000,
-                               max_big_mib=2, recover_timeout_s=10, rss_limit_mib=400,
-                               rss_kill_mib=800, quiet=True)
+                               max_big_mib=2, recover_timeout_s=5, rss_limit_mib=400,
+                               rss_kill_mib=800, max_seconds=30, quiet=True)
     report = fuzz.fuzz(options)
     summary = "\n".join(report.lines())
     assert report.crashes == 0, summary

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zring.hashing import RING_SIZE, key_position, node_tokens
-from zring.ring import HashRing, RangeChange, ring_changes
+from zring.ring import HashRing, RangeChange, RingDiff, ring_changes
 
 SMALL_VNODES = 32  # property tests build many rings; placement rules do not depend on vnodes
 
@@ -278,3 +278,42 @@ def test_join_moves_about_one_eleventh():
     grown.add_node("node11")
     moved = Counter(ring.get_node(k) != grown.get_node(k) for k in sample_keys(20000))
     assert moved[True] <= 1.05 * 20000 / 11 * 1.1  # sampling slack on 20k keys
+
+
+def _merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(intervals):
+        if merged and low == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return merged
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=member_sets, joiners=st.lists(node_ids, max_size=3, unique=True),
+       leavers=st.integers(min_value=0, max_value=2), count=st.integers(1, 4), data=st.data())
+def test_the_numpy_filters_match_filtering_every_change(members, joiners, leavers, count, data):
+    old = HashRing(members, vnodes=SMALL_VNODES)
+    new = old.copy()
+    for node in joiners:
+        new.add_node(node)
+    for node in members[:leavers]:
+        if node in new and len(new) > 1:
+            new.remove_node(node)
+    every = ring_changes(old, new, count)
+    node = data.draw(st.sampled_from(sorted(set(old.nodes) | set(new.nodes))))
+    to = set(data.draw(st.lists(st.sampled_from(sorted(new.nodes)), max_size=3)))
+    assert ring_changes(old, new, count, gained_by=node) == [
+        c for c in every if node in c.gained]
+    diff = RingDiff(old, new, count)
+    expected = [i for c in every if node in c.lost and c.gained and set(c.gained) <= to
+                for i in c.intervals()]
+    assert _merged(diff.handed_over(node, to)) == _merged(expected)
+    # what a node gains, per old holder, leaving out ranges someone in `to` loses
+    sources = sorted(old.nodes)
+    gained = diff.gained_from(node, sources, unless_lost_by=to)
+    for source in sources:
+        expected = [i for c in every if node in c.gained and not set(c.lost) & to
+                    and source in c.old_nodes for i in c.intervals()]
+        assert _merged(gained.get(source, [])) == _merged(expected)

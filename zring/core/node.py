@@ -68,7 +68,7 @@ from zring.protocol import (
     record_to_wire,
     validate,
 )
-from zring.ring import HashRing, ring_changes
+from zring.ring import HashRing, RingDiff, ring_changes
 from zring.storage.base import Hint, Record, Store, record_size
 from zring.versions import LOGICAL_BITS, HybridClock, Version
 
@@ -1712,16 +1712,11 @@ class NodeCore:
         handed_off = {n for n in old_ring.nodes if n not in new_ring
                       and self.members[n].status == MemberStatus.LEFT
                       and self.members[n].streamed}
-        drop: list[Interval] = []
-        pulls: dict[str, list[Interval]] = defaultdict(list)
-        for change in ring_changes(old_ring, new_ring, self.config.replicas):
-            if own_id in change.lost and change.gained and set(change.gained) <= joined:
-                drop += change.intervals()
-            if own_id in change.gained and not (set(change.lost) & handed_off):
-                for source in change.old_nodes:
-                    member = self.members.get(source)
-                    if source != own_id and member and member.status != MemberStatus.LEFT:
-                        pulls[source] += change.intervals()
+        diff = RingDiff(old_ring, new_ring, self.config.replicas)
+        drop = diff.handed_over(own_id, joined) if joined else []
+        sources = [n for n in old_ring.nodes if n != own_id and n in self.members
+                   and self.members[n].status != MemberStatus.LEFT]
+        pulls = diff.gained_from(own_id, sources, unless_lost_by=handed_off)
         if drop:
             self._drops.append(_Drop(new_ring, sorted(drop)))
             self.log.info("ranges_to_drop", ranges=len(drop))
@@ -1764,9 +1759,9 @@ class NodeCore:
         drop = self._drops[0]
         if drop.ring.fingerprint() != self.ring.fingerprint():
             # The ring moved on before we dropped: keep whatever it gave back to us.
-            regained = [i for change in ring_changes(drop.ring, self.ring,
-                                                     self.config.replicas)
-                        if self.config.node_id in change.gained for i in change.intervals()]
+            regained = [i for change in ring_changes(drop.ring, self.ring, self.config.replicas,
+                                                     gained_by=self.config.node_id)
+                        for i in change.intervals()]
             drop.intervals = subtract_intervals(drop.intervals, regained)
             drop.ring = self.ring
             drop.settled_at = None
@@ -1922,9 +1917,8 @@ class NodeCore:
         future = self.ring.copy()
         future.add_node(own.node_id, own.weight)
         groups: dict[tuple[str, tuple[str, ...]], list[Interval]] = defaultdict(list)
-        for change in ring_changes(self.ring, future, self.config.replicas):
-            if own.node_id not in change.gained:
-                continue
+        for change in ring_changes(self.ring, future, self.config.replicas,
+                                   gained_by=own.node_id):
             displaced = [x for x in change.lost if x != own.node_id]
             if displaced:
                 source = displaced[0]
