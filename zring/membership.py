@@ -25,9 +25,10 @@ MAX_WEIGHT = 100.0  # so no gossiped record can make a ring unbuildable
 MAX_MEMBERS = 1024
 # Tokens in the ring (its members' weights times vnodes per unit of weight): each costs ~40
 # bytes and the ring is rebuilt on every change (0.3 s at 2**20 tokens here, 1.2 s at 3.3M),
-# so forged members of weight 100 could otherwise ask for billions. 2**20: 64 members of
-# weight 1 at the default 16,384 vnodes (more members: fewer --vnodes).
-MAX_RING_TOKENS = 1 << 20
+# so forged members of weight 100 could otherwise ask for billions. A node holds several
+# rings at once (current, previous, future): ~50 MiB each at 2**20 tokens. 2**19: 32
+# members of weight 1 at the default 16,384 vnodes (more members: fewer --vnodes).
+MAX_RING_TOKENS = 1 << 19
 # Generations adopted from others stay below this: each status change adds one, and a bumped
 # record must still be valid on the wire (< 2**63), which legitimate histories never near.
 MAX_ADOPTED_GENERATION = 1 << 62
@@ -134,21 +135,24 @@ class MemberTable:
         return node_id in self._members
 
     def full_for(self, record: Member) -> bool:
-        """Would ``record`` exceed MAX_MEMBERS (if new) or, in the ring, max_ring_weight?"""
+        """Would ``record`` exceed MAX_MEMBERS (if new) or max_ring_weight?"""
         current = self._members.get(record.node_id)
         if current is None and len(self._members) >= MAX_MEMBERS:
             return True
         return self._ring_weight_with(record, current) > self.max_ring_weight
 
     def _ring_weight_with(self, record: Member, current: Member | None) -> float:
-        """The ring's total weight once ``record`` replaces ``current``."""
-        if current is not None and current.in_ring == record.in_ring and (
+        """The total weight of members in the ring or joining it (the future ring holds
+        them all) once ``record`` replaces ``current``."""
+        def claims(member: Member) -> bool:
+            return member.status != MemberStatus.LEFT
+        if current is not None and claims(current) == claims(record) and (
                 current.weight == record.weight):
-            return 0.0   # no change in the ring: never refused
-        total = sum(m.weight for m in self._members.values() if m.in_ring)
-        if current is not None and current.in_ring:
+            return 0.0   # no change in the rings: never refused
+        total = sum(m.weight for m in self._members.values() if claims(m))
+        if current is not None and claims(current):
             total -= current.weight
-        return total + (record.weight if record.in_ring else 0.0)
+        return total + (record.weight if claims(record) else 0.0)
 
     def __getitem__(self, node_id: str) -> Member:
         return self._members[node_id]
@@ -215,7 +219,7 @@ class MemberTable:
                 continue
             if current is None or record.newer_than(current):
                 if (current is None and len(self._members) >= MAX_MEMBERS) or (
-                        record.in_ring
+                        record.status != MemberStatus.LEFT
                         and self._ring_weight_with(record, current) > self.max_ring_weight):
                     self.records_refused += 1
                     continue

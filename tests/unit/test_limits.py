@@ -80,6 +80,9 @@ def test_the_ring_stops_growing_at_its_weight_cap():
                  member("left", weight=100.0, status=MemberStatus.LEFT)], 0.0)
     assert sorted(table.ring_weights()) == ["big", "me", "small"]   # 1 + 8 + 1 = 10
     assert table.records_refused == 1 and table.get("left") is not None
+    # a joining member counts too: the future ring holds it
+    table.merge([member("joiner", weight=1.0, status=MemberStatus.JOINING)], 0.0)
+    assert table.get("joiner") is None and table.records_refused == 2
     table.merge([member("big", generation=2, weight=9.0)], 1.0)      # would make 11
     assert table.get("big").weight == 8.0
     table.merge([member("big", generation=3, status=MemberStatus.LEFT)], 2.0)

@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import msgpack
 import structlog
@@ -1572,7 +1572,7 @@ class NodeCore:
 
     def _on_join(self, route, message: Message, now: float) -> list[Effect]:
         member = Member.from_wire(message.body["member"])
-        if self.members.full_for(replace(member, status=MemberStatus.NORMAL)):
+        if self.members.full_for(member):
             raise Unavailable(f"the cluster is full: at most {MAX_MEMBERS} members and "
                               f"{MAX_RING_TOKENS} ring tokens ({self.config.vnodes} per unit "
                               "of weight)")
@@ -1718,7 +1718,7 @@ class NodeCore:
                    and self.members[n].status != MemberStatus.LEFT]
         pulls = diff.gained_from(own_id, sources, unless_lost_by=handed_off)
         if drop:
-            self._drops.append(_Drop(new_ring, sorted(drop)))
+            self._add_drop(new_ring, drop)
             self.log.info("ranges_to_drop", ranges=len(drop))
         if pulls:
             pull = self._new_pull("takeover", [(source, (), intervals)
@@ -1750,6 +1750,22 @@ class NodeCore:
                 self._previous_ring = None
                 self.log.info("ring_settled", fingerprint=self.ring.fingerprint())
         return self._run_drops(now)
+
+    def _add_drop(self, ring: HashRing, intervals: list[Interval]) -> None:
+        """Queue ranges to drop once every member routes by ``ring``. A drop still queued is
+        narrowed to what ``ring`` leaves us and joins this one: one ring is held, however
+        often membership changes before the cluster settles."""
+        records = 0
+        for older in self._drops:
+            kept = older.intervals
+            if older.ring.fingerprint() != ring.fingerprint():
+                regained = [i for change in ring_changes(older.ring, ring, self.config.replicas,
+                                                         gained_by=self.config.node_id)
+                            for i in change.intervals()]
+                kept = subtract_intervals(kept, regained)
+            intervals = intervals + kept
+            records += older.records
+        self._drops = [_Drop(ring, _merge_intervals(intervals), records=records)]
 
     def _run_drops(self, now: float, max_records: int = 5_000) -> list[Effect]:
         """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
@@ -1938,7 +1954,7 @@ class NodeCore:
             # the new one is no longer ours; it goes once the join is done and settled.
             stray = subtract_intervals(self._join_intervals, planned)
             if stray:
-                self._drops.append(_Drop(future, stray))
+                self._add_drop(future, stray)
         self._join_intervals = planned
         self._join_ring_fingerprint = fingerprint
         self._join_plan_key = plan_key
@@ -2641,6 +2657,18 @@ _QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.MGE
                            MsgType.MPUT})
 _GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
+
+
+def _merge_intervals(intervals: list[Interval]) -> list[Interval]:
+    """Sorted, with overlapping or touching inclusive intervals joined."""
+    merged: list[Interval] = []
+    for low, high in sorted(intervals):
+        if merged and low <= merged[-1][1] + 1:
+            if high > merged[-1][1]:
+                merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def _error(request_id: int, exc: ZringError) -> Message:
