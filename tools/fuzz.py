@@ -996,7 +996,10 @@ class FuzzOptions:
     check_every: int = 500
     ping_timeout_s: float = 5.0
     recover_timeout_s: float = 30.0   # after a hang: how long the node may take to answer
-    rss_limit_mib: float = 400.0
+    # what the node's caps allow: its rings (at most 2**19 tokens each, a few held at once,
+    # ~100 MiB), one frame unpacking (at most ~130 MiB while it lasts), and what valid PUTs
+    # among the frames stored (the --memory store keeps it); about 60 MiB at start
+    rss_limit_mib: float = 512.0
     rss_kill_mib: float = 1024.0
     max_seconds: float = 0.0       # stop fuzzing after this long (0: no limit), a failure
     max_weight: float = MAX_WEIGHT
