@@ -108,7 +108,7 @@ class _PendingReplies:
     def resolve(self, endpoint: str, frame: bytes) -> bool:
         """Complete the request ``frame`` answers; False if it answers none (ignored)."""
         try:
-            reply = decode(frame)
+            reply = decode(frame, bounded=False)
         except ProtocolError as exc:
             # a frame whose request id could still be read fails that request alone
             future = self._waiting.get(exc.details.get("request_id"))

@@ -68,6 +68,7 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     """The NodeConfig described by ``zring node`` arguments (ValueError if inconsistent)."""
     from zring.client import parse_seeds, seeds_from_env
     from zring.config import NodeConfig
+    from zring.membership import MAX_RING_TOKENS
     from zring.protocol import MAX_FRAME_BYTES
     if args.memory == bool(args.data_dir):
         raise ValueError("give exactly one of --data-dir DIR and --memory")
@@ -93,6 +94,9 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
                          f"--replicas {config.replicas}")
     if config.vnodes < 1 or not config.weight > 0:
         raise ValueError("--vnodes and --weight must be positive")
+    if config.weight * config.vnodes > MAX_RING_TOKENS:
+        raise ValueError(f"--weight {config.weight:g} times --vnodes {config.vnodes} is over "
+                         f"the ring's {MAX_RING_TOKENS} tokens; lower --vnodes")
     return config
 
 

@@ -610,7 +610,7 @@ class Client:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    reply = decode(frames[-1])
+                    reply = decode(frames[-1], bounded=False)
                     chunk = pending.pop(reply.request_id, None)
                     if chunk is None:
                         continue  # a reply to an earlier request of ours
@@ -693,7 +693,7 @@ class Client:
                 socket.setsockopt(_RCVTIMEO, int(remaining * 1000) + 1)
                 frames = socket.recv_multipart()
                 try:
-                    reply = decode(frames[-1])
+                    reply = decode(frames[-1], bounded=False)
                 except ProtocolError as exc:
                     raise ProtocolError(f"bad reply from {endpoint}: {exc}") from None
                 if reply.request_id == request_id:
@@ -977,7 +977,7 @@ class _Router:
             except zmq.Again:
                 return
             try:
-                message = decode(frame)
+                message = decode(frame, bounded=False)
             except ProtocolError:
                 continue
             if message.type != MsgType.GOSSIP:

@@ -168,11 +168,15 @@ def encode(message: Message) -> bytes:
                          use_bin_type=True)
 
 
-def decode(frame: bytes) -> Message:
-    """Decode and validate one frame; any defect raises ProtocolError."""
+def decode(frame: bytes, bounded: bool = True) -> Message:
+    """Decode and validate one frame; any defect raises ProtocolError. ``bounded=False``
+    (a client reading its cluster's replies): no item or object caps, so a node's
+    answer of three million keys still arrives."""
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
+        if not bounded:
+            return validate(msgpack.unpackb(frame, raw=False, strict_map_key=True))
         # msgpack bounds every declared length by the frame's own size, and its C unpacker
         # refuses nesting deeper than its stack; both fail here rather than allocate. A
         # large frame is also counted as it unpacks: each byte can become an object of ~60

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -35,6 +35,7 @@ from zmq.utils import z85
 from zring.errors import InvalidRequest
 
 __all__ = ["ROLE_DIRS", "CLUSTER_KEY", "keygen", "ClientKeys", "NodeKeys", "KeyAuthenticator",
+           "user_id", "user_ids",
            "HANDSHAKE_FAILURES", "refusal_reason"]
 
 log = structlog.get_logger("zring.security")
@@ -67,7 +68,8 @@ def keygen(keys_dir: str | os.PathLike, *, nodes: Iterable[str] = (),
            force: bool = False) -> list[Path]:
     """Write the cluster keypair (unless present) and one keypair per name, every file mode
     0600 in directories of mode 0700; the files written. An existing keypair is kept
-    unless ``force``: replacing a key locks its holder out."""
+    unless ``force``: replacing a key locks its holder out. The cluster keypair is replaced
+    only by ``force`` with no names (every node and client must then get the new one)."""
     root = Path(keys_dir)
     wanted = [(root, CLUSTER_KEY)]
     for role, names in (("node", nodes), ("client", clients), ("admin", admins)):
@@ -75,7 +77,7 @@ def keygen(keys_dir: str | os.PathLike, *, nodes: Iterable[str] = (),
             if not name or "/" in name or name.startswith("."):
                 raise InvalidRequest(f"not a usable key name: {name!r}")
             wanted.append((root / ROLE_DIRS[role], name))
-    if (root / f"{CLUSTER_KEY}.key").exists() and not force:
+    if (root / f"{CLUSTER_KEY}.key").exists() and (len(wanted) > 1 or not force):
         wanted.pop(0)   # one cluster keypair, made once
     if not force:
         for directory, name in wanted:
@@ -121,7 +123,7 @@ class ClientKeys:
     """What one connecting end needs: its own keypair and the cluster's public key."""
 
     public: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)
     server_public: bytes
 
     @classmethod
@@ -149,7 +151,7 @@ class NodeKeys:
     (as in the key files), which libzmq's CURVE options take as well as raw bytes."""
 
     server_public: bytes
-    server_secret: bytes
+    server_secret: bytes = field(repr=False)
     own: ClientKeys
     allowed: Mapping[bytes, str]
 
@@ -197,11 +199,25 @@ class KeyAuthenticator(ThreadAuthenticator):
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """The credentials provider pyzmq asks for each CURVE handshake."""
-        if z85_key in self.allowed:
+        if z85_key in self.allowed:   # one read of the dict a reload swaps whole
             return True
         self._log.warning("curve_key_refused", socket=domain,
                           key=z85_key.decode("ascii", "replace"))
         return False
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.allowed[z85.encode(client_public_key)]
+        """``"role:name:<key prefix>"``: revoking or replacing a key revokes its id. A key
+        a reload removed since ``callback`` admitted it gets an id nothing permits (an
+        exception here would end pyzmq's ZAP thread)."""
+        z85_key = z85.encode(client_public_key)
+        return user_id(z85_key, self.allowed.get(z85_key, "revoked:?"))
+
+
+def user_id(z85_key: bytes, holder: str) -> str:
+    """The User-Id of a key's messages: its holder's ``"role:name"`` and the key's start."""
+    return f"{holder}:{z85_key[:8].decode('ascii')}"
+
+
+def user_ids(allowed: Mapping[bytes, str]) -> frozenset[str]:
+    """Every User-Id the allowed keys' messages carry."""
+    return frozenset(user_id(key, holder) for key, holder in allowed.items())

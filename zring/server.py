@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 import os
+import secrets
 import select
 import signal
 import time
@@ -41,7 +42,13 @@ from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubs
 from zring.core.node import NodeCore
 from zring.errors import InvalidRequest
 from zring.protocol import MAX_FRAME_BYTES, encode
-from zring.security import HANDSHAKE_FAILURES, KeyAuthenticator, NodeKeys, refusal_reason
+from zring.security import (
+    HANDSHAKE_FAILURES,
+    KeyAuthenticator,
+    NodeKeys,
+    refusal_reason,
+    user_ids,
+)
 from zring.storage import STORE_FILE, MemoryStore, SQLiteStore
 
 __all__ = ["NodeServer", "run_node"]
@@ -111,7 +118,7 @@ class NodeServer:
         self.core = NodeCore(config, self.store, time.time())
         self.running = True
         self.reload_requested = False   # SIGHUP: read the allowed keys again
-        self.allowed_users = frozenset(self.keys.allowed.values()) if self.keys else frozenset()
+        self.allowed_users = user_ids(self.keys.allowed) if self.keys else frozenset()
         self.log = log.bind(node_id=config.node_id)
         # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
         # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
@@ -132,7 +139,10 @@ class NodeServer:
         dealer = self.dealers.get(address)
         if dealer is None:
             dealer = self._socket(zmq.DEALER)
-            dealer.setsockopt_string(zmq.IDENTITY, f"{self.config.node_id}:{os.getpid()}")
+            # unguessable: ROUTER_HANDOVER gives an identity's route to whoever connects
+            # with it last, so a guessed one would steal our replies
+            dealer.setsockopt_string(zmq.IDENTITY, f"{self.config.node_id}:{os.getpid()}:"
+                                                   f"{secrets.token_hex(8)}")
             # Queue only on a live connection: a request to a dead peer fails at once (its
             # deadline answers for it) instead of piling up in memory until it returns.
             dealer.setsockopt(zmq.IMMEDIATE, 1)
@@ -237,7 +247,10 @@ class NodeServer:
         if self.keys is None:
             return self.core.handle_frame(tuple(frames[:-1]), frames[-1], time.time())
         last = frames[-1]   # zmq.Frames: the ZAP handler's User-Id rides on them
-        user_id = last.get("User-Id")
+        try:
+            user_id = last.get("User-Id")
+        except zmq.ZMQError:   # no ZAP metadata: nothing this node admitted
+            user_id = None
         if user_id not in self.allowed_users:   # admitted, then removed by a reload
             user_id = f"revoked:{user_id}"
         return self.core.handle_frame(tuple(f.bytes for f in frames[:-1]), last.bytes,
@@ -259,7 +272,7 @@ class NodeServer:
                              reason="the cluster keypair or this node's own key changed")
         self.keys = dataclasses.replace(self.keys, allowed=keys.allowed)
         self.auth.allowed = dict(keys.allowed)
-        self.allowed_users = frozenset(keys.allowed.values())
+        self.allowed_users = user_ids(keys.allowed)
         self.log.info("keys_reloaded", allowed_keys=len(keys.allowed))
 
     def _take_refusal(self, socket_name: str, frames: list[bytes]) -> list:
@@ -356,6 +369,7 @@ class NodeServer:
 
 
 def run_node(config: NodeConfig) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # a reload during start-up: no effect
     server = NodeServer(config)
 
     def stop(signum, frame):  # SIGTERM from supervisord: finish the current loop and exit

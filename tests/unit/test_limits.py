@@ -139,3 +139,11 @@ def test_records_of_absurd_generations_are_refused_so_a_bump_stays_valid():
     table.merge([member("y", generation=2**62 - 1)], 0.0)
     bumped = table.set_status("y", MemberStatus.LEFT)
     assert Member.from_wire(bumped.to_wire()) == bumped   # still valid on the wire
+
+
+def test_a_client_reads_a_reply_bigger_than_a_node_would_accept():
+    keys = [f"k{i}" for i in range(2_100_000)]
+    frame = encode(Message(MsgType.OK, 1, {"keys": keys}))
+    with pytest.raises(ProtocolError):
+        decode(frame)
+    assert len(decode(frame, bounded=False).body["keys"]) == 2_100_000

@@ -1673,7 +1673,13 @@ class NodeCore:
     # ------------------------------------------------------------------ membership
 
     def _merge(self, records: list[Member], now: float) -> list[Effect]:
-        if not self.members.merge(records, now):
+        refused_before = self.members.records_refused
+        changed = self.members.merge(records, now)
+        if self.members.records_refused > refused_before:
+            self.log.warning("member_records_refused",
+                             count=self.members.records_refused - refused_before,
+                             reason="member, ring or generation cap")
+        if not changed:
             return self._sync_subscriptions()
         # news about membership travels on at once (rate-limited), not at our next beat: a
         # joiner waits for every owner to echo it, and a change settles once all switched

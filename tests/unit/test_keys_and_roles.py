@@ -179,3 +179,39 @@ def test_supervisords_xmlrpc_listens_on_a_private_unix_socket_only(source, tmp_p
     for section in conf.sections():   # an inet server, if any, on loopback alone
         if section == "inet_http_server":
             assert conf.get(section, "port").startswith("127.0.0.1:")
+
+
+def test_forcing_named_keys_keeps_the_cluster_keypair(tmp_path):
+    keygen(tmp_path, clients=["app"])
+    cluster_secret = (tmp_path / "cluster.key_secret").read_bytes()
+    keygen(tmp_path, clients=["app"], force=True)   # rotating one client's key
+    assert (tmp_path / "cluster.key_secret").read_bytes() == cluster_secret
+    keygen(tmp_path, force=True)                    # no names: the cluster keypair itself
+    assert (tmp_path / "cluster.key_secret").read_bytes() != cluster_secret
+
+
+def test_user_ids_name_the_key_and_a_key_removed_meanwhile_is_never_an_error(tmp_path):
+    import zmq
+    from zmq.utils import z85
+
+    from zring.security import KeyAuthenticator, user_ids
+    keygen(tmp_path, nodes=["n1"], clients=["app"])
+    keys = NodeKeys.load(tmp_path, "n1")
+    app = ClientKeys.load(tmp_path / "clients" / "app.key_secret")
+    auth = KeyAuthenticator(zmq.Context.instance(), keys.allowed, ["router"], "n1")
+    raw = z85.decode(app.public)
+    assert auth.callback("router", app.public)
+    assert auth.curve_user_id(raw) == f"client:app:{app.public[:8].decode()}"
+    assert auth.curve_user_id(raw) in user_ids(keys.allowed)
+    auth.allowed = {}   # a reload removed it between the two calls
+    assert auth.curve_user_id(raw).startswith("revoked:")
+    assert not auth.callback("router", app.public)
+    assert repr(app.secret) not in repr(app) and repr(keys.server_secret) not in repr(keys)
+
+
+def test_a_node_weight_past_the_ring_cap_is_refused():
+    args = cli.build_parser().parse_args(
+        ["node", "--id", "n1", "--listen", "tcp://127.0.0.1:7001", "--memory",
+         "--weight", "64"])
+    with pytest.raises(ValueError, match="lower --vnodes"):
+        cli.node_config_from_args(args)
