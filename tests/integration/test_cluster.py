@@ -12,6 +12,7 @@ import zmq
 from cluster import TestCluster, wait_for
 
 from zring import InvalidRequest, Unavailable
+from zring.protocol import MsgType
 
 pytestmark = pytest.mark.integration
 
@@ -191,9 +192,10 @@ def test_bad_frames_get_an_error_reply_and_the_node_keeps_serving(shared, frame,
     assert shared.client("node1").put("after-bad-frame", b"ok").success
 
 
-def test_frames_that_cannot_be_answered_are_dropped(shared):
-    assert raw_request(shared.addresses["node1"], b"a", b"b", b"c", b"d", b"e",
-                       timeout_ms=500) is None
+def test_a_request_of_too_many_parts_gets_a_protocol_error(shared):
+    reply = raw_request(shared.addresses["node1"], b"a", b"b", b"c", b"d", b"e",
+                        timeout_ms=2000)
+    assert reply[0] == MsgType.ERROR and reply[1] == 0 and reply[2]["code"] == "protocol"
     assert shared.client("node1").get("anything").found is False
 
 
