@@ -357,8 +357,8 @@ class NodeCore:
                 > self.config.max_pending_requests):
             self.stats["overloaded"] += 1
             return [Reply(route, _error(message.request_id, Unavailable(
-                f"{self.config.node_id} is coordinating {len(self._quorums)} requests; "
-                "retry later")))]
+                f"{self.config.node_id} is coordinating {len(self._quorums)} requests and "
+                f"{self._open_batch_keys} keys of batches; retry later")))]
         try:
             return handler(self, route, message, now)
         except Exception as exc:
