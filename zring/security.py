@@ -100,22 +100,22 @@ def keygen(keys_dir: str | os.PathLike, *, nodes: Iterable[str] = (),
     return written
 
 
-def _load_secret(path: Path) -> tuple[bytes, bytes]:
+def _load_certificate(path: Path) -> tuple[bytes, bytes | None]:
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise InvalidRequest(f"cannot read the key file {path}: {exc}") from None
+
+
+def _load_secret(path: Path) -> tuple[bytes, bytes]:
+    public, secret = _load_certificate(path)
     if not secret:
         raise InvalidRequest(f"{path} holds no secret key")
     return public, secret
 
 
 def _load_public(path: Path) -> bytes:
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise InvalidRequest(f"cannot read the key file {path}: {exc}") from None
-    return public
+    return _load_certificate(path)[0]
 
 
 @dataclass(frozen=True, slots=True)
