@@ -1763,15 +1763,20 @@ class NodeCore:
         often membership changes before the cluster settles."""
         records = 0
         for older in self._drops:
-            kept = older.intervals
-            if older.ring.fingerprint() != ring.fingerprint():
-                regained = [i for change in ring_changes(older.ring, ring, self.config.replicas,
-                                                         gained_by=self.config.node_id)
-                            for i in change.intervals()]
-                kept = subtract_intervals(kept, regained)
-            intervals = intervals + kept
+            intervals = intervals + self._not_regained(older.intervals, older.ring, ring)[0]
             records += older.records
         self._drops = [_Drop(ring, _merge_intervals(intervals), records=records)]
+
+    def _not_regained(self, intervals: list[Interval], since: HashRing,
+                      ring: HashRing) -> tuple[list[Interval], list[Interval]]:
+        """``intervals`` (ours to drop since ``since``) less what ``ring`` gives us back, and
+        what it gives back."""
+        if since.fingerprint() == ring.fingerprint():
+            return intervals, []
+        regained = [i for change in ring_changes(since, ring, self.config.replicas,
+                                                 gained_by=self.config.node_id)
+                    for i in change.intervals()]
+        return subtract_intervals(intervals, regained), regained
 
     def _run_drops(self, now: float, max_records: int = 5_000) -> list[Effect]:
         """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
@@ -1781,10 +1786,7 @@ class NodeCore:
         drop = self._drops[0]
         if drop.ring.fingerprint() != self.ring.fingerprint():
             # The ring moved on before we dropped: keep whatever it gave back to us.
-            regained = [i for change in ring_changes(drop.ring, self.ring, self.config.replicas,
-                                                     gained_by=self.config.node_id)
-                        for i in change.intervals()]
-            drop.intervals = subtract_intervals(drop.intervals, regained)
+            drop.intervals, regained = self._not_regained(drop.intervals, drop.ring, self.ring)
             drop.ring = self.ring
             drop.settled_at = None
             self.log.info("drop_narrowed", ranges_regained=len(regained))
