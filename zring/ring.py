@@ -379,10 +379,10 @@ class RingDiff:
     def _gains(self, node: int) -> np.ndarray:
         return (self.new_lists == node).any(axis=1) & ~(self.old_lists == node).any(axis=1)
 
-    def _losers(self) -> np.ndarray:
-        """Per range and old-list entry: does that node stop replicating the range?"""
-        return (self.old_lists[:, :, None] != self.new_lists[:, None, :]).all(axis=2) & (
-            self.old_lists != self.none)
+    def _only_in(self, lists: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Per range and entry of ``lists``: a node missing from ``others``' list (in
+        old_lists: it stops replicating the range; in new_lists: it starts)."""
+        return (lists[:, :, None] != others[:, None, :]).all(axis=2) & (lists != self.none)
 
     def changes(self, gained_by: str | None = None) -> list[RangeChange]:
         """The ranges whose preference list differs, adjacent ones with the same change
@@ -439,8 +439,7 @@ class RingDiff:
         old_lists, new_lists = self.old_lists, self.new_lists
         receivers = np.array([self.names.index(n) for n in to if n in self.names],
                              dtype=np.int64)
-        gainers = (new_lists[:, :, None] != old_lists[:, None, :]).all(axis=2) & (
-            new_lists != self.none)
+        gainers = self._only_in(new_lists, old_lists)
         rows = ((old_lists == me).any(axis=1) & ~(new_lists == me).any(axis=1)
                 & gainers.any(axis=1) & (~gainers | np.isin(new_lists, receivers)).all(axis=1))
         return self._intervals(rows)
@@ -456,7 +455,8 @@ class RingDiff:
         excluded = np.array([self.names.index(n) for n in unless_lost_by if n in self.names],
                             dtype=np.int64)
         if excluded.size:
-            rows &= ~(self._losers() & np.isin(self.old_lists, excluded)).any(axis=1)
+            losers = self._only_in(self.old_lists, self.new_lists)
+            rows &= ~(losers & np.isin(self.old_lists, excluded)).any(axis=1)
         found = {}
         for source in sources:
             index = self._index(source)
