@@ -175,19 +175,17 @@ def decode(frame: bytes, bounded: bool = True) -> Message:
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
-        if not bounded:
-            return validate(msgpack.unpackb(frame, raw=False, strict_map_key=True))
         # msgpack bounds every declared length by the frame's own size, and its C unpacker
         # refuses nesting deeper than its stack; both fail here rather than allocate. A
         # large frame is also counted as it unpacks: each byte can become an object of ~60
         # bytes (an empty list), so 8 MiB of b"\x90" would otherwise take 580 MiB.
-        if len(frame) <= _UNCOUNTED_FRAME_BYTES:
-            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0,
-                                  max_array_len=_MAX_ITEMS, max_map_len=_MAX_ITEMS)
+        if not bounded:
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        elif len(frame) <= _UNCOUNTED_FRAME_BYTES:
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, **_LIMITS)
         else:
             count = _ObjectBudget(_MAX_OBJECTS)
-            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0,
-                                  max_array_len=_MAX_ITEMS, max_map_len=_MAX_ITEMS,
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, **_LIMITS,
                                   list_hook=count, object_hook=count)
     except ProtocolError:
         raise
@@ -201,6 +199,7 @@ def decode(frame: bytes, bounded: bool = True) -> Message:
 _UNCOUNTED_FRAME_BYTES = 256 * 1024
 _MAX_ITEMS = 2_000_000          # in one array or map (a 1000-key MGET has 1000)
 _MAX_OBJECTS = 2_000_000        # items of all arrays and maps in one frame: ~130 MiB at most
+_LIMITS = {"max_ext_len": 0, "max_array_len": _MAX_ITEMS, "max_map_len": _MAX_ITEMS}
 
 
 class _ObjectBudget:
