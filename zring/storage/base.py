@@ -17,8 +17,8 @@ from zring.errors import ProtocolError
 from zring.hashing import key_position
 from zring.versions import Version
 
-__all__ = ["Hint", "Record", "Store", "Value", "position_group_cut", "record_from_wire",
-           "record_size", "record_to_wire"]
+__all__ = ["Hint", "Record", "Store", "StoreStats", "Value", "position_group_cut",
+           "record_from_wire", "record_size", "record_to_wire"]
 
 Value = bytes | str
 
@@ -74,6 +74,15 @@ def position_group_cut(positions: list[int], limit: int) -> int:
     return end
 
 
+class StoreStats(NamedTuple):
+    """What a store holds, exact at every moment (kept with each write, drop and stream)."""
+
+    keys: int          # live records
+    tombstones: int
+    bytes: int         # UTF-8 keys and values of every record, tombstones' keys included
+    hints: int
+
+
 class Hint(NamedTuple):
     """A write this node holds for a replica that was down when it was made."""
 
@@ -106,6 +115,25 @@ class Store(ABC):
     @abstractmethod
     def put_many(self, records: Iterable[Record]) -> int:
         """``put`` each record in one transaction; returns how many were stored."""
+
+    def write_if_newer(self, items: list) -> list[list | None]:
+        """Apply client writes from a coordinator (wire records, checked as ``put_wire``
+        checks them): each is taken unless the store holds a newer version of its key (an
+        equal one: the same write, taken already). Returns, per item, None (taken) or the
+        newer version held, ``[timestamp, writer]``: the coordinator must not count that
+        replica, so a write acknowledged after another always carries the newer version."""
+        answers: list[list | None] = []
+        taken: dict[str, Record] = {}
+        for item in items:
+            record = record_from_wire(item)
+            held = taken.get(record.key) or self.get(record.key)
+            if held is not None and held.version > record.version:
+                answers.append(list(held.version))
+                continue
+            answers.append(None)
+            taken[record.key] = record
+        self.put_many(taken.values())
+        return answers
 
     def put_wire(self, items: list) -> tuple[int, int]:
         """Apply records from a peer in wire form (see ``record_from_wire``), all or none;
@@ -146,7 +174,11 @@ class Store(ABC):
 
     @abstractmethod
     def count(self, *, include_tombstones: bool = False) -> int:
-        """How many keys are held."""
+        """How many keys are held (cheap: from the kept figures)."""
+
+    @abstractmethod
+    def stats(self) -> StoreStats:
+        """Records, bytes and hints held, exact (cheap: kept with every write)."""
 
     @abstractmethod
     def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:

@@ -18,7 +18,7 @@ from sortedcontainers import SortedList
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE
-from zring.storage.base import Hint, Record, Store, position_group_cut
+from zring.storage.base import Hint, Record, Store, StoreStats, position_group_cut
 
 __all__ = ["MemoryStore"]
 
@@ -36,6 +36,7 @@ class MemoryStore(Store):
         self._hints: dict[int, Hint] = {}
         self._hints_by_target: dict[str, dict[int, Hint]] = {}  # each in id order
         self._last_hint_id = 0  # ids are never reused, like SQLite's AUTOINCREMENT
+        self._bytes = 0  # of every record's key (UTF-8) and value, as SQLiteStore counts
         self._closed = False
 
     # ------------------------------------------------------------------ records
@@ -109,6 +110,12 @@ class MemoryStore(Store):
         if include_tombstones:
             return len(self._records)
         return len(self._records) - len(self._tombstones)
+
+    def stats(self) -> StoreStats:
+        self._check_open()
+        tombstones = len(self._tombstones)
+        return StoreStats(len(self._records) - tombstones, tombstones, self._bytes,
+                          len(self._hints))
 
     def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
         self._check_open()
@@ -195,14 +202,17 @@ class MemoryStore(Store):
                 self._by_position.add((record.position, record.key))
             if held.value is None:
                 self._tombstones.remove((held.version.timestamp, held.key))
+            self._bytes -= _size(held)
         if record.value is None:
             self._tombstones.add((record.version.timestamp, record.key))
         self._records[record.key] = record
+        self._bytes += _size(record)
         return True
 
     def _forget(self, key: str) -> None:
         """Drop ``key`` from the dict; the caller has already taken it out of the index."""
         record = self._records.pop(key)
+        self._bytes -= _size(record)
         if record.value is None:
             self._tombstones.remove((record.version.timestamp, key))
 
@@ -226,6 +236,14 @@ class MemoryStore(Store):
             return entries[:cut]
         last_position = entries[limit - 1][0]
         return list(self._entries_between(last_position, last_position))
+
+
+def _size(record: Record) -> int:
+    """Bytes of the key in UTF-8 and of the value (its characters if a str), as SQLite's
+    ``length`` counts them in SQLiteStore's figures."""
+    value = record.value
+    return len(record.key.encode("utf-8", "surrogatepass")) + (
+        0 if value is None else len(value))
 
 
 def _check_ranges(record: Record) -> None:

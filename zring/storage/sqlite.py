@@ -42,7 +42,14 @@ from typing import TypeVar
 
 from zring.errors import ProtocolError, StorageError
 from zring.hashing import RING_SIZE, key_position
-from zring.storage.base import Hint, Record, Store, position_group_cut, record_from_wire
+from zring.storage.base import (
+    Hint,
+    Record,
+    Store,
+    StoreStats,
+    position_group_cut,
+    record_from_wire,
+)
 from zring.versions import Version
 
 __all__ = ["BUSY_TIMEOUT_MS", "CACHE_KIB", "FORMAT_VERSION", "SQLiteStore"]
@@ -59,7 +66,10 @@ _MIGRATED_FORMATS = frozenset({b"1"})  # older formats rebuilt into this one on 
 # what a store file must hold (format "2" with its additions); ``check`` reports any missing
 _REQUIRED_OBJECTS = frozenset({"records", "meta", "hints",
                                "hints_by_target", "hints_by_created",
-                               "records_tombstones_by_ts"})
+                               "records_tombstones_by_ts", "record_counts", "hint_counts",
+                               "records_counted_insert", "records_counted_update",
+                               "records_counted_delete", "hints_counted_insert",
+                               "hints_counted_delete"})
 # SQLite primary result codes meaning the file itself is damaged, not merely busy or absent
 _DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
@@ -131,7 +141,76 @@ _SCHEMA_ADDITIONS = (
     # for tombstone garbage collection (oldest tombstones first); partial, so live writes
     # never touch it
     "CREATE INDEX IF NOT EXISTS records_tombstones_by_ts ON records (ts) WHERE value IS NULL",
+    # Exact figures for status, kept by triggers in every write's own transaction (so they
+    # commit, roll back and survive a crash with it): the records and bytes a node holds and
+    # its hints per target, without a COUNT or GROUP BY on the node's loop. Recounted once
+    # on every open.
+    """
+    CREATE TABLE IF NOT EXISTS record_counts (
+        id         INTEGER PRIMARY KEY CHECK (id = 0),
+        live       INTEGER NOT NULL,
+        tombstones INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL  -- keys (UTF-8) and values, tombstones' keys included
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS hint_counts (
+        target TEXT PRIMARY KEY NOT NULL,
+        count  INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS records_counted_insert AFTER INSERT ON records BEGIN
+        UPDATE record_counts SET live = live + (NEW.value IS NOT NULL),
+            tombstones = tombstones + (NEW.value IS NULL),
+            bytes = bytes + length(CAST(NEW.key AS BLOB)) + coalesce(length(NEW.value), 0)
+        WHERE id = 0;
+    END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS records_counted_update AFTER UPDATE ON records BEGIN
+        UPDATE record_counts
+        SET live = live + (NEW.value IS NOT NULL) - (OLD.value IS NOT NULL),
+            tombstones = tombstones + (NEW.value IS NULL) - (OLD.value IS NULL),
+            bytes = bytes + length(CAST(NEW.key AS BLOB)) + coalesce(length(NEW.value), 0)
+                          - length(CAST(OLD.key AS BLOB)) - coalesce(length(OLD.value), 0)
+        WHERE id = 0;
+    END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS records_counted_delete AFTER DELETE ON records BEGIN
+        UPDATE record_counts SET live = live - (OLD.value IS NOT NULL),
+            tombstones = tombstones - (OLD.value IS NULL),
+            bytes = bytes - length(CAST(OLD.key AS BLOB)) - coalesce(length(OLD.value), 0)
+        WHERE id = 0;
+    END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS hints_counted_insert AFTER INSERT ON hints BEGIN
+        INSERT INTO hint_counts (target, count) VALUES (NEW.target, 1)
+        ON CONFLICT (target) DO UPDATE SET count = count + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS hints_counted_delete AFTER DELETE ON hints BEGIN
+        UPDATE hint_counts SET count = count - 1 WHERE target = OLD.target;
+        DELETE FROM hint_counts WHERE target = OLD.target AND count <= 0;
+    END
+    """,
 )
+# what the triggers keep, counted from the tables themselves (on open, and by ``check``)
+_RECOUNT_RECORDS = """
+SELECT count(value), count(*) - count(value),
+       coalesce(sum(length(CAST(key AS BLOB)) + coalesce(length(value), 0)), 0)
+FROM records
+"""
+_RECOUNT_HINTS = "SELECT target, count(*) FROM hints GROUP BY target"
+_SET_RECORD_COUNTS = """
+INSERT INTO record_counts (id, live, tombstones, bytes) VALUES (0, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    live = excluded.live, tombstones = excluded.tombstones, bytes = excluded.bytes
+"""
+_RECORD_COUNTS = "SELECT live, tombstones, bytes FROM record_counts WHERE id = 0"
 
 _UPSERT = """
 INSERT INTO records (key, value, ts, writer, pos) VALUES (?, ?, ?, ?, ?)
@@ -159,8 +238,6 @@ _KEYS_NEXT = """
 SELECT pos, key, value IS NULL FROM records
 WHERE (pos, key) > (?, ?) ORDER BY pos, key LIMIT ?
 """
-_COUNT_ALL = "SELECT count(*) FROM records"
-_COUNT_LIVE = "SELECT count(*) FROM records WHERE value IS NOT NULL"
 # oldest first through the partial index records_tombstones_by_ts (which holds each row's
 # primary key), then each delete by primary key. (Not one ``(pos, key) IN`` statement: SQLite
 # runs a row-value IN subquery twice.)
@@ -183,7 +260,7 @@ SELECT id, key, value, ts, writer, pos, created_ms FROM hints
 WHERE target = ? ORDER BY id LIMIT ?
 """
 _DELETE_HINT = "DELETE FROM hints WHERE id = ?"
-_HINT_COUNTS = "SELECT target, count(*) FROM hints GROUP BY target"
+_HINT_COUNTS = "SELECT target, count FROM hint_counts"
 _EXPIRE_HINTS = "DELETE FROM hints WHERE created_ms < ?"
 
 _Method = TypeVar("_Method", bound=Callable)
@@ -289,27 +366,39 @@ class SQLiteStore(Store):
     @_translating_errors
     def put_wire(self, items: list) -> tuple[int, int]:
         """See ``Store.put_wire``: rows straight from wire records (the streaming path)."""
-        rows = []
-        size = 0
-        shift = _POSITION_SHIFT
-        for item in items:
-            if item.__class__ is not list or len(item) != 4:
-                raise ProtocolError("a record must be [key, value, timestamp, writer]")
-            key, value, timestamp, writer = item
-            if (key.__class__ is not str or writer.__class__ is not str
-                    or timestamp.__class__ is not int or not 0 <= timestamp < _TIMESTAMP_LIMIT
-                    or (value is not None and value.__class__ is not bytes
-                        and value.__class__ is not str)):
-                record_from_wire(item)  # raises the precise ProtocolError
-            rows.append((key, value, timestamp, writer, key_position(key) - shift))
-            size += len(key) + (len(value) if value is not None else 0)
+        rows, size = _wire_rows(items)
+        self._upsert_rows(rows)
+        return len(rows), size
+
+    @_translating_errors
+    def write_if_newer(self, items: list) -> list[list | None]:
+        """See ``Store.write_if_newer``: one read of the held versions, then one upsert of
+        the records taken (the upsert's own last-writer-wins check stays as a guard)."""
+        rows, _ = _wire_rows(items)
+        held = {wire[0]: (wire[2], wire[3]) for wire in self.get_wire_many(
+            [row[0] for row in rows]) if wire is not None}
+        answers: list[list | None] = []
+        taken = []
+        for row in rows:
+            key, version = row[0], (row[2], row[3])
+            newest = held.get(key)
+            if newest is not None and newest > version:
+                answers.append(list(newest))
+                continue
+            answers.append(None)
+            if newest != version:   # equal: a resent write, taken already
+                held[key] = version
+                taken.append(row)
+        self._upsert_rows(taken)
+        return answers
+
+    def _upsert_rows(self, rows: list[tuple]) -> None:
         if len(rows) == 1:  # one statement is atomic by itself: no savepoint around it
             self._join_batch()
             self._cursor.execute(_UPSERT, rows[0])
-        else:
+        elif rows:
             with self._transaction():
                 self._cursor.executemany(_UPSERT, rows)
-        return len(rows), size
 
     @_translating_errors
     def range_stats(self, low: int, high: int) -> tuple[int, int]:
@@ -365,8 +454,14 @@ class SQLiteStore(Store):
 
     @_translating_errors
     def count(self, *, include_tombstones: bool = False) -> int:
-        query = _COUNT_ALL if include_tombstones else _COUNT_LIVE
-        return self._cursor.execute(query).fetchall()[0][0]
+        live, tombstones, _ = self._cursor.execute(_RECORD_COUNTS).fetchall()[0]
+        return live + tombstones if include_tombstones else live
+
+    @_translating_errors
+    def stats(self) -> StoreStats:
+        live, tombstones, size = self._cursor.execute(_RECORD_COUNTS).fetchall()[0]
+        hints = sum(count for _, count in self._cursor.execute(_HINT_COUNTS).fetchall())
+        return StoreStats(live, tombstones, size, hints)
 
     @_translating_errors
     def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
@@ -422,8 +517,7 @@ class SQLiteStore(Store):
 
     @_translating_errors
     def hint_counts(self) -> dict[str, int]:
-        # GROUP BY over the (target, id) index: a covering index scan, no sort
-        return dict(self._cursor.execute(_HINT_COUNTS).fetchall())
+        return dict(self._cursor.execute(_HINT_COUNTS).fetchall())  # kept by triggers
 
     @_translating_errors
     def expire_hints(self, created_before_ms: int) -> int:
@@ -450,10 +544,10 @@ class SQLiteStore(Store):
             problems = _integrity_problems(rows)
             try:
                 names = {name for (name,) in cursor.execute(
-                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'index', 'trigger')")}
                 missing = sorted(_REQUIRED_OBJECTS - names)
                 if missing:
-                    problems.append(f"missing tables or indexes: {', '.join(missing)}")
+                    problems.append(f"missing tables, indexes or triggers: {', '.join(missing)}")
                 problems += _layout_problems(cursor, names)
                 if "meta" in names:
                     rows = cursor.execute(_GET_META, ("format",)).fetchall()
@@ -463,6 +557,8 @@ class SQLiteStore(Store):
                 for table in ("records", "hints"):
                     if table in names:
                         problems += _damaged_rows(cursor, table)
+                if {"records", "record_counts", "hints", "hint_counts"} <= names:
+                    problems += _count_problems(cursor)
             except _SQLITE_ERRORS as exc:
                 problems.append(f"cannot read the store: {exc}")
         return problems
@@ -543,21 +639,37 @@ class SQLiteStore(Store):
                 for statement in _SCHEMA + _SCHEMA_ADDITIONS:
                     self._cursor.execute(statement)
                 self._cursor.execute(_SET_META, ("format", FORMAT_VERSION))
-                return
-            if not {"records", "meta"} <= tables:
-                raise StorageError(f"{self.path} is a SQLite database but not a zring store "
-                                   f"(it has tables {sorted(tables)})", path=str(self.path),
-                                   reason="foreign")
-            rows = self._cursor.execute(_GET_META, ("format",)).fetchall()
-            found = rows[0][0] if rows else None
-            if found in _MIGRATED_FORMATS:
-                self._migrate()
-            elif found != FORMAT_VERSION:
-                raise StorageError(f"{self.path} has storage format {found!r}; this version of "
-                                   f"zring reads format {FORMAT_VERSION!r} only",
-                                   path=str(self.path), reason="format")
-            for statement in _SCHEMA_ADDITIONS:
-                self._cursor.execute(statement)
+            else:
+                self._check_format(tables)
+                for statement in _SCHEMA_ADDITIONS:
+                    self._cursor.execute(statement)
+        try:
+            with self._transaction():
+                self._recount()
+        except _SQLITE_ERRORS:
+            pass  # a damaged file: it still opens, so ``check`` can say what is wrong
+
+    def _check_format(self, tables: set[str]) -> None:
+        if not {"records", "meta"} <= tables:
+            raise StorageError(f"{self.path} is a SQLite database but not a zring store "
+                               f"(it has tables {sorted(tables)})", path=str(self.path),
+                               reason="foreign")
+        rows = self._cursor.execute(_GET_META, ("format",)).fetchall()
+        found = rows[0][0] if rows else None
+        if found in _MIGRATED_FORMATS:
+            self._migrate()
+        elif found != FORMAT_VERSION:
+            raise StorageError(f"{self.path} has storage format {found!r}; this version of "
+                               f"zring reads format {FORMAT_VERSION!r} only",
+                               path=str(self.path), reason="format")
+
+    def _recount(self) -> None:
+        """Set the triggers' figures from the tables (one pass; on every open)."""
+        self._cursor.execute(_SET_RECORD_COUNTS, self._cursor.execute(
+            _RECOUNT_RECORDS).fetchall()[0])
+        self._cursor.execute("DELETE FROM hint_counts")
+        self._cursor.executemany("INSERT INTO hint_counts (target, count) VALUES (?, ?)",
+                                 self._cursor.execute(_RECOUNT_HINTS).fetchall())
 
     def _migrate(self) -> None:
         """Rebuild an older format's records table as this format's (inside the open's
@@ -575,12 +687,23 @@ class SQLiteStore(Store):
             yield
         except BaseException:
             self._batch_depth -= 1
-            if self._batch_depth == 0 and self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            if self._batch_depth == 0:
+                self._abandon()
             raise
         self._batch_depth -= 1
         if self._batch_depth == 0 and self._conn.in_transaction:
-            self._commit()
+            try:
+                self._commit()
+            except BaseException:
+                self._abandon()   # a failed COMMIT (a full disk) may leave it open
+                raise
+
+    def _abandon(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except _SQLITE_ERRORS:
+            pass  # rolled back by SQLite itself, or the connection is gone
 
     @_translating_errors
     def _begin(self) -> None:
@@ -651,6 +774,26 @@ class SQLiteStore(Store):
                 raise self._storage_error(exc) from exc
 
 
+def _wire_rows(items: list) -> tuple[list[tuple], int]:
+    """Upsert parameters of wire records from a peer, each checked (a bad one raises the
+    precise ProtocolError), and the bytes of their keys and values."""
+    rows = []
+    size = 0
+    shift = _POSITION_SHIFT
+    for item in items:
+        if item.__class__ is not list or len(item) != 4:
+            raise ProtocolError("a record must be [key, value, timestamp, writer]")
+        key, value, timestamp, writer = item
+        if (key.__class__ is not str or writer.__class__ is not str
+                or timestamp.__class__ is not int or not 0 <= timestamp < _TIMESTAMP_LIMIT
+                or (value is not None and value.__class__ is not bytes
+                    and value.__class__ is not str)):
+            record_from_wire(item)  # raises the precise ProtocolError
+        rows.append((key, value, timestamp, writer, key_position(key) - shift))
+        size += len(key) + (len(value) if value is not None else 0)
+    return rows, size
+
+
 def _row(record: Record) -> tuple:
     """``record`` as upsert parameters, checked against the column ranges."""
     key, value, (timestamp, writer), position = record
@@ -682,6 +825,20 @@ def _layout_problems(cursor: sqlite3.Cursor, names: set[str]) -> list[str]:
         if primary != ["pos", "key"]:
             problems.append(f"records table has primary key ({', '.join(primary)}), "
                             f"expected (pos, key)")
+    return problems
+
+
+def _count_problems(cursor: sqlite3.Cursor) -> list[str]:
+    """Where the triggers' figures differ from the tables' (they never should)."""
+    problems = []
+    kept = cursor.execute(_RECORD_COUNTS).fetchall()
+    counted = cursor.execute(_RECOUNT_RECORDS).fetchall()[0]
+    if not kept or tuple(kept[0]) != tuple(counted):
+        problems.append(f"record counts {tuple(kept[0]) if kept else None} differ from the "
+                        f"records (live, tombstones, bytes) {tuple(counted)}")
+    hints = dict(cursor.execute(_HINT_COUNTS).fetchall())
+    if hints != dict(cursor.execute(_RECOUNT_HINTS).fetchall()):
+        problems.append("hint counts differ from the hints held")
     return problems
 
 
