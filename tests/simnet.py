@@ -1,7 +1,15 @@
 """An in-memory network for node cores: no sockets, no threads, a virtual clock.
 
 Routes each core's effects to the other cores exactly as server.py would over ZeroMQ, so
-the core's protocol (quorums, gossip, joins, leaves) is tested deterministically.
+the core's protocol (quorums, gossip, joins, leaves) is tested deterministically. As in
+server.py, each delivery or timer runs inside the node's ``store.group_commit()`` and its
+replies leave only after the commit (a commit that fails turns them into errors); a node
+with ``fsync="always"`` syncs after each commit, one with ``"periodic"`` every
+``fsync_period_s``.
+
+Each node reads its own clock: the network's time plus the node's ``offsets`` entry (a node
+whose clock runs ahead or behind). A node in ``paused`` (SIGSTOP) runs no timers and takes
+no messages; what is sent to it waits, and arrives when it resumes, as TCP delivers it.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
+from zring.errors import StorageError
 from zring.protocol import Message, MsgType, decode, encode
 from zring.storage import MemoryStore
 
@@ -29,49 +38,96 @@ class SimCluster:
         self.subscriptions: dict[str, set[str]] = defaultdict(set)  # address -> gossip addrs
         self.down: set[str] = set()
         self.stopped: set[str] = set()
+        self.paused: set[str] = set()
+        self.held: dict[str, list] = defaultdict(list)  # address -> deliveries while paused
+        self.offsets: dict[str, float] = defaultdict(float)  # address -> clock offset (s)
         self.client_replies: dict[int, Message] = {}
+        self.next_sync_at: dict[str, float] = {}
         self._queue: list = []
         self._seq = itertools.count()
         self._request_ids = itertools.count(1)
 
     # ---------------------------------------------------------------- nodes
 
-    def add(self, node_id: str, *, seed: bool = True, store=None, **overrides) -> NodeCore:
+    def address_of(self, index: int) -> str:
+        """The ROUTER address the ``index``-th node added (from 1) gets."""
+        return f"tcp://sim:{7000 + index}"
+
+    def add(self, node_id: str, *, seed: bool = True, store=None, seeds: list[str] | None = None,
+            **overrides) -> NodeCore:
         index = len(self.cores) + 1
-        address = f"tcp://sim:{7000 + index}"
-        seeds = [c.config.address for c in self.cores.values()
-                 if c.config.address in c.config.seeds] or [address]
-        if seed and address not in seeds:
-            seeds.append(address)
+        address = self.address_of(index)
+        if seeds is None:
+            seeds = [c.config.address for c in self.cores.values()
+                     if c.config.address in c.config.seeds] or [address]
+            if seed and address not in seeds:
+                seeds.append(address)
         settings = dict(vnodes=64, request_timeout_s=0.5)
         settings.update(overrides)
         config = NodeConfig(node_id=node_id, address=address, gossip_address=f"{address}/pub",
                             seeds=list(seeds), **settings)
-        core = NodeCore(config, store if store is not None else MemoryStore(), self.now)
+        store = store if store is not None else MemoryStore()
+        core = NodeCore(config, store, self.clock(address))
         self.cores[address] = core
         self.by_gossip[config.gossip_address] = address
-        self._apply(address, core.start(self.now))
+        self._run_core(address, lambda now: core.start(now))
         return core
 
-    def restart(self, node_id: str) -> NodeCore:
+    def restart(self, node_id: str, store=None) -> NodeCore:
         """Crash ``node_id`` (its core and everything in flight to it are lost) and start a
-        new core on the same store, as a kill -9 and supervisord's restart would."""
+        new core on the same store (or ``store``: what survived a power loss), as a kill -9
+        and supervisord's restart would."""
         old = self.node(node_id)
         address = old.config.address
-        core = NodeCore(old.config, old.store, self.now)
+        store = old.store if store is None else store
+        core = NodeCore(old.config, store, self.clock(address))
         self.cores[address] = core
         self.subscriptions[address].clear()
         self.stopped.discard(address)
-        self._apply(address, core.start(self.now))
+        self.paused.discard(address)
+        self.held.pop(address, None)
+        self._run_core(address, lambda now: core.start(now))
         return core
 
     def node(self, node_id: str) -> NodeCore:
         return next(c for c in self.cores.values() if c.config.node_id == node_id)
 
+    def clock(self, address: str) -> float:
+        """The wall clock of the node at ``address``."""
+        return self.now + self.offsets[address]
+
+    def pause(self, address: str) -> None:
+        self.paused.add(address)
+
+    def resume(self, address: str) -> None:
+        """SIGCONT: what waited for the node arrives now, in the order it was sent."""
+        self.paused.discard(address)
+        for action in self.held.pop(address, []):
+            self._schedule(0.0, action)
+
     # ---------------------------------------------------------------- traffic
 
     def _schedule(self, delay: float, action) -> None:
         heapq.heappush(self._queue, (self.now + delay, next(self._seq), action))
+
+    def _run_core(self, address: str, call) -> None:
+        """``call(now)`` on the node's core inside one group commit, as a loop cycle of
+        server.py runs; its effects leave after the commit."""
+        core = self.cores[address]
+        store = core.store
+        now = self.clock(address)
+        effects: list = []
+        try:
+            with store.group_commit():
+                effects = call(now)
+        except StorageError as exc:
+            effects = core.commit_failed(effects, exc, now)
+        if core.config.fsync == "always":
+            try:
+                store.sync()
+            except StorageError:
+                pass
+        self._apply(address, effects)
 
     def _apply(self, address: str, effects) -> None:
         for effect in coalesce_sends(list(effects)):  # as server.py batches per peer
@@ -110,18 +166,59 @@ class SimCluster:
         return address in self.cores and address not in self.down and \
             address not in self.stopped
 
+    def _running(self, address: str) -> bool:
+        return self._alive(address) and address not in self.paused
+
+    def _held(self, target: str, action) -> bool:
+        """A delivery to a paused node waits for it (False: deliver now)."""
+        if target in self.paused and self._alive(target):
+            self.held[target].append(action)
+            return True
+        return False
+
     def _deliver_request(self, target: str, sender: str, frame: bytes) -> None:
+        if self._held(target, lambda: self._deliver_request(target, sender, frame)):
+            return
         if self._alive(target) and self._alive(sender):
-            self._apply(target, self.cores[target].handle_frame((sender.encode(),), frame,
-                                                                self.now))
+            core = self.cores[target]
+            self._run_core(target, lambda now: core.handle_frame((sender.encode(),), frame, now))
+
+    def _deliver_client(self, target: str, frame: bytes) -> None:
+        if self._held(target, lambda: self._deliver_client(target, frame)):
+            return
+        if self._alive(target):
+            core = self.cores[target]
+            self._run_core(target, lambda now: core.handle_frame((CLIENT,), frame, now))
 
     def _deliver_reply(self, target: str, sender: str, frame: bytes) -> None:
+        if self._held(target, lambda: self._deliver_reply(target, sender, frame)):
+            return
         if self._alive(target) and self._alive(sender):
-            self._apply(target, self.cores[target].handle_reply(sender, frame, self.now))
+            core = self.cores[target]
+            self._run_core(target, lambda now: core.handle_reply(sender, frame, now))
 
     def _deliver_gossip(self, target: str, sender: str, frame: bytes) -> None:
+        if self._held(target, lambda: self._deliver_gossip(target, sender, frame)):
+            return
         if self._alive(target) and self._alive(sender):
-            self._apply(target, self.cores[target].handle_gossip(frame, self.now))
+            core = self.cores[target]
+            self._run_core(target, lambda now: core.handle_gossip(frame, now))
+
+    def _deadline(self, address: str, core: NodeCore) -> float:
+        """The node's next deadline in network time (it reads its own clock)."""
+        deadline = core.next_deadline() - self.offsets[address]
+        if core.config.fsync == "periodic":
+            deadline = min(deadline, self.next_sync_at.get(address, self.now))
+        return deadline
+
+    def _tick(self, address: str, core: NodeCore) -> None:
+        self._run_core(address, core.tick)
+        if core.config.fsync == "periodic" and self.now >= self.next_sync_at.get(address, 0):
+            self.next_sync_at[address] = self.now + core.config.fsync_period_s
+            try:
+                core.store.sync()
+            except StorageError:
+                pass
 
     def run(self, seconds: float) -> None:
         self.run_until(lambda: False, seconds)
@@ -130,8 +227,8 @@ class SimCluster:
         """Advance virtual time, delivering messages and firing timers, until ``condition``."""
         end = self.now + max_seconds
         while not condition():
-            next_timer = min((c.next_deadline() for a, c in self.cores.items()
-                              if self._alive(a)), default=end)
+            next_timer = min((self._deadline(a, c) for a, c in self.cores.items()
+                              if self._running(a)), default=end)
             next_message = self._queue[0][0] if self._queue else end
             step = min(next_timer, next_message, end)
             if step >= end and self.now >= end:
@@ -141,20 +238,27 @@ class SimCluster:
                 _, _, action = heapq.heappop(self._queue)
                 action()
             for address, core in list(self.cores.items()):
-                if self._alive(address) and core.next_deadline() <= self.now:
-                    self._apply(address, core.tick(self.now))
+                if self._running(address) and self._deadline(address, core) <= self.now:
+                    self._tick(address, core)
             if self.now >= end:
                 return condition()
         return True
 
     # ---------------------------------------------------------------- client
 
-    def send(self, node_id: str, msg_type: MsgType, body: dict) -> int:
-        """Send a client request without waiting; its reply lands in ``client_replies``."""
+    def send(self, node_id: str, msg_type: MsgType, body: dict, *,
+             via_network: bool = False) -> int:
+        """Send a client request without waiting; its reply lands in ``client_replies``.
+        ``via_network``: it travels like any message (it waits for a paused node, is lost
+        to a crashed one); otherwise the node takes it at once."""
         core = self.node(node_id)
+        address = core.config.address
         request_id = next(self._request_ids)
         frame = encode(Message(msg_type, request_id, body))
-        self._apply(core.config.address, core.handle_frame((CLIENT,), frame, self.now))
+        if via_network:
+            self._schedule(self.latency_s, lambda: self._deliver_client(address, frame))
+        else:
+            self._run_core(address, lambda now: core.handle_frame((CLIENT,), frame, now))
         return request_id
 
     def request(self, node_id: str, msg_type: MsgType, body: dict,
@@ -165,9 +269,10 @@ class SimCluster:
         return self.client_replies.pop(request_id)
 
     def converged(self) -> bool:
-        live = [c for a, c in self.cores.items() if self._alive(a)]
+        live = [c for a, c in self.cores.items() if self._running(a)]
         rings = {c.ring.fingerprint() for c in live}
         statuses = {tuple((m.node_id, m.status) for m in c.members.all()) for c in live}
         # settled too: every node knows every other routes by the same ring, and serves
-        settled = all(c._previous_ring is None and c._is_ready(self.now) for c in live)
+        settled = all(c._previous_ring is None and c._is_ready(self.clock(c.config.address))
+                      and c.clock_checked(self.clock(c.config.address)) for c in live)
         return len(rings) == 1 and len(statuses) == 1 and settled

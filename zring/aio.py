@@ -48,6 +48,7 @@ from zring.client import (
     _BACKOFF_BASE_S,
     _BACKOFF_MAX_S,
     _BATCH_CHUNK,
+    _CONFLICT_RETRIES,
     _EVENTS,
     _POLLIN,
     ClusterStatus,
@@ -55,6 +56,7 @@ from zring.client import (
     GetResult,
     PutResult,
     RingState,
+    WriteStamps,  # noqa: I001 - kept beside the private names below
     _client_options,
     _count,
     _key,
@@ -62,6 +64,7 @@ from zring.client import (
     _seeds_from,
     _unwrap,
     _value,
+    conflicting,
     new_dealer,
 )
 from zring.core.batching import cut
@@ -69,6 +72,7 @@ from zring.errors import (
     InvalidRequest,
     ProtocolError,
     Timeout,
+    VersionConflict,
     ZringError,
     error_from_code,
 )
@@ -246,7 +250,8 @@ def _chunks(entries: list, size: Callable[[Any], int] | None = None) -> list[lis
 
 
 def _item_bytes(item: list) -> int:
-    return sum(len(part.encode()) if isinstance(part, str) else len(part) for part in item)
+    """Bytes of an MPUT item's key and value (its timestamp is a few more)."""
+    return sum(len(part.encode()) if isinstance(part, str) else len(part) for part in item[:2])
 
 
 def _in_order(entries: list, order: list[list[int]]) -> list:
@@ -300,6 +305,7 @@ class AsyncClient:
         self._closes = 0   # close() count: a request that outlived a close() fails
         self.token_aware = token_aware   # as Client: each key's request to one of its replicas
         self._router = _Router(self.keys)
+        self._stamps = WriteStamps()   # as Client's: one stamp per write, kept on resends
 
     def __repr__(self) -> str:
         return f"AsyncClient(seeds={self.seeds!r}, timeout={self.timeout}, " \
@@ -332,21 +338,40 @@ class AsyncClient:
     async def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
                   w: int | None = None) -> PutResult:
         """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
-        return PutResult.from_body(await self._execute(MsgType.PUT, {
+        return PutResult.from_body(await self._write(MsgType.PUT, {
             "key": _key(key), "value": _value(value), "n": _count(replicas, "replicas"),
             "w": _count(w, "w")}, key))
 
     async def get(self, key: str, *, r: int | None = None,
                   replicas: int | None = None) -> GetResult:
         """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
-        return GetResult.from_body(await self._execute(MsgType.GET, {
-            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}, key))
+        body = await self._execute(MsgType.GET, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}, key)
+        self._stamps.observe_body(body)
+        return GetResult.from_body(body)
 
     async def delete(self, key: str, *, w: int | None = None,
                      replicas: int | None = None) -> DeleteResult:
         """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
-        return DeleteResult.from_body(await self._execute(MsgType.DELETE, {
+        return DeleteResult.from_body(await self._write(MsgType.DELETE, {
             "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}, key))
+
+    async def _write(self, msg_type: MsgType, body: dict, key: str) -> dict:
+        """As Client's: stamped once for all resends; again above a newer version held."""
+        stamps = self._stamps
+        body["writer"] = stamps.writer
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            body["ts"] = stamps.next()
+            try:
+                result = await self._execute(msg_type, body, key)
+            except VersionConflict as exc:
+                if attempt == _CONFLICT_RETRIES:
+                    raise
+                stamps.observe_conflict(exc.details.get("held"))
+                continue
+            stamps.observe_body(result)
+            return result
+        raise AssertionError("unreachable")
 
     async def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
         """``get`` of every key, in key order, in MGET messages of at most 1000 keys sent
@@ -359,22 +384,47 @@ class AsyncClient:
         entries = await self._execute_batch(
             MsgType.MGET, [{"keys": [keys[i] for i in chunk], "r": r, "n": None}
                            for group in order for chunk in _chunks(group)], "keys")
-        return _batch_results(_in_order(entries, order), keys, GetResult.from_body)
+        results = _batch_results(_in_order(entries, order), keys, GetResult.from_body)
+        for result in results:
+            if result.version is not None:
+                self._stamps.observe(result.version.timestamp)
+        return results
 
     async def mput(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]],
                    *, w: int | None = None) -> list[PutResult]:
         """``put`` of every (key, value) item, results in item order, in MPUT messages of at
         most 1000 items sent concurrently. An item's own error is raised (the first, after
         all have answered)."""
-        pairs = [[_key(key), _value(value)] for key, value in _pairs(items)]
+        stamps = self._stamps
+        triples = [[_key(key), _value(value), stamps.next()] for key, value in _pairs(items)]
         w = _count(w, "w")
-        order = await self._by_owner([key for key, _ in pairs])
+        entries = await self._mput_entries(triples, w)
+        for _ in range(_CONFLICT_RETRIES):
+            again = conflicting(entries)
+            if not again:
+                break
+            for index in again:   # stamped again above what the replicas hold
+                stamps.observe_conflict(entries[index].get("held"))
+            for index in again:
+                triples[index][2] = stamps.next()
+            retried = await self._mput_entries([triples[i] for i in again], w)
+            for index, entry in zip(again, retried, strict=True):
+                entries[index] = entry
+        results = _batch_results(entries, [key for key, _, _ in triples], PutResult.from_body)
+        for result in results:
+            if result.version is not None:
+                stamps.observe(result.version.timestamp)
+        return results
+
+    async def _mput_entries(self, triples: list[list], w: int | None) -> list:
+        """Each ``[key, value, ts]``'s result entry (an error entry included), in order."""
+        order = await self._by_owner([key for key, _, _ in triples])
         entries = await self._execute_batch(
             MsgType.MPUT,
-            [{"items": chunk, "w": w, "n": None} for group in order
-             for chunk in _chunks([pairs[i] for i in group], _item_bytes)], "items")
-        return _batch_results(_in_order(entries, order), [key for key, _ in pairs],
-                              PutResult.from_body)
+            [{"items": chunk, "w": w, "n": None, "writer": self._stamps.writer}
+             for group in order
+             for chunk in _chunks([triples[i] for i in group], _item_bytes)], "items")
+        return _in_order(entries, order)
 
     # -------------------------------------------------------------- ring and cluster
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,12 +45,13 @@ from zring.errors import (
     ProtocolError,
     Timeout,
     Unavailable,
+    VersionConflict,
     ZringError,
     error_from_code,
 )
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, decode, encode
 from zring.security import ClientKeys
-from zring.versions import Version
+from zring.versions import HybridClock, Version
 
 if TYPE_CHECKING:
     from zring.ring import HashRing
@@ -75,6 +77,7 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: IntFlag math
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _BATCH_CHUNK = 1000        # keys per MGET/MPUT frame
 _BATCH_BYTES = 8 << 20     # and about this much of their keys and values
+_CONFLICT_RETRIES = 5      # a write refused for a newer version: resent with a later stamp
 
 
 # ------------------------------------------------------------------ seeds
@@ -237,6 +240,44 @@ class MembershipResult:
     status: str   # after add_node / remove_node: the reply's, or the awaited status
 
 
+# ------------------------------------------------------------------ write stamps
+
+
+class WriteStamps:
+    """A client's write versions (Cassandra's client-side timestamps): a hybrid clock on
+    the client's wall clock, kept ahead of every version the client saw, and a writer id
+    unique to the client. A write is stamped once and resent with the same stamp whatever
+    the retries, so a copy of it applied late can never win over a later write; a write
+    refused for a newer version held is stamped again above it."""
+
+    def __init__(self, writer: str | None = None) -> None:
+        self.clock = HybridClock()
+        self.writer = writer or f"client-{secrets.token_hex(6)}"
+
+    def next(self) -> int:
+        return self.clock.now(int(time.time() * 1000))
+
+    def observe(self, timestamp: object) -> None:
+        if type(timestamp) is int and 0 <= timestamp < 1 << 63:
+            self.clock.observe(timestamp)
+
+    def observe_body(self, body: object) -> None:
+        """A reply body's version (a read's or a write's)."""
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, list) and version:
+            self.observe(version[0])
+
+    def observe_conflict(self, held: object) -> None:
+        if isinstance(held, list) and held:
+            self.observe(held[0])
+
+
+def conflicting(results: list) -> list[int]:
+    """Indexes of batch results refused for a newer version held (to stamp again)."""
+    return [index for index, result in enumerate(results)
+            if isinstance(result, dict) and result.get("error") == VersionConflict.code]
+
+
 # ------------------------------------------------------------------ argument checks
 
 
@@ -303,6 +344,7 @@ class Client:
         self.token_aware = token_aware
         self._router = _Router(self.keys)
         self._direct: dict[str, zmq.Socket] = {}   # endpoint -> DEALER, for routed requests
+        self._stamps = WriteStamps()
 
     def __repr__(self) -> str:
         return f"Client(seeds={self.seeds!r}, timeout={self.timeout}, retries={self.retries})"
@@ -328,14 +370,16 @@ class Client:
     def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
             w: int | None = None) -> PutResult:
         """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
-        return PutResult.from_body(self._execute_key(MsgType.PUT, {
+        return PutResult.from_body(self._write(MsgType.PUT, {
             "key": _key(key), "value": _value(value), "n": _count(replicas, "replicas"),
             "w": _count(w, "w")}))
 
     def get(self, key: str, *, r: int | None = None, replicas: int | None = None) -> GetResult:
         """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
-        return GetResult.from_body(self._execute_key(MsgType.GET, {
-            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")}))
+        body = self._execute_key(MsgType.GET, {
+            "key": _key(key), "n": _count(replicas, "replicas"), "r": _count(r, "r")})
+        self._stamps.observe_body(body)
+        return GetResult.from_body(body)
 
     def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
         """Read many keys: one MGET per replica node (up to 1,000 keys a frame), all in
@@ -344,6 +388,9 @@ class Client:
         bodies = self._execute_batch(MsgType.MGET, keys, [{"key": k} for k in keys],
                                      lambda chunk: {"keys": [e["key"] for e in chunk],
                                                     "r": _count(r, "r")})
+        _raise_first_error(bodies)
+        for body in bodies:
+            self._stamps.observe_body(body)
         return [GetResult.from_body(b) for b in bodies]
 
     def mput(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]], *,
@@ -352,17 +399,54 @@ class Client:
         Results in item order; a key that failed raises its error (the others stand)."""
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         entries = [{"key": _key(k), "value": _value(v)} for k, v in pairs]
-        bodies = self._execute_batch(MsgType.MPUT, [e["key"] for e in entries], entries,
-                                     lambda chunk: {"items": [[e["key"], e["value"]]
-                                                              for e in chunk],
-                                                    "w": _count(w, "w")})
+        w, stamps = _count(w, "w"), self._stamps
+
+        def body(chunk: list[dict]) -> dict:
+            return {"items": [[e["key"], e["value"], e["ts"]] for e in chunk], "w": w,
+                    "writer": stamps.writer}
+        for entry in entries:
+            entry["ts"] = stamps.next()
+        bodies = self._execute_batch(MsgType.MPUT, [e["key"] for e in entries], entries, body)
+        for _ in range(_CONFLICT_RETRIES):
+            again = conflicting(bodies)
+            if not again:
+                break
+            for index in again:   # stamped again above what the replicas hold
+                stamps.observe_conflict(bodies[index].get("held"))
+            for index in again:
+                entries[index]["ts"] = stamps.next()
+            retried = self._execute_batch(MsgType.MPUT, [entries[i]["key"] for i in again],
+                                          [entries[i] for i in again], body)
+            for index, result in zip(again, retried, strict=True):
+                bodies[index] = result
+        _raise_first_error(bodies)
+        for result in bodies:
+            stamps.observe_body(result)
         return [PutResult.from_body(b) for b in bodies]
 
     def delete(self, key: str, *, w: int | None = None,
                replicas: int | None = None) -> DeleteResult:
         """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
-        return DeleteResult.from_body(self._execute_key(MsgType.DELETE, {
+        return DeleteResult.from_body(self._write(MsgType.DELETE, {
             "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}))
+
+    def _write(self, msg_type: MsgType, body: dict) -> dict:
+        """A PUT or DELETE, stamped once for all its resends; refused for a newer version
+        held, stamped again above it and resent."""
+        stamps = self._stamps
+        body["writer"] = stamps.writer
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            body["ts"] = stamps.next()
+            try:
+                result = self._execute_key(msg_type, body)
+            except VersionConflict as exc:
+                if attempt == _CONFLICT_RETRIES:
+                    raise
+                stamps.observe_conflict(exc.details.get("held"))
+                continue
+            stamps.observe_body(result)
+            return result
+        raise AssertionError("unreachable")
 
     # -------------------------------------------------------------- ring and cluster
 
@@ -624,9 +708,8 @@ class Client:
             for index, result in zip(indexes, body["results"], strict=True):
                 results[index] = result
         for result in results:
-            if isinstance(result, dict) and "error" in result:
-                raise error_from_code(result["error"], result.get("message", ""))
-            self._router.note_reply(result or {})
+            if isinstance(result, dict) and "error" not in result:
+                self._router.note_reply(result)
         return results
 
     def _direct_socket(self, endpoint: str) -> zmq.Socket:
@@ -759,6 +842,14 @@ def _send_within(socket: zmq.Socket, frame: bytes, timeout: float) -> bool:
         except zmq.Again:
             return False
     return True
+
+
+def _raise_first_error(results: list) -> None:
+    """A batch's first per-key error, raised (after every key has answered)."""
+    for result in results:
+        if isinstance(result, dict) and "error" in result:
+            details = {"held": result["held"]} if "held" in result else None
+            raise error_from_code(result["error"], result.get("message", ""), details)
 
 
 def _seeds_from(seeds: list[str], index: int) -> list[str]:

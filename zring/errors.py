@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "ZringError", "ProtocolError", "InvalidRequest", "Unavailable", "Timeout", "NotMember",
-    "MembershipConflict", "StorageError", "Forbidden", "error_from_code",
+    "MembershipConflict", "StorageError", "Forbidden", "VersionConflict", "ClockSkew",
+    "error_from_code",
 ]
 
 
@@ -66,6 +67,23 @@ class Forbidden(ZringError):
     code = "forbidden"
 
 
+class VersionConflict(ZringError):
+    """A write was refused by replicas that hold a newer version of the key (``held``:
+    ``[timestamp, writer]``). The clients retry it at once with a later timestamp, so a
+    write acknowledged after another always carries the newer version, whatever the clocks.
+    It may have been applied on some replicas (it is then superseded by the retry)."""
+
+    code = "version_conflict"
+
+
+class ClockSkew(ZringError):
+    """A clock is further off than ``max_clock_offset_s``: the node's own (measured against
+    its peers': it stops coordinating writes until fixed), or the request's timestamp
+    (the client's clock is ahead of the node's). ``offset_s`` names the offset."""
+
+    code = "clock_skew"
+
+
 class StorageError(ZringError):
     """The node's store failed or is unreadable."""
 
@@ -74,7 +92,7 @@ class StorageError(ZringError):
 
 _BY_CODE = {cls.code: cls for cls in (ZringError, ProtocolError, InvalidRequest, Unavailable,
                                        Timeout, NotMember, MembershipConflict, StorageError,
-                                       Forbidden)}
+                                       Forbidden, VersionConflict, ClockSkew)}
 
 
 def error_from_code(code: str, message: str, details: dict | None = None) -> ZringError:

@@ -56,6 +56,7 @@ class Member:
     weight: float = 1.0
     keys: int = 0            # live keys it holds, as it last reported
     hints: int = 0           # hints it holds for other members, as it last reported
+    bytes: int = 0           # bytes of keys and values it holds, as it last reported
     streamed: bool = False   # joined by streaming its ranges (old replicas may then drop them)
     ring: int = 0            # fingerprint of the ring it routes by (its ring version)
     # the range transfer it runs, if any: (kind, keys_done, keys_total, bytes_done,
@@ -82,7 +83,8 @@ class Member:
                 gossip_address=wire["gossip_address"], status=MemberStatus(wire["status"]),
                 generation=wire["generation"], heartbeat=wire["heartbeat"],
                 weight=wire.get("weight", 1.0), keys=wire.get("keys", 0),
-                hints=wire.get("hints", 0), streamed=wire.get("streamed", False),
+                hints=wire.get("hints", 0), bytes=wire.get("bytes", 0),
+                streamed=wire.get("streamed", False),
                 ring=wire.get("ring", 0), transfer=_transfer(wire.get("transfer", ())))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad member record: {exc}") from None
@@ -93,6 +95,7 @@ class Member:
                 and len(member.gossip_address) <= MAX_ADDRESS_CHARS
                 and type(member.generation) is int and type(member.heartbeat) is int
                 and type(member.keys) is int and type(member.hints) is int
+                and type(member.bytes) is int and 0 <= member.bytes < 1 << 63
                 and type(member.streamed) is bool
                 and type(member.ring) is int and 0 <= member.ring < 1 << 64
                 and type(member.weight) in (int, float)

@@ -69,6 +69,7 @@ class MsgType(IntEnum):
     RANGE_STATS = 54
     BATCH = 55          # several peer requests (or their replies) in one frame
     REPLICA_READ_MANY = 56
+    CLOCK = 57          # a peer's wall clock, for the clock offset check
     # published on the gossip PUB socket
     GOSSIP = 60
 
@@ -85,7 +86,7 @@ PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOI
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
                         MsgType.REPAIR_LOCAL, MsgType.REPAIR_TREE, MsgType.REPAIR_DIGESTS,
                         MsgType.REPAIR_FETCH, MsgType.RANGE_STATS, MsgType.BATCH,
-                        MsgType.REPLICA_READ_MANY})
+                        MsgType.REPLICA_READ_MANY, MsgType.CLOCK})
 
 # With security on, what each role (the ZAP handler's "role:name" User-Id) may send: the
 # cluster-changing requests need an admin key, peer requests a node key.
@@ -114,14 +115,18 @@ class Message:
 # Field schemas: name -> (accepted types, required). Unknown fields are ignored (a newer
 # peer may send more); a known field of the wrong type is a ProtocolError.
 _OPT_INT = (int, type(None))
+_OPT_STR = (str, type(None))
 _VALUE = (bytes, str)
 _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.OK: {},
     MsgType.ERROR: {"code": ((str,), True), "message": ((str,), True)},
+    # a write's version: the client's timestamp (its hybrid clock, fixed for every resend of
+    # the write) and its writer id; without them the coordinator's clock stamps it
     MsgType.PUT: {"key": ((str,), True), "value": (_VALUE, True), "n": (_OPT_INT, False),
-                  "w": (_OPT_INT, False)},
+                  "w": (_OPT_INT, False), "ts": (_OPT_INT, False), "writer": (_OPT_STR, False)},
     MsgType.GET: {"key": ((str,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
-    MsgType.DELETE: {"key": ((str,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False)},
+    MsgType.DELETE: {"key": ((str,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False),
+                     "ts": (_OPT_INT, False), "writer": (_OPT_STR, False)},
     MsgType.RING_STATE: {},
     MsgType.CLUSTER_STATUS: {},
     MsgType.LOCAL_KEYS: {"limit": (_OPT_INT, False)},
@@ -130,7 +135,9 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REBALANCE: {},
     MsgType.PING: {},
     MsgType.STATS: {},
-    MsgType.REPLICA_WRITE: {"records": ((list,), True)},
+    # "cond": a client write, taken only where no newer version is held (the reply lists
+    # the others' positions and newer versions as "newer": [[index, ts, writer], ...])
+    MsgType.REPLICA_WRITE: {"records": ((list,), True), "cond": ((bool,), False)},
     MsgType.REPLICA_READ: {"key": ((str,), True)},
     MsgType.JOIN: {"member": ((dict,), True)},
     MsgType.RANGE_PULL: {"intervals": ((list,), True), "after": (_OPT_INT, False),
@@ -153,9 +160,12 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     # batches: {"results": [...]} replies, one entry per key in order (a GET or PUT reply's
     # body, or {"error": code, "message": ...} for that key alone)
     MsgType.MGET: {"keys": ((list,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
-    MsgType.MPUT: {"items": ((list,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False)},
+    # items [key, value] or [key, value, ts] (ts as a PUT's, with the batch's writer)
+    MsgType.MPUT: {"items": ((list,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False),
+                   "writer": (_OPT_STR, False)},
     MsgType.BATCH: {"messages": ((list,), True)},
     MsgType.REPLICA_READ_MANY: {"keys": ((list,), True)},
+    MsgType.CLOCK: {},
 }
 
 

@@ -40,7 +40,7 @@ from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
-from zring.errors import InvalidRequest
+from zring.errors import InvalidRequest, StorageError
 from zring.protocol import MAX_FRAME_BYTES, encode
 from zring.security import (
     HANDSHAKE_FAILURES,
@@ -187,9 +187,8 @@ class NodeServer:
     # ------------------------------------------------------------------ loop
 
     def serve(self) -> None:
-        with self.store.group_commit():
-            effects = self.core.start(time.time())
-        self._perform(effects)
+        self._perform(self._committed(lambda effects: effects.extend(
+            self.core.start(time.time()))))
         self.log.info("node_listening", address=self.config.address,
                       gossip=self.config.gossip_address, fsync=self.config.fsync,
                       security="curve" if self.keys is not None else "off",
@@ -207,23 +206,40 @@ class NodeServer:
                 deadline = min(deadline, next_sync_at - time.monotonic())
             self._wait(deadline)
             ready, self.readable = self.readable, set()
-            # Everything this cycle writes is one commit; replies leave only after it.
-            effects: list = []
-            with self.store.group_commit():
+
+            def cycle(effects: list, ready=ready) -> None:
                 for sock in ready:
                     if self._drain(sock, effects):   # the rest waits for the next cycle
                         self.readable.add(sock)
                 effects += self.core.tick(time.time())
-            self._perform(effects)
+            self._perform(self._committed(cycle))
             if self.parked:
                 self._retry_parked()
             if periodic and time.monotonic() >= next_sync_at:
-                self.store.sync()
+                self._sync()
                 next_sync_at = time.monotonic() + self.config.fsync_period_s
         # a batch's own reads and writes queued for the next cycle are done before leaving
-        with self.store.group_commit():
-            effects = self.core.finish_own_work(time.time())
-        self._perform(effects)
+        self._perform(self._committed(lambda effects: effects.extend(
+            self.core.finish_own_work(time.time()))))
+
+    def _committed(self, cycle: Callable[[list], None]) -> list:
+        """Run ``cycle`` (it appends effects) in one group commit, and the effects to
+        perform: replies leave only after the commit. If the commit fails (a full disk),
+        the core turns what it acknowledged into errors, and the node serves on."""
+        effects: list = []
+        try:
+            with self.store.group_commit():
+                cycle(effects)
+        except StorageError as exc:
+            effects = self.core.commit_failed(effects, exc, time.time())
+        return effects
+
+    def _sync(self) -> None:
+        try:
+            self.store.sync()
+        except StorageError as exc:   # the data stays committed; the next period retries
+            self.core.stats["syncs_failed"] += 1
+            self.log.error("sync_failed", error=str(exc))
 
     def _drain(self, sock: zmq.Socket, effects: list, budget: int = 1000) -> bool:
         """Read ``sock``'s messages into ``effects``, called when its events said input
@@ -355,7 +371,7 @@ class NodeServer:
                     self.core.stats["sends_dropped"] += 1
 
     def close(self) -> None:
-        self.store.sync()
+        self._sync()
         for sock in (self.router, self.pub):
             if self.keys is not None:
                 sock.disable_monitor()

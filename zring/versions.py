@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["HybridClock", "Version", "LOGICAL_BITS", "ZERO_VERSION"]
+__all__ = ["HybridClock", "Version", "LOGICAL_BITS", "ZERO_VERSION", "seconds_ahead",
+           "timestamp_bound"]
 
 LOGICAL_BITS = 16
 _LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
@@ -58,3 +59,14 @@ class HybridClock:
 
     def version(self, now_ms: int, node_id: str) -> Version:
         return Version(self.now(now_ms), node_id)
+
+
+def timestamp_bound(now_s: float, max_offset_s: float) -> int:
+    """The greatest timestamp a node whose wall clock reads ``now_s`` accepts: anything later
+    comes from a clock more than ``max_offset_s`` ahead of its own."""
+    return (int((now_s + max_offset_s) * 1000) << LOGICAL_BITS) | _LOGICAL_MASK
+
+
+def seconds_ahead(timestamp: int, now_s: float) -> float:
+    """How far ``timestamp`` is ahead of a wall clock reading ``now_s`` (negative: behind)."""
+    return (timestamp >> LOGICAL_BITS) / 1000 - now_s

@@ -52,7 +52,7 @@ def answer(request: Message, node: str = "n1") -> dict:
         return {"results": [get_body(k, node) for k in body["keys"]]}
     if request.type == MsgType.MPUT:
         return {"results": [{"stored_on": [node], "replicated_to": [node], "version": [3, k]}
-                            for k, _ in body["items"]]}
+                            for k, *_ in body["items"]]}
     return {"pong": node}
 
 
@@ -278,10 +278,14 @@ def test_put_get_delete_ping_bodies(net):
     put, got, deleted, pong = asyncio.run(main())
     assert isinstance(put, PutResult) and put.success and put.stored_on == ("n1",)
     assert got.value == "k" and deleted.success and pong == {"pong": "n1"}
-    bodies = [(m.type, m.body) for m in net.sent_to(A)]
-    assert bodies[:3] == [(MsgType.PUT, {"key": "k", "value": b"v", "n": 2, "w": 1}),
+    bodies = [(m.type, {k: v for k, v in m.body.items() if k != "ts"})
+              for m in net.sent_to(A)]
+    stamp = {"writer": client._stamps.writer}
+    assert bodies[:3] == [(MsgType.PUT, {"key": "k", "value": b"v", "n": 2, "w": 1, **stamp}),
                           (MsgType.GET, {"key": "k", "n": 2, "r": 1}),
-                          (MsgType.DELETE, {"key": "k", "n": None, "w": 2})]
+                          (MsgType.DELETE, {"key": "k", "n": None, "w": 2, **stamp})]
+    stamps = [m.body["ts"] for m in net.sent_to(A) if m.type in (MsgType.PUT, MsgType.DELETE)]
+    assert stamps[0] < stamps[1]
 
 
 @pytest.mark.parametrize("code, error", [("unavailable", Unavailable),
@@ -435,8 +439,10 @@ def test_mget_sends_concurrent_chunks_of_1000_and_keeps_key_order(net):
 def test_mput_takes_a_dict_or_pairs_and_keeps_item_order(net):
     net.behaviours[A] = healthy
 
+    client = client_on(A)
+
     async def main():
-        async with client_on(A) as client:
+        async with client:
             from_dict = await client.mput({"a": b"1", "b": "2"}, w=1)
             from_pairs = await client.mput((f"k{i}", b"v") for i in range(1500))
         return from_dict, from_pairs
@@ -445,7 +451,10 @@ def test_mput_takes_a_dict_or_pairs_and_keeps_item_order(net):
     assert all(isinstance(r, PutResult) and r.success for r in from_pairs)
     assert [r.version.node_id for r in from_pairs] == [f"k{i}" for i in range(1500)]
     first, *rest = net.sent_to(A)
-    assert first.body == {"items": [["a", b"1"], ["b", "2"]], "w": 1, "n": None}
+    assert [item[:2] for item in first.body["items"]] == [["a", b"1"], ["b", "2"]]
+    assert all(type(item[2]) is int for item in first.body["items"])
+    assert {k: first.body[k] for k in ("w", "n", "writer")} == {
+        "w": 1, "n": None, "writer": client._stamps.writer}
     assert [len(m.body["items"]) for m in rest] == [1000, 500]
 
 
@@ -458,7 +467,7 @@ def test_mput_cuts_chunks_by_bytes_too(net, monkeypatch):
         async with client_on(A) as client:
             return await client.mput(items)
     assert len(asyncio.run(main())) == 6
-    assert [[k for k, _ in m.body["items"]] for m in net.sent_to(A)] == \
+    assert [[k for k, *_ in m.body["items"]] for m in net.sent_to(A)] == \
         [["k0", "k1"], ["k2", "k3"], ["k4"], ["big"]]
 
 

@@ -185,7 +185,7 @@ def test_a_store_failing_in_a_deferred_own_write_counts_as_a_failed_replica():
 
     def broken(items):
         raise StorageError("disk I/O error", path="x", reason="error")
-    core.store.put_wire = broken
+    core.store.write_if_newer = broken
     effects = core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
                                 now)
     writes = [e for e in effects if isinstance(e, Send)]
@@ -195,7 +195,7 @@ def test_a_store_failing_in_a_deferred_own_write_counts_as_a_failed_replica():
     # the peers' writes left before ours failed: they make w=2
     assert_answered_by_the_peers_alone(sim, core, writes, now)
     assert core._open_batch_keys == 0 and core._open_batches == 0
-    del core.store.put_wire          # the store recovers: the node serves on
+    del core.store.write_if_newer         # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MPUT, {"items": items})
     assert all(len(r["stored_on"]) >= 2 for r in reply.body["results"])
     assert sim.run_until(lambda: not core._own_work, 5)
@@ -210,7 +210,9 @@ def test_own_work_queued_during_a_tick_runs_in_the_next_cycle():
     assert core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
                              now) == []
     released = core.tick(now + 1)   # the held MPUT is handled inside this tick
-    assert len([e for e in released if isinstance(e, Send)]) == 2 and core._own_work
+    writes = [e for e in released
+              if isinstance(e, Send) and e.message.type == MsgType.REPLICA_WRITE]
+    assert len(writes) == 2 and core._own_work
     assert core.tick(now + 1) == [] and not core._own_work   # the next cycle writes ours
     assert all(core.store.get(k).value == b"v" for k, _ in items)
 

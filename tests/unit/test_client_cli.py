@@ -128,11 +128,15 @@ def test_request_bodies():
     got = client.get("k", r=1)
     assert got == GetResult(b"v", True, ("n2",), Version(123 << 16, "n1"))
     assert client.delete("k").stored_on == ("n1",)
-    assert client.sent == [
-        (MsgType.PUT, {"key": "k", "value": b"v", "n": 3, "w": 2}),
+    stamp = {"writer": client._stamps.writer}
+    assert [(t, {k: v for k, v in b.items() if k != "ts"}) for t, b in client.sent] == [
+        (MsgType.PUT, {"key": "k", "value": b"v", "n": 3, "w": 2, **stamp}),
         (MsgType.GET, {"key": "k", "n": None, "r": 1}),
-        (MsgType.DELETE, {"key": "k", "n": None, "w": None}),
+        (MsgType.DELETE, {"key": "k", "n": None, "w": None, **stamp}),
     ]
+    # each write stamped by the client's hybrid clock, later than every version it saw
+    put_ts, delete_ts = client.sent[0][1]["ts"], client.sent[2][1]["ts"]
+    assert 123 << 16 < put_ts < delete_ts
     with pytest.raises(AttributeError):  # frozen
         put.success = False
 

@@ -34,9 +34,11 @@ from zring.core.batching import (
     Slot,
     encoded_size,
 )
+from zring.core.clocks import ClockOffsets, ClockVerdict
 from zring.core.effects import Effect, Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.streaming import Interval, RangePull, RecordPush, subtract_intervals
 from zring.errors import (
+    ClockSkew,
     Forbidden,
     InvalidRequest,
     MembershipConflict,
@@ -44,7 +46,9 @@ from zring.errors import (
     ProtocolError,
     StorageError,
     Unavailable,
+    VersionConflict,
     ZringError,
+    error_from_code,
 )
 from zring.failure import Liveness, PhiAccrualDetector
 from zring.hashing import key_position
@@ -70,7 +74,13 @@ from zring.protocol import (
 )
 from zring.ring import HashRing, RingDiff, ring_changes
 from zring.storage.base import Hint, Record, Store, record_size
-from zring.versions import LOGICAL_BITS, HybridClock, Version
+from zring.versions import (
+    LOGICAL_BITS,
+    HybridClock,
+    Version,
+    seconds_ahead,
+    timestamp_bound,
+)
 
 __all__ = ["NodeCore"]
 
@@ -110,6 +120,12 @@ class _Quorum:
     replies: dict[str, Record | None] = field(default_factory=dict)
     answered: bool = False
     spares: list[str] = field(default_factory=list)  # reads: live replicas not asked yet
+    newer: list | None = None   # writes: the newest version a refusing replica holds
+    # reads whose replicas disagreed: the newest record, written back to a write quorum
+    # (replicas known to hold it) before the answer, so no later read returns an older one
+    newest: Record | None = None
+    holders: set[str] = field(default_factory=set)
+    writing_back: int = 0       # write-backs not answered yet
 
 
 # a bound on a batch result's encoded size besides its value (flags, version, node ids)
@@ -139,17 +155,22 @@ class _MultiWrite:
 
     batch: BatchReply
     quorum: int
-    items: list             # [key, value] as the client sent them
+    items: list             # [key, value] or [key, value, ts] as the client sent them
     n: int | None           # as the client sent them, for keys that take the single path
     w: int | None
+    writer: str | None
     wires: dict[int, list] = field(default_factory=dict)   # index -> its wire record
     replicas: dict[int, list[str]] = field(default_factory=dict)
     acks: dict[int, list[str]] = field(default_factory=dict)
     waiting: dict[int, int] = field(default_factory=dict)
+    newer: dict[int, list] = field(default_factory=dict)   # index -> a refusal's version
 
     def request(self, index: int) -> Message:
-        key, value = self.items[index]
-        return Message(MsgType.PUT, 0, {"key": key, "value": value, "n": self.n, "w": self.w})
+        item = self.items[index]
+        body = {"key": item[0], "value": item[1], "n": self.n, "w": self.w}
+        if len(item) == 3:
+            body["ts"], body["writer"] = item[2], self.writer
+        return Message(MsgType.PUT, 0, body)
 
 
 @dataclass(slots=True)
@@ -192,7 +213,12 @@ class NodeCore:
     def __init__(self, config: NodeConfig, store: Store, now: float) -> None:
         self.config = config
         self.store = store
-        self.clock = HybridClock()
+        # never behind what the last run issued or saw (its ceiling is saved ahead of use)
+        self._clock_saved_until = self._saved_clock_ceiling()
+        self.clock = HybridClock(self._clock_saved_until)
+        self._offsets = ClockOffsets(config.max_clock_offset_s)
+        self._clock_ok = True                   # our clock's last verdict, as logged
+        self._next_clock_check_at = now
         detector = PhiAccrualDetector(
             expected_interval_s=config.gossip_interval_s, suspect_phi=config.phi_suspect,
             down_phi=config.phi_down, min_std_s=config.fd_min_std_s,
@@ -212,8 +238,6 @@ class NodeCore:
         self._next_gossip_at = now
         self._last_gossip_at = now
         self._next_seed_contact_at = now
-        self._next_count_at = now
-        self._key_count = 0
         self._confirmed_by: set[str] = set()   # members whose gossip shows our current record
         self._announced_at = now
         self._join_pull: RangePull | None = None
@@ -231,9 +255,15 @@ class NodeCore:
         self._previous_ring: HashRing | None = None
         self._settled_at: float | None = now      # when every member last agreed with us
         self._drops: list[_Drop] = []             # ranges handed over, deleted once settled
-        self._ready_at = now + 2 * config.gossip_interval_s  # see _defer_until_ready
+        self._ready_at = now + 2 * config.gossip_interval_s  # see _is_ready
         self._ready = False
-        self._deferred: list[tuple[tuple[bytes, ...], bytes]] = []
+        self._formed = self._load_formed()
+        self._next_forming_log_at = now
+        # requests held until ready: (route, frame, arrived at)
+        self._deferred: list[tuple[tuple[bytes, ...], bytes, float]] = []
+        # our own writes of this loop cycle, each with what undoes its acknowledgement
+        # should the cycle's commit fail: (ticks finished when made, revoke)
+        self._own_acks: list[tuple[int, Callable[[float], list[Effect]]]] = []
         # a batch's own reads and writes, done one loop cycle later, once what it asked of
         # peers has left (both stores work at once): (ticks finished when queued, batch,
         # its request type, the work)
@@ -250,9 +280,6 @@ class NodeCore:
         self._liveness: dict[str, Liveness] = {}      # last liveness logged per member
         self._next_hint_replay_at = now
         self._hints_in_flight: set[str] = set()       # targets with a delivery under way
-        self._hint_count = 0
-        self._hints_seen = 0                          # hints_stored when we last counted
-        self._next_hint_recount_at = now
         self._last_tick = now
         self._tree_jobs: list[tuple[repair.TreeBuilder, Callable[[float], list]]] = []
         self._repairs: dict[str, repair.RepairSession] = {}   # ours, by peer
@@ -296,6 +323,55 @@ class NodeCore:
     def _save_members(self) -> None:
         self.store.set_meta("members", msgpack.packb(self.members.to_wire(), use_bin_type=True))
 
+    def _saved_clock_ceiling(self) -> int:
+        saved = self.store.get_meta("clock")
+        return int.from_bytes(saved, "big") if saved and len(saved) == 8 else 0
+
+    def _save_clock(self, now: float) -> None:
+        """Keep a ceiling on disk a little ahead of every timestamp we issued or observed, so
+        a restarted node's hybrid clock starts above them (it never goes back). The lease is
+        half the maximum offset: a restart's first timestamps are never refused as being
+        from the future."""
+        lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
+        last = self.clock.last
+        if last + lease // 2 < self._clock_saved_until:
+            return
+        ceiling = max(last, int(now * 1000) << LOGICAL_BITS) + lease
+        self.store.set_meta("clock", ceiling.to_bytes(8, "big"))
+        self._clock_saved_until = ceiling
+
+    def _load_formed(self) -> bool:
+        """Whether the cluster this node founds with its seeds has formed: every seed met.
+        A seed started fresh does not coordinate until then: writes taken while each seed
+        still had a ring of its own would sit on nodes the full ring does not give them to.
+        A node that joins (its address is no seed) streams its ranges instead, and a node
+        restarted with peers on record formed before."""
+        config = self.config
+        if config.address not in config.seeds or self.store.get_meta("formed"):
+            return True
+        if any(m.node_id != config.node_id for m in self._saved_members()):
+            return True
+        return not self._seeds_missing()
+
+    def _seeds_missing(self) -> list[str]:
+        """Seeds we have not met yet (as members that own ranges)."""
+        met = {m.address for m in self.members.all() if m.in_ring}
+        return [seed for seed in self.config.seeds
+                if seed != self.config.address and seed not in met]
+
+    def _check_formed(self, now: float) -> None:
+        if self._formed:
+            return
+        missing = self._seeds_missing()
+        if missing:
+            if now >= self._next_forming_log_at:
+                self._next_forming_log_at = now + 5.0
+                self.log.info("cluster_forming", waiting_for_seeds=missing)
+            return
+        self._formed = True
+        self.store.set_meta("formed", b"1")
+        self.log.info("cluster_formed", seeds=len(self.config.seeds))
+
     # ------------------------------------------------------------------ entry points
 
     def start(self, now: float) -> list[Effect]:
@@ -331,8 +407,9 @@ class NodeCore:
                 return [Reply(route, _error(message.request_id, Unavailable(
                     f"{self.config.node_id} is starting and holds "
                     f"{len(self._deferred)} requests; retry later")))]
-            # held, not refused: answered within a second, once gossip brought us up to date
-            self._deferred.append((route, frame))
+            # held, not refused: answered once gossip brought us up to date (or the cluster
+            # formed), or refused after request_timeout_s
+            self._deferred.append((route, frame, now))
             return []
         return self._fill_batches(self._dispatch(route, message, now))
 
@@ -532,6 +609,7 @@ class NodeCore:
             wires = None
         effects: list[Effect] = []
         results = read.batch.results
+        bound = timestamp_bound(now, self.config.max_clock_offset_s)
         for position, index in enumerate(indexes):
             if results[index] is not None or index not in read.replies:
                 continue  # answered, or already handed to the single-key path
@@ -541,6 +619,11 @@ class NodeCore:
                 continue
             wire = wires[position]
             if wire is not None:
+                if wire[2] > bound:   # from a clock that is off: never returned or observed
+                    self.stats["future_timestamps_refused"] += 1
+                    del read.replies[index]
+                    effects += self._single(read.batch, index, read.request(index), now)
+                    continue
                 self.clock.observe(wire[2])
             read.replies[index][node_id] = wire
             effects += self._multi_read_done(read, index, now)
@@ -550,24 +633,17 @@ class NodeCore:
         replies = read.replies[index]
         if len(replies) < read.quorum or read.batch.results[index] is not None:
             return []
-        newest = None
-        for wire in replies.values():
-            if wire is not None and (newest is None or (wire[2], wire[3]) >
-                                     (newest[2], newest[3])):
-                newest = wire
-        body = self._with_ring_hint(_wire_read_body(newest, list(replies)),
+        wires = list(replies.values())
+        first = wires[0]
+        if any(w is None or first is None or w[2] != first[2] or w[3] != first[3]
+               for w in wires[1:]):
+            # the replicas disagree: the single-key path writes the newest back to a write
+            # quorum before it answers (rare: a write in flight or one that partly failed)
+            del read.replies[index]
+            return self._single(read.batch, index, read.request(index), now)
+        body = self._with_ring_hint(_wire_read_body(first, list(replies)),
                                     read.replicas[index])
-        effects: list[Effect] = []
-        if newest is not None:
-            for node_id, wire in replies.items():  # read repair, as for a single read
-                if wire is None or (wire[2], wire[3]) < (newest[2], newest[3]):
-                    self.stats["read_repairs"] += 1
-                    if node_id == self.config.node_id:
-                        self.store.put(record_from_wire(newest))
-                    else:
-                        effects += self._call(node_id, MsgType.REPLICA_WRITE,
-                                              {"records": [newest]}, lambda *_: [], now)
-        return effects + self._fill_result(read.batch, index, body)
+        return self._fill_result(read.batch, index, body)
 
     def _on_mput(self, route, message: Message, now: float) -> list[Effect]:
         """Many writes at once: while no ring change is under way and every replica is up
@@ -576,14 +652,18 @@ class NodeCore:
         ``[key, value, timestamp, writer]`` throughout."""
         items = message.body["items"]
         for item in items:
-            if item.__class__ is not list or len(item) != 2:
-                raise ProtocolError("an MPUT item must be [key, value]")
+            if item.__class__ is not list or len(item) not in (2, 3):
+                raise ProtocolError("an MPUT item must be [key, value] or [key, value, ts]")
         raw_n, raw_w = message.body.get("n"), message.body.get("w")
+        writer = message.body.get("writer")
         n, quorum = self._quorum_args(message.body, "w", self.config.write_quorum)
+        legacy = any(len(item) == 2 for item in items)
+        bound = self._check_clock_for_writes(now, legacy) if items else 0
         return self._run_batch(route, message, len(items), lambda batch, effects: (
-            self._start_mput(_MultiWrite(batch, quorum, items, raw_n, raw_w), effects, n, now)))
+            self._start_mput(_MultiWrite(batch, quorum, items, raw_n, raw_w, writer), effects,
+                             n, bound, now)))
 
-    def _start_mput(self, write: _MultiWrite, effects: list[Effect], n: int,
+    def _start_mput(self, write: _MultiWrite, effects: list[Effect], n: int, bound: int,
                     now: float) -> list[Effect]:
         me = self.config.node_id
         batch, quorum = write.batch, write.quorum
@@ -593,11 +673,22 @@ class NodeCore:
         steady = not self._previous_ring and not self._future_ring()
         all_up: dict[tuple, bool] = {}   # preference list -> every replica is up
         max_value, clock_ms = self.config.max_value_bytes, int(now * 1000)
-        for index, (key, value) in enumerate(write.items):
+        writer = write.writer
+        client_writer = writer.__class__ is str and 0 < len(writer) <= 256
+        for index, item in enumerate(write.items):
+            key, value = item[0], item[1]
             if key.__class__ is not str or value.__class__ not in (bytes, str) or \
                     self._key_too_long(key) or len(value) > max_value:
                 effects += self._single(batch, index, write.request(index), now)
                 continue
+            if len(item) == 3:
+                ts = item[2]
+                if ts.__class__ is not int or not 0 <= ts <= bound or not client_writer:
+                    # refused by the single-key path, with the reason
+                    effects += self._single(batch, index, write.request(index), now)
+                    continue
+            else:
+                ts = None
             if steady:
                 natural = ring.get_nodes_at(key_position(key), n)
             else:
@@ -611,7 +702,15 @@ class NodeCore:
             if not up:
                 effects += self._single(batch, index, write.request(index), now)
                 continue
-            write.wires[index] = [key, value, self.clock.version(clock_ms, me).timestamp, me]
+            if ts is None:
+                version = self.clock.version(clock_ms, me)
+                if version.timestamp > bound:
+                    effects += self._single(batch, index, write.request(index), now)
+                    continue
+                write.wires[index] = [key, value, version.timestamp, me]
+            else:
+                self.clock.observe(ts)
+                write.wires[index] = [key, value, ts, writer]
             write.replicas[index] = natural
             write.acks[index] = []
             write.waiting[index] = len(natural)
@@ -628,10 +727,10 @@ class NodeCore:
             effects += self._write_own_copies(write, local, now)
         for target, indexes in by_target.items():
             effects += self._call(target, MsgType.REPLICA_WRITE,
-                                  {"records": [wires[i] for i in indexes]},
+                                  {"records": [wires[i] for i in indexes], "cond": True},
                                   lambda node, reply, t, ix=indexes: self._on_write_many(
-                                      write, node, ix, reply is not None
-                                      and reply.type == MsgType.OK, t), now)
+                                      write, node, ix, *_batch_write_outcome(reply, len(ix)),
+                                      t), now)
         return effects
 
     def _write_own_copies(self, write: _MultiWrite, indexes: list[int],
@@ -641,40 +740,76 @@ class NodeCore:
         we count as a replica that failed: the peers' writes have left, so each key's
         quorum decides (and no hint is kept in a store that is failing)."""
         wires = write.wires
+        me = self.config.node_id
         try:
-            self.store.put_wire([wires[i] for i in indexes])
+            answers = self.store.write_if_newer([wires[i] for i in indexes])
         except StorageError as exc:
             self.stats["own_writes_failed"] += len(indexes)
             self.log.error("own_write_failed", keys=len(indexes), error=str(exc))
-            return self._on_write_many(write, self.config.node_id, indexes, False, now,
-                                       keep_hints=False)
-        return self._on_write_many(write, self.config.node_id, indexes, True, now)
+            return self._on_write_many(write, me, indexes, False, {}, now, keep_hints=False)
+        newer = {position: held for position, held in enumerate(answers) if held is not None}
+        taken = [index for position, index in enumerate(indexes) if position not in newer]
+        if taken:
+            self._own_acks.append((self._ticks, lambda t: self._revoke_own_copies(
+                write, taken, t)))
+        return self._on_write_many(write, me, indexes, True, newer, now)
+
+    def _revoke_own_copies(self, write: _MultiWrite, indexes: list[int],
+                           now: float) -> list[Effect]:
+        """Our copies of these MPUT keys were not committed after all: they no longer count
+        (a key answered already in this cycle is answered again, with the quorum left)."""
+        me = self.config.node_id
+        effects: list[Effect] = []
+        results = write.batch.results
+        for index in indexes:
+            acks = write.acks[index]
+            if me not in acks:
+                continue
+            acks.remove(me)
+            if write.batch.closed:
+                continue
+            if results[index] is not None and "error" not in results[index]:
+                results[index] = None   # filled this cycle: not sent yet
+                write.batch.pending += 1
+            effects += self._settle_multi_write(write, index)
+        return effects
 
     def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
-                       now: float, keep_hints: bool = True) -> list[Effect]:
+                       newer: dict[int, list], now: float,
+                       keep_hints: bool = True) -> list[Effect]:
+        """A replica's answer to the records at ``indexes``: ``ok`` with the positions it
+        refused in ``newer`` (position -> the newer version it holds), or failed."""
         effects: list[Effect] = []
-        results, waiting, acks = write.batch.results, write.waiting, write.acks
-        for index in indexes:
+        waiting, acks = write.waiting, write.acks
+        for position, index in enumerate(indexes):
             waiting[index] -= 1
-            if ok:
+            refused = newer.get(position)
+            if refused is not None:
+                held = write.newer.get(index)
+                if held is None or refused > held:
+                    write.newer[index] = refused
+            elif ok:
                 acks[index].append(node_id)
             elif keep_hints:  # kept as a hint here, as a single write's coordinator does
-                self.store.add_hints([Hint(0, node_id, record_from_wire(write.wires[index]),
-                                           int(now * 1000))])
-                self.stats["hints_stored"] += 1
-            if results[index] is not None:
-                continue
-            if len(acks[index]) >= write.quorum:
-                wire = write.wires[index]
-                body = self._put_body([wire[2], wire[3]], acks[index], write.replicas[index])
-                effects += self._fill_result(write.batch, index, body)
-            elif len(acks[index]) + waiting[index] < write.quorum:
-                self.stats["writes_unavailable"] += 1
-                effects += self._fill_result(write.batch, index, {
-                    "error": Unavailable.code,
-                    "message": f"write could not reach w={write.quorum} replicas; it may "
-                               "still be applied"})
+                self._keep_hints([Hint(0, node_id, record_from_wire(write.wires[index]),
+                                       int(now * 1000))])
+            effects += self._settle_multi_write(write, index)
         return effects
+
+    def _settle_multi_write(self, write: _MultiWrite, index: int) -> list[Effect]:
+        """Answer one MPUT key once its quorum is made, or can no longer be."""
+        if write.batch.results[index] is not None:
+            return []
+        acks = write.acks[index]
+        if len(acks) >= write.quorum:
+            wire = write.wires[index]
+            body = self._put_body([wire[2], wire[3]], acks, write.replicas[index])
+            return self._fill_result(write.batch, index, body)
+        if len(acks) + write.waiting[index] < write.quorum:
+            failure = self._write_failure(write.items[index][0], write.quorum, acks, [],
+                                          write.newer.get(index))
+            return self._fill_result(write.batch, index, _error_entry(failure))
+        return []
 
     def _get_body(self, value, version: list | None, served_by: list[str],
                   replicas: list[str]) -> dict:
@@ -772,27 +907,50 @@ class NodeCore:
                 out.append(effect)
                 continue
             slot, reply = effect.route, effect.message
-            body = reply.body if reply.type == MsgType.OK else {
-                "error": reply.body.get("code", "error"),
-                "message": reply.body.get("message", "")}
+            body = reply.body if reply.type == MsgType.OK else _error_entry(
+                error_from_code(reply.body.get("code", "error"), reply.body.get("message", ""),
+                                reply.body.get("details")))
             out += self._fill_result(slot.batch, slot.index, body)
         return out
 
     def _is_ready(self, now: float) -> bool:
         """A node (re)started with peers coordinates reads and writes only once it heard
         their gossip (or after two gossip intervals): its saved ring may predate a change
-        made while it was down, and routing by it could miss the new replicas."""
+        made while it was down, and routing by it could miss the new replicas. A seed
+        started fresh waits until it has met every seed (``_load_formed``)."""
+        if not self._formed:
+            return False
         if not self._ready and (now >= self._ready_at or not self.members.peers()):
             self._ready = True
         return self._ready
 
     def _release_deferred(self, now: float) -> list[Effect]:
-        if not self._deferred or not self._is_ready(now):
+        if not self._deferred:
             return []
+        if not self._is_ready(now):
+            return self._expire_deferred(now)
         deferred, self._deferred = self._deferred, []
         effects: list[Effect] = []
-        for route, frame in deferred:   # permitted before they were held
+        for route, frame, _ in deferred:   # permitted before they were held
             effects += self.handle_frame(route, frame, now)
+        return effects
+
+    def _expire_deferred(self, now: float) -> list[Effect]:
+        """Held requests older than request_timeout_s are refused (their client gave up or
+        will): a node can wait for a missing seed for as long as it takes."""
+        cutoff = now - self.config.request_timeout_s
+        if self._deferred[0][2] > cutoff:
+            return []
+        missing = self._seeds_missing() if not self._formed else []
+        why = (f"the cluster is forming: {self.config.node_id} has not met seeds "
+               f"{', '.join(missing)} yet" if missing else
+               f"{self.config.node_id} is starting and has not heard its peers yet")
+        effects: list[Effect] = []
+        while self._deferred and self._deferred[0][2] <= cutoff:
+            route, frame, _ = self._deferred.pop(0)
+            request_id = _request_id_of(frame)
+            self.stats["deferred_expired"] += 1
+            effects.append(Reply(route, _error(request_id, Unavailable(f"{why}; retry later"))))
         return effects
 
     def handle_reply(self, address: str, frame: bytes, now: float) -> list[Effect]:
@@ -868,6 +1026,8 @@ class NodeCore:
 
     def _tick(self, now: float) -> list[Effect]:
         self._last_tick = now
+        if self._own_acks:   # those of earlier cycles are committed
+            self._own_acks = [entry for entry in self._own_acks if entry[0] >= self._ticks]
         # what earlier cycles queued (work queued from here on waits for the next tick)
         effects: list[Effect] = self._run_own_work(now, self._ticks) if self._own_work else []
         while self._call_deadlines and self._call_deadlines[0][0] <= now:
@@ -880,35 +1040,93 @@ class NodeCore:
                 except Exception:  # e.g. a hint that could not be stored: keep serving
                     self.stats["handler_errors"] += 1
                     self.log.exception("timeout_handling_failed", peer=call.node_id)
-        if now >= self._next_count_at:
-            self._key_count = self.store.count()
-            # a COUNT over 1M rows takes ~0.15 s of the loop: a status figure can lag
-            self._next_count_at = now + 15.0
         effects += self._check_liveness(now)
-        if now >= self._next_hint_replay_at:
-            effects += self._replay_hints(now)
-        if now >= self._next_gossip_at:
-            effects += self._gossip(now)
-        if now >= self._next_seed_contact_at:
-            effects += self._contact_seeds(now)
-        effects += self._advance_join(now)
-        effects += self._advance_leave(now)
-        effects += self._pump_streams(now)
-        effects += self._step_trees(now)
-        effects += self._step_stats(now)
-        effects += self._check_settled(now)
-        effects += self._release_deferred(now)
-        if now >= self._next_repair_at:
-            effects += self._background_repair(now)
-        if now >= self._next_gc_at:
-            self._collect_tombstones(now)
+        for due, step in self._housekeeping(now):
+            if due:
+                effects += self._guarded(step, now)
         self._ticks += 1
         return effects
 
+    def _housekeeping(self, now: float):
+        """The timers' work of one tick, in order: (due now, step)."""
+        return (
+            (now >= self._next_hint_replay_at, self._replay_hints),
+            (now >= self._next_gossip_at, self._gossip),
+            (now >= self._next_seed_contact_at, self._contact_seeds),
+            (now >= self._next_clock_check_at, self._check_clocks),
+            (not self._formed, self._check_formed),
+            (True, self._save_clock),
+            (True, self._advance_join),
+            (True, self._advance_leave),
+            (True, self._pump_streams),
+            (True, self._step_trees),
+            (True, self._step_stats),
+            (True, self._check_settled),
+            (True, self._release_deferred),
+            (now >= self._next_repair_at, self._background_repair),
+            (now >= self._next_gc_at, self._collect_tombstones),
+        )
+
+    def _guarded(self, step: Callable[[float], list[Effect] | None], now: float) -> list[Effect]:
+        """One housekeeping step; if it fails (the store failing, say), the others still
+        run and the node keeps serving: the step is tried again on a later tick."""
+        try:
+            return step(now) or []
+        except Exception as exc:
+            name = step.__name__.lstrip("_")
+            self.stats["housekeeping_errors"] += 1
+            if isinstance(exc, StorageError):
+                self.log.error("housekeeping_failed", step=name, error=str(exc))
+            else:
+                self.log.exception("housekeeping_failed", step=name)
+            return []
+
+    def commit_failed(self, effects: list[Effect], exc: Exception, now: float) -> list[Effect]:
+        """The loop cycle's group commit failed (a full disk, say): nothing it wrote is
+        stored, so none of its replies may say otherwise. Each becomes a storage error (a
+        peer counts it as a failed replica; a client sees the request fail), our own writes
+        of the cycle stop counting towards their quorums, requests to peers still leave,
+        and transfers resume from what was committed."""
+        self.stats["commits_failed"] += 1
+        self.log.error("commit_failed", error=str(exc), effects=len(effects))
+        failure = StorageError(f"{self.config.node_id} could not commit to its store: {exc}")
+        cycle = self._ticks - 1   # the tick that ended the cycle counted itself
+        revoked = [revoke for made, revoke in self._own_acks if made >= cycle]
+        self._own_acks = []
+        for revoke in revoked:
+            effects = effects + revoke(now)
+        out: list[Effect] = []
+        for effect in effects:
+            if effect.__class__ is not Reply:
+                out.append(effect)
+            elif effect.message.type == MsgType.BATCH:
+                out.append(Reply(effect.route, Message(MsgType.BATCH, 0, {"messages": [
+                    message_to_wire(_error(wire[1], failure))
+                    for wire in effect.message.body["messages"]]})))
+            elif effect.message.type == MsgType.ERROR:
+                out.append(effect)
+            else:
+                out.append(Reply(effect.route, _error(effect.message.request_id, failure)))
+        self._restart_transfers()
+        self._clock_saved_until = 0   # its ceiling may not be on disk: save it again
+        return self._fill_batches(out)
+
+    def _restart_transfers(self) -> None:
+        """After a failed commit: pulls start again from their last committed progress (a
+        join from its saved cursor, a takeover from the start: applying a record twice is
+        harmless under last writer wins)."""
+        if self._join_pull is not None:
+            self._join_pull.cancelled = True
+            self._join_pull = None
+            self._join_intervals = []
+            self._saved_records = -1
+        self._takeovers = [self._new_pull(pull.name, pull.groups) for pull in self._takeovers]
+
     def next_deadline(self) -> float:
-        times = [self._next_gossip_at, self._next_count_at, self._next_hint_replay_at]
+        times = [self._next_gossip_at, self._next_hint_replay_at, self._next_clock_check_at]
         if self._deferred:
             times.append(self._ready_at)
+            times.append(self._deferred[0][2] + self.config.request_timeout_s)
         detector = self.members.detector
         for member in self.members.peers():
             change_at = detector.next_change_at(member.node_id, self._last_tick)
@@ -986,8 +1204,11 @@ class NodeCore:
         if len(natural) < quorum:
             raise Unavailable(f"the ring has {len(natural)} nodes for this key, "
                               f"fewer than w={quorum}")
-        record = Record(key, value, self.clock.version(int(now * 1000), self.config.node_id),
-                        position)
+        body = message.body
+        legacy = body.get("ts") is None
+        bound = self._check_clock_for_writes(now, legacy)
+        version = self._write_version(body.get("ts"), body.get("writer"), now, bound)
+        record = Record(key, value, version, position)
         targets = list(dict.fromkeys(x for replicas in sets for x in replicas))
         live = [x for x in targets if self.members.is_up(x, now)]
         down = [x for x in targets if x not in live]
@@ -1004,32 +1225,106 @@ class NodeCore:
         effects: list[Effect] = []
         wire = [record_to_wire(record)]
         if local_hints:
-            self.store.add_hints(Hint(0, target, record, int(now * 1000))
-                                 for target in local_hints)
-            self.stats["hints_stored"] += len(local_hints)
+            self._keep_hints([Hint(0, target, record, int(now * 1000))
+                              for target in local_hints])
         for target in live:
             if target == self.config.node_id:
-                self.store.put(record)
-                effects += self._on_write_ack(op_id, target, True, now)
+                effects += self._write_own(op_id, record, now)
             else:
-                effects += self._call(target, MsgType.REPLICA_WRITE, {"records": wire},
+                effects += self._call(target, MsgType.REPLICA_WRITE,
+                                      {"records": wire, "cond": True},
                                       lambda node, reply, t: self._on_write_ack(
-                                          op_id, node, reply is not None
-                                          and reply.type == MsgType.OK, t), now)
+                                          op_id, node, *_write_outcome(reply), t), now)
         for holder, target in holders.items():
             if holder == self.config.node_id:
-                self.store.add_hints([Hint(0, target, record, int(now * 1000))])
-                self.stats["hints_stored"] += 1
-                effects += self._on_write_ack(op_id, holder, True, now)
+                self._keep_hints([Hint(0, target, record, int(now * 1000))])
+                effects += self._on_write_ack(op_id, holder, True, None, now)
             else:
                 effects += self._call(holder, MsgType.HINT_WRITE,
                                       {"target": target, "records": wire},
                                       lambda node, reply, t: self._on_write_ack(
                                           op_id, node, reply is not None
-                                          and reply.type == MsgType.OK, t), now)
+                                          and reply.type == MsgType.OK, None, t), now)
         if not op.counted:
-            effects += self._on_write_ack(op_id, "", False, now)  # nobody to ask: answer now
+            effects += self._on_write_ack(op_id, "", False, None, now)  # nobody to ask
         return effects
+
+    def _check_clock_for_writes(self, now: float, legacy: bool) -> int:
+        """Refuse to coordinate writes while our clock is off (measured against our
+        peers'); returns the greatest timestamp a write may carry. ``legacy``: the write
+        has no client timestamp, so ours stamps it: only with a clock checked already."""
+        verdict = self._clock_verdict(now)
+        if not verdict.ok:
+            self.stats["writes_refused_clock"] += 1
+            raise ClockSkew(verdict.describe(self.config.node_id,
+                                             self.config.max_clock_offset_s),
+                            offset_s=round(verdict.offset_s, 3))
+        if legacy and verdict.measured == 0 and self._up_peers(now):
+            raise ClockSkew(f"{self.config.node_id} has not measured its clock against its "
+                            "peers' yet; retry in a moment")
+        return timestamp_bound(now, self.config.max_clock_offset_s)
+
+    def _write_version(self, ts, writer, now: float, bound: int) -> Version:
+        """A write's version: the client's timestamp and writer id, checked (not from the
+        future: our clock plus the maximum offset), or our hybrid clock's."""
+        if ts is None:
+            version = self.clock.version(int(now * 1000), self.config.node_id)
+            if version.timestamp > bound:   # our hybrid clock ran ahead before a restart
+                raise ClockSkew(
+                    f"{self.config.node_id}'s hybrid clock is "
+                    f"{seconds_ahead(version.timestamp, now):.3f} s ahead of its wall clock; "
+                    "send writes with a client timestamp, or wait for the wall clock",
+                    offset_s=round(seconds_ahead(version.timestamp, now), 3))
+            return version
+        if type(ts) is not int or not 0 <= ts < 1 << 63 or writer.__class__ is not str \
+                or not 0 < len(writer) <= 256:
+            raise InvalidRequest("a write's ts must be an int in [0, 2**63) with a writer id "
+                                 "of 1 to 256 characters")
+        if ts > bound:
+            self.stats["timestamps_refused"] += 1
+            ahead = seconds_ahead(ts, now)
+            raise ClockSkew(f"the write's timestamp is {ahead:.3f} s ahead of "
+                            f"{self.config.node_id}'s clock (max_clock_offset_s "
+                            f"{self.config.max_clock_offset_s:g}): is the client's clock "
+                            "synchronized (NTP)?", offset_s=round(ahead, 3))
+        self.clock.observe(ts)
+        return Version(ts, writer)
+
+    def _write_own(self, op_id: int, record: Record, now: float) -> list[Effect]:
+        """Our replica of a write we coordinate: taken unless we hold a newer version. If
+        our store fails, we count as a replica that failed (no hint kept in it)."""
+        me = self.config.node_id
+        try:
+            newer = self.store.write_if_newer([record_to_wire(record)])[0]
+        except StorageError as exc:
+            self.stats["own_writes_failed"] += 1
+            self.log.error("own_write_failed", keys=1, error=str(exc))
+            return self._on_write_ack(op_id, me, False, None, now, keep_hint=False)
+        if newer is not None:
+            return self._on_write_ack(op_id, me, False, newer, now)
+        self._own_acks.append((self._ticks, lambda t: self._revoke_own_write(op_id, t)))
+        return self._on_write_ack(op_id, me, True, None, now)
+
+    def _revoke_own_write(self, op_id: int, now: float) -> list[Effect]:
+        """Our write of ``op_id`` was not committed after all: it no longer counts."""
+        op = self._quorums.get(op_id)
+        me = self.config.node_id
+        if op is None or me not in op.acks:
+            return []
+        op.acks.remove(me)
+        op.failed.append(me)
+        return self._answer_write(op_id, op)
+
+    def _keep_hints(self, hints: list[Hint]) -> None:
+        """Store hints for replicas that are down; a store that fails only costs the hint
+        (repair brings the replica up to date)."""
+        try:
+            self.store.add_hints(hints)
+        except StorageError as exc:
+            self.stats["hints_lost"] += len(hints)
+            self.log.error("hint_not_stored", count=len(hints), error=str(exc))
+            return
+        self.stats["hints_stored"] += len(hints)
 
     def _write_sets(self, position: int, n: int) -> list[list[str]]:
         """The key's preference list in each ring a coordinator may be using right now.
@@ -1055,8 +1350,7 @@ class NodeCore:
         noticed still gets it once it is back."""
         target = op.hinted_for.get(node_id, node_id)
         if target in op.replicas and target != self.config.node_id:
-            self.store.add_hints([Hint(0, target, op.record, int(now * 1000))])
-            self.stats["hints_stored"] += 1
+            self._keep_hints([Hint(0, target, op.record, int(now * 1000))])
 
     def _hint_holders(self, position: int, n: int, down: list[str], targets: list[str],
                       now: float):
@@ -1080,14 +1374,23 @@ class NodeCore:
                 local.append(target)
         return holders, local
 
-    def _on_write_ack(self, op_id: int, node_id: str, ok: bool, now: float) -> list[Effect]:
+    def _on_write_ack(self, op_id: int, node_id: str, ok: bool, newer: list | None,
+                      now: float, keep_hint: bool = True) -> list[Effect]:
+        """A replica's answer to a write: ``ok``, or failed (``newer``: it refused, holding
+        that newer version; otherwise it failed or was silent, and we keep a hint)."""
         op = self._quorums.get(op_id)
         if op is None:
             return []
         if node_id in op.counted and node_id not in op.acks and node_id not in op.failed:
             (op.acks if ok else op.failed).append(node_id)
-            if not ok:
+            if newer is not None:
+                if op.newer is None or newer > op.newer:
+                    op.newer = newer
+            elif not ok and keep_hint:
                 self._hint_missed_write(op, node_id, now)
+        return self._answer_write(op_id, op)
+
+    def _answer_write(self, op_id: int, op: _Quorum) -> list[Effect]:
         effects: list[Effect] = []
         if not op.answered:
             acked, possible = self._write_quorum_state(op)
@@ -1097,16 +1400,29 @@ class NodeCore:
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
             elif not possible:
                 op.answered = True
-                self.stats["writes_unavailable"] += 1
-                during = (f" in each of the {len(op.sets)} replica sets of a membership "
-                          "change" if len(op.sets) > 1 else "")
-                effects.append(Reply(op.route, _error(op.request_id, Unavailable(
-                    f"write could not reach w={op.needed} replicas{during} (acked by "
-                    f"{', '.join(op.acks) or 'none'}; {', '.join(op.failed)} failed); it may "
-                    "still be applied", acked=list(op.acks), failed=list(op.failed)))))
+                effects.append(Reply(op.route, _error(op.request_id, self._write_failure(
+                    op.key, op.needed, op.acks, op.failed, op.newer, len(op.sets)))))
         if len(op.acks) + len(op.failed) >= len(op.counted):
-            del self._quorums[op_id]
+            self._quorums.pop(op_id, None)
         return effects
+
+    def _write_failure(self, key: str, needed: int, acks: list[str], failed: list[str],
+                       newer: list | None, sets: int = 1) -> ZringError:
+        """Why a write could not be acknowledged: replicas refused it, holding a newer
+        version (the client retries with a later timestamp), or too few answered."""
+        if newer is not None:
+            self.stats["writes_refused_newer"] += 1
+            return VersionConflict(
+                f"replicas of {key!r} hold a newer version {newer} than this write's: retry "
+                "with a later timestamp (the client does); it may have been applied on "
+                f"{', '.join(acks) or 'none'}", held=list(newer), acked=list(acks))
+        self.stats["writes_unavailable"] += 1
+        during = (f" in each of the {sets} replica sets of a membership change"
+                  if sets > 1 else "")
+        return Unavailable(
+            f"write could not reach w={needed} replicas{during} (acked by "
+            f"{', '.join(acks) or 'none'}; {', '.join(failed)} failed); it may still be "
+            "applied", acked=list(acks), failed=list(failed))
 
     @staticmethod
     def _write_quorum_state(op: _Quorum) -> tuple[bool, bool]:
@@ -1159,7 +1475,12 @@ class NodeCore:
 
     def _read_from(self, op_id: int, op: _Quorum, target: str, now: float) -> list[Effect]:
         if target == self.config.node_id:
-            return self._on_read_reply(op_id, target, True, self.store.get(op.key), now)
+            try:
+                record = self.store.get(op.key)
+            except StorageError as exc:   # we count as a replica that failed
+                self.log.error("own_read_failed", error=str(exc))
+                return self._on_read_reply(op_id, target, False, None, now)
+            return self._on_read_reply(op_id, target, True, record, now)
         return self._call(target, MsgType.REPLICA_READ, {"key": op.key},
                           lambda node, reply, t: self._on_remote_read(op_id, node, reply, t),
                           now)
@@ -1170,7 +1491,9 @@ class NodeCore:
         wire = reply.body.get("record")
         try:
             record = None if wire is None else record_from_wire(wire)
-        except ProtocolError:
+            if record is not None:
+                self._check_peer_timestamp(record.version.timestamp, now)
+        except (ProtocolError, ClockSkew):
             return self._on_read_reply(op_id, node_id, False, None, now)
         if record is not None:
             self.clock.observe(record.version.timestamp)
@@ -1179,54 +1502,97 @@ class NodeCore:
     def _on_read_reply(self, op_id: int, node_id: str, ok: bool, record: Record | None,
                        now: float) -> list[Effect]:
         op = self._quorums.get(op_id)
-        if op is None:
-            return []
+        if op is None or op.answered or op.newest is not None:
+            return []   # answered, or writing back: late replies change nothing
         effects: list[Effect] = []
         if ok:
             op.replies[node_id] = record
         else:
             op.failed.append(node_id)
-            if op.spares and not op.answered:  # a stand-by replica takes its place
+            if op.spares:  # a stand-by replica takes its place
                 spare = op.spares.pop(0)
                 op.counted.append(spare)
                 effects += self._read_from(op_id, op, spare, now)
-                if op.answered or op_id not in self._quorums:
+                if op.answered or op.newest is not None or op_id not in self._quorums:
                     return effects
-        if not op.answered:
-            if len(op.replies) >= op.needed:
-                op.answered = True
-                newest = _newest(op.replies.values())
-                body = self._get_body(None if newest is None else newest.value,
-                                      None if newest is None else list(newest.version),
-                                      list(op.replies), op.replicas)
-                effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
-            elif len(op.counted) - len(op.failed) < op.needed:
-                op.answered = True
-                self.stats["reads_unavailable"] += 1
-                effects.append(Reply(op.route, _error(op.request_id, Unavailable(
-                    f"read reached {len(op.replies)} of r={op.needed} replicas "
-                    f"({', '.join(op.failed)} failed)"))))
-        if len(op.replies) + len(op.failed) >= len(op.counted):
+        if len(op.replies) >= op.needed:
+            newest = _newest(op.replies.values())
+            if newest is not None and any(r is None or r.version != newest.version
+                                          for r in op.replies.values()):
+                return effects + self._write_back(op_id, op, newest, now)
+            return effects + self._answer_read(op_id, op, newest)
+        if len(op.counted) - len(op.failed) < op.needed:
+            op.answered = True
             del self._quorums[op_id]
-            effects += self._read_repair(op, now)
+            self.stats["reads_unavailable"] += 1
+            effects.append(Reply(op.route, _error(op.request_id, Unavailable(
+                f"read reached {len(op.replies)} of r={op.needed} replicas "
+                f"({', '.join(op.failed)} failed)"))))
         return effects
 
-    def _read_repair(self, op: _Quorum, now: float) -> list[Effect]:
-        """Bring every replica that answered with an older version up to the newest."""
-        newest = _newest(op.replies.values())
-        if newest is None:
-            return []
-        effects: list[Effect] = []
+    def _answer_read(self, op_id: int, op: _Quorum, newest: Record | None) -> list[Effect]:
+        op.answered = True
+        self._quorums.pop(op_id, None)
+        body = self._get_body(None if newest is None else newest.value,
+                              None if newest is None else list(newest.version),
+                              list(op.replies), op.replicas)
+        return [Reply(op.route, Message(MsgType.OK, op.request_id, body))]
+
+    def _write_back(self, op_id: int, op: _Quorum, newest: Record, now: float) -> list[Effect]:
+        """The replicas that answered disagree: write the newest back until a write quorum
+        of the key's replicas holds it, then answer (Cassandra's blocking read repair; the
+        read phase of an ABD register). A later read, meeting that quorum, cannot return
+        an older value than this one did."""
+        op.newest = newest
+        op.holders = {node for node, record in op.replies.items()
+                      if record is not None and record.version == newest.version}
+        needed = min(self.config.write_quorum, len(op.replicas))
+        me = self.config.node_id
+        targets = [x for x in op.replicas if x not in op.holders
+                   and (x == me or self.members.is_up(x, now))]
+        if len(op.holders) + len(targets) < needed:
+            return self._write_back_failed(op_id, op, needed)
+        self.stats["read_repairs"] += len(targets)
+        op.writing_back = len(targets)
         wire = [record_to_wire(newest)]
-        for node_id, record in op.replies.items():
-            if record is None or record.version < newest.version:
-                self.stats["read_repairs"] += 1
-                if node_id == self.config.node_id:
+        effects: list[Effect] = []
+        for target in targets:
+            if target == me:
+                try:
                     self.store.put(newest)
-                else:
-                    effects += self._call(node_id, MsgType.REPLICA_WRITE, {"records": wire},
-                                          lambda *_: [], now)
+                except StorageError as exc:
+                    self.log.error("own_write_failed", keys=1, error=str(exc))
+                    effects += self._on_written_back(op_id, target, False, now)
+                    continue
+                effects += self._on_written_back(op_id, target, True, now)
+            else:
+                effects += self._call(target, MsgType.REPLICA_WRITE, {"records": wire},
+                                      lambda node, reply, t: self._on_written_back(
+                                          op_id, node, reply is not None
+                                          and reply.type == MsgType.OK, t), now)
         return effects
+
+    def _on_written_back(self, op_id: int, node_id: str, ok: bool, now: float):
+        op = self._quorums.get(op_id)
+        if op is None or op.answered:
+            return []
+        op.writing_back -= 1
+        if ok:
+            op.holders.add(node_id)
+        needed = min(self.config.write_quorum, len(op.replicas))
+        if len(op.holders) >= needed:
+            return self._answer_read(op_id, op, op.newest)
+        if op.writing_back <= 0:
+            return self._write_back_failed(op_id, op, needed)
+        return []
+
+    def _write_back_failed(self, op_id: int, op: _Quorum, needed: int) -> list[Effect]:
+        op.answered = True
+        self._quorums.pop(op_id, None)
+        self.stats["reads_unavailable"] += 1
+        return [Reply(op.route, _error(op.request_id, Unavailable(
+            f"the replicas of {op.key!r} disagree and the newest version could not be "
+            f"written back to w={needed} of them (held by {', '.join(sorted(op.holders))})")))]
 
     def _check_serving(self) -> None:
         """A node that left (or was removed) holds no replicas: it must not pretend to."""
@@ -1267,13 +1633,40 @@ class NodeCore:
     # ------------------------------------------------------------------ peer: data
 
     def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
+        """Records from a peer. A client write's (``cond``) is taken only where we hold no
+        newer version; the reply names the others. Other records (read repair, hints,
+        repair) keep the newer of the two, as every copy of a key does."""
         self._check_serving()
         items = message.body["records"]
         self._check_record_sizes(items)
-        received, _ = self.store.put_wire(items)  # checks each record's fields
-        if received:
-            self.clock.observe(max(item[2] for item in items))
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"received": received}))]
+        newest = max((item[2] for item in items if type(item[2]) is int), default=None)
+        if newest is not None:
+            self._check_peer_timestamp(newest, now)
+        if message.body.get("cond"):
+            answers = self.store.write_if_newer(items)  # checks each record's fields
+            refused = [[index, *held] for index, held in enumerate(answers) if held is not None]
+            body = {"received": len(items) - len(refused)}
+            if refused:
+                body["newer"] = refused
+                self.stats["replica_writes_refused_newer"] += len(refused)
+        else:
+            received, _ = self.store.put_wire(items)  # checks each record's fields
+            body = {"received": received}
+        if newest is not None:
+            self.clock.observe(newest)
+        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _check_peer_timestamp(self, timestamp: int, now: float) -> None:
+        """A timestamp beyond our clock plus the maximum offset comes from a clock that is
+        off (the sender's, or ours): refused and counted, never stored or observed (it would
+        carry our hybrid clock, and every write after it, into the future)."""
+        if timestamp > timestamp_bound(now, self.config.max_clock_offset_s):
+            self.stats["future_timestamps_refused"] += 1
+            ahead = seconds_ahead(timestamp, now)
+            self.log.warning("future_timestamp_refused", seconds_ahead=round(ahead, 3))
+            raise ClockSkew(f"a record's timestamp is {ahead:.3f} s ahead of "
+                            f"{self.config.node_id}'s clock (max_clock_offset_s "
+                            f"{self.config.max_clock_offset_s:g})", offset_s=round(ahead, 3))
 
     def _check_record_sizes(self, items: list) -> None:
         max_value = self.config.max_value_bytes
@@ -1286,7 +1679,7 @@ class NodeCore:
                     and len(value) > max_value):
                 raise InvalidRequest("record exceeds the key or value size limit")
 
-    def _records_from_peer(self, items: list) -> list[Record]:
+    def _records_from_peer(self, items: list, now: float) -> list[Record]:
         records = []
         for item in items:
             record = record_from_wire(item)
@@ -1296,7 +1689,9 @@ class NodeCore:
                 raise InvalidRequest("record exceeds the key or value size limit")
             records.append(record)
         if records:
-            self.clock.observe(max(r.version.timestamp for r in records))
+            newest = max(r.version.timestamp for r in records)
+            self._check_peer_timestamp(newest, now)
+            self.clock.observe(newest)
         return records
 
     def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
@@ -1317,7 +1712,7 @@ class NodeCore:
 
     def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
         target = message.body["target"]
-        records = self._records_from_peer(message.body["records"])
+        records = self._records_from_peer(message.body["records"], now)
         stored = self.store.add_hints(Hint(0, target, record, int(now * 1000))
                                       for record in records)
         self.stats["hints_stored"] += stored
@@ -1376,11 +1771,21 @@ class NodeCore:
 
     def _on_stats(self, route, message: Message, now: float) -> list[Effect]:
         """This node's counters (rejected frames, refused connections, forbidden requests,
-        dropped sends...): each counts since the node started."""
+        dropped sends...), each since the node started; what its store holds, exact; and
+        its clock's verdict."""
         counters = dict(self.stats)
         counters["member_records_refused"] = self.members.records_refused
-        body = {"node_id": self.config.node_id, "counters": counters}
+        body = {"node_id": self.config.node_id, "counters": counters,
+                **self._own_figures(now)}
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+
+    def _own_figures(self, now: float) -> dict:
+        held = self.store.stats()
+        verdict = self._clock_verdict(now)
+        return {"store": {"keys": held.keys, "tombstones": held.tombstones,
+                          "bytes": held.bytes, "hints": held.hints},
+                "clock": {"ok": verdict.ok, "offset_s": round(verdict.offset_s, 4),
+                          "peers_measured": verdict.measured}}
 
     def _on_ring_state(self, route, message: Message, now: float) -> list[Effect]:
         body = {
@@ -1391,34 +1796,67 @@ class NodeCore:
             "fingerprint": self.ring.fingerprint(),
             "nodes": [{"node_id": m.node_id, "weight": m.weight, "address": m.address}
                       for m in self.members.all() if m.in_ring],
-            "members": self._member_rows(now),
+            "members": self._member_rows(now, {self.config.node_id: self._own_figures(now)}),
         }
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
     def _on_cluster_status(self, route, message: Message, now: float) -> list[Effect]:
-        body = {"node_id": self.config.node_id, "members": self._member_rows(now),
-                "fingerprint": self.ring.fingerprint()}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        """Every member's row; the figures of each live member (keys, bytes, hints, clock)
+        asked of it now, so they are exact when asked (a member that does not answer in
+        time shows what it last gossiped)."""
+        figures = {self.config.node_id: self._own_figures(now)}
+        peers = self._up_peers(now)
 
-    def _member_rows(self, now: float) -> list[dict]:
+        def answer(t: float) -> list[Effect]:
+            body = {"node_id": self.config.node_id, "members": self._member_rows(t, figures),
+                    "fingerprint": self.ring.fingerprint()}
+            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        if not peers:
+            return answer(now)
+        waiting = set(peers)
+
+        def on_stats(node: str, reply: Message | None, t: float) -> list[Effect]:
+            waiting.discard(node)
+            found = _figures_of(reply)
+            if found is not None:
+                figures[node] = found
+            return [] if waiting else answer(t)
+        effects: list[Effect] = []
+        for peer in peers:
+            effects += self._call(peer, MsgType.STATS, {}, on_stats, now,
+                                  timeout_s=min(self.config.request_timeout_s, 1.0))
+        return effects
+
+    def _member_rows(self, now: float, figures: dict[str, dict]) -> list[dict]:
+        """Each member as status shows it; ``figures``: what members answered just now
+        (``_own_figures``); the others' come from their gossip."""
         rows = []
         shares = self.ring.primary_shares()
         for member in self.members.all():
-            # our own key count is the one refreshed every 2 s: a COUNT over 1M rows
-            # takes ~0.1 s, too long to run per status request
             own = member.node_id == self.config.node_id
-            rows.append({
+            asked = figures.get(member.node_id)
+            row = {
                 "node_id": member.node_id, "address": member.address,
                 "gossip_address": member.gossip_address,
                 "status": member.status.name.lower(),
                 "liveness": self.members.liveness(member.node_id, now).value,
-                "keys_count": self._key_count if own else member.keys,
-                "hints": self._hint_count if own else member.hints,
+                "keys_count": member.keys, "hints": member.hints, "bytes": member.bytes,
+                "figures": "gossip",
                 "ownership": shares.get(member.node_id, 0.0),
                 "weight": member.weight,
                 "ring_version": self.ring.fingerprint() if own else member.ring,
                 "transfer": list(self._transfer() if own else member.transfer),
-            })
+            }
+            if asked is not None:
+                held, clock = asked["store"], asked["clock"]
+                row.update(keys_count=held["keys"], hints=held["hints"], bytes=held["bytes"],
+                           figures="exact", clock_ok=clock["ok"],
+                           clock_offset_s=clock["offset_s"])
+            else:
+                sample = self._offsets.sample(member.node_id, now)
+                if sample is not None:   # its clock as we measured it (ours is the zero)
+                    row["clock_offset_s"] = round(sample.offset_s, 4)
+            rows.append(row)
         return rows
 
     def _on_local_keys(self, route, message: Message, now: float) -> list[Effect]:
@@ -1801,7 +2239,6 @@ class NodeCore:
         drop.records += deleted
         if not drop.intervals:
             self._drops.pop(0)
-            self._next_count_at = now  # our key count changed a lot: report it soon
             self.log.info("ranges_dropped", records=drop.records)
         return []
 
@@ -1815,9 +2252,10 @@ class NodeCore:
     def _gossip(self, now: float) -> list[Effect]:
         self._next_gossip_at = now + self.config.gossip_interval_s
         self._last_gossip_at = now
-        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=self._key_count,
-                                hints=self._hint_count, ring=self.ring.fingerprint(),
-                                transfer=self._transfer())
+        held = self.store.stats()
+        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=held.keys,
+                                hints=held.hints, bytes=held.bytes,
+                                ring=self.ring.fingerprint(), transfer=self._transfer())
         body = {"sender": self.config.node_id, "members": self.members.to_wire()}
         return [Publish(Message(MsgType.GOSSIP, 0, body))]
 
@@ -2229,6 +2667,53 @@ class NodeCore:
         while self._wipe and deleted < max_records:
             deleted += self.store.delete_range(*self._wipe.pop())
 
+    # ------------------------------------------------------------------ clocks
+
+    def _up_peers(self, now: float) -> list[str]:
+        return [m.node_id for m in self.members.peers()
+                if m.status != MemberStatus.LEFT and self.members.is_up(m.node_id, now)]
+
+    def _clock_verdict(self, now: float) -> ClockVerdict:
+        return self._offsets.verdict(self._up_peers(now), now)
+
+    def clock_checked(self, now: float) -> bool:
+        """Our clock is measured against every live peer's and within the maximum offset."""
+        verdict = self._clock_verdict(now)
+        return verdict.ok and verdict.measured == len(self._up_peers(now))
+
+    def _check_clocks(self, now: float) -> list[Effect]:
+        """Ask every live peer for its clock (CockroachDB measures offsets on its RPC
+        heartbeats the same way), and say so when ours is off, or fixed."""
+        self._next_clock_check_at = now + self.config.clock_check_interval_s
+        effects: list[Effect] = []
+        for peer in self._up_peers(now):
+            effects += self._call(peer, MsgType.CLOCK, {},
+                                  lambda node, reply, t, sent=now: self._on_clock_reply(
+                                      node, reply, sent, t), now)
+        verdict = self._clock_verdict(now)
+        if verdict.ok != self._clock_ok:
+            self._clock_ok = verdict.ok
+            if verdict.ok:
+                self.log.info("clock_offset_ok", offset_s=round(verdict.offset_s, 3),
+                              peers_measured=verdict.measured)
+            else:
+                self.log.error("clock_offset_exceeded", offset_s=round(verdict.offset_s, 3),
+                               max_clock_offset_s=self.config.max_clock_offset_s,
+                               peers_measured=verdict.measured, peers_far=verdict.far,
+                               action="not coordinating writes until the clock is fixed")
+        return effects
+
+    def _on_clock_reply(self, node_id: str, reply: Message | None, sent: float,
+                        now: float) -> list[Effect]:
+        peer_clock = reply.body.get("now") if reply is not None and \
+            reply.type == MsgType.OK else None
+        if type(peer_clock) in (int, float) and peer_clock == peer_clock:  # not NaN
+            self._offsets.record(node_id, sent, now, float(peer_clock))
+        return []
+
+    def _on_clock(self, route, message: Message, now: float) -> list[Effect]:
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"now": now}))]
+
     # ------------------------------------------------------------------ failures
 
     def _check_liveness(self, now: float) -> list[Effect]:
@@ -2251,17 +2736,14 @@ class NodeCore:
         """Deliver held hints to members that are up again (or, for members that left, to
         the key's current replicas); drop hints older than the hint window."""
         self._next_hint_replay_at = now + self.config.hint_replay_interval_s
-        if self.stats["hints_stored"] == self._hints_seen and self._hint_count == 0 \
-                and now < self._next_hint_recount_at:
-            return []  # none stored since the last look: skip two queries a second
-        self._hints_seen = self.stats["hints_stored"]
-        self._next_hint_recount_at = now + 60.0
+        counts = self.store.hint_counts()   # kept by the store: no count over the hints
+        if not counts:
+            return []
         expired = self.store.expire_hints(int((now - self.config.hint_window_s) * 1000))
         if expired:
             self.stats["hints_expired"] += expired
             self.log.warning("hints_expired", count=expired)
-        counts = self.store.hint_counts()
-        self._hint_count = sum(counts.values())
+            counts = self.store.hint_counts()
         effects: list[Effect] = []
         for target in counts:
             if target in self._hints_in_flight:
@@ -2300,7 +2782,6 @@ class NodeCore:
                 return []
             self.store.delete_hints(h.hint_id for h in hints)
             self.stats["hints_delivered"] += len(hints)
-            self._hint_count = max(0, self._hint_count - len(hints))
             self.log.info("hints_delivered", target=target, count=len(hints), rerouted=gone)
             self._hints_in_flight.discard(target)
             self._next_hint_replay_at = t  # the next batch on the next tick
@@ -2657,6 +3138,7 @@ NodeCore._handlers = {
     MsgType.MPUT: NodeCore._on_mput,
     MsgType.BATCH: NodeCore._on_batch,
     MsgType.REPLICA_READ_MANY: NodeCore._on_replica_read_many,
+    MsgType.CLOCK: NodeCore._on_clock,
 }
 assert CLIENT_TYPES <= NodeCore._handlers.keys()
 
@@ -2665,6 +3147,60 @@ _QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.MGE
                            MsgType.MPUT})
 _GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
+
+
+def _write_outcome(reply: Message | None) -> tuple[bool, list | None]:
+    """(taken, the newer version it was refused for) from a replica's answer to one
+    record of a client write."""
+    if reply is None or reply.type != MsgType.OK:
+        return False, None
+    newer = reply.body.get("newer")
+    if not newer:
+        return True, None
+    refusal = newer[0]
+    if not _is_refusal(refusal):
+        return False, None
+    return False, [refusal[1], refusal[2]]
+
+
+def _batch_write_outcome(reply: Message | None, count: int) -> tuple[bool, dict[int, list]]:
+    """(answered, position -> newer version held) from a replica's answer to ``count``
+    records of client writes."""
+    if reply is None or reply.type != MsgType.OK:
+        return False, {}
+    refused: dict[int, list] = {}
+    for item in reply.body.get("newer") or ():
+        if not _is_refusal(item) or not 0 <= item[0] < count:
+            return False, {}
+        refused[item[0]] = [item[1], item[2]]
+    return True, refused
+
+
+def _figures_of(reply: Message | None) -> dict | None:
+    """A member's store and clock figures from its STATS answer; None unless well formed."""
+    if reply is None or reply.type != MsgType.OK:
+        return None
+    held, clock = reply.body.get("store"), reply.body.get("clock")
+    if not (isinstance(held, dict) and isinstance(clock, dict)
+            and all(type(held.get(k)) is int for k in ("keys", "hints", "bytes"))
+            and type(clock.get("ok")) is bool
+            and type(clock.get("offset_s")) in (int, float)):
+        return None
+    return {"store": held, "clock": clock}
+
+
+def _is_refusal(item: object) -> bool:
+    """``[index, timestamp, writer]``: a replica refused the record at ``index``."""
+    return (item.__class__ is list and len(item) == 3 and type(item[0]) is int
+            and type(item[1]) is int and 0 <= item[1] < 1 << 63 and item[2].__class__ is str)
+
+
+def _request_id_of(frame: bytes) -> int:
+    """The request id of a frame that decoded once already (0 if it somehow does not)."""
+    try:
+        return decode(frame).request_id
+    except ProtocolError:
+        return 0
 
 
 def _merge_intervals(intervals: list[Interval]) -> list[Interval]:
@@ -2677,6 +3213,15 @@ def _merge_intervals(intervals: list[Interval]) -> list[Interval]:
         else:
             merged.append((low, high))
     return merged
+
+
+def _error_entry(exc: ZringError) -> dict:
+    """One key's error in a batch's results (a conflict's held version with it)."""
+    entry = {"error": exc.code, "message": exc.message or str(exc)}
+    held = exc.details.get("held")
+    if held is not None:
+        entry["held"] = held
+    return entry
 
 
 def _error(request_id: int, exc: ZringError) -> Message:
