@@ -127,12 +127,20 @@ def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
     differ until every member switched."""
     members = [m for m in status.members if show_left or m.status != "left"]
     rows = [(state_code(m.liveness, m.status), m.node_id, m.address, str(m.keys_count),
-             str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}",
-             f"{m.ring_version:016x}"[:8]) for m in members]
+             format_bytes(m.bytes).replace(" ", ""), str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}",
+             f"{m.ring_version:016x}"[:8], format_clock(m)) for m in members]
     lines = ["Status=Up/Suspect/Down", "|/ State=Normal/Leaving/Joining" +
              ("/X=left" if show_left else "")]
-    lines += _table(("--", "Node", "Address", "Keys", "Hints", "Owns", "Weight", "Ring"), rows,
-                    right=frozenset({3, 4, 5}))
+    lines += _table(("--", "Node", "Address", "Keys", "Data", "Hints", "Owns", "Weight", "Ring",
+                     "Clock"), rows, right=frozenset({3, 4, 5, 6}))
+    stale = [m.node_id for m in members if m.figures != "exact" and m.liveness == "up"]
+    if stale:
+        lines.append(f"(keys, data and hints of {', '.join(stale)} as last gossiped: no "
+                     "answer in time)")
+    off = [m for m in members if m.clock_ok is False]
+    for member in off:
+        lines.append(f"{member.node_id}'s clock is {member.clock_offset_s:+.3f} s from its "
+                     "peers': it coordinates no writes until it is fixed (NTP)")
     transfers = [(m.node_id, m.transfer) for m in members if m.transfer is not None]
     if transfers:
         lines += ["", "Transfers in flight:"]
@@ -151,6 +159,15 @@ def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
         lines.append(f"as seen by {status.answered_by}, ring fingerprint "
                      f"{status.fingerprint:016x}")
     return "\n".join(lines)
+
+
+def format_clock(member) -> str:
+    """The member's clock offset (from its peers', as it measured them; "off": past the
+    maximum offset, so it coordinates no writes)."""
+    if member.clock_offset_s is None:
+        return "?"
+    mark = "off " if member.clock_ok is False else ""
+    return f"{mark}{member.clock_offset_s * 1000:+.0f}ms"
 
 
 def _of(done: int, total: int, done_text: str, total_text: str) -> str:

@@ -40,6 +40,7 @@ import zmq
 
 from zring.core.batching import cut
 from zring.errors import (
+    ClockSkew,
     InvalidRequest,
     NotMember,
     ProtocolError,
@@ -179,13 +180,23 @@ class MemberInfo:
     hints: int = 0           # writes it holds for members that were down
     ring_version: int = 0    # fingerprint of the ring it routes by
     transfer: Transfer | None = None  # the join or leave it is streaming, if any
+    bytes: int = 0           # of the keys and values it holds
+    # "exact": keys_count, hints and bytes as the member answered just now; "gossip": as it
+    # last reported (it did not answer in time)
+    figures: str = "gossip"
+    # its wall clock minus the answering node's peers' (seconds; None: not measured), and
+    # whether it is within max_clock_offset_s (a node past it coordinates no writes)
+    clock_offset_s: float | None = None
+    clock_ok: bool | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> MemberInfo:
         return cls(row["node_id"], row["address"], row["status"], row["liveness"],
                    row.get("keys_count", 0), row.get("ownership", 0.0), row.get("weight", 1.0),
                    row.get("gossip_address", ""), row.get("hints", 0),
-                   row.get("ring_version", 0), Transfer.from_wire(row.get("transfer")))
+                   row.get("ring_version", 0), Transfer.from_wire(row.get("transfer")),
+                   row.get("bytes", 0), row.get("figures", "gossip"),
+                   row.get("clock_offset_s"), row.get("clock_ok"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1021,6 +1032,11 @@ class _Router:
             self.silent(endpoint)
             if not may_retry:
                 raise
+            return None
+        except ClockSkew as exc:
+            if "node" not in exc.details or not may_retry:
+                raise   # our own clock is ahead: no node will take the write
+            self.avoid_for_now(endpoint)   # its clock is off: another replica coordinates
             return None
         self.note_reply(result)
         return result

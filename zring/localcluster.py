@@ -23,6 +23,10 @@ often heartbeating again before its peers' failure detector (~2 s) declares it d
 ``restart_delay_s`` makes every start of a node after its first one wait that long first,
 like a crashed machine that takes a while to reboot, so that a kill is seen as a failure.
 
+``set_clock(name, offset_s)`` gives a node a wall clock that far off (Debian's libfaketime,
+preloaded into the node from its next start: ``chaos("restart", name)``), as a machine whose
+clock is wrong; ``set_clock(name, 0)`` fixes it at the next start.
+
 ``tools/chaos.py`` is not part of the package: it is found next to the package in a source
 checkout (``<repo>/tools/chaos.py``, i.e. ``Path(zring.__file__).parents[1]``). Without it
 (zring installed from a wheel), ``chaos()`` and ``supervisor()`` raise LocalClusterError;
@@ -31,6 +35,7 @@ everything else works.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import shlex
@@ -48,11 +53,13 @@ import zring
 from zring.client import Client, ClusterStatus
 from zring.security import ClientKeys
 
-__all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "free_ports", "load_tool",
-           "wait_for"]
+__all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "faketime_library",
+           "free_ports", "load_tool", "wait_for"]
 
 ROOT = Path(zring.__file__).resolve().parents[1]   # the source checkout (or site-packages)
 CHAOS = ROOT / "tools" / "chaos.py"
+# Debian's faketime package; the MT build is safe for the node's threads (ZeroMQ's, ZAP's)
+FAKETIME_LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
 
 T = TypeVar("T")
 
@@ -181,13 +188,33 @@ class LocalCluster:
                    "--seeds", ",".join(self.seeds), "--data-dir",
                    str(self.root / "data" / name), "--log-format", "json",
                    "--log-level", self.log_level, *self.node_args]
-        if not self.restart_delay_s:
-            return " ".join(command)
         # The shell execs the node, so supervisord's pid (and chaos's signals) stay the node's.
-        marker = shlex.quote(str(self.root / "data" / f"{name}.started"))
-        script = (f"if [ -e {marker} ]; then sleep {self.restart_delay_s:g}; fi; "
-                  f": > {marker}; exec {shlex.join(command)}")
-        return shlex.join(["/bin/sh", "-c", script])
+        # A clock file (set_clock) preloads libfaketime with its offset; the monotonic clock
+        # shifts by the same constant, so the node's timers stay consistent.
+        clock = shlex.quote(str(self._clock_file(name)))
+        script = (f"if [ -s {clock} ]; then export LD_PRELOAD=\"$(sed -n 1p {clock})\" "
+                  f"FAKETIME=\"$(sed -n 2p {clock})\"; fi; ")
+        if self.restart_delay_s:
+            marker = shlex.quote(str(self.root / "data" / f"{name}.started"))
+            script += (f"if [ -e {marker} ]; then sleep {self.restart_delay_s:g}; fi; "
+                       f": > {marker}; ")
+        return shlex.join(["/bin/sh", "-c", script + f"exec {shlex.join(command)}"])
+
+    def _clock_file(self, name: str) -> Path:
+        return self.root / "data" / f"{name}.clock"
+
+    def set_clock(self, name: str, offset_s: float) -> None:
+        """From ``name``'s next start, its wall clock runs ``offset_s`` seconds off (ahead
+        if positive); 0 puts it right again. Needs Debian's faketime package."""
+        path = self._clock_file(name)
+        if not offset_s:
+            path.unlink(missing_ok=True)
+            return
+        library = faketime_library()
+        if library is None:
+            raise LocalClusterError("libfaketime not found (apt-get install faketime)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{library}\n{offset_s:+.3f}\n")
 
     def preload(self, count: int, *, value_size: int = 100, prefix: str = "key",
                 batch: int = 50_000) -> list[str]:
@@ -354,6 +381,12 @@ class LocalCluster:
                          key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
                          reverse=True)
         return "".join(p.read_text(errors="replace") for p in [*rotated, current] if p.exists())
+
+
+def faketime_library() -> str | None:
+    """The path of libfaketime (multi-threaded build), or None if it is not installed."""
+    found = sorted(glob.glob(FAKETIME_LIBRARY_GLOB))
+    return found[0] if found else None
 
 
 def _tool_path(name: str, path: Path | None = None) -> Path:

@@ -47,9 +47,12 @@ from zring.versions import Version
 pytestmark = pytest.mark.timeout(30)
 
 
-def member(node_id="n1", status="normal", liveness="up", keys=10, ownership=0.5, weight=1.0):
+def member(node_id="n1", status="normal", liveness="up", keys=10, ownership=0.5, weight=1.0,
+           **more):
+    more = {"figures": "exact", "bytes": 2048, "clock_offset_s": 0.0012, "clock_ok": True,
+            **more}
     return MemberInfo(node_id, f"tcp://127.0.0.1:700{node_id[-1]}", status, liveness, keys,
-                      ownership, weight)
+                      ownership, weight, **more)
 
 
 # ------------------------------------------------------------------ seeds
@@ -463,11 +466,11 @@ def test_format_status_table():
         member("n5", status="left", liveness="down")], answered_by="n1", fingerprint=255)
     lines = cli.format_status(status).splitlines()
     assert lines[0] == "Status=Up/Suspect/Down"
-    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Hints", "Owns", "Weight",
-                                "Ring"]
+    assert lines[2].split() == ["--", "Node", "Address", "Keys", "Data", "Hints", "Owns",
+                                "Weight", "Ring", "Clock"]
     rows = [line.split() for line in lines[3:7]]
-    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "0", "33.3%", "1",
-                       "00000000"]
+    assert rows[0] == ["UN", "n1", "tcp://127.0.0.1:7001", "10", "2.0kB", "0", "33.3%", "1",
+                       "00000000", "+1ms"]
     assert rows[1][:4] == ["DN", "n2", "tcp://127.0.0.1:7002", "12345"]
     assert [r[0] for r in rows] == ["UN", "DN", "UJ", "UL"]
     assert "n5" not in "\n".join(lines[3:7]) and "1 left member hidden" in lines[7]
@@ -477,6 +480,16 @@ def test_format_status_table():
     assert all(line[column:].startswith("tcp://") for line in lines[3:7])
     shown = cli.format_status(status, show_left=True)
     assert "DX  n5" in shown and "hidden" not in shown
+
+
+def test_format_status_says_which_figures_are_gossiped_and_which_clock_is_off():
+    status = ClusterStatus(members=[
+        member("n1"), member("n2", figures="gossip"),
+        member("n3", clock_offset_s=300.25, clock_ok=False)])
+    text = cli.format_status(status)
+    assert "off +300250ms" in text
+    assert "(keys, data and hints of n2 as last gossiped: no answer in time)" in text
+    assert "n3's clock is +300.250 s from its peers': it coordinates no writes" in text
 
 
 def test_format_status_lists_transfers_in_flight():

@@ -9,7 +9,13 @@ import sys
 import pytest
 
 from zring import localcluster
-from zring.localcluster import LocalCluster, LocalClusterError, free_ports, wait_for
+from zring.localcluster import (
+    LocalCluster,
+    LocalClusterError,
+    faketime_library,
+    free_ports,
+    wait_for,
+)
 
 
 def programs(cluster: LocalCluster) -> dict[str, dict[str, str]]:
@@ -26,7 +32,9 @@ def test_conf_has_seeds_autostarted_and_spares_stopped(tmp_path):
     progs = programs(cluster)
     assert sorted(progs) == ["node1", "node2", "node3", "node4"]
     assert [progs[n]["autostart"] for n in cluster.names] == ["true"] * 3 + ["false"]
-    argv = shlex.split(progs["node4"]["command"])
+    shell = shlex.split(progs["node4"]["command"])
+    assert shell[:2] == ["/bin/sh", "-c"]   # it execs the node (with a clock, if set)
+    argv = shlex.split(shell[2].split("exec ", 1)[1])
     assert argv[:4] == [sys.executable, "-m", "zring.cli", "node"]
     assert argv[argv.index("--seeds") + 1] == ",".join(cluster.seeds)
     assert cluster.addresses["node4"] not in cluster.seeds
@@ -77,3 +85,16 @@ def test_chaos_needs_a_source_checkout(tmp_path, monkeypatch):
 
 def test_stop_without_start_is_a_no_op(tmp_path):
     LocalCluster(tmp_path, nodes=1).stop()
+
+
+def test_set_clock_preloads_faketime_with_the_offset_from_the_next_start(tmp_path):
+    cluster = LocalCluster(tmp_path, nodes=1)
+    if faketime_library() is None:
+        pytest.skip("libfaketime not installed (apt-get install faketime)")
+    cluster.set_clock("node1", 300)
+    lines = (tmp_path / "data" / "node1.clock").read_text().splitlines()
+    assert lines == [faketime_library(), "+300.000"]
+    script = shlex.split(programs(cluster)["node1"]["command"])[2]
+    assert "LD_PRELOAD" in script and "FAKETIME" in script
+    cluster.set_clock("node1", 0)
+    assert not (tmp_path / "data" / "node1.clock").exists()

@@ -1258,10 +1258,11 @@ class NodeCore:
             self.stats["writes_refused_clock"] += 1
             raise ClockSkew(verdict.describe(self.config.node_id,
                                              self.config.max_clock_offset_s),
-                            offset_s=round(verdict.offset_s, 3))
+                            offset_s=round(verdict.offset_s, 3),
+                            node=self.config.node_id)   # ask another coordinator
         if legacy and verdict.measured == 0 and self._up_peers(now):
             raise ClockSkew(f"{self.config.node_id} has not measured its clock against its "
-                            "peers' yet; retry in a moment")
+                            "peers' yet; retry in a moment", node=self.config.node_id)
         return timestamp_bound(now, self.config.max_clock_offset_s)
 
     def _write_version(self, ts, writer, now: float, bound: int) -> Version:
