@@ -127,8 +127,8 @@ def format_status(status: ClusterStatus, *, show_left: bool = False) -> str:
     differ until every member switched."""
     members = [m for m in status.members if show_left or m.status != "left"]
     rows = [(state_code(m.liveness, m.status), m.node_id, m.address, str(m.keys_count),
-             format_bytes(m.bytes).replace(" ", ""), str(m.hints), f"{m.ownership * 100:.1f}%", f"{m.weight:g}",
-             f"{m.ring_version:016x}"[:8], format_clock(m)) for m in members]
+             format_bytes(m.bytes).replace(" ", ""), str(m.hints), f"{m.ownership * 100:.1f}%",
+             f"{m.weight:g}", f"{m.ring_version:016x}"[:8], format_clock(m)) for m in members]
     lines = ["Status=Up/Suspect/Down", "|/ State=Normal/Leaving/Joining" +
              ("/X=left" if show_left else "")]
     lines += _table(("--", "Node", "Address", "Keys", "Data", "Hints", "Owns", "Weight", "Ring",
