@@ -284,9 +284,14 @@ class SQLiteStore(Store):
 
     ``synchronous="NORMAL"`` (the default) survives a crash of the process; ``"FULL"`` also
     survives power loss, at the price of an fsync per commit.
+
+    ``connect`` opens the connection (``connect(path, isolation_level=None)``); a test seam
+    only: tests/powerloss.py passes one that goes through a power-loss VFS. Whatever it
+    returns must behave as a ``sqlite3.Connection`` and raise ``sqlite3`` errors.
     """
 
-    def __init__(self, path: str | os.PathLike, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "NORMAL",
+                 connect: Callable[..., sqlite3.Connection] = sqlite3.connect) -> None:
         self.path = Path(path)
         self._closed = False
         synchronous = synchronous.upper()
@@ -302,7 +307,7 @@ class SQLiteStore(Store):
             raise StorageError(f"cannot create the directory for {self.path}: {exc}",
                                path=str(self.path), reason="error") from exc
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None)
+            self._conn = connect(self.path, isolation_level=None)
         except _SQLITE_ERRORS as exc:
             raise self._storage_error(exc) from exc
         self._cursor = self._conn.cursor()  # reused: saves a cursor object per call
