@@ -1125,7 +1125,8 @@ class NodeCore:
     def next_deadline(self) -> float:
         times = [self._next_gossip_at, self._next_hint_replay_at, self._next_clock_check_at]
         if self._deferred:
-            times.append(self._ready_at)
+            if self._formed:   # unformed: nothing but a seed's gossip makes it ready
+                times.append(self._ready_at)
             times.append(self._deferred[0][2] + self.config.request_timeout_s)
         detector = self.members.detector
         for member in self.members.peers():
