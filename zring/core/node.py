@@ -121,6 +121,7 @@ class _Quorum:
     answered: bool = False
     spares: list[str] = field(default_factory=list)  # reads: live replicas not asked yet
     newer: list | None = None   # writes: the newest version a refusing replica holds
+    refused: int = 0            # writes: replicas that refused it for a newer version
     # reads whose replicas disagreed: the newest record, written back to a write quorum
     # (replicas known to hold it) before the answer, so no later read returns an older one
     newest: Record | None = None
@@ -164,6 +165,7 @@ class _MultiWrite:
     acks: dict[int, list[str]] = field(default_factory=dict)
     waiting: dict[int, int] = field(default_factory=dict)
     newer: dict[int, list] = field(default_factory=dict)   # index -> a refusal's version
+    refused: dict[int, int] = field(default_factory=dict)  # index -> replicas that refused
 
     def request(self, index: int) -> Message:
         item = self.items[index]
@@ -258,6 +260,7 @@ class NodeCore:
         self._ready_at = now + 2 * config.gossip_interval_s  # see _is_ready
         self._ready = False
         self._formed = self._load_formed()
+        self._members_unsaved = False
         self._next_forming_log_at = now
         # requests held until ready: (route, frame, arrived at)
         self._deferred: list[tuple[tuple[bytes, ...], bytes, float]] = []
@@ -322,6 +325,13 @@ class NodeCore:
 
     def _save_members(self) -> None:
         self.store.set_meta("members", msgpack.packb(self.members.to_wire(), use_bin_type=True))
+        self._members_unsaved = False
+
+    def _save_changed_members(self, now: float) -> None:
+        """The member table as changed this cycle, saved once (a store that fails leaves
+        it to a later tick: the ring has moved on regardless)."""
+        if self._members_unsaved:
+            self._save_members()
 
     def _saved_clock_ceiling(self) -> int:
         saved = self.store.get_meta("clock")
@@ -329,14 +339,16 @@ class NodeCore:
 
     def _save_clock(self, now: float) -> None:
         """Keep a ceiling on disk a little ahead of every timestamp we issued or observed, so
-        a restarted node's hybrid clock starts above them (it never goes back). The lease is
-        half the maximum offset: a restart's first timestamps are never refused as being
-        from the future."""
+        a restarted node's hybrid clock starts above them (it never goes back); saved in the
+        cycle that moved the clock, so in one commit with what it stamped. The lease is half
+        the maximum offset: a restart's first timestamps are never refused as being from the
+        future. (From the hybrid clock, not the wall clock: a wall clock that ran ahead and
+        was fixed leaves no ceiling in the future.)"""
         lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
         last = self.clock.last
         if last + lease // 2 < self._clock_saved_until:
             return
-        ceiling = max(last, int(now * 1000) << LOGICAL_BITS) + lease
+        ceiling = last + lease
         self.store.set_meta("clock", ceiling.to_bytes(8, "big"))
         self._clock_saved_until = ceiling
 
@@ -354,8 +366,8 @@ class NodeCore:
         return not self._seeds_missing()
 
     def _seeds_missing(self) -> list[str]:
-        """Seeds we have not met yet (as members that own ranges)."""
-        met = {m.address for m in self.members.all() if m.in_ring}
+        """Seeds we have not met yet (met: a member that owns ranges, or did and left)."""
+        met = {m.address for m in self.members.all() if m.status != MemberStatus.JOINING}
         return [seed for seed in self.config.seeds
                 if seed != self.config.address and seed not in met]
 
@@ -788,6 +800,7 @@ class NodeCore:
                 held = write.newer.get(index)
                 if held is None or refused > held:
                     write.newer[index] = refused
+                write.refused[index] = write.refused.get(index, 0) + 1
             elif ok:
                 acks[index].append(node_id)
             elif keep_hints:  # kept as a hint here, as a single write's coordinator does
@@ -806,8 +819,9 @@ class NodeCore:
             body = self._put_body([wire[2], wire[3]], acks, write.replicas[index])
             return self._fill_result(write.batch, index, body)
         if len(acks) + write.waiting[index] < write.quorum:
-            failure = self._write_failure(write.items[index][0], write.quorum, acks, [],
-                                          write.newer.get(index))
+            failure = self._write_failure(
+                write.items[index][0], write.quorum, acks, [], write.newer.get(index),
+                all_refused=write.refused.get(index, 0) == len(write.replicas[index]))
             return self._fill_result(write.batch, index, _error_entry(failure))
         return []
 
@@ -1025,6 +1039,8 @@ class NodeCore:
         return self._fill_batches(self._run_own_work(now, self._ticks + 1))
 
     def _tick(self, now: float) -> list[Effect]:
+        if now < self._last_tick - self.config.gossip_interval_s:
+            self._clock_stepped_back(now)
         self._last_tick = now
         if self._own_acks:   # those of earlier cycles are committed
             self._own_acks = [entry for entry in self._own_acks if entry[0] >= self._ticks]
@@ -1065,6 +1081,7 @@ class NodeCore:
             (True, self._release_deferred),
             (now >= self._next_repair_at, self._background_repair),
             (now >= self._next_gc_at, self._collect_tombstones),
+            (True, self._save_changed_members),   # last: whatever changed them this tick
         )
 
     def _guarded(self, step: Callable[[float], list[Effect] | None], now: float) -> list[Effect]:
@@ -1386,6 +1403,7 @@ class NodeCore:
         if node_id in op.counted and node_id not in op.acks and node_id not in op.failed:
             (op.acks if ok else op.failed).append(node_id)
             if newer is not None:
+                op.refused += 1
                 if op.newer is None or newer > op.newer:
                     op.newer = newer
             elif not ok and keep_hint:
@@ -1403,21 +1421,28 @@ class NodeCore:
             elif not possible:
                 op.answered = True
                 effects.append(Reply(op.route, _error(op.request_id, self._write_failure(
-                    op.key, op.needed, op.acks, op.failed, op.newer, len(op.sets)))))
+                    op.key, op.needed, op.acks, op.failed, op.newer, len(op.sets),
+                    all_refused=op.refused == len(op.counted)))))
         if len(op.acks) + len(op.failed) >= len(op.counted):
             self._quorums.pop(op_id, None)
         return effects
 
     def _write_failure(self, key: str, needed: int, acks: list[str], failed: list[str],
-                       newer: list | None, sets: int = 1) -> ZringError:
+                       newer: list | None, sets: int = 1,
+                       all_refused: bool = False) -> ZringError:
         """Why a write could not be acknowledged: replicas refused it, holding a newer
-        version (the client retries with a later timestamp), or too few answered."""
+        version, or too few answered. ``all_refused``: every replica asked refused it, so
+        it was applied nowhere (a client may then stamp it again and resend it as new)."""
         if newer is not None:
             self.stats["writes_refused_newer"] += 1
+            where = ("no replica took it" if all_refused else
+                     f"it may have been applied on {', '.join(acks) or 'a replica'} and "
+                     "superseded")
             return VersionConflict(
-                f"replicas of {key!r} hold a newer version {newer} than this write's: retry "
-                "with a later timestamp (the client does); it may have been applied on "
-                f"{', '.join(acks) or 'none'}", held=list(newer), acked=list(acks))
+                f"replicas of {key!r} hold a newer version {newer} than this write's, from a "
+                f"concurrent write or a clock ahead of this client's: {where}; put again "
+                "to write over it", held=list(newer), acked=list(acks),
+                all_refused=all_refused)
         self.stats["writes_unavailable"] += 1
         during = (f" in each of the {sets} replica sets of a membership change"
                   if sets > 1 else "")
@@ -1548,11 +1573,13 @@ class NodeCore:
         op.newest = newest
         op.holders = {node for node, record in op.replies.items()
                       if record is not None and record.version == newest.version}
-        needed = min(self.config.write_quorum, len(op.replicas))
+        # during a ring change, a write quorum in each ring some coordinator may read by
+        op.sets = self._write_sets(newest.position, len(op.replicas))
+        needed = self.config.write_quorum
         me = self.config.node_id
-        targets = [x for x in op.replicas if x not in op.holders
-                   and (x == me or self.members.is_up(x, now))]
-        if len(op.holders) + len(targets) < needed:
+        targets = [x for x in dict.fromkeys(x for replicas in op.sets for x in replicas)
+                   if x not in op.holders and (x == me or self.members.is_up(x, now))]
+        if not _quorum_in_each(op.sets, op.holders | set(targets), needed):
             return self._write_back_failed(op_id, op, needed)
         self.stats["read_repairs"] += len(targets)
         op.writing_back = len(targets)
@@ -1581,8 +1608,8 @@ class NodeCore:
         op.writing_back -= 1
         if ok:
             op.holders.add(node_id)
-        needed = min(self.config.write_quorum, len(op.replicas))
-        if len(op.holders) >= needed:
+        needed = self.config.write_quorum
+        if _quorum_in_each(op.sets, op.holders, needed):
             return self._answer_read(op_id, op, op.newest)
         if op.writing_back <= 0:
             return self._write_back_failed(op_id, op, needed)
@@ -2129,7 +2156,7 @@ class NodeCore:
 
     def _after_membership_change(self, now: float) -> list[Effect]:
         """Rebuild the ring from the member table; act on what moved."""
-        self._save_members()
+        self._members_unsaved = True   # saved by the tick that ends this cycle
         self._future = None
         effects = self._sync_subscriptions()
         new_weights = self.members.ring_weights()
@@ -2254,10 +2281,14 @@ class NodeCore:
     def _gossip(self, now: float) -> list[Effect]:
         self._next_gossip_at = now + self.config.gossip_interval_s
         self._last_gossip_at = now
-        held = self.store.stats()
-        self.members.update_own(heartbeat=self.members.own.heartbeat + 1, keys=held.keys,
-                                hints=held.hints, bytes=held.bytes,
-                                ring=self.ring.fingerprint(), transfer=self._transfer())
+        own = self.members.own
+        try:
+            held = self.store.stats()
+            figures = {"keys": held.keys, "hints": held.hints, "bytes": held.bytes}
+        except StorageError:   # the heartbeat goes out regardless, with the last figures
+            figures = {}
+        self.members.update_own(heartbeat=own.heartbeat + 1, ring=self.ring.fingerprint(),
+                                transfer=self._transfer(), **figures)
         body = {"sender": self.config.node_id, "members": self.members.to_wire()}
         return [Publish(Message(MsgType.GOSSIP, 0, body))]
 
@@ -2674,6 +2705,19 @@ class NodeCore:
     def _up_peers(self, now: float) -> list[str]:
         return [m.node_id for m in self.members.peers()
                 if m.status != MemberStatus.LEFT and self.members.is_up(m.node_id, now)]
+
+    def _clock_stepped_back(self, now: float) -> None:
+        """The wall clock was stepped back (NTP fixing a clock that ran ahead): timers set
+        by the old reading would hold the node silent for as long as the step (peers would
+        take it for dead), so each keeps the time it had left instead."""
+        step = self._last_tick - now
+        self.log.warning("clock_stepped_back", seconds=round(step, 3))
+        for name in ("_next_gossip_at", "_next_seed_contact_at", "_next_hint_replay_at",
+                     "_next_clock_check_at", "_next_gc_at", "_next_repair_at"):
+            setattr(self, name, getattr(self, name) - step)
+        self._call_deadlines = [(deadline - step, request_id)
+                                for deadline, request_id in self._call_deadlines]
+        heapq.heapify(self._call_deadlines)
 
     def _clock_verdict(self, now: float) -> ClockVerdict:
         return self._offsets.verdict(self._up_peers(now), now)
@@ -3149,6 +3193,12 @@ _QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.MGE
                            MsgType.MPUT})
 _GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
+
+
+def _quorum_in_each(sets: list[list[str]], holders: set[str], needed: int) -> bool:
+    """``holders`` make a quorum of ``needed`` (at most the set's size) in every set."""
+    return all(sum(1 for x in replicas if x in holders) >= min(needed, len(replicas))
+               for replicas in sets)
 
 
 def _write_outcome(reply: Message | None) -> tuple[bool, list | None]:
