@@ -64,8 +64,8 @@ from zring.client import (
     _seeds_from,
     _unwrap,
     _value,
-    conflicting,
     new_dealer,
+    restampable,
 )
 from zring.core.batching import cut
 from zring.errors import (
@@ -357,17 +357,21 @@ class AsyncClient:
             "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}, key))
 
     async def _write(self, msg_type: MsgType, body: dict, key: str) -> dict:
-        """As Client's: stamped once for all resends; again above a newer version held."""
+        """As Client's: stamped once for all resends; stamped again above a newer version
+        held only if it was applied nowhere (every replica refused it, nothing went
+        unanswered), else VersionConflict."""
         stamps = self._stamps
         body["writer"] = stamps.writer
         for attempt in range(_CONFLICT_RETRIES + 1):
             body["ts"] = stamps.next()
+            silences: list[str] = []
             try:
-                result = await self._execute(msg_type, body, key)
+                result = await self._execute(msg_type, body, key, silences)
             except VersionConflict as exc:
-                if attempt == _CONFLICT_RETRIES:
-                    raise
                 stamps.observe_conflict(exc.details.get("held"))
+                if attempt == _CONFLICT_RETRIES or silences or \
+                        not exc.details.get("all_refused"):
+                    raise
                 continue
             stamps.observe_body(result)
             return result
@@ -398,16 +402,16 @@ class AsyncClient:
         stamps = self._stamps
         triples = [[_key(key), _value(value), stamps.next()] for key, value in _pairs(items)]
         w = _count(w, "w")
-        entries = await self._mput_entries(triples, w)
+        uncertain: set[int] = set()   # items resent after a silence: their fate is unknown
+        entries = await self._mput_entries(triples, w, list(range(len(triples))), uncertain)
         for _ in range(_CONFLICT_RETRIES):
-            again = conflicting(entries)
+            again = restampable(entries, uncertain)
             if not again:
                 break
-            for index in again:   # stamped again above what the replicas hold
-                stamps.observe_conflict(entries[index].get("held"))
-            for index in again:
+            for index in again:   # applied nowhere: stamped again above what is held
                 triples[index][2] = stamps.next()
-            retried = await self._mput_entries([triples[i] for i in again], w)
+            retried = await self._mput_entries([triples[i] for i in again], w, again,
+                                               uncertain)
             for index, entry in zip(again, retried, strict=True):
                 entries[index] = entry
         results = _batch_results(entries, [key for key, _, _ in triples], PutResult.from_body)
@@ -416,15 +420,23 @@ class AsyncClient:
                 stamps.observe(result.version.timestamp)
         return results
 
-    async def _mput_entries(self, triples: list[list], w: int | None) -> list:
-        """Each ``[key, value, ts]``'s result entry (an error entry included), in order."""
+    async def _mput_entries(self, triples: list[list], w: int | None, indexes: list[int],
+                            uncertain: set[int]) -> list:
+        """Each ``[key, value, ts]``'s result entry (an error entry included), in order;
+        ``indexes[i]`` (the item's index in the caller's list) goes into ``uncertain`` if
+        its chunk was resent after a silence."""
         order = await self._by_owner([key for key, _, _ in triples])
+        chunks = [chunk for group in order
+                  for chunk in _chunks(group, lambda i: _item_bytes(triples[i]))]
+        resent: list[bool] = []
         entries = await self._execute_batch(
             MsgType.MPUT,
-            [{"items": chunk, "w": w, "n": None, "writer": self._stamps.writer}
-             for group in order
-             for chunk in _chunks([triples[i] for i in group], _item_bytes)], "items")
-        return _in_order(entries, order)
+            [{"items": [triples[i] for i in chunk], "w": w, "n": None,
+              "writer": self._stamps.writer} for chunk in chunks], "items", resent)
+        for chunk, was_resent in zip(chunks, resent, strict=True):
+            if was_resent:
+                uncertain.update(indexes[i] for i in chunk)
+        return _in_order(entries, chunks)
 
     # -------------------------------------------------------------- ring and cluster
 
@@ -482,8 +494,10 @@ class AsyncClient:
 
     # -------------------------------------------------------------- transport
 
-    async def _execute(self, msg_type: MsgType, body: dict, key: str | None = None) -> dict:
-        """Send one request (Lazy Pirate over the seeds); the OK body, or raise."""
+    async def _execute(self, msg_type: MsgType, body: dict, key: str | None = None,
+                       silences: list[str] | None = None) -> dict:
+        """Send one request (Lazy Pirate over the seeds); the OK body, or raise. Each
+        endpoint that stayed silent (the request was resent) is added to ``silences``."""
         closes = self._closes
         request_id = next(self._ids)
         frame = encode(Message(msg_type, request_id, body))
@@ -514,6 +528,8 @@ class AsyncClient:
                 if result is not None:
                     return result
                 continue
+            if silences is not None:
+                silences.append(endpoint)
             if routed:
                 self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
@@ -554,15 +570,24 @@ class AsyncClient:
             connection.inflight.discard(request_id)
             self._replies.forget(request_id, future)
 
-    async def _execute_batch(self, msg_type: MsgType, bodies: list[dict], field: str) -> list:
+    async def _execute_batch(self, msg_type: MsgType, bodies: list[dict], field: str,
+                             resent: list[bool] | None = None) -> list:
         """Send the chunk ``bodies`` concurrently; every chunk's ``results`` in order. Raises
-        the first chunk's error (in chunk order) once every chunk has ended."""
+        the first chunk's error (in chunk order) once every chunk has ended. ``resent``
+        gets, per chunk, whether it was resent after a silence."""
         if not bodies:
             return []
+        silences: list[list[str]] = [[] for _ in bodies]
+        if resent is not None:
+            resent[:] = [False] * len(bodies)
 
-        async def one(body: dict) -> list:
+        async def one(index: int, body: dict) -> list:
             key = body[field][0] if field == "keys" else body[field][0][0]
-            reply = await self._execute(msg_type, body, key)
+            try:
+                reply = await self._execute(msg_type, body, key, silences[index])
+            finally:
+                if resent is not None:
+                    resent[index] = bool(silences[index])
             results = reply.get("results")
             if not isinstance(results, list) or len(results) != len(body[field]):
                 got = len(results) if isinstance(results, list) else "no"
@@ -571,8 +596,9 @@ class AsyncClient:
             return results
 
         if len(bodies) == 1:
-            return await one(bodies[0])
-        outcomes = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
+            return await one(0, bodies[0])
+        outcomes = await asyncio.gather(*(one(i, body) for i, body in enumerate(bodies)),
+                                        return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -258,8 +258,12 @@ class WriteStamps:
     """A client's write versions (Cassandra's client-side timestamps): a hybrid clock on
     the client's wall clock, kept ahead of every version the client saw, and a writer id
     unique to the client. A write is stamped once and resent with the same stamp whatever
-    the retries, so a copy of it applied late can never win over a later write; a write
-    refused for a newer version held is stamped again above it."""
+    the retries, so a copy of it applied late can never win over a later write.
+
+    A write refused for a newer version held is stamped again above it and resent only if
+    it is sure to have been applied nowhere: every replica refused it, and no copy of it
+    went unanswered. Otherwise it may have taken effect (and been superseded), and a second
+    effect later would be seen as the value coming back: the caller gets VersionConflict."""
 
     def __init__(self, writer: str | None = None) -> None:
         self.clock = HybridClock()
@@ -283,10 +287,12 @@ class WriteStamps:
             self.observe(held[0])
 
 
-def conflicting(results: list) -> list[int]:
-    """Indexes of batch results refused for a newer version held (to stamp again)."""
+def restampable(results: list, uncertain: set[int]) -> list[int]:
+    """Indexes of batch results refused by every replica for a newer version held, whose
+    writes never went unanswered (``uncertain``): safe to stamp again and resend."""
     return [index for index, result in enumerate(results)
-            if isinstance(result, dict) and result.get("error") == VersionConflict.code]
+            if isinstance(result, dict) and result.get("error") == VersionConflict.code
+            and result.get("all_refused") and index not in uncertain]
 
 
 # ------------------------------------------------------------------ argument checks
@@ -356,6 +362,7 @@ class Client:
         self._router = _Router(self.keys)
         self._direct: dict[str, zmq.Socket] = {}   # endpoint -> DEALER, for routed requests
         self._stamps = WriteStamps()
+        self._went_unanswered = False   # the last request was resent after a silence
 
     def __repr__(self) -> str:
         return f"Client(seeds={self.seeds!r}, timeout={self.timeout}, retries={self.retries})"
@@ -418,18 +425,22 @@ class Client:
         for entry in entries:
             entry["ts"] = stamps.next()
         bodies = self._execute_batch(MsgType.MPUT, [e["key"] for e in entries], entries, body)
+        for result in bodies:
+            if isinstance(result, dict):
+                stamps.observe_conflict(result.get("held"))
         for _ in range(_CONFLICT_RETRIES):
-            again = conflicting(bodies)
+            uncertain = {i for i, entry in enumerate(entries) if entry.get("resent")}
+            again = restampable(bodies, uncertain)
             if not again:
                 break
-            for index in again:   # stamped again above what the replicas hold
-                stamps.observe_conflict(bodies[index].get("held"))
-            for index in again:
+            for index in again:   # applied nowhere: stamped again above what is held
                 entries[index]["ts"] = stamps.next()
             retried = self._execute_batch(MsgType.MPUT, [entries[i]["key"] for i in again],
                                           [entries[i] for i in again], body)
             for index, result in zip(again, retried, strict=True):
                 bodies[index] = result
+                if isinstance(result, dict):
+                    stamps.observe_conflict(result.get("held"))
         _raise_first_error(bodies)
         for result in bodies:
             stamps.observe_body(result)
@@ -442,8 +453,9 @@ class Client:
             "key": _key(key), "n": _count(replicas, "replicas"), "w": _count(w, "w")}))
 
     def _write(self, msg_type: MsgType, body: dict) -> dict:
-        """A PUT or DELETE, stamped once for all its resends; refused for a newer version
-        held, stamped again above it and resent."""
+        """A PUT or DELETE, stamped once for all its resends. Refused for a newer version
+        held, it is stamped again above it and resent only if no replica took it and no
+        copy went unanswered (see WriteStamps); otherwise VersionConflict is raised."""
         stamps = self._stamps
         body["writer"] = stamps.writer
         for attempt in range(_CONFLICT_RETRIES + 1):
@@ -451,9 +463,10 @@ class Client:
             try:
                 result = self._execute_key(msg_type, body)
             except VersionConflict as exc:
-                if attempt == _CONFLICT_RETRIES:
-                    raise
                 stamps.observe_conflict(exc.details.get("held"))
+                if attempt == _CONFLICT_RETRIES or self._went_unanswered or \
+                        not exc.details.get("all_refused"):
+                    raise
                 continue
             stamps.observe_body(result)
             return result
@@ -647,6 +660,7 @@ class Client:
         request = Message(msg_type, next(self._ids), body)
         frame = encode(request)
         tried: list[str] = []
+        self._went_unanswered = False
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
@@ -670,6 +684,7 @@ class Client:
                 if result is not None:
                     return result
                 continue
+            self._went_unanswered = True
             self._drop_direct(endpoint)
             self._router.silent(endpoint)
         raise Timeout(f"no reply to {msg_type.name} within {self.timeout:g}s from "
@@ -715,6 +730,8 @@ class Client:
         for endpoint, indexes in [*pending.values(), *unsent]:
             self._drop_direct(endpoint)
             self._router.silent(endpoint)
+            for index in indexes:
+                entries[index]["resent"] = True   # its fate before the resend is unknown
             body = self._execute(msg_type, make_body([entries[i] for i in indexes]))
             for index, result in zip(indexes, body["results"], strict=True):
                 results[index] = result
@@ -744,8 +761,10 @@ class Client:
         request = Message(msg_type, next(self._ids), body)
         frame = encode(request)
         tried: list[str] = []
+        self._went_unanswered = False
         for attempt in range(retries + 1):
             if attempt:
+                self._went_unanswered = True
                 time.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
             endpoint = self._current_seed()
             tried.append(endpoint)

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from typing import ClassVar
 
 import pytest
@@ -39,6 +40,7 @@ from zring.errors import (
     ProtocolError,
     Timeout,
     Unavailable,
+    VersionConflict,
     ZringError,
 )
 from zring.protocol import Message, MsgType, decode, encode
@@ -100,7 +102,7 @@ class Recorder(Client):
         self.replies = replies or {}
 
     def _execute(self, msg_type, body, timeout=None, retries=None):
-        self.sent.append((msg_type, body))
+        self.sent.append((msg_type, dict(body)))
         reply = self.replies.get(msg_type, {})
         return reply() if callable(reply) else reply
 
@@ -142,6 +144,39 @@ def test_request_bodies():
     assert 123 << 16 < put_ts < delete_ts
     with pytest.raises(AttributeError):  # frozen
         put.success = False
+
+
+def conflict_then_ok(all_refused: bool, held_ts: int):
+    """PUT answers: a version conflict first (every replica refused it, or not), then OK."""
+    answers = []
+
+    def answer():
+        if not answers:
+            answers.append("conflict")
+            raise VersionConflict("held newer", held=[held_ts, "other"], acked=[],
+                                  all_refused=all_refused)
+        return {"version": [held_ts + 1, "me"], "stored_on": ["n1", "n2"],
+                "replicated_to": ["n1", "n2", "n3"]}
+    return answer
+
+
+def test_a_write_every_replica_refused_is_stamped_again_above_the_newer_version():
+    held = (int(time.time() * 1000) + 50) << 16   # another client's clock, 50 ms ahead
+    client = Recorder({MsgType.PUT: conflict_then_ok(True, held)})
+    assert client.put("k", b"v").success
+    first, second = (body["ts"] for _, body in client.sent)
+    assert first < held < second
+
+
+def test_a_write_that_may_have_been_applied_is_not_stamped_again():
+    # some replica may hold it: a second stamp could bring it back after a newer write
+    held = (int(time.time() * 1000) + 50) << 16
+    client = Recorder({MsgType.PUT: conflict_then_ok(False, held)})
+    with pytest.raises(VersionConflict):
+        client.put("k", b"v")
+    assert len(client.sent) == 1
+    client.put("k", b"again")   # the caller's own retry is a new write, stamped above
+    assert client.sent[1][1]["ts"] > held
 
 
 def test_get_not_found():
