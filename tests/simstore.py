@@ -6,8 +6,9 @@
   so a crashed node restarts on the same store object.)
 - A failing disk: ``failing = "write"`` makes every write raise StorageError before it
   changes anything (the disk refuses it); ``failing = "commit"`` lets a loop cycle's writes
-  happen and then fails its group commit, which undoes them all (a full disk at COMMIT).
-  Reads keep working, as SQLite's do on a full disk.
+  happen and then fails its group commit, which undoes them all (a full disk at COMMIT; a
+  cycle that wrote nothing commits nothing, so it does not fail). Reads keep working, as
+  SQLite's do on a full disk.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _refusing(method):
         if self.failing == "write":
             self.refused += 1
             raise StorageError("simulated disk error: the write was refused", reason="error")
+        self.wrote = True
         return method(self, *args, **kwargs)
     return write
 
@@ -40,6 +42,7 @@ class SimStore(MemoryStore):
         self.failing: str | None = None    # None, "write" or "commit"
         self.refused = 0                   # writes and commits that failed
         self.syncs = 0
+        self.wrote = False                 # a write since the cycle began
         self._synced = self._state()
 
     # ------------------------------------------------------------------ power loss
@@ -65,7 +68,10 @@ class SimStore(MemoryStore):
             yield
             return
         before = self._state()
+        self.wrote = False
         yield
+        if not self.wrote:
+            return
         self._restore(before)
         self.refused += 1
         raise StorageError("simulated disk full: the commit failed", reason="error")

@@ -4,12 +4,15 @@ Each test judges by the values clients wrote and read, and by when."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from simnet import CLIENT, SimCluster
 from simstore import SimStore
 
 from zring.core.effects import Reply
-from zring.protocol import Message, MsgType, encode
+from zring.errors import StorageError
+from zring.protocol import Message, MsgType, decode, encode
 from zring.versions import HybridClock
 
 WRITER = "client-test"
@@ -243,27 +246,98 @@ def test_a_failed_commit_takes_back_our_own_acknowledgement():
     assert sim.node("node1").stats["commits_failed"] >= 1
 
 
+def server_cycle(core, now: float, frames: list[bytes] = ()) -> list:
+    """One loop cycle as server.py runs it: requests, then the tick, in one group commit;
+    a failed commit turns the cycle's acknowledgements into errors."""
+    effects: list = []
+    try:
+        with core.store.group_commit():
+            for frame in frames:
+                effects += core.handle_frame(CLIENT, frame, now)
+            effects += core.tick(now)
+    except StorageError as exc:
+        effects = core.commit_failed(effects, exc, now)
+    return [e.message for e in effects if isinstance(e, Reply)]
+
+
+def test_a_full_disk_fails_the_cycles_that_write_and_reads_go_on():
+    sim = cluster_of(3)
+    stamps = Stamps(sim)
+    keys = [k for k in (f"d{i}" for i in range(40)) if "node1" in replicas_of(sim, k)][:10]
+    for key in keys:
+        assert put(sim, "node2", key, b"v", stamps.next()).type == MsgType.OK
+    sim.run(0.5)
+    core = sim.node("node1")
+    core.store.failing = "commit"   # full: every commit that writes fails
+    write = encode(Message(MsgType.PUT, 1, {"key": "new", "value": b"v", "ts": stamps.next(),
+                                            "writer": WRITER, "r": 1}))
+    now = sim.now
+    server_cycle(core, now, [write])   # our copy is written, then the commit fails
+    assert core.store.get("new") is None and core.stats["commits_failed"] == 1
+    for step in range(1, 30):   # later cycles that only read commit nothing: they answer
+        reads = [encode(Message(MsgType.GET, 100 + i, {"key": key, "r": 1}))
+                 for i, key in enumerate(keys)]   # our own copies: answered this cycle
+        replies = server_cycle(core, now + step * 0.1, reads)
+        assert [r.body.get("value") for r in replies if r.request_id >= 100] == [b"v"] * 10
+    assert core.stats["commits_failed"] <= 3   # bookkeeping writes retried at most each second
+
+
 # ---------------------------------------------------------------- monotonic reads
+
+
+@contextmanager
+def writes_lost(sim: SimCluster, sender: str):
+    """Every write ``sender`` sends to a peer is lost on the way (batches too)."""
+    address = sim.node(sender).config.address
+    deliver = sim._deliver_request
+
+    def deliver_unless_write(target, source, frame):
+        if source == address and decode(frame).type in (MsgType.REPLICA_WRITE, MsgType.BATCH,
+                                                         MsgType.HINT_WRITE):
+            return
+        deliver(target, source, frame)
+    sim._deliver_request = deliver_unless_write
+    try:
+        yield
+    finally:
+        sim._deliver_request = deliver
+
+
+def partial_write(sim: SimCluster, key: str, value: bytes, stamps: Stamps) -> str:
+    """A write that lands on its coordinator only and fails; the coordinator's node id."""
+    coordinator = replicas_of(sim, key)[0]
+    with writes_lost(sim, coordinator):
+        failed = put(sim, coordinator, key, value, stamps.next(), w=2)
+        sim.run(1.0)   # its hints for the others are lost too
+    assert failed.type == MsgType.ERROR
+    for core in sim.cores.values():
+        core.store.delete_hints(h.hint_id for target in ("node1", "node2", "node3")
+                                for h in core.store.hints_for(target))
+    return coordinator
 
 
 def test_a_read_that_finds_replicas_disagreeing_writes_the_newest_back_before_answering():
     sim = cluster_of(3)
-    stamps = Stamps(sim)
-    key = "mono"
-    coordinator, *others = replicas_of(sim, key)
-    for node in others:   # the write lands on the coordinator only, and fails
-        sim.pause(sim.node(node).config.address)
-    failed = put(sim, coordinator, key, b"partial", stamps.next(), w=2)
-    assert failed.type == MsgType.ERROR
-    for node in others:
-        sim.resume(sim.node(node).config.address)
-        sim.node(node).store._records.pop(key, None)   # the resent copy never arrived
-    sim.run(0.1)
-    first = get(sim, coordinator, key)   # sees the partial write: must make it stick
+    coordinator = partial_write(sim, "mono", b"partial", Stamps(sim))
+    others = [n for n in replicas_of(sim, "mono") if n != coordinator]
+    first = get(sim, coordinator, "mono")   # sees the partial write: must make it stick
     assert first.body["value"] == b"partial"
     sim.stopped.add(sim.node(coordinator).config.address)   # then its coordinator dies
-    later = get(sim, others[0], key)
+    later = get(sim, others[0], "mono")
     assert later.type == MsgType.OK and later.body["value"] == b"partial"
+
+
+def test_a_read_that_cannot_write_the_newest_back_does_not_return_it():
+    sim = cluster_of(3)
+    coordinator = partial_write(sim, "mono", b"partial", Stamps(sim))
+    others = [n for n in replicas_of(sim, "mono") if n != coordinator]
+    with writes_lost(sim, coordinator):   # so are the read's write-backs
+        first = sim.request(coordinator, MsgType.GET, {"key": "mono"}, max_seconds=2)
+    sim.stopped.add(sim.node(coordinator).config.address)   # the coordinator dies
+    later = get(sim, others[0], "mono")
+    # it may answer "partial" only once a write quorum holds it; else it cannot answer
+    assert first.type == MsgType.ERROR
+    assert later.type == MsgType.OK and not later.body["found"]
 
 
 # ---------------------------------------------------------------- status

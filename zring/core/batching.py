@@ -88,6 +88,8 @@ class BatchReply:
     results: list
     pending: int
     closed: bool = False    # answered (or failed as a whole): late key replies are dropped
+    writes: bool = False    # some result acknowledges a write (else it stands should the
+    #                         loop cycle's commit fail: see effects.Reply.only_reads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,14 @@ __all__ = ["Effect", "Reply", "Send", "Publish", "Subscribe", "Unsubscribe", "Sh
 
 @dataclass(slots=True)
 class Reply:
-    """Answer a request that arrived on the ROUTER, through its routing envelope."""
+    """Answer a request that arrived on the ROUTER, through its routing envelope.
+    ``only_reads``: it tells what the store held and acknowledges nothing written, so it
+    stands even if its loop cycle's commit fails (a full disk); other replies then become
+    errors."""
 
     route: tuple[bytes, ...]
     message: Message
+    only_reads: bool = False
 
 
 @dataclass(slots=True)

@@ -127,6 +127,7 @@ class _Quorum:
     newest: Record | None = None
     holders: set[str] = field(default_factory=set)
     writing_back: int = 0       # write-backs not answered yet
+    wrote_own: bool = False     # our own copy was written back
 
 
 # a bound on a batch result's encoded size besides its value (flags, version, node ids)
@@ -218,6 +219,12 @@ class NodeCore:
         # never behind what the last run issued or saw (its ceiling is saved ahead of use)
         self._clock_saved_until = self._saved_clock_ceiling()
         self.clock = HybridClock(self._clock_saved_until)
+        self._stamped = 0   # the greatest timestamp of a record we stored or stamped
+        # the ceiling saved in the current cycle: (ticks finished then, the one before it)
+        self._clock_saving: tuple[int, int] | None = None
+        # after a failed commit, bookkeeping writes (clock ceiling, member table) wait until
+        # then: each would make its cycle's commit fail too, reads' replies included
+        self._meta_retry_at = 0.0
         self._offsets = ClockOffsets(config.max_clock_offset_s)
         self._clock_ok = True                   # our clock's last verdict, as logged
         self._next_clock_check_at = now
@@ -261,6 +268,7 @@ class NodeCore:
         self._ready = False
         self._formed = self._load_formed()
         self._members_unsaved = False
+        self._members_saved_at_tick = -1
         self._next_forming_log_at = now
         # requests held until ready: (route, frame, arrived at)
         self._deferred: list[tuple[tuple[bytes, ...], bytes, float]] = []
@@ -326,29 +334,36 @@ class NodeCore:
     def _save_members(self) -> None:
         self.store.set_meta("members", msgpack.packb(self.members.to_wire(), use_bin_type=True))
         self._members_unsaved = False
+        self._members_saved_at_tick = self._ticks
 
     def _save_changed_members(self, now: float) -> None:
         """The member table as changed this cycle, saved once (a store that fails leaves
         it to a later tick: the ring has moved on regardless)."""
-        if self._members_unsaved:
+        if self._members_unsaved and now >= self._meta_retry_at:
             self._save_members()
 
     def _saved_clock_ceiling(self) -> int:
         saved = self.store.get_meta("clock")
         return int.from_bytes(saved, "big") if saved and len(saved) == 8 else 0
 
+    def _note_stamp(self, timestamp: int) -> None:
+        """A record with this timestamp is written in this cycle (see ``_save_clock``)."""
+        if timestamp > self._stamped:
+            self._stamped = timestamp
+
     def _save_clock(self, now: float) -> None:
-        """Keep a ceiling on disk a little ahead of every timestamp we issued or observed, so
-        a restarted node's hybrid clock starts above them (it never goes back); saved in the
-        cycle that moved the clock, so in one commit with what it stamped. The lease is half
-        the maximum offset: a restart's first timestamps are never refused as being from the
-        future. (From the hybrid clock, not the wall clock: a wall clock that ran ahead and
-        was fixed leaves no ceiling in the future.)"""
+        """Keep a ceiling on disk a little ahead of every timestamp we stamped or stored, so
+        a restarted node's hybrid clock starts above them (it never goes back); saved by the
+        cycle that wrote them, in one commit with them (a cycle that only read writes
+        nothing, so it never fails on a full disk). The lease is half the maximum offset: a
+        restart's first timestamps are never refused as being from the future. (From the
+        records, not the wall clock: a wall clock that ran ahead and was fixed leaves no
+        ceiling in the future.)"""
         lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
-        last = self.clock.last
-        if last + lease // 2 < self._clock_saved_until:
+        if self._stamped + lease // 2 < self._clock_saved_until:
             return
-        ceiling = last + lease
+        ceiling = max(self._stamped, self.clock.last) + lease
+        self._clock_saving = (self._ticks, self._clock_saved_until)
         self.store.set_meta("clock", ceiling.to_bytes(8, "big"))
         self._clock_saved_until = ceiling
 
@@ -474,11 +489,13 @@ class NodeCore:
             raise InvalidRequest(f"a batch holds at most {MAX_BATCH_KEYS} messages")
         replies: list[list] = []
         replies_size = 0
+        only_reads = True   # a frame of read answers stands should the commit fail
         effects: list[Effect] = []
         for wire in wires:
             if replies_size > BATCH_MAX_BYTES:  # answer in several frames, each deliverable
-                effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
-                replies, replies_size = [], 0
+                effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies}),
+                                     only_reads))
+                replies, replies_size, only_reads = [], 0, True
             try:
                 inner = validate(wire)
             except ProtocolError as exc:
@@ -494,9 +511,12 @@ class NodeCore:
                 if effect.__class__ is Reply and effect.route is route:
                     replies.append(message_to_wire(effect.message))
                     replies_size += encoded_size(effect.message.body)
+                    only_reads = only_reads and (effect.only_reads
+                                                 or effect.message.type == MsgType.ERROR)
                 else:
                     effects.append(effect)
-        effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies})))
+        effects.append(Reply(route, Message(MsgType.BATCH, 0, {"messages": replies}),
+                             only_reads))
         return effects
 
     def _on_mget(self, route, message: Message, now: float) -> list[Effect]:
@@ -720,8 +740,10 @@ class NodeCore:
                     effects += self._single(batch, index, write.request(index), now)
                     continue
                 write.wires[index] = [key, value, version.timestamp, me]
+                self._note_stamp(version.timestamp)
             else:
                 self.clock.observe(ts)
+                self._note_stamp(ts)
                 write.wires[index] = [key, value, ts, writer]
             write.replicas[index] = natural
             write.acks[index] = []
@@ -878,7 +900,8 @@ class NodeCore:
                 f"the reply to this batch would take about {size} bytes: send fewer keys "
                 "per batch")))]
         return [Reply(batch.route, Message(MsgType.OK, batch.request_id,
-                                           {"results": batch.results}))]
+                                           {"results": batch.results}),
+                      only_reads=not batch.writes)]
 
     def _close_batch(self, batch: BatchReply) -> None:
         if not batch.closed:
@@ -908,7 +931,8 @@ class NodeCore:
                                                {"results": []}))]
         self._open_batches += 1
         self._open_batch_keys += count
-        return BatchReply(route, message.request_id, [None] * count, count), []
+        return BatchReply(route, message.request_id, [None] * count, count,
+                          writes=message.type == MsgType.MPUT), []
 
     def _fill_batches(self, effects: list[Effect]) -> list[Effect]:
         """Replies to the keys of client batches fill their result lists; a batch whose
@@ -921,6 +945,8 @@ class NodeCore:
                 out.append(effect)
                 continue
             slot, reply = effect.route, effect.message
+            if not effect.only_reads and reply.type == MsgType.OK:
+                slot.batch.writes = True
             body = reply.body if reply.type == MsgType.OK else _error_entry(
                 error_from_code(reply.body.get("code", "error"), reply.body.get("message", ""),
                                 reply.body.get("details")))
@@ -1114,7 +1140,7 @@ class NodeCore:
             effects = effects + revoke(now)
         out: list[Effect] = []
         for effect in effects:
-            if effect.__class__ is not Reply:
+            if effect.__class__ is not Reply or effect.only_reads:
                 out.append(effect)
             elif effect.message.type == MsgType.BATCH:
                 out.append(Reply(effect.route, Message(MsgType.BATCH, 0, {"messages": [
@@ -1125,7 +1151,15 @@ class NodeCore:
             else:
                 out.append(Reply(effect.route, _error(effect.message.request_id, failure)))
         self._restart_transfers()
-        self._clock_saved_until = 0   # its ceiling may not be on disk: save it again
+        if self._clock_saving is not None and self._clock_saving[0] >= cycle:
+            self._clock_saved_until = self._clock_saving[1]   # that ceiling is not on disk
+            # nor is what this cycle stamped: no ceiling is owed for it
+            lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
+            self._stamped = min(self._stamped, max(0, self._clock_saved_until - lease))
+        self._clock_saving = None
+        if self._members_saved_at_tick >= cycle:
+            self._members_unsaved = True   # that save is not on disk
+            self._meta_retry_at = now + 1.0   # nor retried in every cycle while it fails
         return self._fill_batches(out)
 
     def _restart_transfers(self) -> None:
@@ -1294,6 +1328,7 @@ class NodeCore:
                     f"{seconds_ahead(version.timestamp, now):.3f} s ahead of its wall clock; "
                     "send writes with a client timestamp, or wait for the wall clock",
                     offset_s=round(seconds_ahead(version.timestamp, now), 3))
+            self._note_stamp(version.timestamp)
             return version
         if type(ts) is not int or not 0 <= ts < 1 << 63 or writer.__class__ is not str \
                 or not 0 < len(writer) <= 256:
@@ -1307,6 +1342,7 @@ class NodeCore:
                             f"{self.config.max_clock_offset_s:g}): is the client's clock "
                             "synchronized (NTP)?", offset_s=round(ahead, 3))
         self.clock.observe(ts)
+        self._note_stamp(ts)
         return Version(ts, writer)
 
     def _write_own(self, op_id: int, record: Record, now: float) -> list[Effect]:
@@ -1487,7 +1523,8 @@ class NodeCore:
         if quorum == 1 and me in live:  # our own copy is the answer: no quorum to track
             # (we are one of the key's replicas: no ring hint)
             body = _wire_read_body(self.store.get_wire(key), [me])
-            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+            return [Reply(route, Message(MsgType.OK, message.request_id, body),
+                          only_reads=True)]
         if me in live:
             live.remove(me)
             live.insert(0, me)
@@ -1563,7 +1600,9 @@ class NodeCore:
         body = self._get_body(None if newest is None else newest.value,
                               None if newest is None else list(newest.version),
                               list(op.replies), op.replicas)
-        return [Reply(op.route, Message(MsgType.OK, op.request_id, body))]
+        # counting our own write-back, it stands only if that is committed
+        return [Reply(op.route, Message(MsgType.OK, op.request_id, body),
+                      only_reads=not op.wrote_own)]
 
     def _write_back(self, op_id: int, op: _Quorum, newest: Record, now: float) -> list[Effect]:
         """The replicas that answered disagree: write the newest back until a write quorum
@@ -1593,6 +1632,9 @@ class NodeCore:
                     self.log.error("own_write_failed", keys=1, error=str(exc))
                     effects += self._on_written_back(op_id, target, False, now)
                     continue
+                op.wrote_own = True
+                self._own_acks.append((self._ticks, lambda t: self._revoke_own_write_back(
+                    op_id, t)))
                 effects += self._on_written_back(op_id, target, True, now)
             else:
                 effects += self._call(target, MsgType.REPLICA_WRITE, {"records": wire},
@@ -1613,6 +1655,16 @@ class NodeCore:
             return self._answer_read(op_id, op, op.newest)
         if op.writing_back <= 0:
             return self._write_back_failed(op_id, op, needed)
+        return []
+
+    def _revoke_own_write_back(self, op_id: int, now: float) -> list[Effect]:
+        """Our write-back copy was not committed: we do not hold the newest after all."""
+        op = self._quorums.get(op_id)
+        if op is None or op.answered:
+            return []
+        op.holders.discard(self.config.node_id)
+        if op.writing_back <= 0:
+            return self._write_back_failed(op_id, op, self.config.write_quorum)
         return []
 
     def _write_back_failed(self, op_id: int, op: _Quorum, needed: int) -> list[Effect]:
@@ -1683,6 +1735,7 @@ class NodeCore:
             body = {"received": received}
         if newest is not None:
             self.clock.observe(newest)
+            self._note_stamp(newest)
         return [Reply(route, Message(MsgType.OK, message.request_id, body))]
 
     def _check_peer_timestamp(self, timestamp: int, now: float) -> None:
@@ -1721,13 +1774,14 @@ class NodeCore:
             newest = max(r.version.timestamp for r in records)
             self._check_peer_timestamp(newest, now)
             self.clock.observe(newest)
+            self._note_stamp(newest)
         return records
 
     def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
         self._check_serving()
         record = self.store.get(message.body["key"])
         body = {"record": None if record is None else record_to_wire(record)}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _on_replica_read_many(self, route, message: Message, now: float) -> list[Effect]:
         self._check_serving()
@@ -1737,7 +1791,8 @@ class NodeCore:
         wires = self.store.get_wire_many(keys)
         if encoded_size(wires) > BATCH_MAX_BYTES:  # the coordinator reads these one by one
             raise InvalidRequest("these records are too large for one reply")
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}),
+                      only_reads=True)]
 
     def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
         target = message.body["target"]
@@ -1755,7 +1810,7 @@ class NodeCore:
         records, more, last = self._scan_intervals(body["intervals"], body.get("after"), limit,
                                                    None)
         reply = {"records": [record_to_wire(r) for r in records], "more": more, "last": last}
-        return [Reply(route, Message(MsgType.OK, message.request_id, reply))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, reply), only_reads=True)]
 
     def _scan_intervals(self, intervals: list, after: int | None, limit: int, keep):
         """Up to ``limit`` scanned records (those ``keep`` accepts) in sorted ``intervals``
@@ -1796,7 +1851,7 @@ class NodeCore:
 
     def _on_ping(self, route, message: Message, now: float) -> list[Effect]:
         body = {"node_id": self.config.node_id, "status": self.members.own.status.name.lower()}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _on_stats(self, route, message: Message, now: float) -> list[Effect]:
         """This node's counters (rejected frames, refused connections, forbidden requests,
@@ -1806,7 +1861,7 @@ class NodeCore:
         counters["member_records_refused"] = self.members.records_refused
         body = {"node_id": self.config.node_id, "counters": counters,
                 **self._own_figures(now)}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _own_figures(self, now: float) -> dict:
         held = self.store.stats()
@@ -1827,7 +1882,7 @@ class NodeCore:
                       for m in self.members.all() if m.in_ring],
             "members": self._member_rows(now, {self.config.node_id: self._own_figures(now)}),
         }
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _on_cluster_status(self, route, message: Message, now: float) -> list[Effect]:
         """Every member's row; the figures of each live member (keys, bytes, hints, clock)
@@ -1839,7 +1894,7 @@ class NodeCore:
         def answer(t: float) -> list[Effect]:
             body = {"node_id": self.config.node_id, "members": self._member_rows(t, figures),
                     "fingerprint": self.ring.fingerprint()}
-            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+            return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
         if not peers:
             return answer(now)
         waiting = set(peers)
@@ -1896,7 +1951,7 @@ class NodeCore:
                 break
             keys.append(key)
         body = {"node_id": self.config.node_id, "keys": keys}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _on_add_node(self, route, message: Message, now: float) -> list[Effect]:
         node_id, address = message.body["node_id"], message.body["address"]
@@ -2758,7 +2813,8 @@ class NodeCore:
         return []
 
     def _on_clock(self, route, message: Message, now: float) -> list[Effect]:
-        return [Reply(route, Message(MsgType.OK, message.request_id, {"now": now}))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"now": now}),
+                      only_reads=True)]
 
     # ------------------------------------------------------------------ failures
 
@@ -3043,7 +3099,8 @@ class NodeCore:
         def send_tree(now: float) -> list[Effect]:
             body = {"root": tree.root(), "leaves": tree.leaves.tobytes(),
                     "records": tree.records}
-            return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+            return [Reply(route, Message(MsgType.OK, message.request_id, body),
+                          only_reads=True)]
         self._tree_jobs.append((tree, send_tree))
         return []
 
@@ -3057,7 +3114,7 @@ class NodeCore:
             min(max(message.body["limit"], 1), 10 * self.config.stream_batch_records), keep)
         digests = [[r.key, r.version.timestamp, r.version.node_id] for r in records]
         body = {"digests": digests, "more": more, "last": last}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _on_repair_fetch(self, route, message: Message, now: float) -> list[Effect]:
         keys = message.body["keys"]
@@ -3068,7 +3125,7 @@ class NodeCore:
         served = {r.key for r in records}
         body = {"records": [record_to_wire(r) for r in records],
                 "unserved": [r.key for r in found if r.key not in served]}
-        return [Reply(route, Message(MsgType.OK, message.request_id, body))]
+        return [Reply(route, Message(MsgType.OK, message.request_id, body), only_reads=True)]
 
     def _step_trees(self, now: float) -> list[Effect]:
         """Hash one page for the oldest tree under construction."""
