@@ -77,7 +77,7 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     options = {name: getattr(args, name) for name in
                ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync",
                 "fsync_period_s", "stream_batch_records", "stream_pulls_in_flight",
-                "max_key_bytes", "max_value_bytes")
+                "max_key_bytes", "max_value_bytes", "max_clock_offset_s")
                if getattr(args, name) is not None}
     config = NodeConfig(node_id=args.id, address=args.listen, gossip_address=gossip,
                         seeds=seeds, data_dir=None if args.memory else args.data_dir,
@@ -611,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="longest key accepted, in UTF-8 bytes (default 4096)")
     node.add_argument("--max-value-bytes", type=_positive_int,
                       help="largest value accepted (default 4 MiB)")
+    node.add_argument("--max-clock-offset", dest="max_clock_offset_s", type=_positive_float,
+                      metavar="SECONDS",
+                      help="the most a node's or client's clock may be off from another's "
+                           "(default 0.5); a node further off coordinates no writes")
     node.add_argument("--keys", metavar="DIR",
                       help="turn CurveZMQ security on with this `zring keygen` directory "
                            "(default: $ZRING_KEYS_DIR; unset: security off)")
