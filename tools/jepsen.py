@@ -1,45 +1,59 @@
 #!/usr/bin/env python3
 """A Jepsen-style test of zring: real node processes on hosts made of network namespaces.
 
-    # once, as root: iptables for partitions and loss, libnetfilter-queue for delays
-    apt-get install -y iptables libnetfilter-queue-dev && .venv/bin/pip install -e '.[jepsen]'
-    .venv/bin/python tools/jepsen.py                     # 24 faults, one every 10 s (~5 min)
-    .venv/bin/python tools/jepsen.py --faults 8 --interval 5 --json result.json
+    # once, as root: iptables for partitions and loss, libnetfilter-queue for delays,
+    # faketime for clock faults
+    apt-get install -y iptables libnetfilter-queue-dev faketime
+    .venv/bin/pip install -e '.[jepsen]'
+    .venv/bin/python tools/jepsen.py                     # 30 faults, one every 10 s (~6 min)
+    .venv/bin/python tools/jepsen.py --faults 10 --interval 5 --json result.json
     .venv/bin/python tools/jepsen.py cleanup             # namespaces a killed run left behind
 
 Each node runs in its own network namespace (``zj<pid>-n1``...), with a veth pair to a bridge
 in a switch namespace; the clients run in one more. Nothing is added to the machine's own
 network namespace. supervisord runs the nodes (``ip netns exec <ns> zring node ...``) and the
-nemesis kills and pauses them through tools/chaos.py, as users do.
+nemesis kills, pauses and restarts them through tools/chaos.py, as users do.
 
 The nemesis starts a fault every ``--interval`` seconds, holds it for 70% of the interval and
 heals it, cycling through: ``kill`` (SIGKILL; supervisord restarts the node when the fault
 ends), ``pause`` (SIGSTOP, then SIGCONT), ``partition-one`` (one node cut off from the other
 nodes), ``partition-minority`` (two nodes from three), ``partition-majority-ring`` (each node
 reaches only its ring neighbours: every node sees a majority, no two the same), ``loss``
-(``--loss`` of packets dropped both ways on every node) and ``delay`` (every packet a node
-sends held ``--delay-ms`` +- ``--jitter-ms``, so they reorder). Partitions and loss are
-iptables rules in the nodes' namespaces; the delay is an NFQUEUE that a small process per node
-releases late (this kernel has no netem). Clients keep reaching every node throughout.
+(``--loss`` of packets dropped both ways on every node), ``delay`` (every packet a node
+sends held ``--delay-ms`` +- ``--jitter-ms``, so they reorder), ``clock-skew-small`` (one
+node restarted with its wall clock 0.1 to 0.4 s off, within max_clock_offset_s: it keeps
+serving), ``clock-skew-large`` (5 to 120 s off, beyond it: the node must refuse to coordinate
+writes, which the nemesis checks by writing through it; healing restarts it with the clock
+right) and ``pause-long`` (SIGSTOP for longer than the client's 5 s timeout, at least 6.5 s
+whatever the interval, so the client retries elsewhere and the node answers late).
+Partitions and loss are iptables rules in the nodes' namespaces; the delay is an NFQUEUE
+that a small process per node releases late (this kernel has no netem); clocks are Debian's
+libfaketime (LocalCluster.set_clock). Clients keep reaching every node throughout.
 
-Two workloads run meanwhile, each op recorded with its invoke and complete times:
+Two workloads run meanwhile, each op recorded with its invoke and complete times (the
+client's default timeout and retries; an op that raises is ``info`` for a write, which may
+have taken effect, and ``fail`` for a read):
 
 - set: unique keys are inserted; after the faults heal, every node's keys are listed and
   every attempted key read at quorum. Like Jepsen's set checker it reports attempted,
-  acknowledged, lost (acknowledged but gone), recovered (unacknowledged but present) and
-  unexpected (present but never attempted, or with a value never written).
-- register: a few keys take unique writes and reads. A read is stale if it returns an older
-  version than a write acknowledged before the read began (quorums must overlap), and
-  unexpected if it returns a value nobody wrote.
+  acknowledged, lost (acknowledged but gone), recovered (unacknowledged but present),
+  unexpected (present but never attempted, or with a value never written) and unread.
+- register: a few keys take unique writes and reads, judged by tools/lincheck.py by values
+  and real time only (the version a reply carried is kept in the history, never judged):
+  a linearizability search per key (Wing-Gong-Lowe; an unacknowledged write may take effect
+  any time after its invoke), with a counterexample for a key that fails and the keys whose
+  search ran out of budget (undecided: not a pass), and the real-time anomalies (stale,
+  went-back, future reads) that explain a failure.
 
-The exit status is 0 when nothing acknowledged was lost and nothing unexpected or stale was
-read, 1 otherwise. The history (JSON lines per client) and the node logs stay in ``--dir``.
+The exit status is 0 when nothing acknowledged was lost, nothing unexpected was read, the
+register history is linearizable and every node whose clock was far off refused to
+coordinate writes; 1 otherwise. The history (JSON lines per client) and the node logs stay
+in ``--dir``.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import ctypes
 import dataclasses
 import heapq
@@ -65,7 +79,13 @@ SUBNET = "10.213.0"          # private addresses, only inside this run's namespa
 NODE_PORT, GOSSIP_PORT = 7000, 7100
 CLIENT_HOST = "client"
 FAULT_KINDS = ("kill", "pause", "partition-one", "partition-minority",
-               "partition-majority-ring", "loss", "delay")
+               "partition-majority-ring", "loss", "delay", "clock-skew-small",
+               "clock-skew-large", "pause-long")
+CLOCK_KINDS = ("clock-skew-small", "clock-skew-large")
+SMALL_SKEW_S = (0.1, 0.4)      # within the nodes' max_clock_offset_s (0.5 s)
+LARGE_SKEW_S = (5.0, 120.0)    # far beyond it
+PAUSE_LONG_MIN_S = 6.5         # longer than the client's default timeout (5 s)
+PROBE_WAIT_S = 20.0            # how long the nemesis waits for a node to act on its clock
 _CLONE_NEWNET = 0x40000000
 _NFQUEUE_NUM = 7
 
@@ -102,6 +122,23 @@ def preflight() -> list[str]:
 
 def delay_available() -> bool:
     return importlib.util.find_spec("netfilterqueue") is not None
+
+
+def clock_available() -> bool:
+    return _localcluster().faketime_library() is not None
+
+
+def available_kinds() -> tuple[list[str], list[str]]:
+    """The fault kinds this machine can run, and why the others are skipped."""
+    kinds, skipped = [], []
+    for kind in FAULT_KINDS:
+        if kind == "delay" and not delay_available():
+            skipped.append("delay (NetfilterQueue not installed)")
+        elif kind in CLOCK_KINDS and not clock_available():
+            skipped.append(f"{kind} (faketime not installed)")
+        else:
+            kinds.append(kind)
+    return kinds, skipped
 
 
 # ------------------------------------------------------------------ the network
@@ -311,9 +348,9 @@ def run_worker(kind: str, worker_id: int, seeds: list[str], out: str, keys: int,
 
     signal.signal(signal.SIGTERM, stop)
     rng = random.Random(seed)
-    # one token-aware client: each op goes straight to a replica of its key; no retries,
-    # so every op is sent once and an unanswered write stays indeterminate
-    client = Client(seeds, timeout=1.0, retries=0)
+    # one token-aware client with the default timeout and retries, as users run it: a
+    # write that raises may still have taken effect (info), a read that raises tells nothing
+    client = Client(seeds)
     period = 1.0 / rate
     with open(out, "a", buffering=1) as history:
         for sequence in range(1 << 62):
@@ -337,6 +374,7 @@ def run_worker(kind: str, worker_id: int, seeds: list[str], out: str, keys: int,
                         op["value"] = op["value"].decode()
                 else:
                     result = client.put(key, value)
+                # the version is kept for a person reading the history, never judged
                 op["version"] = list(result.version) if result.version else None
                 op["type"] = "ok"
             except Exception as exc:  # a failed or silent op: indeterminate for writes
@@ -358,7 +396,7 @@ class Op:
     invoke: float
     complete: float | None   # None: never completed (the client died mid-op)
     type: str            # ok | info | fail
-    version: tuple | None = None
+    version: tuple | None = None   # what the reply carried: information only, never judged
 
 
 def load_history(lines: Iterable[str]) -> list[Op]:
@@ -404,41 +442,32 @@ def check_set(adds: Sequence[Op], final: dict[str, str | None],
     }
 
 
-def check_register(ops: Sequence[Op]) -> dict:
-    """Reads against writes per key: stale (older than a write acknowledged before the read
-    began) and unexpected (a value never written, or with another write's version)."""
-    by_key: dict[str, list[Op]] = defaultdict(list)
-    for op in ops:
-        by_key[op.key].append(op)
-    reads = stale = unexpected = 0
-    examples: list[dict] = []
-    for key, key_ops in by_key.items():
-        writes = {op.value: op for op in key_ops if op.f == "write"}
-        acked = sorted((op for op in writes.values() if op.type == "ok" and op.version),
-                       key=lambda op: op.complete)
-        completes = [op.complete for op in acked]
-        newest_before: list[tuple] = []   # newest acked version among acked[:i + 1]
-        for op in acked:
-            newest_before.append(max(op.version, newest_before[-1]) if newest_before
-                                 else op.version)
-        for read in key_ops:
-            if read.f != "read" or read.type != "ok":
-                continue
-            reads += 1
-            write = writes.get(read.value) if read.value is not None else None
-            if read.value is not None and (write is None or write.invoke > read.complete or (
-                    write.version and read.version and write.version != read.version)):
-                unexpected += 1
-                examples.append({"anomaly": "unexpected", "key": key, "read": read.value,
-                                 "at": read.invoke})
-                continue
-            index = bisect.bisect_left(completes, read.invoke)
-            if index and (read.version is None or read.version < newest_before[index - 1]):
-                stale += 1
-                examples.append({"anomaly": "stale", "key": key, "read": read.value,
-                                 "read_version": read.version,
-                                 "newer_acked": newest_before[index - 1], "at": read.invoke})
-    return {"reads": reads, "stale": stale, "unexpected": unexpected, "examples": examples[:10]}
+def check_register(ops: Sequence[Op], max_states: int = 2_000_000) -> dict:
+    """The register history judged by tools/lincheck.py, by values and real time only:
+    linearizable per key (undecided keys, whose search ran out of ``max_states``, are not
+    a pass), a counterexample per failing key, and the real-time anomalies (stale,
+    went-back, future reads). Versions are not looked at."""
+    lincheck = _lincheck()
+    history = [lincheck.Op(op.key, op.f, op.value, op.invoke, op.complete, op.type,
+                           op.process) for op in ops if op.f in ("write", "read")]
+    summary = lincheck.summarize(history, max_states=max_states)
+    writes = [op for op in ops if op.f == "write"]
+    reads = [op for op in ops if op.f == "read"]
+    return {
+        "ops": len(history),
+        "writes": len(writes),
+        "writes_acknowledged": sum(op.type == "ok" for op in writes),
+        "writes_indeterminate": sum(op.type != "ok" for op in writes),
+        "reads": sum(op.type == "ok" for op in reads),
+        "reads_failed": sum(op.type != "ok" for op in reads),
+        **summary,
+    }
+
+
+def _lincheck():
+    """tools/lincheck.py next to this file, loaded once whether this runs as a script or
+    was loaded by ``load_tool`` (tools/ is not a package)."""
+    return _localcluster().load_tool("lincheck", Path(__file__).with_name("lincheck.py"))
 
 
 def availability(ops: Sequence[Op], windows: Sequence[tuple[str, float, float]]) -> dict:
@@ -461,16 +490,17 @@ def availability(ops: Sequence[Op], windows: Sequence[tuple[str, float, float]])
 
 # ------------------------------------------------------------------ the run
 
-def _load_localcluster():
-    sys.path.insert(0, str(ROOT))
-    from zring.localcluster import LocalCluster
-    return LocalCluster
+def _localcluster():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import zring.localcluster
+    return zring.localcluster
 
 
 def make_cluster(network: Network, root: Path, hold_s: float, write_quorum: int = 2,
                  read_quorum: int = 2):
     """A LocalCluster whose nodes run inside their namespaces at their hosts' addresses."""
-    LocalCluster = _load_localcluster()
+    LocalCluster = _localcluster().LocalCluster
 
     class NetCluster(LocalCluster):
         def __init__(self) -> None:
@@ -482,7 +512,15 @@ def make_cluster(network: Network, root: Path, hold_s: float, write_quorum: int 
             self.seeds = [self.addresses[n] for n in self.names]
 
         def _node_command(self, name: str) -> str:
+            # ip netns exec execs the /bin/sh wrapper, which reads the clock file
+            # (set_clock) and execs the node: one pid throughout, as signals need
             return f"ip netns exec {network.namespace(name)} " + super()._node_command(name)
+
+        def restart_now(self, name: str) -> None:
+            """Restart ``name`` at once: a clock fault is not a crash, so without the
+            reboot wait (restart_delay_s) that a kill gets."""
+            (self.root / "data" / f"{name}.started").unlink(missing_ok=True)
+            self.chaos("restart", name)
 
     return NetCluster()
 
@@ -500,15 +538,26 @@ class Nemesis:
         self.nodes = network.node_hosts()
         self.windows: list[tuple[str, float, float]] = []
         self.events: list[dict] = []
-        self._active: tuple[str, list[str], float] | None = None
+        self.problems: list[str] = []   # a node did what it must not (the run is invalid)
+        self.warnings: list[str] = []   # a node did not do what it should (availability)
+        self._active: tuple[str, list[str], float, dict] | None = None
+        self._probes = 0
+
+    @staticmethod
+    def hold_seconds(kind: str, hold_s: float) -> float:
+        """How long ``kind`` is held: 70% of the interval, but a long pause always outlasts
+        the client's timeout."""
+        return max(PAUSE_LONG_MIN_S, 1.5 * hold_s) if kind == "pause-long" else hold_s
 
     def start(self, kind: str) -> None:
         nodes = self.nodes
         targets: list[str] = []
+        detail: dict = {}
+        began = time.monotonic()
         if kind == "kill":
             targets = [self.rng.choice(nodes)]
             self.cluster.chaos("kill", targets[0])
-        elif kind == "pause":
+        elif kind in ("pause", "pause-long"):
             targets = [self.rng.choice(nodes)]
             self.cluster.chaos("pause", targets[0])
         elif kind == "partition-one":
@@ -525,23 +574,91 @@ class Nemesis:
             self.network.loss(self.loss_probability)
         elif kind == "delay":
             self.network.delay(self.delay_ms, self.jitter_ms)
+        elif kind in CLOCK_KINDS:
+            targets = [self.rng.choice(nodes)]
+            low, high = SMALL_SKEW_S if kind == "clock-skew-small" else LARGE_SKEW_S
+            offset = round(self.rng.choice((-1, 1)) * self.rng.uniform(low, high), 3)
+            detail["offset_s"] = offset
+            self.cluster.set_clock(targets[0], offset)
+            self.cluster.restart_now(targets[0])
+            if kind == "clock-skew-large":
+                # it must find its clock off against its peers' and stop coordinating
+                detail.update(self._probe(targets[0], until="refused"))
+                if not detail["refused"]:
+                    self.problems.append(
+                        f"{targets[0]}, its clock {offset:+g} s off, did not refuse to "
+                        f"coordinate writes within {PROBE_WAIT_S:g} s: {detail}")
+            else:   # within the maximum: it keeps coordinating (availability, not safety)
+                detail.update(self._probe(targets[0], until="ok"))
+                if not detail["coordinates"]:
+                    self.warnings.append(f"{targets[0]}, its clock {offset:+g} s off (within "
+                                         f"the maximum), did not coordinate writes: {detail}")
         else:
             raise JepsenError(f"unknown fault {kind!r}")
-        self._active = (kind, targets, time.monotonic())
+        detail["start_s"] = round(time.monotonic() - began, 2)
+        self._active = (kind, targets, began, detail)
+
+    def _probe(self, node: str, until: str) -> dict:
+        """Write through ``node`` alone (no routing, no retries) until it refuses for its
+        own clock (``until="refused"``) or acknowledges (``"ok"``), at most PROBE_WAIT_S.
+        Probe keys are apart from the workloads' keys."""
+        from zring.client import Client
+        from zring.errors import ClockSkew, ZringError
+
+        tally = {"ok": 0, "refused_clock": 0, "refused_timestamp": 0, "other": 0}
+        began = time.monotonic()
+        reached, last_error = None, None
+        with Client([self.cluster.addresses[node]], timeout=2.0, retries=0,
+                    token_aware=False) as client:
+            while time.monotonic() - began < PROBE_WAIT_S:
+                self._probes += 1
+                try:
+                    client.put(f"probe-{self._probes}", node)
+                    tally["ok"] += 1
+                    if until == "ok":
+                        reached = time.monotonic() - began
+                        break
+                except ClockSkew as exc:
+                    last_error = str(exc)[:200]
+                    if exc.details.get("node") == node:
+                        tally["refused_clock"] += 1
+                        if until == "refused":
+                            reached = time.monotonic() - began
+                            break
+                    else:   # a timestamp ahead of its clock: refused, yet not by the check
+                        tally["refused_timestamp"] += 1
+                except ZringError as exc:   # not up yet, not in the cluster yet...
+                    tally["other"] += 1
+                    last_error = f"{type(exc).__name__}: {exc}"[:200]
+                time.sleep(0.3)
+        key = "refused" if until == "refused" else "coordinates"
+        return {key: reached is not None,
+                f"{key}_after_s": None if reached is None else round(reached, 2),
+                "probes": tally, **({"last_error": last_error} if last_error else {})}
 
     def heal(self) -> None:
         if self._active is None:
             return
-        kind, targets, started = self._active
+        kind, targets, started, detail = self._active
         self._active = None
-        if kind == "pause":
+        if kind in ("pause", "pause-long"):
             self.cluster.chaos("resume", targets[0])
         self.network.heal()
+        if kind in CLOCK_KINDS:
+            self.cluster.set_clock(targets[0], 0)
+            self.cluster.restart_now(targets[0])
+            if kind == "clock-skew-large":   # with its clock right it coordinates again
+                after = self._probe(targets[0], until="ok")
+                detail["after_heal"] = after
+                if not after["coordinates"]:
+                    self.warnings.append(
+                        f"{targets[0]} did not coordinate writes within {PROBE_WAIT_S:g} s "
+                        f"of its clock being fixed: {after}")
         # a killed node restarts by itself (supervisord, after restart_delay_s)
         ended = time.monotonic()
         self.windows.append((kind, started, ended))
         self.events.append({"fault": kind, "targets": targets, "start": started,
-                            "seconds": round(ended - started, 2)})
+                            "seconds": round(ended - started, 2), **detail})
 
 
 def _split(nodes: Sequence[str], cut: Sequence[str]) -> dict[str, set[str]]:
@@ -562,8 +679,7 @@ def run(args: argparse.Namespace) -> dict:
     problems = preflight()
     if problems:
         raise JepsenError("; ".join(problems))
-    kinds = [k for k in FAULT_KINDS if k != "delay" or delay_available()]
-    skipped = [] if "delay" in kinds else ["delay (NetfilterQueue not installed)"]
+    kinds, skipped = available_kinds()
     nodes = [f"node{i}" for i in range(1, args.nodes + 1)]
     network = Network(str(os.getpid()), [*nodes, CLIENT_HOST])
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="zring-jepsen-"))
@@ -588,22 +704,28 @@ def run(args: argparse.Namespace) -> dict:
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
         rng = random.Random(args.seed)
         nemesis = Nemesis(network, cluster, rng, args.loss, args.delay_ms, args.jitter_ms)
-        time.sleep(args.interval * 0.3)  # a calm start: the history opens with a healthy cluster
+        calm_s = args.interval * 0.3
+        time.sleep(calm_s)  # a calm start: the history opens with a healthy cluster
         schedule = [kinds[i % len(kinds)] for i in range(args.faults)]
-        began = time.monotonic()
-        for number, kind in enumerate(schedule):
-            fault_start = began + number * args.interval
+        fault_start = time.monotonic()
+        for kind in schedule:
             time.sleep(max(0.0, fault_start - time.monotonic()))
-            nemesis.start(kind)
-            time.sleep(max(0.0, fault_start + hold_s - time.monotonic()))
+            nemesis.start(kind)   # a clock fault returns once the node runs on its clock
+            time.sleep(nemesis.hold_seconds(kind, hold_s))
             nemesis.heal()
-        time.sleep(args.interval * 0.3)
+            # one every interval, but never without a calm after a fault that ran long
+            fault_start = max(fault_start + args.interval, time.monotonic() + calm_s)
+        time.sleep(calm_s)
         cluster.wait_running(nodes, timeout_s=60)
         cluster.wait_converged(nodes, timeout_s=90)
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
-            worker.wait(timeout=30)
+            try:   # an op in flight may take the client's retries: 4 tries of 5 s
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:   # its last op stays an invoke: info
+                worker.kill()
+                worker.wait()
         ops_by_kind: dict[str, list[Op]] = defaultdict(list)
         for kind, path in history_files:
             ops_by_kind[kind] += load_history(path.read_text().splitlines())
@@ -616,11 +738,10 @@ def run(args: argparse.Namespace) -> dict:
             "register": register_result,
             "availability": availability(all_ops, nemesis.windows),
             "healthy_ok": _healthy_ok(all_ops, nemesis.windows),
-            "events": nemesis.events, "dir": str(workdir),
+            "events": nemesis.events, "nemesis_problems": nemesis.problems,
+            "nemesis_warnings": nemesis.warnings, "dir": str(workdir),
         }
-        result["valid"] = (not set_result["lost"] and not set_result["unexpected"]
-                           and not set_result["unread"] and not register_result["stale"]
-                           and not register_result["unexpected"])
+        result["valid"] = verdict_valid(set_result, register_result, nemesis.problems)
         return result
     finally:
         for worker in workers:
@@ -630,6 +751,19 @@ def run(args: argparse.Namespace) -> dict:
         if cluster is not None:
             cluster.stop()
         network.destroy()
+
+
+def verdict_valid(set_result: dict, register_result: dict, problems: Sequence[str]) -> bool:
+    """Nothing acknowledged lost, nothing unexpected, nothing unread; the register history
+    shown linearizable (no key failed or undecided) without a real-time anomaly; no node
+    did what it must not under a fault."""
+    return (not set_result["lost"] and not set_result["unexpected"]
+            and not set_result["unread"] and register_result["linearizable"]
+            and not register_result["nonlinearizable_keys"]
+            and not register_result["undecided_keys"]
+            and not (register_result["stale"] or register_result["went_back"]
+                     or register_result["future"])
+            and not problems)
 
 
 def _final_set_check(cluster, nodes: list[str], adds: list[Op]) -> dict:
@@ -658,6 +792,15 @@ def _healthy_ok(ops: Sequence[Op], windows: Sequence[tuple[str, float, float]]) 
 
 def format_report(result: dict) -> str:
     s, r = result["set"], result["register"]
+    if r["linearizable"]:
+        verdict = "linearizable"
+    else:
+        verdict = "NOT linearizable" if r["nonlinearizable_keys"] else "UNDECIDED"
+        if r["nonlinearizable_keys"]:
+            verdict += f" (keys {', '.join(r['nonlinearizable_keys'])})"
+        if r["undecided_keys"]:
+            verdict += (f"; search budget exhausted on {', '.join(r['undecided_keys'])}: "
+                        "not a pass")
     lines = [
         f"{result['faults']} faults on {result['nodes']} nodes, one every "
         f"{result['interval_s']:g} s" + (f"; skipped: {', '.join(result['skipped'])}"
@@ -667,10 +810,20 @@ def format_report(result: dict) -> str:
         "{recovered}, unexpected {unexpected}, unread {unread}".format(
             attempted=s["attempted"], acknowledged=s["acknowledged"], lost=len(s["lost"]),
             recovered=s["recovered"], unexpected=len(s["unexpected"]), unread=len(s["unread"])),
-        f"register: {r['reads']} reads, {r['stale']} stale, {r['unexpected']} unexpected",
-        "",
-        f"{'fault':<26}{'events':>7}{'ops':>8}{'ok':>8}{'ok %':>7}",
+        f"register: {r['ops']} ops on {r['keys']} keys ({r['writes_acknowledged']} writes "
+        f"acknowledged, {r['writes_indeterminate']} indeterminate, {r['reads']} reads, "
+        f"{r['reads_failed']} failed): {verdict}; stale reads {r['stale']}, went back "
+        f"{r['went_back']}, future {r['future']}",
     ]
+    for example in r["counterexamples"][:2]:
+        lines.append(f"  counterexample: {json.dumps(example)[:1500]}")
+    for anomaly in r["anomalies"][:3]:
+        lines.append(f"  anomaly: {json.dumps(anomaly)}")
+    for problem in result.get("nemesis_problems", []):
+        lines.append(f"nemesis: {problem}")
+    for warning in result.get("nemesis_warnings", []):
+        lines.append(f"nemesis (warning): {warning}")
+    lines += ["", f"{'fault':<26}{'events':>7}{'ops':>8}{'ok':>8}{'ok %':>7}"]
     rows = dict(result["availability"])
     rows["(no fault)"] = {"events": 0, **result["healthy_ok"]}
     for kind, row in rows.items():
@@ -683,7 +836,7 @@ def format_report(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
-    parser.add_argument("--faults", type=int, default=24, help="fault events (default 24)")
+    parser.add_argument("--faults", type=int, default=30, help="fault events (default 30)")
     parser.add_argument("--interval", type=float, default=10.0,
                         help="seconds between faults; each is held 70%% of it (default 10)")
     parser.add_argument("--nodes", type=int, default=5)

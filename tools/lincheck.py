@@ -20,18 +20,34 @@ its invoke). A failed read tells nothing and is ignored.
 
 Written values must be unique per key (the workloads make them so); ``None`` (absent or
 deleted) may recur.
+
+How the search stays small: a write that was not acknowledged and whose value nobody read
+is left out (it can always take effect last, which for a register is the same as never);
+one whose value was read must take effect before the first of those reads completed, so
+that instant serves as its completion. The key's history is then cut where no operation is
+open (all before the cut completed before any after it began): every linearization orders
+the pieces one after the other, so the search state is (piece, operations of the piece
+linearized, value), whose sets stay small however long the history. And a read that may
+take effect next and sees the register's value is taken at once, without trying the other
+choices: moving a read to the front of any linearization that follows keeps it one.
+
+A real-time anomaly always means the history is not linearizable; a history that is not
+may show none (e.g. reads in a row seeing two concurrent writes' values as a, b, a).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Op", "check_linearizable", "real_time_anomalies", "summarize"]
+__all__ = ["Op", "KeyVerdict", "check_key", "check_linearizable", "real_time_anomalies",
+           "summarize"]
 
 INFINITY = math.inf
+DEFAULT_MAX_STATES = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,132 +69,206 @@ class Op:
 class KeyVerdict:
     key: str
     linearizable: bool
-    ops: int
-    searched: int                 # states the search visited
+    ops: int                      # ops that constrain the order (see ``_relevant``)
+    searched: int                 # search states visited
     stuck_at: Op | None = None    # the first op the longest linearization could not pass
     prefix: int = 0               # ops in that longest linearization
     exhausted: bool = False       # gave up after ``max_states``: no verdict
+    counterexample: dict = field(default_factory=dict)   # when not linearizable
 
 
-def _relevant(ops: Sequence[Op]) -> list[Op]:
-    """Ops that constrain the order: acknowledged ones, and unacknowledged writes whose value
-    some acknowledged read returned (one that nobody read can always take effect last, which
-    for a register is the same as never)."""
-    read_values = {op.value for op in ops if op.f == "read" and op.acknowledged}
+@dataclass(slots=True)
+class _Piece:
+    """Ops of one key that no cut separates, sorted by invoke."""
+    ops: list[Op]
+    invokes: list[float]
+    deadlines: list[float]        # by when each must have taken effect (inf: never needed)
+    by_deadline: list[int]        # indexes of the required ops, earliest deadline first
+    rank: list[int]               # each op's place in by_deadline (-1: not required)
+    required: int                 # bit mask of by_deadline: all the required ops
+
+
+def _relevant(ops: Sequence[Op]) -> list[tuple[Op, float]]:
+    """The ops that constrain the order, each with the time by which it must have taken
+    effect: an acknowledged op its completion; an unacknowledged write whose value an
+    acknowledged read returned, the earliest completion of such a read (it must precede
+    them all); an unacknowledged delete, when some read returned None, never (it may
+    explain such a read, or not). Other unacknowledged writes can always take effect last
+    (for a register the same as never) and are left out; so are reads without an answer."""
+    first_read: dict[object, float] = {}
+    none_read = False
+    for op in ops:
+        if op.f == "read" and op.acknowledged:
+            if op.value is None:
+                none_read = True
+            else:
+                first_read[op.value] = min(first_read.get(op.value, INFINITY), op.complete)
     kept = []
     for op in ops:
         if op.acknowledged:
-            kept.append(op)
-        elif op.f == "write" and op.value in read_values:
-            kept.append(op)
+            kept.append((op, max(op.complete, op.invoke)))
+        elif op.f != "write":
+            continue
+        elif op.value is None:
+            if none_read:
+                kept.append((op, INFINITY))
+        elif op.value in first_read:
+            kept.append((op, max(first_read[op.value], op.invoke)))
     return kept
 
 
+def _pieces(entries: list[tuple[Op, float]]) -> list[_Piece]:
+    """Cut where every op so far must have taken effect before the next one begins (an op
+    beginning exactly then counts as concurrent: the generous reading)."""
+    entries = sorted(entries, key=lambda e: (e[0].invoke, e[1]))
+    groups: list[list[tuple[Op, float]]] = []
+    horizon = -INFINITY
+    for op, deadline in entries:
+        if not groups or op.invoke > horizon:
+            groups.append([])
+            horizon = -INFINITY
+        groups[-1].append((op, deadline))
+        horizon = max(horizon, deadline)
+    pieces = []
+    for group in groups:
+        deadlines = [d for _, d in group]
+        by_deadline = sorted((i for i, d in enumerate(deadlines) if d != INFINITY),
+                             key=deadlines.__getitem__)
+        rank = [-1] * len(group)
+        for place, i in enumerate(by_deadline):
+            rank[i] = place
+        pieces.append(_Piece([op for op, _ in group], [op.invoke for op, _ in group],
+                             deadlines, by_deadline, rank, (1 << len(by_deadline)) - 1))
+    return pieces
+
+
 def check_key(key: str, ops: Sequence[Op], initial: object = None,
-              max_states: int = 2_000_000) -> KeyVerdict:
-    """Wing-Gong-Lowe search over one key's ops (see the module docstring)."""
-    ops = _relevant(ops)
-    if not ops:
-        return KeyVerdict(key, True, 0, 0)
-    # events: (time, 0 = call / 1 = return, op index); a call sorts before a return at the
-    # same instant, so two ops that touch in time count as concurrent (the generous reading)
-    events: list[tuple[float, int, int]] = []
-    for index, op in enumerate(ops):
-        events.append((op.invoke, 0, index))
-        if op.acknowledged:
-            events.append((op.complete, 1, index))
-    events.sort()
-    size = len(events)
-    # a doubly linked list over the events (-1 ends it), behind a head sentinel ``size``
-    head = size
-    nxt = [position + 1 for position in range(size)] + [0]
-    nxt[size - 1] = -1
-    prv = [head] + list(range(size - 1)) + [-1]
-    call_at = [0] * len(ops)
-    return_at = [-1] * len(ops)
-    for position, (_, kind, index) in enumerate(events):
-        if kind == 0:
-            call_at[index] = position
-        else:
-            return_at[index] = position
-
-    def unlink(position: int) -> None:
-        before, after = prv[position], nxt[position]
-        nxt[before] = after
-        if after != -1:
-            prv[after] = before
-
-    def relink(position: int) -> None:
-        before, after = prv[position], nxt[position]
-        nxt[before] = position
-        if after != -1:
-            prv[after] = position
-
-    remaining = sum(1 for op in ops if op.acknowledged)
-    state = initial
-    linearized = 0
-    cache: set[tuple[int, object]] = {(0, initial)}
-    stack: list[tuple[int, object]] = []     # (op index, state before it)
-    entry = nxt[head]
+              max_states: int = DEFAULT_MAX_STATES) -> KeyVerdict:
+    """Wing-Gong-Lowe search over one key's ops (see the module docstring): a depth-first
+    search for a path through states (piece, ops of it linearized, register value), each
+    state visited once."""
+    pieces = _pieces(_relevant(ops))
+    total = sum(len(p.ops) for p in pieces)
+    done_before = [0]
+    for piece in pieces:
+        done_before.append(done_before[-1] + len(piece.ops))
+    start = (0, 0, initial)
+    parent: dict[tuple, tuple | None] = {start: None}   # the state we came from, and the op
+    # each entry: a state, and the same ops linearized as a mask over the piece's by_deadline
+    stack: list[tuple[tuple, int]] = [(start, 0)]
     searched = 0
-    best_prefix, stuck_at = 0, None
-    while remaining:
+    deepest, deepest_rank = start, (0, 0)
+    while stack:
+        state, done = stack.pop()
         searched += 1
+        index, mask, value = state
+        if index == len(pieces):
+            return KeyVerdict(key, True, total, searched, prefix=total)
         if searched > max_states:
-            return KeyVerdict(key, False, len(ops), searched, stuck_at, best_prefix,
-                              exhausted=True)
-        if entry != -1:
-            _, kind, index = events[entry]
-        else:  # past the last event with an acknowledged op still open: undo a choice
-            kind, index = 1, stack[-1][0] if stack else 0
-        if kind == 0:
-            op = ops[index]
-            if op.f == "write":
-                ok, new_state = True, op.value
-            else:
-                ok, new_state = op.value == state, state
-            if ok:
-                bit = 1 << index
-                marker = (linearized | bit, new_state)
-                if marker not in cache:
-                    cache.add(marker)
-                    stack.append((index, state))
-                    state = new_state
-                    linearized |= bit
-                    unlink(call_at[index])
-                    if return_at[index] != -1:
-                        unlink(return_at[index])
-                        remaining -= 1
-                    if len(stack) > best_prefix:
-                        best_prefix, stuck_at = len(stack), None
-                    entry = nxt[head]
-                    continue
-            entry = nxt[entry]
+            verdict = KeyVerdict(key, False, total, searched, exhausted=True)
+            _explain(verdict, pieces, parent, deepest, done_before)
+            return verdict
+        piece = pieces[index]
+        rank = (index, mask.bit_count())
+        if rank > deepest_rank:
+            deepest, deepest_rank = state, rank
+        if done == piece.required:
+            _push((index + 1, 0, value), 0, state, None, parent, stack)
             continue
-        # a return whose op is not linearized yet: undo the last choice
-        if len(stack) == best_prefix and stuck_at is None:
-            stuck_at = ops[index]
-        if not stack:
-            return KeyVerdict(key, False, len(ops), searched, stuck_at or ops[index],
-                              best_prefix)
-        index, state = stack.pop()
-        linearized &= ~(1 << index)
-        if return_at[index] != -1:
-            relink(return_at[index])
-            remaining += 1
-        relink(call_at[index])
-        entry = nxt[call_at[index]]
-    return KeyVerdict(key, True, len(ops), searched)
+        # the earliest deadline of an op not linearized yet: only ops invoked by then may
+        # take effect next
+        due = piece.deadlines[piece.by_deadline[_lowest_zero(done)]]
+        candidates = []
+        free = ~mask & ((1 << bisect.bisect_right(piece.invokes, due)) - 1)
+        while free:
+            lowest = free & -free
+            free ^= lowest
+            i = lowest.bit_length() - 1
+            op = piece.ops[i]
+            if op.f == "read" and op.value != value:
+                continue
+            child = (index, mask | 1 << i, op.value if op.f == "write" else value)
+            place = piece.rank[i]
+            candidates.append((child, done | 1 << place if place >= 0 else done, i))
+            if op.f == "read":
+                # a read that may take effect now and sees the value: taking it now loses
+                # no linearization (move it to the front of any), so it is the only choice
+                candidates = candidates[-1:]
+                break
+        for child, child_done, i in reversed(candidates):   # the earliest invoked first
+            _push(child, child_done, state, i, parent, stack)
+    verdict = KeyVerdict(key, False, total, searched)
+    _explain(verdict, pieces, parent, deepest, done_before)
+    return verdict
+
+
+def _lowest_zero(mask: int) -> int:
+    return ((mask + 1) & ~mask).bit_length() - 1
+
+
+def _push(child: tuple, done: int, state: tuple, op_index: int | None, parent: dict,
+          stack: list) -> None:
+    if child not in parent:
+        parent[child] = (state, op_index)
+        stack.append((child, done))
+
+
+def _explain(verdict: KeyVerdict, pieces: list[_Piece], parent: dict, deepest: tuple,
+             done_before: list[int]) -> None:
+    """The counterexample: the piece of history the longest linearization could not get
+    through, the values the register could hold when it began, the order found so far in
+    it and the op whose completion came before it could take effect."""
+    index, mask, value = deepest
+    piece = pieces[index]
+    order = []
+    state = deepest
+    while state is not None and state[0] == index and parent[state] is not None:
+        state, op_index = parent[state]
+        if op_index is not None:
+            order.append(piece.ops[op_index])
+    order.reverse()
+    starts = sorted({s[2] for s in parent if s[0] == index and s[1] == 0}, key=repr)
+    waiting = [i for i in piece.by_deadline if not mask >> i & 1]   # by deadline
+    stuck = piece.ops[waiting[0]] if waiting else None
+    verdict.stuck_at = stuck
+    verdict.prefix = done_before[index] + mask.bit_count()
+    verdict.counterexample = {
+        "key": verdict.key,
+        "values_before": starts[:10],
+        "linearized": [describe(op) for op in order[-10:]],
+        "value_then": value,
+        "stuck_at": describe(stuck),
+        "not_linearized": [describe(piece.ops[i]) for i in range(len(piece.ops))
+                           if not mask >> i & 1][:10],
+        "piece_ops": len(piece.ops),
+    }
 
 
 def check_linearizable(ops: Iterable[Op], initial: object = None,
-                       max_states: int = 2_000_000) -> dict[str, KeyVerdict]:
+                       max_states: int = DEFAULT_MAX_STATES) -> dict[str, KeyVerdict]:
     """Each key's verdict (see ``check_key``)."""
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_key[op.key].append(op)
     return {key: check_key(key, key_ops, initial, max_states)
             for key, key_ops in sorted(by_key.items())}
+
+
+def _prefix_best(items: list[tuple[float, float, Op]]) -> tuple[list[float], list]:
+    """``items`` (time, score, op) sorted by time: the times, and for each prefix the item
+    with the greatest score (ties: the earliest)."""
+    items.sort(key=lambda item: item[0])
+    times, best = [], []
+    for item in items:
+        times.append(item[0])
+        best.append(item if not best or item[1] > best[-1][1] else best[-1])
+    return times, best
+
+
+def _best_before(times: list[float], best: list, at: float):
+    """The best item among those whose time is strictly before ``at`` (None: none)."""
+    count = bisect.bisect_left(times, at)
+    return best[count - 1] if count else None
 
 
 def real_time_anomalies(ops: Iterable[Op]) -> list[dict]:
@@ -188,55 +278,62 @@ def real_time_anomalies(ops: Iterable[Op]) -> list[dict]:
         by_key[op.key].append(op)
     found: list[dict] = []
     for key, key_ops in sorted(by_key.items()):
-        writes: dict[object, Op] = {}
-        for op in key_ops:
-            if op.f == "write" and op.value is not None:
-                writes[op.value] = op
-        acked_writes = [w for w in key_ops if w.f == "write" and w.acknowledged]
-        deletes = [w for w in key_ops if w.f == "write" and w.value is None]
-        reads = sorted((r for r in key_ops if r.f == "read" and r.acknowledged),
-                       key=lambda r: r.invoke)
+        writes = {op.value: op for op in key_ops if op.f == "write" and op.value is not None}
+        deletes = [op for op in key_ops if op.f == "write" and op.value is None]
+        reads = sorted((op for op in key_ops if op.f == "read" and op.acknowledged),
+                       key=lambda op: op.invoke)
+        acked = [op for op in key_ops if op.f == "write" and op.acknowledged]
+        # acknowledged writes by completion, with the latest invoke so far: the newest
+        # write that certainly took effect after another one, before a read began
+        any_times, any_best = _prefix_best([(w.complete, w.invoke, w) for w in acked])
+        value_times, value_best = _prefix_best([(w.complete, w.invoke, w) for w in acked
+                                                if w.value is not None])
+        # reads by completion, with the latest invoke of the write of what they returned
+        read_times, read_best = _prefix_best([(r.complete, writes[r.value].invoke, r)
+                                              for r in reads if r.value in writes])
         for read in reads:
             source = writes.get(read.value) if read.value is not None else None
             if read.value is not None and (source is None or source.invoke > read.complete):
                 found.append({"anomaly": "future", "key": key, "read": read.value,
                               "at": read.invoke, "process": read.process})
                 continue
-            # a write acknowledged before the read began, after every write the read's
-            # value could come from had been acknowledged
-            for newer in acked_writes:
-                if newer.complete >= read.invoke or newer.value == read.value:
-                    continue
-                if read.value is not None:
-                    precedes = source.acknowledged and source.complete < newer.invoke
-                else:   # absent: the initial state, or any delete that may follow newer
-                    precedes = all(d.acknowledged and d.complete < newer.invoke
-                                   for d in deletes if d.invoke < read.complete)
-                if precedes:
-                    found.append({"anomaly": "stale", "key": key, "read": read.value,
-                                  "newer": newer.value, "newer_acked_at": newer.complete,
-                                  "at": read.invoke, "process": read.process})
-                    break
-        # monotonic reads: a later read must not return a value whose write precedes, in
-        # real time, the write of a value an earlier read returned
-        for earlier in reads:
-            first = writes.get(earlier.value)
-            if first is None:
-                continue
-            for later in reads:
-                if later.invoke <= earlier.complete or later.value == earlier.value:
-                    continue
-                older = writes.get(later.value) if later.value is not None else None
-                if older is not None and older.acknowledged and older.complete < first.invoke:
-                    found.append({"anomaly": "went-back", "key": key, "read": later.value,
-                                  "after_reading": earlier.value, "at": later.invoke,
-                                  "process": later.process})
-                    break
+            # the latest moment the value read can have been written: a write's
+            # acknowledgement, or (None) the initial state's, or the last delete's
+            settled = _settled_at(read, source, deletes)
+            if settled is None:
+                continue   # it may have taken effect any time: no real-time bound
+            times, best = (any_times, any_best) if read.value is not None else \
+                (value_times, value_best)
+            newer = _best_before(times, best, read.invoke)
+            if newer is not None and newer[1] > settled:
+                found.append({"anomaly": "stale", "key": key, "read": read.value,
+                              "newer": newer[2].value, "newer_acked_at": newer[0],
+                              "at": read.invoke, "process": read.process})
+            # monotonic reads: a read that ended before this one began returned a value
+            # whose write began after the write of ours was acknowledged
+            earlier = _best_before(read_times, read_best, read.invoke)
+            if earlier is not None and earlier[1] > settled:
+                found.append({"anomaly": "went-back", "key": key, "read": read.value,
+                              "after_reading": earlier[2].value, "at": read.invoke,
+                              "process": read.process})
     return sorted(found, key=lambda a: a["at"])
 
 
-def summarize(ops: Sequence[Op], max_states: int = 2_000_000) -> dict:
-    """Both checks of one history: the linearizability verdict per key and the anomalies."""
+def _settled_at(read: Op, source: Op | None, deletes: list[Op]) -> float | None:
+    """By when the value ``read`` returned was certainly written (None: an unacknowledged
+    write or delete may have put it there at any later time)."""
+    if source is not None:
+        return source.complete if source.acknowledged else None
+    possible = [d for d in deletes if d.invoke <= read.complete]
+    if any(not d.acknowledged for d in possible):
+        return None
+    return max((d.complete for d in possible), default=-INFINITY)
+
+
+def summarize(ops: Sequence[Op], max_states: int = DEFAULT_MAX_STATES) -> dict:
+    """Both checks of one history: the linearizability verdict per key and the anomalies.
+    ``linearizable`` is True only if every key was shown linearizable: a key whose search
+    ran out of ``max_states`` is undecided, listed apart, never a pass."""
     verdicts = check_linearizable(ops, max_states=max_states)
     failed = [v for v in verdicts.values() if not v.linearizable]
     anomalies = real_time_anomalies(ops)
@@ -245,8 +342,8 @@ def summarize(ops: Sequence[Op], max_states: int = 2_000_000) -> dict:
         "linearizable": not failed,
         "nonlinearizable_keys": [v.key for v in failed if not v.exhausted],
         "undecided_keys": [v.key for v in failed if v.exhausted],
-        "counterexamples": [{"key": v.key, "linearized_ops": v.prefix,
-                             "stuck_at": _describe(v.stuck_at)} for v in failed[:5]],
+        "counterexamples": [v.counterexample for v in failed if not v.exhausted][:5],
+        "searched": sum(v.searched for v in verdicts.values()),
         "stale": sum(a["anomaly"] == "stale" for a in anomalies),
         "went_back": sum(a["anomaly"] == "went-back" for a in anomalies),
         "future": sum(a["anomaly"] == "future" for a in anomalies),
@@ -254,7 +351,7 @@ def summarize(ops: Sequence[Op], max_states: int = 2_000_000) -> dict:
     }
 
 
-def _describe(op: Op | None) -> dict | None:
+def describe(op: Op | None) -> dict | None:
     if op is None:
         return None
     return {"f": op.f, "value": op.value, "invoke": op.invoke, "complete": op.complete,
