@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zring.errors import (
+    ClockSkew,
     Forbidden,
     InvalidRequest,
     MembershipConflict,
@@ -22,6 +23,7 @@ from zring.errors import (
     StorageError,
     Timeout,
     Unavailable,
+    VersionConflict,
     ZringError,
 )
 
@@ -43,11 +45,12 @@ _LAZY = {
 }
 
 __all__ = [
-    "AsyncClient", "Client", "ClientKeys", "ClusterStatus", "DeleteResult", "Forbidden",
+    "AsyncClient", "Client", "ClientKeys", "ClockSkew", "ClusterStatus", "DeleteResult",
+    "Forbidden",
     "GetResult", "HashRing",
     "InvalidRequest", "MemberInfo", "MembershipConflict", "MembershipResult", "NotMember",
     "ProtocolError", "PutResult", "RingNode", "RingState", "StorageError", "Timeout",
-    "Unavailable", "ZringError", "__version__",
+    "Unavailable", "VersionConflict", "ZringError", "__version__",
 ]
 
 if TYPE_CHECKING:
