@@ -262,12 +262,22 @@ def field_values(ctx: FuzzContext) -> dict[str, st.SearchStrategy]:
         "address": st.sampled_from(ctx.addresses), "seed": st.sampled_from(ctx.addresses),
         "graceful": st.booleans(), "records": st.lists(_record_wires(), max_size=4),
         "intervals": _intervals(), "keys": st.lists(st.one_of(_KEYS, _SCALARS), max_size=8),
-        "items": st.lists(st.one_of(st.tuples(_KEYS, _BYTES).map(list), _ANY), max_size=6),
+        "items": st.lists(st.one_of(st.tuples(_KEYS, _BYTES).map(list),
+                                    st.tuples(_KEYS, _BYTES, _stamps_now()).map(list), _ANY),
+                          max_size=6),
         "action": st.one_of(st.sampled_from(("add", "remove", "weight", "leave")), _TEXT),
         "weight": st.one_of(st.none(), _FLOATS, _INTS),
         "member": member_records(ctx), "members": st.lists(member_records(ctx), max_size=6),
         "messages": st.lists(st.one_of(_ANY, _batch_inner(ctx)), max_size=6),
+        # write stamps: tiny (older than anything held), now-ish, or from the far future
+        "ts": st.one_of(st.none(), ints, _stamps_now()), "writer": st.one_of(st.none(), _TEXT),
+        "cond": st.booleans(),
     }
+
+
+def _stamps_now() -> st.SearchStrategy[int]:
+    """Hybrid-clock timestamps near this machine's clock (within the nodes' offset)."""
+    return st.integers(-400, 400).map(lambda ms: (int(time.time() * 1000) + ms) << 16)
 
 
 def _batch_inner(ctx: FuzzContext) -> st.SearchStrategy:

@@ -14,7 +14,8 @@ from cluster import ROOT
 
 from zring.localcluster import load_tool
 
-pytestmark = pytest.mark.integration
+# about 70 s: in .ci/run's longer tier (pytest -m slow), not the README's test command
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JEPSEN = ROOT / "tools" / "jepsen.py"
 

@@ -22,6 +22,7 @@ from zring.errors import (
     ProtocolError,
     Timeout,
     Unavailable,
+    VersionConflict,
     ZringError,
 )
 from zring.protocol import Message, MsgType, decode, encode
@@ -300,6 +301,39 @@ def test_error_reply_raises_its_exception_without_retrying(net, code, error):
         asyncio.run(client.get("k"))
     assert type(raised.value) is error and raised.value.details == {"needed": 2}
     assert len(net.sent_to(A)) == 1 and net.sent_to(B) == []
+
+
+def conflicting_once(all_refused: bool, held_ts: int):
+    """A node that refuses the first PUT for a newer version held, then takes writes."""
+    refused: list[int] = []
+
+    def behaviour(request: Message):
+        if request.type == MsgType.PUT and not refused:
+            refused.append(request.body["ts"])
+            return [(0, encode(Message(MsgType.ERROR, request.request_id, {
+                "code": "version_conflict", "message": "held newer",
+                "details": {"held": [held_ts, "other"], "all_refused": all_refused}})))]
+        return healthy(request)
+    return behaviour
+
+
+@pytest.mark.parametrize("all_refused", [True, False])
+def test_a_refused_write_is_stamped_again_only_if_it_was_applied_nowhere(net, all_refused):
+    held = (int(time.time() * 1000) + 50) << 16
+    net.behaviours[A] = conflicting_once(all_refused, held)
+    client = client_on(A)
+
+    async def main():
+        async with client:
+            return await client.put("k", b"v")
+    if all_refused:
+        assert asyncio.run(main()).success
+        first, second = (m.body["ts"] for m in net.sent_to(A))
+        assert first < held < second
+    else:
+        with pytest.raises(VersionConflict):
+            asyncio.run(main())
+        assert len(net.sent_to(A)) == 1
 
 
 def test_silence_resends_to_the_next_seed_and_drops_the_silent_socket(net):

@@ -184,6 +184,18 @@ def test_a_node_restarted_with_its_clock_far_ahead_stamps_nothing_from_the_futur
     assert max(c.clock.last for c in sim.cores.values()) < int((sim.now + 1) * 1000) << 16
 
 
+def test_a_wall_clock_stepped_back_does_not_silence_the_node():
+    sim = cluster_of(3)
+    address = sim.node("node1").config.address
+    sim.offsets[address] = 20.0   # ran 20 s ahead...
+    sim.run(2.0)
+    sim.offsets[address] = 0.0    # ...then NTP stepped it back
+    sim.run(5.0)   # its timers were set by the fast clock: they keep the time they had left
+    for peer in ("node2", "node3"):
+        assert sim.node(peer).members.liveness("node1", sim.now).value == "up"
+    assert put(sim, "node1", "k", b"v", Stamps(sim).next()).type == MsgType.OK
+
+
 # ---------------------------------------------------------------- a forming cluster
 
 
