@@ -377,24 +377,24 @@ class SQLiteStore(Store):
 
     @_translating_errors
     def write_if_newer(self, items: list) -> list[list | None]:
-        """See ``Store.write_if_newer``: one read of the held versions, then one upsert of
-        the records taken (the upsert's own last-writer-wins check stays as a guard)."""
+        """See ``Store.write_if_newer``. The upsert's own last-writer-wins check decides;
+        only when it changed fewer rows than it was given (some refused, or resent) are the
+        held versions read back to say which: the common case costs no read."""
         rows, _ = _wire_rows(items)
+        with self._transaction():
+            self._cursor.executemany(_UPSERT, rows)
+            changed = self._cursor.rowcount
+        if changed == len(rows):
+            return [None] * len(rows)
+        # held now: the newer of what was there and what came (a later write of the same
+        # key in this batch supersedes an earlier one, which then counts as refused)
         held = {wire[0]: (wire[2], wire[3]) for wire in self.get_wire_many(
             [row[0] for row in rows]) if wire is not None}
         answers: list[list | None] = []
-        taken = []
-        for row in rows:
-            key, version = row[0], (row[2], row[3])
+        for key, _, timestamp, writer, _ in rows:
             newest = held.get(key)
-            if newest is not None and newest > version:
-                answers.append(list(newest))
-                continue
-            answers.append(None)
-            if newest != version:   # equal: a resent write, taken already
-                held[key] = version
-                taken.append(row)
-        self._upsert_rows(taken)
+            answers.append(list(newest) if newest is not None and newest > (timestamp, writer)
+                           else None)
         return answers
 
     def _upsert_rows(self, rows: list[tuple]) -> None:
