@@ -1204,3 +1204,38 @@ def _gc_record(key, position=None):
     return Record(key, b"v", Version(1 << 20, "n"),
                   key_position(key) if position is None else position)
 
+
+
+# ---------------------------------------------------------------- client writes, figures
+
+
+def test_write_if_newer_takes_newer_and_equal_versions_and_names_what_refuses_the_rest(store):
+    assert store.write_if_newer([["a", b"1", 10, "w"], ["b", None, 5, "w"]]) == [None, None]
+    answers = store.write_if_newer([["a", b"old", 9, "w"],    # older than held: refused
+                                    ["a", b"1", 10, "w"],     # the same write again: taken
+                                    ["b", b"2", 6, "w"],      # newer than the tombstone
+                                    ["c", b"3", 1, "w"]])     # new key
+    assert answers == [[10, "w"], None, None, None]
+    assert store.get("a").value == b"1" and store.get("b").value == b"2"
+    # two writes of one key in a batch: the later (greater) one supersedes the first
+    answers = store.write_if_newer([["d", b"x", 20, "w"], ["d", b"y", 21, "w"]])
+    assert answers[1] is None and store.get("d").value == b"y"
+
+
+def test_figures_stay_exact_through_every_kind_of_write(store):
+    def counted():
+        live = [k for k in store.keys()]
+        everything = list(store.keys(include_tombstones=True))
+        size = sum(len(k.encode()) + len(r.value or b"") for k in everything
+                   if (r := store.get(k)) is not None)
+        return len(live), len(everything) - len(live), size
+    store.write_if_newer([[f"k{i}", b"v" * i, 10, "w"] for i in range(50)])
+    store.put_wire([[f"k{i}", None, 20, "w"] for i in range(0, 50, 3)])   # tombstones
+    store.put_many([record(f"s{i}", b"xyz", 5) for i in range(20)])
+    store.delete_range(0, (1 << 63) - 1)
+    store.purge_tombstones(1 << 40, limit=5)
+    store.delete_keys(["k1", "k2", "nope"])
+    held = store.stats()
+    assert (held.keys, held.tombstones, held.bytes) == counted()
+    assert store.count() == held.keys and store.count(include_tombstones=True) == \
+        held.keys + held.tombstones
