@@ -43,6 +43,7 @@ class SimCluster:
         self.offsets: dict[str, float] = defaultdict(float)  # address -> clock offset (s)
         self.client_replies: dict[int, Message] = {}
         self.next_sync_at: dict[str, float] = {}
+        self._last_ticks: dict[str, float] = {}   # address -> network time of its last tick
         self._queue: list = []
         self._seq = itertools.count()
         self._request_ids = itertools.count(1)
@@ -205,13 +206,17 @@ class SimCluster:
             self._run_core(target, lambda now: core.handle_gossip(frame, now))
 
     def _deadline(self, address: str, core: NodeCore) -> float:
-        """The node's next deadline in network time (it reads its own clock)."""
-        deadline = core.next_deadline() - self.offsets[address]
+        """The node's next deadline in network time (it reads its own clock), at most a
+        second away: server.py's poll waits at most that long (so a clock stepped back
+        cannot put the node to sleep)."""
+        deadline = min(core.next_deadline() - self.offsets[address],
+                       self._last_ticks.get(address, self.now) + 1.0)
         if core.config.fsync == "periodic":
             deadline = min(deadline, self.next_sync_at.get(address, self.now))
         return deadline
 
     def _tick(self, address: str, core: NodeCore) -> None:
+        self._last_ticks[address] = self.now
         self._run_core(address, core.tick)
         if core.config.fsync == "periodic" and self.now >= self.next_sync_at.get(address, 0):
             self.next_sync_at[address] = self.now + core.config.fsync_period_s

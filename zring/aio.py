@@ -405,6 +405,9 @@ class AsyncClient:
         uncertain: set[int] = set()   # items resent after a silence: their fate is unknown
         entries = await self._mput_entries(triples, w, list(range(len(triples))), uncertain)
         for _ in range(_CONFLICT_RETRIES):
+            for entry in entries:
+                if isinstance(entry, dict):
+                    stamps.observe_conflict(entry.get("held"))
             again = restampable(entries, uncertain)
             if not again:
                 break

@@ -1239,3 +1239,23 @@ def test_figures_stay_exact_through_every_kind_of_write(store):
     assert (held.keys, held.tombstones, held.bytes) == counted()
     assert store.count() == held.keys and store.count(include_tombstones=True) == \
         held.keys + held.tombstones
+
+
+def test_a_transaction_sqlite_rolled_back_mid_cycle_fails_the_cycle(tmp_path):
+    # SQLite rolls the whole transaction back after some errors (a full disk, I/O): the
+    # cycle's earlier writes are gone, so its commit must fail, not commit what follows
+    store = SQLiteStore(tmp_path / "store.db")
+    with pytest.raises(StorageError, match="rolled back"):
+        with store.group_commit():
+            store.put(record("a", b"1", 10))
+            store._conn.execute("ROLLBACK")   # as SQLite does by itself
+            store.put(record("b", b"2", 10))
+    with pytest.raises(StorageError, match="rolled back"):
+        with store.group_commit():
+            store.put(record("c", b"3", 10))
+            store._conn.execute("ROLLBACK")
+    assert store.get("a") is None and store.get("c") is None
+    with store.group_commit():   # the next cycle starts afresh
+        store.put(record("d", b"4", 10))
+    assert store.get("d").value == b"4"
+    store.close()

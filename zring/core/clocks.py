@@ -5,10 +5,12 @@ wall clock. With ``sent`` and ``received`` our clock's readings around the excha
 peer's clock was ``peer - (sent + received) / 2`` ahead of ours, give or take half the round
 trip (CockroachDB measures offsets the same way on its RPC heartbeats).
 
-A node whose clock is more than ``0.8 * max_clock_offset_s`` away from more than half of the
-peers it measured lately is the one that is off (the others each see one peer off): it must
-not coordinate writes, nor save its hybrid clock, until it is fixed. A peer whose sample is
-too noisy to tell (half its round trip above a quarter of the maximum) does not count.
+A node whose clock is more than ``max_clock_offset_s`` away from more than half of the peers
+it measured lately is the one that is off (the others each see one peer off): it must not
+coordinate writes until it is fixed. With one peer measured, neither can tell whose clock
+is off, and both stop. A peer whose sample is too noisy to tell (half its round trip above a
+quarter of the maximum, or a round trip that went backwards: a clock stepped meanwhile) does
+not count.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 __all__ = ["ClockOffsets", "OffsetSample", "ClockVerdict"]
 
 SAMPLE_TTL_S = 10.0          # a measurement older than this no longer counts
-FAR_SHARE = 0.8              # of the maximum: beyond it a peer's clock counts as far off
+FAR_SHARE = 1.0              # of the maximum: beyond it a peer's clock counts as far off
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class ClockVerdict:
 
     def describe(self, node_id: str, max_offset_s: float) -> str:
         return (f"{node_id}'s clock is {self.offset_s:+.3f} s from its peers' (median over "
-                f"{self.measured}; {self.far} beyond {FAR_SHARE:.0%} of max_clock_offset_s "
+                f"{self.measured}; {self.far} further off than max_clock_offset_s "
                 f"{max_offset_s:g}): it does not coordinate writes until its clock is fixed "
                 "(run NTP)")
 
@@ -50,9 +52,9 @@ class ClockOffsets:
         self._samples: dict[str, OffsetSample] = {}
 
     def record(self, peer: str, sent: float, received: float, peer_clock: float) -> None:
-        error = max(0.0, received - sent) / 2
-        if error > self.max_offset_s / 4:
-            return  # too slow an exchange to tell (a paused or overloaded peer)
+        error = (received - sent) / 2
+        if not 0 <= error <= self.max_offset_s / 4:
+            return  # too slow an exchange to tell (a paused peer), or our clock stepped
         self._samples[peer] = OffsetSample(peer_clock - (sent + received) / 2, error, received)
 
     def forget(self, peer: str) -> None:

@@ -227,6 +227,7 @@ class NodeCore:
         self._meta_retry_at = 0.0
         self._offsets = ClockOffsets(config.max_clock_offset_s)
         self._clock_ok = True                   # our clock's last verdict, as logged
+        self._verdict: ClockVerdict | None = None   # kept for writes until samples change
         self._next_clock_check_at = now
         detector = PhiAccrualDetector(
             expected_interval_s=config.gossip_interval_s, suspect_phi=config.phi_suspect,
@@ -372,13 +373,12 @@ class NodeCore:
         A seed started fresh does not coordinate until then: writes taken while each seed
         still had a ring of its own would sit on nodes the full ring does not give them to.
         A node that joins (its address is no seed) streams its ranges instead, and a node
-        restarted with peers on record formed before."""
+        restarted with every seed on record (or from before "formed" was saved) formed
+        before."""
         config = self.config
         if config.address not in config.seeds or self.store.get_meta("formed"):
             return True
-        if any(m.node_id != config.node_id for m in self._saved_members()):
-            return True
-        return not self._seeds_missing()
+        return not self._seeds_missing()   # restarted with every seed on record
 
     def _seeds_missing(self) -> list[str]:
         """Seeds we have not met yet (met: a member that owns ranges, or did and left)."""
@@ -641,7 +641,9 @@ class NodeCore:
             wires = None
         effects: list[Effect] = []
         results = read.batch.results
-        bound = timestamp_bound(now, self.config.max_clock_offset_s)
+        # a clock from the future is refused (ours off: it cannot tell)
+        bound = timestamp_bound(now, self.config.max_clock_offset_s) if self._clock_ok \
+            else 1 << 64
         for position, index in enumerate(indexes):
             if results[index] is not None or index not in read.replies:
                 continue  # answered, or already handed to the single-key path
@@ -668,9 +670,11 @@ class NodeCore:
         wires = list(replies.values())
         first = wires[0]
         if any(w is None or first is None or w[2] != first[2] or w[3] != first[3]
-               for w in wires[1:]):
-            # the replicas disagree: the single-key path writes the newest back to a write
-            # quorum before it answers (rare: a write in flight or one that partly failed)
+               for w in wires[1:]) or (first is not None and not self._sticks(
+                   key_position(first[0]), len(read.replicas[index]), replies)):
+            # the replicas disagree (or agree only in one ring of a change): the single-key
+            # path writes the newest back to a write quorum before it answers (rare: a
+            # write in flight or one that partly failed)
             del read.replies[index]
             return self._single(read.batch, index, read.request(index), now)
         body = self._with_ring_hint(_wire_read_body(first, list(replies)),
@@ -840,6 +844,10 @@ class NodeCore:
             wire = write.wires[index]
             body = self._put_body([wire[2], wire[3]], acks, write.replicas[index])
             return self._fill_result(write.batch, index, body)
+        refused = write.refused.get(index, 0)
+        if refused and not acks and write.waiting[index] and \
+                refused == len(write.replicas[index]) - write.waiting[index]:
+            return []   # refused so far: the others may refuse too (applied nowhere)
         if len(acks) + write.waiting[index] < write.quorum:
             failure = self._write_failure(
                 write.items[index][0], write.quorum, acks, [], write.newer.get(index),
@@ -1305,7 +1313,9 @@ class NodeCore:
         """Refuse to coordinate writes while our clock is off (measured against our
         peers'); returns the greatest timestamp a write may carry. ``legacy``: the write
         has no client timestamp, so ours stamps it: only with a clock checked already."""
-        verdict = self._clock_verdict(now)
+        verdict = self._verdict
+        if verdict is None:   # new samples or a clock check since: judged again
+            verdict = self._verdict = self._clock_verdict(now)
         if not verdict.ok:
             self.stats["writes_refused_clock"] += 1
             raise ClockSkew(verdict.describe(self.config.node_id,
@@ -1454,6 +1464,9 @@ class NodeCore:
                 op.answered = True
                 body = self._put_body(list(op.record.version), op.acks, op.sets[0])
                 effects.append(Reply(op.route, Message(MsgType.OK, op.request_id, body)))
+            elif not possible and op.refused == len(op.failed) and not op.acks and \
+                    len(op.failed) < len(op.counted):
+                pass   # refused so far: the others may refuse too (then it was applied nowhere)
             elif not possible:
                 op.answered = True
                 effects.append(Reply(op.route, _error(op.request_id, self._write_failure(
@@ -1555,7 +1568,7 @@ class NodeCore:
         wire = reply.body.get("record")
         try:
             record = None if wire is None else record_from_wire(wire)
-            if record is not None:
+            if record is not None and self._clock_ok:   # ours off: it cannot tell
                 self._check_peer_timestamp(record.version.timestamp, now)
         except (ProtocolError, ClockSkew):
             return self._on_read_reply(op_id, node_id, False, None, now)
@@ -1581,8 +1594,9 @@ class NodeCore:
                     return effects
         if len(op.replies) >= op.needed:
             newest = _newest(op.replies.values())
-            if newest is not None and any(r is None or r.version != newest.version
-                                          for r in op.replies.values()):
+            if newest is not None and (
+                    any(r is None or r.version != newest.version for r in op.replies.values())
+                    or not self._sticks(newest.position, len(op.replicas), op.replies)):
                 return effects + self._write_back(op_id, op, newest, now)
             return effects + self._answer_read(op_id, op, newest)
         if len(op.counted) - len(op.failed) < op.needed:
@@ -1593,6 +1607,16 @@ class NodeCore:
                 f"read reached {len(op.replies)} of r={op.needed} replicas "
                 f"({', '.join(op.failed)} failed)"))))
         return effects
+
+    def _sticks(self, position: int, n: int, holders) -> bool:
+        """Replicas that agree on a value hold it in a write quorum of every ring a later
+        read may use: always when no ring change is under way (R replicas of the one ring
+        are a quorum); during one, they must be in each ring's preference list too, or a
+        read by the other ring could miss it."""
+        if self._previous_ring is None and self._future_ring() is None:
+            return True
+        return _quorum_in_each(self._write_sets(position, n), set(holders),
+                               self.config.write_quorum)
 
     def _answer_read(self, op_id: int, op: _Quorum, newest: Record | None) -> list[Effect]:
         op.answered = True
@@ -2786,6 +2810,7 @@ class NodeCore:
         """Ask every live peer for its clock (CockroachDB measures offsets on its RPC
         heartbeats the same way), and say so when ours is off, or fixed."""
         self._next_clock_check_at = now + self.config.clock_check_interval_s
+        self._verdict = None   # liveness and sample ages moved on
         effects: list[Effect] = []
         for peer in self._up_peers(now):
             effects += self._call(peer, MsgType.CLOCK, {},
@@ -2810,6 +2835,7 @@ class NodeCore:
             reply.type == MsgType.OK else None
         if type(peer_clock) in (int, float) and peer_clock == peer_clock:  # not NaN
             self._offsets.record(node_id, sent, now, float(peer_clock))
+            self._verdict = None
         return []
 
     def _on_clock(self, route, message: Message, now: float) -> list[Effect]:
@@ -3325,11 +3351,12 @@ def _merge_intervals(intervals: list[Interval]) -> list[Interval]:
 
 
 def _error_entry(exc: ZringError) -> dict:
-    """One key's error in a batch's results (a conflict's held version with it)."""
+    """One key's error in a batch's results (a conflict's held version, and whether every
+    replica refused it, with it)."""
     entry = {"error": exc.code, "message": exc.message or str(exc)}
-    held = exc.details.get("held")
-    if held is not None:
-        entry["held"] = held
+    for name in ("held", "all_refused"):
+        if name in exc.details:
+            entry[name] = exc.details[name]
     return entry
 
 

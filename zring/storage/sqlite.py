@@ -312,6 +312,7 @@ class SQLiteStore(Store):
             raise self._storage_error(exc) from exc
         self._cursor = self._conn.cursor()  # reused: saves a cursor object per call
         self._batch_depth = 0
+        self._batch_began = False   # the current group commit opened its transaction
         try:
             self._configure(synchronous)
             self._open_schema()
@@ -381,9 +382,8 @@ class SQLiteStore(Store):
         only when it changed fewer rows than it was given (some refused, or resent) are the
         held versions read back to say which: the common case costs no read."""
         rows, _ = _wire_rows(items)
-        with self._transaction():
-            self._cursor.executemany(_UPSERT, rows)
-            changed = self._cursor.rowcount
+        self._upsert_rows(rows)
+        changed = self._cursor.rowcount   # for executemany, the rows of every run
         if changed == len(rows):
             return [None] * len(rows)
         # held now: the newer of what was there and what came (a later write of the same
@@ -688,6 +688,8 @@ class SQLiteStore(Store):
         # The transaction opens at the batch's first write (_transaction): a poll cycle
         # that only reads costs no BEGIN/COMMIT.
         self._batch_depth += 1
+        if self._batch_depth == 1:
+            self._batch_began = False
         try:
             yield
         except BaseException:
@@ -696,7 +698,14 @@ class SQLiteStore(Store):
                 self._abandon()
             raise
         self._batch_depth -= 1
-        if self._batch_depth == 0 and self._conn.in_transaction:
+        if self._batch_depth:
+            return
+        if self._batch_began and not self._conn.in_transaction:
+            # SQLite rolled the whole transaction back after an error (a full disk, an I/O
+            # error) that its caller survived: the writes before it are gone too
+            raise self._storage_error(sqlite3.OperationalError(
+                "the loop cycle's transaction was rolled back by SQLite after an error"))
+        if self._conn.in_transaction:
             try:
                 self._commit()
             except BaseException:
@@ -726,9 +735,14 @@ class SQLiteStore(Store):
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _join_batch(self) -> None:
-        """Inside a group commit, a write opens the batch's transaction if it is not open."""
+        """Inside a group commit, a write opens the batch's transaction if it is not open
+        (once: a transaction SQLite rolled back must fail the batch, not start afresh)."""
         if self._batch_depth and not self._conn.in_transaction:
+            if self._batch_began:
+                raise self._storage_error(sqlite3.OperationalError(
+                    "the loop cycle's transaction was rolled back by SQLite after an error"))
             self._begin()
+            self._batch_began = True
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
