@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 OLD = ["node1", "node2", "node3"]
 ALL4 = OLD + ["node4"]
 MOVE_TOLERANCE = 1.05   # moved / optimum must lie within [1/1.05, 1.05]
-SLOW_STREAMS = ("--stream-batch-records", "20", "--stream-pulls-in-flight", "1")
+SLOW_STREAMS = ("--stream-batch-records", "5", "--stream-pulls-in-flight", "1")
 
 
 @pytest.fixture
