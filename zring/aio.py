@@ -368,9 +368,7 @@ class AsyncClient:
             try:
                 result = await self._execute(msg_type, body, key, silences)
             except VersionConflict as exc:
-                stamps.observe_conflict(exc.details.get("held"))
-                if attempt == _CONFLICT_RETRIES or silences or \
-                        not exc.details.get("all_refused"):
+                if not stamps.stamp_again(exc, attempt, bool(silences)):
                     raise
                 continue
             stamps.observe_body(result)

@@ -286,6 +286,14 @@ class WriteStamps:
         if isinstance(held, list) and held:
             self.observe(held[0])
 
+    def stamp_again(self, conflict: VersionConflict, attempt: int, unanswered: bool) -> bool:
+        """A write refused for a newer version (``attempt`` counts its stamps from 0):
+        stamp it again above that version and resend it? Only if it was applied nowhere
+        (every replica refused it, no copy of it went unanswered) and tries remain."""
+        self.observe_conflict(conflict.details.get("held"))
+        return (attempt < _CONFLICT_RETRIES and not unanswered
+                and bool(conflict.details.get("all_refused")))
+
 
 def restampable(results: list, uncertain: set[int]) -> list[int]:
     """Indexes of batch results refused by every replica for a newer version held, whose
@@ -463,9 +471,7 @@ class Client:
             try:
                 result = self._execute_key(msg_type, body)
             except VersionConflict as exc:
-                stamps.observe_conflict(exc.details.get("held"))
-                if attempt == _CONFLICT_RETRIES or self._went_unanswered or \
-                        not exc.details.get("all_refused"):
+                if not stamps.stamp_again(exc, attempt, self._went_unanswered):
                     raise
                 continue
             stamps.observe_body(result)
