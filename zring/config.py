@@ -42,9 +42,8 @@ class NodeConfig:
     # timing
     request_timeout_s: float = 2.0          # coordinator gives up waiting for replicas
     # clocks (CockroachDB's default maximum offset): a node whose clock is further than this
-    # from most of its peers' stops coordinating writes; a timestamp from a peer more than
-    # this ahead of ours is refused; a write request arriving too late for the deadline its
-    # client gave, less this, is dropped (its client stopped waiting for it)
+    # from most of its peers' stops coordinating writes; a timestamp (a client's write stamp,
+    # a peer's record) more than this ahead of ours is refused
     max_clock_offset_s: float = 0.5
     clock_check_interval_s: float = 1.0     # each live peer's clock offset measured this often
     gossip_interval_s: float = 0.5          # heartbeat + full member table

@@ -57,9 +57,6 @@ class ClockOffsets:
             return  # too slow an exchange to tell (a paused peer), or our clock stepped
         self._samples[peer] = OffsetSample(peer_clock - (sent + received) / 2, error, received)
 
-    def forget(self, peer: str) -> None:
-        self._samples.pop(peer, None)
-
     def sample(self, peer: str, now: float) -> OffsetSample | None:
         sample = self._samples.get(peer)
         if sample is None or not 0 <= now - sample.at <= SAMPLE_TTL_S:
