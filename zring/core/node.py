@@ -220,6 +220,8 @@ class NodeCore:
         self._clock_saved_until = self._saved_clock_ceiling()
         self.clock = HybridClock(self._clock_saved_until)
         self._stamped = 0   # the greatest timestamp of a record we stored or stamped
+        # how far ahead of it the saved ceiling is kept: half the maximum offset
+        self._clock_lease = int(config.max_clock_offset_s * 500) << LOGICAL_BITS
         # the ceiling saved in the current cycle: (ticks finished then, the one before it)
         self._clock_saving: tuple[int, int] | None = None
         # after a failed commit, bookkeeping writes (clock ceiling, member table) wait until
@@ -271,8 +273,8 @@ class NodeCore:
         self._members_unsaved = False
         self._members_saved_at_tick = -1
         self._next_forming_log_at = now
-        # requests held until ready: (route, frame, arrived at)
-        self._deferred: list[tuple[tuple[bytes, ...], bytes, float]] = []
+        # requests held until ready: (route, frame, arrived at, request id)
+        self._deferred: list[tuple[tuple[bytes, ...], bytes, float, int]] = []
         # our own writes of this loop cycle, each with what undoes its acknowledgement
         # should the cycle's commit fail: (ticks finished when made, revoke)
         self._own_acks: list[tuple[int, Callable[[float], list[Effect]]]] = []
@@ -360,7 +362,7 @@ class NodeCore:
         restart's first timestamps are never refused as being from the future. (From the
         records, not the wall clock: a wall clock that ran ahead and was fixed leaves no
         ceiling in the future.)"""
-        lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
+        lease = self._clock_lease
         if self._stamped + lease // 2 < self._clock_saved_until:
             return
         ceiling = max(self._stamped, self.clock.last) + lease
@@ -436,7 +438,7 @@ class NodeCore:
                     f"{len(self._deferred)} requests; retry later")))]
             # held, not refused: answered once gossip brought us up to date (or the cluster
             # formed), or refused after request_timeout_s
-            self._deferred.append((route, frame, now))
+            self._deferred.append((route, frame, now, message.request_id))
             return []
         return self._fill_batches(self._dispatch(route, message, now))
 
@@ -979,7 +981,7 @@ class NodeCore:
             return self._expire_deferred(now)
         deferred, self._deferred = self._deferred, []
         effects: list[Effect] = []
-        for route, frame, _ in deferred:   # permitted before they were held
+        for route, frame, _, _ in deferred:   # permitted before they were held
             effects += self.handle_frame(route, frame, now)
         return effects
 
@@ -995,8 +997,7 @@ class NodeCore:
                f"{self.config.node_id} is starting and has not heard its peers yet")
         effects: list[Effect] = []
         while self._deferred and self._deferred[0][2] <= cutoff:
-            route, frame, _ = self._deferred.pop(0)
-            request_id = _request_id_of(frame)
+            route, _, _, request_id = self._deferred.pop(0)
             self.stats["deferred_expired"] += 1
             effects.append(Reply(route, _error(request_id, Unavailable(f"{why}; retry later"))))
         return effects
@@ -1162,8 +1163,8 @@ class NodeCore:
         if self._clock_saving is not None and self._clock_saving[0] >= cycle:
             self._clock_saved_until = self._clock_saving[1]   # that ceiling is not on disk
             # nor is what this cycle stamped: no ceiling is owed for it
-            lease = int(self.config.max_clock_offset_s * 500) << LOGICAL_BITS
-            self._stamped = min(self._stamped, max(0, self._clock_saved_until - lease))
+            self._stamped = min(self._stamped,
+                                max(0, self._clock_saved_until - self._clock_lease))
         self._clock_saving = None
         if self._members_saved_at_tick >= cycle:
             self._members_unsaved = True   # that save is not on disk
@@ -3328,14 +3329,6 @@ def _is_refusal(item: object) -> bool:
     """``[index, timestamp, writer]``: a replica refused the record at ``index``."""
     return (item.__class__ is list and len(item) == 3 and type(item[0]) is int
             and type(item[1]) is int and 0 <= item[1] < 1 << 63 and item[2].__class__ is str)
-
-
-def _request_id_of(frame: bytes) -> int:
-    """The request id of a frame that decoded once already (0 if it somehow does not)."""
-    try:
-        return decode(frame).request_id
-    except ProtocolError:
-        return 0
 
 
 def _merge_intervals(intervals: list[Interval]) -> list[Interval]:
