@@ -257,40 +257,37 @@ def _skew_outcome(case: str, keys: list[str], first: dict, second: dict, seen: d
 def case_clock_skew(root: Path) -> Outcome:
     """Five nodes, node3's clock 300 s ahead: for each of 5 keys a put through node3, then
     1 s later an acknowledged put through node1."""
-    with SafetyCluster(root, nodes=5) as cluster:
-        cluster.set_offset("node3", 300)
-        cluster.restart_node("node3")
-        time.sleep(2.0)   # it has run a moment with its clock ahead
-        through_skewed, through_other = cluster.direct("node3"), cluster.direct("node1")
-        first, second = {}, {}
-        for key in (f"skew{i}" for i in range(5)):
-            first.update(_puts(through_skewed, [key], b"earlier"))
-            time.sleep(1.0)
-            second.update(_puts(through_other, [key], b"later"))
-        seen = {k: value_of(through_other, k, r=3) for k in first}
-        logged = cluster.events("node3", "clock_offset_exceeded")
-    return _skew_outcome("clock-skew", list(first), first, second, seen, b"later",
-                         "kept the earlier value over a put acknowledged 1 s later",
-                         {"clock_offset_exceeded_logged": logged})
+    return _put_then_put_case(root, "clock-skew", "skew", 300, "node3", "node1",
+                              "kept the earlier value over a put acknowledged 1 s later")
 
 
 def case_clock_behind(root: Path) -> Outcome:
     """Five nodes, node3 restarted with its clock 300 s behind: for each of 5 keys a put
     through node1, then 1 s later an acknowledged put through node3."""
+    return _put_then_put_case(root, "clock-behind", "behind", -300, "node1", "node3",
+                              "kept the earlier value over a put acknowledged 1 s later by "
+                              "the node behind")
+
+
+def _put_then_put_case(root: Path, name: str, prefix: str, offset_s: float, first_node: str,
+                       second_node: str, what: str) -> Outcome:
+    """node3 restarted with its clock ``offset_s`` off; for each of 5 keys a put through
+    ``first_node``, then 1 s later one through ``second_node``; read at r=3 through node1."""
     with SafetyCluster(root, nodes=5) as cluster:
-        cluster.set_offset("node3", -300)
+        cluster.set_offset("node3", offset_s)
         cluster.restart_node("node3")
-        time.sleep(2.0)
-        through_other, through_behind = cluster.direct("node1"), cluster.direct("node3")
+        time.sleep(2.0)   # it has run a moment with its clock off
+        through_first, through_second = cluster.direct(first_node), cluster.direct(second_node)
+        reader = cluster.direct("node1")
         first, second = {}, {}
-        for key in (f"behind{i}" for i in range(5)):
-            first.update(_puts(through_other, [key], b"earlier"))
+        for key in (f"{prefix}{i}" for i in range(5)):
+            first.update(_puts(through_first, [key], b"earlier"))
             time.sleep(1.0)
-            second.update(_puts(through_behind, [key], b"later"))
-        seen = {k: value_of(through_other, k, r=3) for k in first}
-    return _skew_outcome("clock-behind", list(first), first, second, seen, b"later",
-                         "kept the earlier value over a put acknowledged 1 s later by the "
-                         "node behind")
+            second.update(_puts(through_second, [key], b"later"))
+        seen = {k: value_of(reader, k, r=3) for k in first}
+        logged = cluster.events("node3", "clock_offset_exceeded")
+    return _skew_outcome(name, list(first), first, second, seen, b"later", what,
+                         {"clock_offset_exceeded_logged": logged})
 
 
 def case_year_ahead(root: Path) -> Outcome:

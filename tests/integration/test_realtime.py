@@ -3,7 +3,6 @@ cluster, a full disk, status figures. tools/safetycases.py measures the same fai
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import threading
@@ -13,7 +12,7 @@ import pytest
 from cluster import TestCluster, wait_for
 
 from zring import Client, StorageError, Unavailable, ZringError
-from zring.localcluster import faketime_library
+from zring.localcluster import faketime_library, load_tool
 
 pytestmark = pytest.mark.integration
 
@@ -110,18 +109,8 @@ def test_five_seeds_started_apart_under_writes_lose_nothing_acknowledged(tmp_pat
         assert not unreadable, f"{len(unreadable)} of {len(acked)} acknowledged writes lost"
 
 
-def fill(directory) -> None:
-    """Fill the file system of ``directory`` with one file (unbuffered: nothing is left to
-    flush on close)."""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
+# fills a file system with one file, as tools/safetycases.py's disk-full case does
+fill = load_tool("safetycases").fill
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up")
