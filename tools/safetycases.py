@@ -102,18 +102,19 @@ class SafetyCluster(LocalCluster):
         super().write_conf()
 
     def _node_command(self, name: str) -> str:
-        command = [sys.executable, str(self.launcher), "node", "--id", name,
-                   "--listen", self.addresses[name], "--gossip", self.gossip[name],
-                   "--seeds", ",".join(self.seeds), "--data-dir",
-                   str(self.root / "data" / name), "--log-format", "json",
-                   "--log-level", self.log_level, *self.node_args]
+        """The node command of this checkout's LocalCluster, whatever its version, started
+        through the launcher and, when an offset is set, under libfaketime."""
+        argv = shlex.split(super()._node_command(name))
+        script = argv[2] if argv[:2] == ["/bin/sh", "-c"] else f"exec {shlex.join(argv)}"
+        script = script.replace(shlex.join([sys.executable, "-m", "zring.cli"]),
+                                shlex.join([sys.executable, str(self.launcher)]), 1)
         clock = shlex.quote(str(self.offset_file(name)))
-        script = (f"if [ -s {clock} ]; then export LD_PRELOAD=\"$(sed -n 1p {clock})\" "
+        prefix = (f"if [ -s {clock} ]; then export LD_PRELOAD=\"$(sed -n 1p {clock})\" "
                   f"FAKETIME=\"$(sed -n 2p {clock})\"; fi; ")
         if self.max_pending is not None:
-            script += f"export SAFETYCASES_MAX_PENDING={int(self.max_pending)}; "
-        # exec: supervisord's pid (and chaos's signals) stay the node's
-        return shlex.join(["/bin/sh", "-c", script + f"exec {shlex.join(command)}"])
+            prefix += f"export SAFETYCASES_MAX_PENDING={int(self.max_pending)}; "
+        # the script still ends in exec: supervisord's pid (and chaos's signals) stay the node's
+        return shlex.join(["/bin/sh", "-c", prefix + script])
 
     def offset_file(self, name: str) -> Path:
         return self.root / "data" / f"{name}.faketime"

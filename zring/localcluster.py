@@ -11,9 +11,9 @@
 
 Every cluster gets free loopback ports, its own data and log directories under ``root``
 (``data/nodeN``, ``log/nodeN.log`` with each node's JSON log lines, ``log/supervisord.log``)
-and its own supervisord, so faults go through ``tools/chaos.py`` and real signals exactly
-as users inject them. ``stop()`` always tears everything down, node processes included
-(even a SIGSTOPped one); it leaves the files under ``root`` to the caller.
+and its own supervisord, so faults go through ``zring.chaos`` (what ``tools/chaos.py`` runs)
+and real signals exactly as users inject them. ``stop()`` always tears everything down, node
+processes included (even a SIGSTOPped one); it leaves the files under ``root`` to the caller.
 
 The first ``nodes`` nodes start with the cluster and are its seeds; ``spares`` more are
 configured but only start when asked (``chaos("start", name)``), joining the cluster.
@@ -27,10 +27,8 @@ like a crashed machine that takes a while to reboot, so that a kill is seen as a
 preloaded into the node from its next start: ``chaos("restart", name)``), as a machine whose
 clock is wrong; ``set_clock(name, 0)`` fixes it at the next start.
 
-``tools/chaos.py`` is not part of the package: it is found next to the package in a source
-checkout (``<repo>/tools/chaos.py``, i.e. ``Path(zring.__file__).parents[1]``). Without it
-(zring installed from a wheel), ``chaos()`` and ``supervisor()`` raise LocalClusterError;
-everything else works.
+Everything here works from an installed package: faults come from ``zring.chaos``. Only
+``load_tool`` needs a source checkout (``tools/`` is not installed with the package).
 """
 
 from __future__ import annotations
@@ -50,6 +48,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import zring
+from zring import chaos as chaos_actions
 from zring.client import Client, ClusterStatus
 from zring.security import ClientKeys
 
@@ -57,7 +56,7 @@ __all__ = ["CHAOS", "ROOT", "LocalCluster", "LocalClusterError", "faketime_libra
            "free_ports", "load_tool", "wait_for"]
 
 ROOT = Path(zring.__file__).resolve().parents[1]   # the source checkout (or site-packages)
-CHAOS = ROOT / "tools" / "chaos.py"
+CHAOS = ROOT / "tools" / "chaos.py"   # the user's command-line tool (not loaded from here)
 # Debian's faketime package; the MT build is safe for the node's threads (ZeroMQ's, ZAP's)
 FAKETIME_LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
 
@@ -318,24 +317,28 @@ class LocalCluster:
     def supervisor(self) -> Any:
         """supervisord's ``supervisor.*`` XML-RPC namespace (``getProcessInfo(name)``...)."""
         if self._supervisor is None:
-            self._supervisor = _chaos_module().connect(str(self.conf))
+            try:
+                self._supervisor = chaos_actions.connect(str(self.conf))
+            except chaos_actions.ChaosError as exc:
+                raise LocalClusterError(str(exc)) from None
         return self._supervisor
 
     def chaos(self, action: str, name: str, *, in_process: bool = False) -> str:
-        """Run ``tools/chaos.py ACTION NAME`` on this cluster (kill, stop, start, pause,
-        resume, restart), as a user would; its output, or LocalClusterError.
+        """Run the chaos CLI (``python -m zring.chaos ACTION NAME``, what ``tools/chaos.py``
+        runs) on this cluster (kill, stop, start, pause, resume, restart), as a user would;
+        its output, or LocalClusterError.
 
         ``in_process``: call chaos's function for ACTION directly instead of its CLI (the
         same code, without starting a Python: the fault happens ~0.1 s sooner and the call
         returns right after it, for callers that time what follows)."""
         if in_process:
-            chaos = _chaos_module()
             try:
-                return chaos.ACTIONS[action](self.supervisor(), name)
-            except chaos.ChaosError as exc:
+                return chaos_actions.ACTIONS[action](self.supervisor(), name)
+            except chaos_actions.ChaosError as exc:
                 raise LocalClusterError(f"chaos {action} {name} failed: {exc}") from None
-        result = subprocess.run([sys.executable, str(_chaos_path()), action, name, "--conf",
-                                 str(self.conf)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-m", "zring.chaos", action, name, "--conf",
+                                 str(self.conf)], capture_output=True, text=True, timeout=60,
+                                env=_with_root_on_path(os.environ))
         if result.returncode != 0:
             raise LocalClusterError(f"chaos {action} {name} failed: {result.stderr.strip()}")
         return result.stdout
@@ -389,30 +392,25 @@ def faketime_library() -> str | None:
     return found[0] if found else None
 
 
-def _tool_path(name: str, path: Path | None = None) -> Path:
-    path = ROOT / "tools" / f"{name}.py" if path is None else path
-    if not path.is_file():
-        raise LocalClusterError(f"{path} not found: {name} needs a source checkout of zring "
-                                "(tools/ is not installed with the package)")
-    return path
-
-
-def _chaos_path() -> Path:
-    return _tool_path("chaos", CHAOS)
+def _with_root_on_path(environ: os._Environ | dict) -> dict:
+    """``environ`` with this zring's directory first on PYTHONPATH, so a child Python imports
+    this very zring even where it is not installed."""
+    paths = [str(ROOT), *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def load_tool(name: str, path: Path | None = None) -> ModuleType:
-    """``tools/<name>.py`` (or ``path``) imported as a module, once, without touching
-    sys.path (tests and this module use chaos, bench and jepsen this way)."""
+    """``tools/<name>.py`` (or ``path``) of a source checkout imported as a module, once,
+    without touching sys.path (tests load bench, jepsen and the other tools this way)."""
     module_name = f"zring_tools_{name}"
     module = sys.modules.get(module_name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, _tool_path(name, path))
+        path = ROOT / "tools" / f"{name}.py" if path is None else path
+        if not path.is_file():
+            raise LocalClusterError(f"{path} not found: {name} needs a source checkout of "
+                                    "zring (tools/ is not installed with the package)")
+        spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
     return module
-
-
-def _chaos_module():
-    return load_tool("chaos", CHAOS)

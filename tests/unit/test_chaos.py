@@ -1,4 +1,5 @@
-"""tools/chaos.py without supervisord: config parsing, random picks and actions on a fake proxy."""
+"""zring.chaos and tools/chaos.py without supervisord: config parsing, random picks and
+actions on a fake proxy, the tool's default config and CLI."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from zring import chaos
 from zring.localcluster import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-chaos = load_tool("chaos")
+tool = load_tool("chaos")   # the user's command-line tool over zring.chaos
 
 
 class FakeSupervisor:
@@ -102,7 +103,7 @@ def test_serverurl_expands_environment_variables(tmp_path, monkeypatch):
 
 
 def test_repo_conf_serverurl_is_a_unix_socket_under_var():
-    assert chaos.read_serverurl(chaos.DEFAULT_CONF) == f"unix://{ROOT}/var/supervisor.sock"
+    assert tool.read_serverurl(tool.DEFAULT_CONF) == f"unix://{ROOT}/var/supervisor.sock"
 
 
 def test_missing_conf_is_a_clear_error(tmp_path):
@@ -125,16 +126,22 @@ def test_connect_without_supervisord_says_it_is_not_running(tmp_path):
 
 def test_main_exits_nonzero_with_a_message_when_supervisord_is_down(tmp_path, capsys):
     conf = _write_conf(tmp_path / "supervisord.conf", "unix://%(here)s/absent.sock")
-    assert chaos.main(["kill", "node2", "--conf", str(conf)]) == 1
+    assert tool.main(["kill", "node2", "--conf", str(conf)]) == 1
     assert "supervisord is not running" in capsys.readouterr().err
 
 
 def test_main_needs_a_name_or_random():
     with pytest.raises(SystemExit) as exc:
-        chaos.main(["kill"])
+        tool.main(["kill"])
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
-        chaos.main(["kill", "node1", "--random"])
+        tool.main(["kill", "node1", "--random"])
+
+
+def test_package_cli_needs_the_config_named(capsys):
+    with pytest.raises(SystemExit) as exc:
+        chaos.main(["kill", "node1"])
+    assert exc.value.code == 2 and "--conf" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ random picks

@@ -77,10 +77,21 @@ def test_free_ports_are_distinct():
     assert len(set(ports)) == 20
 
 
-def test_chaos_needs_a_source_checkout(tmp_path, monkeypatch):
-    monkeypatch.setattr(localcluster, "CHAOS", tmp_path / "missing.py")
+def test_chaos_comes_from_the_package_not_the_checkout(tmp_path, monkeypatch):
+    # an installed zring has no tools/: its faults must not need tools/chaos.py
+    monkeypatch.setattr(localcluster, "ROOT", tmp_path / "site-packages")
+    cluster = LocalCluster(tmp_path, nodes=1)
+    cluster.write_conf()
+    with pytest.raises(LocalClusterError, match="supervisord is not running"):
+        cluster.chaos("kill", "node1", in_process=True)
+    with pytest.raises(LocalClusterError, match="supervisord is not running"):
+        cluster.chaos("kill", "node1")   # the CLI: python -m zring.chaos
+
+
+def test_load_tool_needs_a_source_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(localcluster, "ROOT", tmp_path)
     with pytest.raises(LocalClusterError, match="source checkout"):
-        LocalCluster(tmp_path, nodes=1).chaos("kill", "node1")
+        localcluster.load_tool("no_such_tool")
 
 
 def test_stop_without_start_is_a_no_op(tmp_path):
