@@ -22,6 +22,7 @@ from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import MemoryStore, Record, SQLiteStore, Store
 from zring.storage import sqlite as sqlite_store
+from zring.storage import sqlite_check, sqlite_schema
 from zring.storage.base import Hint
 from zring.versions import LOGICAL_BITS, Version
 
@@ -622,7 +623,7 @@ def test_sqlite_record_queries_search_the_position_key(tmp_path, analyze):
         "_SCAN_POSITION": "SEARCH records USING PRIMARY KEY (pos=?)",
         "_KEYS_FIRST": "SCAN records",  # the table in primary key order
         "_KEYS_NEXT": "SEARCH records USING PRIMARY KEY ((pos,key)>(?,?))",
-        "_CHECK_ROWS": "SCAN records",
+        "CHECK_ROWS": "SCAN records",
     }
     with sqlite3.connect(path) as conn:
         if analyze:
@@ -634,7 +635,8 @@ def test_sqlite_record_queries_search_the_position_key(tmp_path, analyze):
                 f"EXPLAIN QUERY PLAN {query}", args)]
 
         for name, step in expected.items():
-            query = getattr(sqlite_store, name).format(table="records")
+            query = getattr(sqlite_check if name == "CHECK_ROWS" else sqlite_store,
+                            name).format(table="records")
             assert plan(query, *(1,) * query.count("?")) == [step], name
         # the upsert writes the table alone (no other index on it to keep up), and nothing
         # loops over rows
@@ -778,9 +780,9 @@ def test_sqlite_a_failed_migration_leaves_the_format_1_store_as_it_was(tmp_path,
     records = format_1_records()[:100]
     write_format_1(path, records, [hint("n2", "k", "v", 1)], {"members": b"m"})
     before = schema_of(path)
-    failing = list(sqlite_store._MIGRATE_RECORDS)
+    failing = list(sqlite_schema.MIGRATE_RECORDS)
     failing.insert(-1, "SELECT no_such_column FROM records")  # after the old table is dropped
-    monkeypatch.setattr(sqlite_store, "_MIGRATE_RECORDS", tuple(failing))
+    monkeypatch.setattr(sqlite_schema, "MIGRATE_RECORDS", tuple(failing))
     with pytest.raises(StorageError, match="no_such_column"):
         SQLiteStore(path)
     assert schema_of(path) == before  # rolled back: old table, old indexes, nothing new
@@ -801,16 +803,17 @@ def test_sqlite_a_migration_cut_short_by_a_crash_is_redone(tmp_path):
     before = schema_of(path)
     crash = """
 import os, sys
-from zring.storage import sqlite as sqlite_store
+from zring.storage import sqlite_schema
+from zring.storage.sqlite import SQLiteStore
 
-def crashing(self):
-    self._conn.execute("PRAGMA cache_size = 10")  # spill uncommitted pages into the WAL
-    for statement in sqlite_store._MIGRATE_RECORDS[:-1]:
-        self._cursor.execute(statement)
+def crashing(cursor):
+    cursor.connection.execute("PRAGMA cache_size = 10")  # spill uncommitted pages into the WAL
+    for statement in sqlite_schema.MIGRATE_RECORDS[:-1]:
+        cursor.execute(statement)
     os._exit(3)
 
-sqlite_store.SQLiteStore._migrate = crashing
-sqlite_store.SQLiteStore(sys.argv[1])
+sqlite_schema.migrate = crashing
+SQLiteStore(sys.argv[1])
 """
     done = subprocess.run([sys.executable, "-c", crash, str(path)], timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
