@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
-from zring.storage import MemoryStore, Record, SQLiteStore, Store
+from zring.storage import MemoryStore, Record, SQLiteStore, Store, sqlite_check, sqlite_schema
 from zring.storage import sqlite as sqlite_store
-from zring.storage import sqlite_check, sqlite_schema
 from zring.storage.base import Hint
 from zring.versions import LOGICAL_BITS, Version
 
@@ -1262,3 +1261,27 @@ def test_a_transaction_sqlite_rolled_back_mid_cycle_fails_the_cycle(tmp_path):
         store.put(record("d", b"4", 10))
     assert store.get("d").value == b"4"
     store.close()
+
+
+# ------------------------------------------------------------------ zring.storage.check
+
+
+def test_check_store_of_a_healthy_and_a_damaged_data_dir(tmp_path):
+    from zring.storage import STORE_FILE
+    from zring.storage.check import check_store, move_store_aside
+    with SQLiteStore(tmp_path / STORE_FILE) as store:
+        store.put(Record("k", "v", Version(1, "n1"), key_position("k")))
+    found = check_store(str(tmp_path))
+    assert found.healthy and found.summary.startswith(f"ok: {tmp_path / STORE_FILE}, 1 keys")
+    (tmp_path / STORE_FILE).write_bytes(b"not a database at all " * 300)
+    found = check_store(str(tmp_path))
+    assert not found.healthy and "not a zring store" in found.problems[0]
+    [(source, target)] = move_store_aside(found.path)
+    assert source == found.path and ".damaged-" in target and not Path(source).exists()
+
+
+def test_check_store_without_a_store_names_the_directory(tmp_path):
+    from zring.errors import ZringError
+    from zring.storage.check import check_store
+    with pytest.raises(ZringError, match="no store at .*is --data-dir right"):
+        check_store(str(tmp_path))
