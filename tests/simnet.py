@@ -278,6 +278,6 @@ class SimCluster:
         rings = {c.ring.fingerprint() for c in live}
         statuses = {tuple((m.node_id, m.status) for m in c.members.all()) for c in live}
         # settled too: every node knows every other routes by the same ring, and serves
-        settled = all(c._previous_ring is None and c._is_ready(self.clock(c.config.address))
+        settled = all(c.settled and c.ready(self.clock(c.config.address))
                       and c.clock_checked(self.clock(c.config.address)) for c in live)
         return len(rings) == 1 and len(statuses) == 1 and settled

@@ -133,6 +133,9 @@ class MemberTable:
         self._peers: tuple[Member, ...] | None = None
         # refused: past MAX_MEMBERS, past max_ring_weight, or of a generation too high
         self.records_refused = 0
+        # counts changes of a status, generation, address or weight (not heartbeats): what
+        # the node reacts to, once per event, by comparing it before and after
+        self.version = 0
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._members
@@ -201,6 +204,7 @@ class MemberTable:
         member = replace(member, status=status, generation=member.generation + 1, **changes)
         self._members[node_id] = member
         self._changed()
+        self.version += 1
         return member
 
     def merge(self, records: list[Member], now: float) -> bool:
@@ -235,6 +239,8 @@ class MemberTable:
                     changed = True
                 self._members[record.node_id] = record
                 self._changed()
+        if changed:
+            self.version += 1
         return changed
 
     def heard_from(self, node_id: str, now: float) -> None:

@@ -238,7 +238,7 @@ class NodeServer:
         try:
             self.store.sync()
         except StorageError as exc:   # the data stays committed; the next period retries
-            self.core.stats["syncs_failed"] += 1
+            self.core.count("syncs_failed")
             self.log.error("sync_failed", error=str(exc))
 
     def _drain(self, sock: zmq.Socket, effects: list, budget: int = 1000) -> bool:
@@ -293,20 +293,20 @@ class NodeServer:
 
     def _take_refusal(self, socket_name: str, frames: list[bytes]) -> list:
         event = parse_monitor_message(frames)
-        self.core.stats["refused_connections"] += 1
+        self.core.count("refused_connections")
         self.log.warning("connection_refused", socket=socket_name,
                          reason=refusal_reason(event["event"], event["value"]))
         return []
 
     def _take_gossip(self, frames: list[bytes]) -> list:
         if len(frames) != 1:
-            self.core.stats["bad_gossip"] += 1
+            self.core.count("bad_gossip")
             return []
         return self.core.handle_gossip(frames[0], time.time())
 
     def _take_reply(self, address: str, frames: list[bytes]) -> list:
         if len(frames) != 1:
-            self.core.stats["bad_replies"] += 1
+            self.core.count("bad_replies")
             return []
         return self.core.handle_reply(address, frames[0], time.time())
 
@@ -333,7 +333,7 @@ class NodeServer:
                     self.log.info("node_stopping", reason=effect.reason)
                     self.running = False
             except zmq.Again:
-                self.core.stats["sends_dropped"] += 1
+                self.core.count("sends_dropped")
             except zmq.ZMQError as exc:
                 self.log.warning("effect_failed", effect=kind.__name__, error=str(exc))
 
@@ -368,7 +368,7 @@ class NodeServer:
                 if now < expires_at:
                     self.parked.append((address, frame, expires_at))
                 else:
-                    self.core.stats["sends_dropped"] += 1
+                    self.core.count("sends_dropped")
 
     def close(self) -> None:
         self._sync()

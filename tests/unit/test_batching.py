@@ -11,6 +11,7 @@ from zring.core.effects import Publish, Reply, Send
 from zring.errors import StorageError
 from zring.hashing import key_position
 from zring.protocol import Message, MsgType, encode
+from zring.versions import LOGICAL_BITS
 
 CLIENT = (b"client",)
 
@@ -128,7 +129,7 @@ def assert_own_work_fails_batch_9(core, now: float) -> None:
     failed = core.tick(now)
     assert [e.message.type for e in failed] == [MsgType.ERROR]
     assert failed[0].message.body["code"] == "storage" and failed[0].message.request_id == 9
-    assert core._open_batch_keys == 0 and core._open_batches == 0
+    assert core.pending()["batch_keys"] == 0 and core.pending()["batches"] == 0
 
 
 def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
@@ -142,7 +143,7 @@ def test_a_store_failing_in_a_deferred_own_read_fails_the_batch_not_the_node():
     core.store.get_wire_many = broken
     effects = core.handle_frame(CLIENT, encode(Message(MsgType.MGET, 9, {"keys": keys,
                                                                          "r": 2})), now)
-    assert any(isinstance(e, Send) for e in effects) and core._open_batch_keys == 20
+    assert any(isinstance(e, Send) for e in effects) and core.pending()["batch_keys"] == 20
     assert_own_work_fails_batch_9(core, now)
     del core.store.get_wire_many     # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MGET, {"keys": keys, "r": 2})
@@ -174,7 +175,7 @@ def test_mput_sends_its_peers_their_writes_before_writing_its_own_copies():
     assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
     # both peers ack before our own write ran: w=2 is made, the batch is answered
     assert_answered_by_the_peers_alone(sim, core, writes, now)
-    assert core.tick(now) == [] and not core._own_work    # next cycle: our copies too
+    assert core.tick(now) == [] and not queued(core)    # next cycle: our copies too
     assert [core.store.get(k).value for k, _ in items] == [v for _, v in items]
 
 
@@ -191,30 +192,36 @@ def test_a_store_failing_in_a_deferred_own_write_counts_as_a_failed_replica():
     writes = [e for e in effects if isinstance(e, Send)]
     assert len(writes) == 2
     assert core.tick(now) == [] and core.tick(now) == []   # ours failed: no answer yet
-    assert core.stats["own_writes_failed"] == 10 and not core._own_work
+    assert core.stats["own_writes_failed"] == 10 and not queued(core)
     # the peers' writes left before ours failed: they make w=2
     assert_answered_by_the_peers_alone(sim, core, writes, now)
-    assert core._open_batch_keys == 0 and core._open_batches == 0
+    assert core.pending()["batch_keys"] == 0 and core.pending()["batches"] == 0
     del core.store.write_if_newer         # the store recovers: the node serves on
     reply = sim.request("node1", MsgType.MPUT, {"items": items})
     assert all(len(r["stored_on"]) >= 2 for r in reply.body["results"])
-    assert sim.run_until(lambda: not core._own_work, 5)
+    assert sim.run_until(lambda: not queued(core), 5)
     assert all(core.store.get(k).value == b"v" for k, _ in items)
+
+
+def queued(core) -> int:
+    """Own reads and writes of batches waiting for the next loop cycle."""
+    return core.pending()["own_work"]
 
 
 def test_own_work_queued_during_a_tick_runs_in_the_next_cycle():
     sim = cluster_of(3)
-    core, now = sim.node("node1"), sim.now
-    core._ready, core._ready_at = False, now + 1   # as if just restarted: requests wait
-    items = [[f"k{i}", b"v"] for i in range(10)]
-    assert core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})),
-                             now) == []
+    core = sim.restart("node1")   # just restarted: requests wait until it hears its peers
+    now = sim.now
+    # client-stamped: a restarted node has not measured its clock yet to stamp writes
+    items = [[f"k{i}", b"v", int(now * 1000) << LOGICAL_BITS] for i in range(10)]
+    body = {"items": items, "writer": "client-1"}
+    assert core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, body)), now) == []
     released = core.tick(now + 1)   # the held MPUT is handled inside this tick
     writes = [e for e in released
               if isinstance(e, Send) and e.message.type == MsgType.REPLICA_WRITE]
-    assert len(writes) == 2 and core._own_work
-    assert core.tick(now + 1) == [] and not core._own_work   # the next cycle writes ours
-    assert all(core.store.get(k).value == b"v" for k, _ in items)
+    assert len(writes) == 2 and queued(core)
+    assert core.tick(now + 1) == [] and not queued(core)   # the next cycle writes ours
+    assert all(core.store.get(k).value == b"v" for k, *_ in items)
 
 
 def test_own_work_still_queued_when_the_node_stops_is_done_at_once():
@@ -222,8 +229,8 @@ def test_own_work_still_queued_when_the_node_stops_is_done_at_once():
     core, now = sim.node("node1"), sim.now
     items = [[f"k{i}", b"v"] for i in range(10)]
     core.handle_frame(CLIENT, encode(Message(MsgType.MPUT, 9, {"items": items})), now)
-    assert core._own_work and all(core.store.get(k) is None for k, _ in items)
-    assert core.finish_own_work(now) == [] and not core._own_work   # no quorum yet: no reply
+    assert queued(core) and all(core.store.get(k) is None for k, _ in items)
+    assert core.finish_own_work(now) == [] and not queued(core)   # no quorum yet: no reply
     assert all(core.store.get(k).value == b"v" for k, _ in items)
 
 
@@ -236,9 +243,8 @@ def test_answered_peer_calls_do_not_wake_the_loop_at_their_old_deadlines():
         for send in [e for e in core.handle_frame(CLIENT, frame, now) if isinstance(e, Send)]:
             answer = peers[send.address].handle_frame((b"node1",), encode(send.message), now)
             core.handle_reply(send.address, encode(answer[0].message), now)
-    assert not core._calls and len(core._call_deadlines) == 40   # answered, still in the heap
-    stale = core._call_deadlines[0][0]
-    assert core.next_deadline() != stale and core._call_deadlines == []
+    stale = now + core.config.request_timeout_s   # each call's deadline, answered since
+    assert core.pending()["calls"] == 0 and core.next_deadline() != stale
 
 
 def test_mput_and_mget_send_one_request_per_peer_not_one_per_key():
@@ -265,7 +271,7 @@ def test_mget_asks_its_peer_before_reading_its_own_copies():
     reads = [e for e in effects if isinstance(e, Send)]
     assert [e.message.type for e in reads] == [MsgType.REPLICA_READ_MANY]  # no reply yet
     assert core.tick(now) == [] and core.next_deadline() <= now  # same cycle: not yet
-    assert core.tick(now) == [] and not core._own_work          # next cycle: read, waits
+    assert core.tick(now) == [] and not queued(core)          # next cycle: read, waits
     peer = next(c for c in sim.cores.values() if c.config.address == reads[0].address)
     answer = peer.handle_frame((b"node1",), encode(reads[0].message), now)
     reply_frame = encode(answer[0].message)
@@ -290,7 +296,7 @@ def test_mget_own_reads_after_the_peer_failed_leave_the_single_key_path_alone():
     singles = core.handle_reply(read.address, refusal, now)
     assert singles and not any(isinstance(e, Reply) for e in singles)
     assert core.tick(now) == [] and core.tick(now) == []   # the queued reads skip them all
-    assert not core._own_work
+    assert not queued(core)
     sim._apply(core.config.address, singles)                # the single reads finish
     assert sim.run_until(lambda: 9 in sim.client_replies, 5)
     results = sim.client_replies.pop(9).body["results"]
@@ -371,7 +377,7 @@ def test_a_key_falls_back_to_the_single_path_once_and_no_reply_escapes_the_core(
     """Both replicas an MGET asks fail (one answers an error, one is silent): the key
     went to the single-key path twice, and the second answer, after the batch was
     answered, left the core as a Reply routed to a Slot (the server crashed on it)."""
-    from zring.core.batching import Slot
+    from zring.core.effects import Slot
     from zring.errors import StorageError
     sim = cluster_of(4)
     core = sim.node("node1")
@@ -399,13 +405,12 @@ def test_a_key_falls_back_to_the_single_path_once_and_no_reply_escapes_the_core(
         escaped.extend(stray)
         original(address, [e for e in effects if e not in stray])
     sim._apply = apply
-    fallbacks, single = [], core._single
-    core._single = lambda *args: fallbacks.append(args[1]) or single(*args)
+    single_before = core.stats["batch_keys_single_path"]
     request_id = sim.send("node1", MsgType.MGET, {"keys": [key], "r": 2})
     sim.run(6.0)
     assert request_id in sim.client_replies
-    assert escaped == [] and fallbacks == [0]
-    assert core._open_batches == 0 and core._open_batch_keys == 0
+    assert escaped == [] and core.stats["batch_keys_single_path"] == single_before + 1
+    assert core.pending()["batches"] == 0 and core.pending()["batch_keys"] == 0
 
 
 def test_coalescing_cuts_batches_by_size_so_every_frame_is_deliverable():
@@ -427,7 +432,7 @@ def test_a_refused_batch_leaves_nothing_open():
     assert sim.request("node1", MsgType.MGET, {"keys": ["a"], "r": 5}).type == MsgType.ERROR
     assert sim.request("node1", MsgType.MPUT, {"items": [["a", b"1"]], "w": 9}).type == \
         MsgType.ERROR
-    assert core._open_batches == 0 and core._open_batch_keys == 0
+    assert core.pending()["batches"] == 0 and core.pending()["batch_keys"] == 0
 
 
 def test_batch_keys_count_towards_the_pending_limit():

@@ -237,7 +237,7 @@ def test_a_failing_store_fails_only_its_requests_and_the_node_serves_again_after
         reply = put(sim, "node1", f"f{i}", b"v", stamps.next(), w=3)
         assert reply.type == MsgType.ERROR   # w=3 needs our copy too
     sim.run(1.0)   # the peers' acks of the last ones arrive: nothing stays pending
-    assert not core._quorums
+    assert not core.pending()["operations"]
     reads = [get(sim, "node1", f"f{i}") for i in range(5)]
     assert all(r.type == MsgType.OK for r in reads)   # reads still work
     core.store.failing = None

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from simnet import CLIENT, SimCluster
 
-from zring.core.node import NodeCore, _Quorum
+from zring.core.node import NodeCore
+from zring.core.quorum import Quorum, write_quorum_state
 from zring.membership import MemberStatus
 from zring.protocol import MsgType
 
@@ -55,21 +56,21 @@ def normal_everywhere(sim, node_id):
 
 def quorum(sets, acks=(), failed=(), counted=None, hinted_for=None):
     counted = counted or sorted({x for s in sets for x in s})
-    return _Quorum((CLIENT,), 1, MsgType.PUT, "k", 2, list(counted), sets=sets,
+    return Quorum((CLIENT,), 1, MsgType.PUT, "k", 2, list(counted), sets=sets,
                    acks=list(acks), failed=list(failed), hinted_for=hinted_for or {})
 
 
 def test_a_write_during_a_change_needs_a_quorum_in_both_rings():
     sets = [["a", "b", "c"], ["d", "b", "c"]]   # d joins, displacing a
-    assert NodeCore._write_quorum_state(quorum(sets, acks=["a", "d"])) == (False, True)
-    assert NodeCore._write_quorum_state(quorum(sets, acks=["a", "b"])) == (False, True)
-    assert NodeCore._write_quorum_state(quorum(sets, acks=["a", "b", "d"]))[0]
-    assert NodeCore._write_quorum_state(quorum(sets, acks=["b", "c"]))[0]
+    assert write_quorum_state(quorum(sets, acks=["a", "d"])) == (False, True)
+    assert write_quorum_state(quorum(sets, acks=["a", "b"])) == (False, True)
+    assert write_quorum_state(quorum(sets, acks=["a", "b", "d"]))[0]
+    assert write_quorum_state(quorum(sets, acks=["b", "c"]))[0]
     # b and c failed: the new ring can no longer reach two
-    assert NodeCore._write_quorum_state(quorum(sets, acks=["a", "d"], failed=["b", "c"])) \
+    assert write_quorum_state(quorum(sets, acks=["a", "d"], failed=["b", "c"])) \
         == (False, False)
     # a stand-in's ack counts for the replica it covers, in every set holding it
-    assert NodeCore._write_quorum_state(quorum(
+    assert write_quorum_state(quorum(
         sets, acks=["x", "c"], counted=["a", "x", "c", "d"], hinted_for={"x": "b"}))[0]
 
 
@@ -79,9 +80,9 @@ def test_writes_while_a_node_joins_reach_the_joiner_and_a_quorum_of_both_rings()
         put(sim, "node1", f"pre{i}")
     sim.add("node5", seed=False, **SMALL_STREAMS)
     assert sim.run_until(lambda: sim.node("node5").members.own.status ==
-                         MemberStatus.JOINING and sim.node("node5")._join_pull is not None, 10)
+                         MemberStatus.JOINING and sim.node("node5").handoff.join is not None, 10)
     node5 = sim.node("node5")
-    future = node5._future_ring() or node5.ring.copy()
+    future = node5.topology.future() or node5.ring.copy()
     if "node5" not in future:
         future.add_node("node5")
     during = [f"during{i}" for i in range(60)]
@@ -128,10 +129,10 @@ def test_old_replicas_drop_what_they_gave_away_only_after_every_member_switched(
     node1 = sim.node("node1")
     ring = node1.ring
     lost = [f"k{i}" for i in range(300) if "node1" not in ring.get_nodes(f"k{i}", 3)]
-    assert lost and node1._previous_ring is not None
+    assert lost and node1.topology.previous is not None
     assert all(node1.store.get(k) is not None for k in lost)  # node3 may still read them here
     sim.down.discard(node3.config.address)
-    assert sim.run_until(lambda: node1._previous_ring is None, 10)
+    assert sim.run_until(lambda: node1.topology.previous is None, 10)
     assert sim.run_until(lambda: all(node1.store.get(k) is None for k in lost), 10)
 
 
@@ -160,14 +161,14 @@ def test_a_join_reports_its_transfer_and_resumes_after_a_crash():
     sim.add("node4", seed=False, **SMALL_STREAMS)
     node4 = sim.node("node4")
     first = count_streamed(node4)
-    assert sim.run_until(lambda: node4._join_pull is not None
-                         and node4._join_pull.records_received >= 150, 30)
+    assert sim.run_until(lambda: node4.handoff.join is not None
+                         and node4.handoff.join.records_received >= 150, 30)
     status = sim.request("node4", MsgType.CLUSTER_STATUS, {})
     row = next(r for r in status.body["members"] if r["node_id"] == "node4")
     kind, keys_done, keys_total, bytes_done, _ = row["transfer"]
     assert kind == "join" and keys_done >= 150 and bytes_done > 0
     assert keys_total == -1 or keys_total > keys_done
-    done_before_crash = node4._join_pull.records_received
+    done_before_crash = node4.handoff.join.records_received
     restarted = sim.restart("node4")
     second = count_streamed(restarted)
     assert sim.run_until(lambda: normal_everywhere(sim, "node4") and sim.converged(), 30)
@@ -294,8 +295,8 @@ def test_ranges_of_a_displaced_node_that_is_down_come_from_the_other_replicas():
         put(sim, "node1", f"k{i}")
     sim.add("node5", seed=False, **SMALL_STREAMS)
     node5 = sim.node("node5")
-    assert sim.run_until(lambda: node5._join_pull is not None, 10)
-    sources = node5._join_pull.pending_sources()
+    assert sim.run_until(lambda: node5.handoff.join is not None, 10)
+    sources = node5.handoff.join.pending_sources()
     dead = sim.node(sources[0])
     sim.down.add(dead.config.address)
     streamed = count_streamed(node5)
@@ -315,7 +316,7 @@ def test_a_write_to_every_replica_succeeds_right_after_a_leave():
     assert sim.request("node1", MsgType.REMOVE_NODE, {"node_id": "node2"}).type == MsgType.OK
     node1 = sim.node("node1")
     assert sim.run_until(lambda: node1.members["node2"].status == MemberStatus.LEFT, 30)
-    assert node1._previous_ring is not None and "node2" in node1._previous_ring
+    assert node1.topology.previous is not None and "node2" in node1.topology.previous
     for i in range(50):
         reply = put(sim, "node1", f"k{i}", b"after", w=3)
         assert reply.type == MsgType.OK, reply.body

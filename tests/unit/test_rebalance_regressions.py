@@ -122,8 +122,8 @@ def test_a_join_resumed_with_another_chunk_size_skips_records():
         put(sim, "node1", key)
     sim.add("node4", seed=False, **SMALL_STREAMS)
     node4 = sim.node("node4")
-    assert sim.run_until(lambda: node4._join_pull is not None
-                         and len(node4._join_pull._done) >= 10, 30)
+    assert sim.run_until(lambda: node4.handoff.join is not None
+                         and len(node4.handoff.join.progress()["done"]) >= 10, 30)
     node4.config.stream_intervals_per_pull = 2   # restarted with a changed setting
     restarted = sim.restart("node4")
     assert sim.run_until(lambda: status_everywhere(sim, "node4", MemberStatus.NORMAL)
@@ -151,18 +151,18 @@ def test_a_malformed_range_stats_reply_makes_the_joiner_unreadable_to_every_peer
                for i in range(20_000)]
     for core in sim.cores.values():
         core.store.put_many(records)
-        def bad_stats(self, route, message, now):
+        def bad_stats(route, message, now):
             from zring.core.effects import Reply
             from zring.protocol import Message
             return [Reply(route, Message(MsgType.OK, message.request_id,
                                          {"records": 10.0, "bytes": 0}))]
-        core._handlers = {**type(core)._handlers, MsgType.RANGE_STATS: bad_stats}
+        core.handlers[MsgType.RANGE_STATS] = bad_stats
     sim.add("node4", seed=False, **SMALL_STREAMS)
     node4 = sim.node("node4")
-    assert sim.run_until(lambda: node4._join_pull is not None, 20)
+    assert sim.run_until(lambda: node4.handoff.join is not None, 20)
     sim.run(4)
-    assert node4._join_pull is not None  # still streaming
-    assert node4._transfer_totals == (-1, -1)  # the malformed counts were not taken
+    assert node4.handoff.join is not None  # still streaming
+    assert node4.handoff.transfer()[2::2] == (-1, -1)  # the malformed counts were not taken
     node1 = sim.node("node1")
     assert node1.members.is_up("node4", sim.now) and node1.stats["bad_gossip"] == 0, (
         f"node1 rejected {node1.stats['bad_gossip']} gossip messages and sees node4 as "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from zring.protocol import Message
+from zring.errors import ZringError
+from zring.protocol import Message, MsgType
 
-__all__ = ["Effect", "Reply", "Send", "Publish", "Subscribe", "Unsubscribe", "Shutdown"]
+__all__ = ["Effect", "Reply", "Send", "Publish", "Subscribe", "Unsubscribe", "Shutdown", "error",
+           "error_entry", "ok", "reply_as", "Slot", "answer"]
 
 
 @dataclass(slots=True)
@@ -56,3 +59,46 @@ class Shutdown:
 
 
 Effect = Reply | Send | Publish | Subscribe | Unsubscribe | Shutdown
+
+
+def error(request_id: int, exc: ZringError) -> Message:
+    """The ERROR reply carrying ``exc`` (its details, the request id aside)."""
+    body = {"code": exc.code, "message": exc.message or str(exc)}
+    if exc.details:
+        body["details"] = {k: v for k, v in exc.details.items() if k != "request_id"}
+    return Message(MsgType.ERROR, request_id, body)
+
+
+def error_entry(exc: ZringError) -> dict:
+    """One key's error in a batch's results (a conflict's held version, and whether every
+    replica refused it, with it)."""
+    entry = {"error": exc.code, "message": exc.message or str(exc)}
+    for name in ("held", "all_refused"):
+        if name in exc.details:
+            entry[name] = exc.details[name]
+    return entry
+
+
+def reply_as(reply: Message, request_id: int) -> Message:
+    """A peer's reply relayed to our own requester."""
+    return Message(reply.type, request_id, reply.body)
+
+
+def ok(route, request_id: int, body: dict, only_reads: bool = False) -> Reply:
+    """An OK reply to the request ``request_id`` that came by ``route``."""
+    return Reply(route, Message(MsgType.OK, request_id, body), only_reads)
+
+
+@dataclass(slots=True)
+class Slot:
+    """The route of one key of a client batch (MGET/MPUT) that takes the single-key path:
+    its answer fills the key's result instead of leaving as a reply."""
+
+    deliver: Callable[[Message, bool], list[Effect]]   # (answer, only_reads) -> effects
+
+
+def answer(route, message: Message, only_reads: bool = False) -> list[Effect]:
+    """Answer a request that came by ``route``: a reply, or a batch key's result."""
+    if route.__class__ is Slot:
+        return route.deliver(message, only_reads)
+    return [Reply(route, message, only_reads)]

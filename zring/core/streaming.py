@@ -20,8 +20,8 @@ from zring.storage.base import Record, Store, record_size
 __all__ = ["RangePull", "RecordPush", "Interval", "chunk_intervals", "subtract_intervals"]
 
 Interval = tuple[int, int]  # inclusive positions
-# (node_id, msg_type, body, on_reply(node_id, reply | None, now) -> effects) -> effects
-CallFn = Callable[[str, MsgType, dict, Callable], list]
+# (node_id, msg_type, body, on_reply(node_id, reply | None, now) -> effects, now) -> effects
+CallFn = Callable[[str, MsgType, dict, Callable, float], list]
 
 
 def subtract_intervals(intervals: list[Interval], removed: list[Interval]) -> list[Interval]:
@@ -94,6 +94,7 @@ class RangePull:
     in_flight_per_source: int
     retry_s: float
     resume: dict | None = None
+    call: CallFn | None = None   # sends a request: each reply issues the next pages itself
     records_received: int = 0
     bytes_received: int = 0
     cancelled: bool = False
@@ -199,11 +200,12 @@ class RangePull:
             self._queue(_Chunk(chunk.chunk_id, fallback, chunk.intervals, (), chunk.after))
         return True
 
-    def pump(self, call: CallFn, now: float) -> list:
+    def pump(self, now: float) -> list:
         """Issue every page request allowed now."""
         effects: list = []
         if self.cancelled:
             return effects
+        call = self.call
         for source, queue in list(self._queues.items()):
             while queue and self._in_flight[source] < self.in_flight_per_source:
                 if queue[0].retry_at > now:
@@ -213,7 +215,8 @@ class RangePull:
                 body = {"intervals": chunk.remaining(), "after": chunk.after,
                         "limit": self.page_records}
                 effects += call(source, MsgType.RANGE_PULL, body,
-                                lambda node, reply, t, c=chunk: self._on_page(c, reply, t))
+                                lambda node, reply, t, c=chunk: self._on_page(c, reply, t),
+                                now)
         return effects
 
     def next_retry_at(self) -> float | None:
@@ -237,13 +240,13 @@ class RangePull:
         if reply is None or reply.type != MsgType.OK:
             self._failing.add(chunk.source)
             self._retry(chunk, now)
-            return []
+            return self.pump(now)
         try:
             received, size = self.store.put_wire(reply.body.get("records", []))
         except (ProtocolError, ValueError):
             self._failing.add(chunk.source)
             self._retry(chunk, now)
-            return []
+            return self.pump(now)
         self._failing.discard(chunk.source)
         self.records_received += received
         self.bytes_received += size
@@ -254,9 +257,9 @@ class RangePull:
             if self._copies.get(chunk.chunk_id) == 1:
                 self._cursors[chunk.chunk_id] = last
             self._queue(chunk, front=True)
-            return []
+            return self.pump(now)
         self._finish_copy(chunk)
-        return []
+        return self.pump(now)
 
 
 @dataclass(slots=True)
@@ -290,6 +293,7 @@ class RecordPush:
     max_bytes: int = 8 * 1024 * 1024   # per page: each target's message stays well below
     resume: dict | None = None
     pages_in_flight: int = 3
+    call: CallFn | None = None   # sends a request: each answer issues the next pages itself
     records_sent: int = 0     # record copies the targets acknowledged
     records_dropped: int = 0
     records_done: int = 0     # records scanned whose every copy was acknowledged
@@ -314,19 +318,19 @@ class RecordPush:
         return {"after": self._acked_after, "records": self.records_done,
                 "bytes": self.bytes_done}
 
-    def pump(self, call: CallFn, now: float) -> list:
+    def pump(self, now: float) -> list:
         if self.cancelled:
             return []
         effects: list = []
         for page in self._pages:  # pages whose sends failed: resend what is left
             if page.outstanding and not page.waiting and now >= page.retry_at:
-                effects += self._send(page, call)
+                effects += self._send(page, now)
         while not self._scan_done and len(self._pages) < self.pages_in_flight:
             page = self._read_page()
             if page is None:
                 break
             self._pages.append(page)
-            effects += self._send(page, call)
+            effects += self._send(page, now)
         self._complete_pages()
         return effects
 
@@ -372,14 +376,14 @@ class RecordPush:
         times = [p.retry_at for p in self._pages if p.outstanding and not p.waiting]
         return min(times) if times else None
 
-    def _send(self, page: _Page, call: CallFn) -> list:
+    def _send(self, page: _Page, now: float) -> list:
         effects: list = []
         for target, records in list(page.outstanding.items()):
             page.waiting += 1
             body = {"records": [record_to_wire(r) for r in records]}
-            effects += call(target, MsgType.REPLICA_WRITE, body,
-                            lambda node, reply, t, p=page, n=len(records):
-                            self._on_ack(p, node, reply, t, n))
+            effects += self.call(target, MsgType.REPLICA_WRITE, body,
+                                 lambda node, reply, t, p=page, n=len(records):
+                                 self._on_ack(p, node, reply, t, n), now)
         return effects
 
     def _on_ack(self, page: _Page, target: str, reply: Message | None, now: float,
@@ -391,6 +395,6 @@ class RecordPush:
             page.outstanding.pop(target, None)
             self.records_sent += count
             self._complete_pages()
-        else:
-            page.retry_at = now + self.retry_s
+            return self.pump(now)
+        page.retry_at = now + self.retry_s
         return []

@@ -1,0 +1,149 @@
+"""The replica side: records written and read for a coordinator, hints kept for a peer,
+and pages of a range for a node that streams it."""
+
+from __future__ import annotations
+
+from zring.core.batching import BATCH_MAX_BYTES, MAX_BATCH_KEYS, encoded_size
+from zring.core.clocks import NodeClock
+from zring.core.context import NodeContext, Part
+from zring.core.effects import Effect, Reply, ok
+from zring.errors import InvalidRequest, ProtocolError
+from zring.protocol import Message, MsgType, record_from_wire, record_to_wire
+from zring.storage.base import Hint, Record, record_size
+
+__all__ = ["Replica"]
+
+
+class Replica(Part):
+    def __init__(self, ctx: NodeContext, clock: NodeClock) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.handlers = {
+            MsgType.REPLICA_WRITE: self._on_replica_write,
+            MsgType.REPLICA_READ: self._on_replica_read,
+            MsgType.REPLICA_READ_MANY: self._on_replica_read_many,
+            MsgType.HINT_WRITE: self._on_hint_write,
+            MsgType.RANGE_PULL: self._on_range_pull,
+        }
+
+    def _on_replica_write(self, route, message: Message, now: float) -> list[Effect]:
+        """Records from a peer. A client write's (``cond``) is taken only where we hold no
+        newer version; the reply names the others. Other records (read repair, hints,
+        repair) keep the newer of the two, as every copy of a key does."""
+        self.ctx.check_serving()
+        items = message.body["records"]
+        self._check_record_sizes(items)
+        newest = max((item[2] for item in items if type(item[2]) is int), default=None)
+        if newest is not None:
+            self.clock.check_peer_timestamp(newest, now)
+        if message.body.get("cond"):
+            answers = self.ctx.store.write_if_newer(items)  # checks each record's fields
+            refused = [[index, *held] for index, held in enumerate(answers) if held is not None]
+            body = {"received": len(items) - len(refused)}
+            if refused:
+                body["newer"] = refused
+                self.ctx.stats["replica_writes_refused_newer"] += len(refused)
+        else:
+            received, _ = self.ctx.store.put_wire(items)  # checks each record's fields
+            body = {"received": received}
+        if newest is not None:
+            self.clock.hlc.observe(newest)
+            self.clock.note_stamp(newest)
+        return [ok(route, message.request_id, body)]
+
+    def _check_record_sizes(self, items: list) -> None:
+        max_value = self.ctx.config.max_value_bytes
+        for item in items:
+            if item.__class__ is not list or len(item) != 4:
+                raise ProtocolError("a record must be [key, value, timestamp, writer]")
+            key, value = item[0], item[1]
+            if (key.__class__ is str and self.ctx.key_too_long(key)) or (
+                    value is not None and hasattr(value, "__len__")
+                    and len(value) > max_value):
+                raise InvalidRequest("record exceeds the key or value size limit")
+
+    def _records_from_peer(self, items: list, now: float) -> list[Record]:
+        records = []
+        for item in items:
+            record = record_from_wire(item)
+            if len(record.key.encode("utf-8", "surrogatepass")) > self.ctx.config.max_key_bytes or (
+                    record.value is not None
+                    and len(record.value) > self.ctx.config.max_value_bytes):
+                raise InvalidRequest("record exceeds the key or value size limit")
+            records.append(record)
+        if records:
+            newest = max(r.version.timestamp for r in records)
+            self.clock.check_peer_timestamp(newest, now)
+            self.clock.hlc.observe(newest)
+            self.clock.note_stamp(newest)
+        return records
+
+    def _on_replica_read(self, route, message: Message, now: float) -> list[Effect]:
+        self.ctx.check_serving()
+        record = self.ctx.store.get(message.body["key"])
+        body = {"record": None if record is None else record_to_wire(record)}
+        return [ok(route, message.request_id, body, only_reads=True)]
+
+    def _on_replica_read_many(self, route, message: Message, now: float) -> list[Effect]:
+        self.ctx.check_serving()
+        keys = message.body["keys"]
+        if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
+            raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
+        wires = self.ctx.store.get_wire_many(keys)
+        if encoded_size(wires) > BATCH_MAX_BYTES:  # the coordinator reads these one by one
+            raise InvalidRequest("these records are too large for one reply")
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"records": wires}),
+                      only_reads=True)]
+
+    def _on_hint_write(self, route, message: Message, now: float) -> list[Effect]:
+        target = message.body["target"]
+        records = self._records_from_peer(message.body["records"], now)
+        stored = self.ctx.store.add_hints(Hint(0, target, record, int(now * 1000))
+                                      for record in records)
+        self.ctx.stats["hints_stored"] += stored
+        return [Reply(route, Message(MsgType.OK, message.request_id, {"stored": stored}))]
+
+    def _on_range_pull(self, route, message: Message, now: float) -> list[Effect]:
+        """A page of our records in the given intervals, after a cursor position."""
+        self.ctx.check_serving()  # a node that left is wiping its store: its pages are partial
+        body = message.body
+        limit = min(max(body["limit"], 1), self.ctx.config.stream_batch_records)
+        records, more, last = self.scan_intervals(body["intervals"], body.get("after"), limit,
+                                                   None)
+        reply = {"records": [record_to_wire(r) for r in records], "more": more, "last": last}
+        return [ok(route, message.request_id, reply, only_reads=True)]
+
+    def scan_intervals(self, intervals: list, after: int | None, limit: int, keep):
+        """Up to ``limit`` scanned records (those ``keep`` accepts) in sorted ``intervals``
+        after position ``after``; returns (records, more, last position scanned)."""
+        if len(intervals) > 65_536:
+            raise InvalidRequest("too many intervals in one request")
+        records: list[Record] = []
+        scanned = size = 0
+        last = None
+        more = False
+        for interval in intervals:
+            if (not isinstance(interval, list) or len(interval) != 2
+                    or any(type(v) is not int or not 0 <= v < 1 << 64 for v in interval)):
+                raise InvalidRequest("intervals must be [low, high] position pairs")
+            low, high = interval
+            if after is not None and high <= after:
+                continue
+            # scan_range never splits records sharing one position across pages, nor do we:
+            # the cursor is a position
+            page = self.ctx.store.scan_range(low, high, after=after, limit=limit - scanned)
+            for index, record in enumerate(page):
+                scanned += 1
+                last = record.position
+                if keep is None or keep(record.position):
+                    records.append(record)
+                    size += record_size(record)
+                following = page[index + 1] if index + 1 < len(page) else None
+                if size >= self.ctx.config.stream_batch_bytes and (
+                        following is None or following.position != record.position):
+                    more = True
+                    break
+            if more or scanned >= limit:
+                more = True
+                break
+        return records, more, last
