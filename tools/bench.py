@@ -73,10 +73,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 - tools/harness.py, found through the line above
+from harness import (  # noqa: E402
+    Result,
+    layout,
+    ratio_text,
+    run_async_workload,
+    run_workload,
+)
 
 if TYPE_CHECKING:
     from zring.localcluster import LocalCluster
@@ -91,133 +102,6 @@ MIB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------- measurement
-
-@dataclass
-class Result:
-    """One workload on one system. ``ops`` counts completed calls, each of ``batch`` keys;
-    ``misses`` counts keys (a get that found nothing, a put not acknowledged)."""
-
-    name: str
-    ops: int = 0
-    errors: int = 0
-    misses: int = 0
-    elapsed_s: float = 0.0
-    latencies_ns: list[int] = field(default_factory=list)
-    first_error: str = ""
-    batch: int = 1
-
-    @property
-    def ops_per_s(self) -> float:
-        """Keys per second (calls per second times keys per call)."""
-        return self.ops * self.batch / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def mean_ms(self) -> float:
-        if not self.latencies_ns:
-            return float("nan")
-        return sum(self.latencies_ns) / len(self.latencies_ns) / 1e6
-
-    def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the successful calls' latencies."""
-        if not self.latencies_ns:
-            return float("nan")
-        ordered = sorted(self.latencies_ns)
-        rank = min(len(ordered), max(1, math.ceil(q * len(ordered))))
-        return ordered[rank - 1] / 1e6
-
-    def fail(self, exc: BaseException | str) -> None:
-        self.errors += 1
-        if not self.first_error:
-            self.first_error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-
-    def count_hits(self, hits: int | bool | None) -> None:
-        """``hits``: how many of the call's ``batch`` keys were found / acknowledged."""
-        self.misses += self.batch - min(self.batch, int(hits or 0))
-
-
-def run_workload(name: str, op: Callable[[int], int | bool], count: int, max_seconds: float,
-                 batch: int = 1) -> Result:
-    """Call ``op(i)`` for i in 0..count-1, one at a time, timing each call.
-
-    ``op`` returns how many of its ``batch`` keys it found (a bool for one key: False is a
-    miss); an exception is an error. Stops early (and says so) if ``max_seconds`` pass.
-    """
-    result = Result(name, batch=batch)
-    latencies = result.latencies_ns
-    clock = time.perf_counter_ns
-    start = clock()
-    deadline = start + int(max_seconds * 1e9)
-    for i in range(count):
-        t0 = clock()
-        try:
-            hits = op(i)
-        except Exception as exc:  # a benchmark counts failures instead of stopping on them
-            result.fail(exc)
-        else:
-            latencies.append(clock() - t0)
-            result.count_hits(hits)
-        result.ops = i + 1
-        if clock() > deadline:
-            print(f"  {name}: stopped after {result.ops} calls (--max-seconds {max_seconds})",
-                  flush=True)
-            break
-    result.elapsed_s = (clock() - start) / 1e9
-    result.ops -= result.errors  # throughput counts completed calls only
-    return result
-
-
-async def run_async_workload(name: str, op: Callable[[int], Awaitable[int | bool]], count: int,
-                             concurrency: int, max_seconds: float, grace_s: float = 30.0,
-                             batch: int = 1) -> Result:
-    """Await ``op(i)`` for i in 0..count-1 with ``concurrency`` calls in flight at once (that
-    many workers, each taking the next index as soon as its call returns), timing each call.
-
-    Workers take no new index once ``max_seconds`` have passed; calls still unfinished
-    ``grace_s`` after that are cancelled and counted as errors, so a hung client cannot hang
-    the benchmark.
-    """
-    result = Result(name, batch=batch)
-    latencies = result.latencies_ns
-    clock = time.perf_counter_ns
-    state = {"next": 0, "in_flight": 0, "stopped": False}
-    start = clock()
-    deadline = start + int(max_seconds * 1e9)
-
-    async def worker() -> None:
-        while not state["stopped"] and state["next"] < count:
-            i = state["next"]
-            state["next"] += 1
-            state["in_flight"] += 1
-            t0 = clock()
-            try:
-                hits = await op(i)
-            except Exception as exc:  # counted, as in run_workload
-                result.fail(exc)
-            else:
-                latencies.append(clock() - t0)
-                result.count_hits(hits)
-            finally:
-                state["in_flight"] -= 1
-            result.ops += 1
-            if clock() > deadline and not state["stopped"]:
-                state["stopped"] = True
-                print(f"  {name}: stopped after {state['next']} calls started "
-                      f"(--max-seconds {max_seconds})", flush=True)
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, count)))]
-    _, pending = await asyncio.wait(tasks, timeout=max_seconds + grace_s)
-    if pending:
-        hung = state["in_flight"]
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=5)
-        for _ in range(hung):
-            result.fail(f"{hung} calls still unfinished {grace_s:g}s after --max-seconds: "
-                        "cancelled")
-        result.ops += hung
-    result.elapsed_s = (clock() - start) / 1e9
-    result.ops -= result.errors
-    return result
-
 
 def parse_vm_rss(status_text: str) -> int | None:
     """The VmRSS of a /proc/<pid>/status text, in bytes (None if absent)."""
@@ -281,71 +165,18 @@ def tree_size(path: Path) -> int:
 
 # ---------------------------------------------------------------------- processes
 
-def stop_processes(procs: list[subprocess.Popen], term_wait_s: float = 10.0,
-                   kill_wait_s: float = 5.0) -> None:
-    """TERM every process, wait up to ``term_wait_s`` for all, then KILL the rest."""
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                proc.terminate()
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + term_wait_s
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            try:
-                proc.wait(timeout=kill_wait_s)
-            except subprocess.TimeoutExpired:
-                print(f"warning: pid {proc.pid} survived SIGKILL", file=sys.stderr)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str,
-               interval_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception as exc:  # not up yet: keep polling until the deadline
-            last_error = exc
-        time.sleep(interval_s)
-    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}"
-                       + (f" (last error: {last_error})" if last_error else ""))
-
-
 def temp_cluster(secure: bool = False) -> LocalCluster:
     """A 3-node LocalCluster (zring.localcluster) in a new temporary directory, not started;
     ``secure``: with CurveZMQ keys made for it (its clients use the key "clients/bench")."""
+    if not secure:
+        return harness.temp_cluster(nodes=3, log_level="warning")
     from zring.localcluster import LocalCluster
+    from zring.security import keygen
 
     root = Path(tempfile.mkdtemp(prefix="zring-bench-"))
-    if not secure:
-        return LocalCluster(root, nodes=3, log_level="warning")
-    from zring.security import keygen
     keygen(root / "keys", nodes=["node1", "node2", "node3"], clients=["bench"])
     return LocalCluster(root, nodes=3, log_level="warning", keys_dir=root / "keys",
                         client_key="clients/bench")
-
-
-def start_temp_cluster(cluster: LocalCluster, timeout_s: float = 60) -> None:
-    print(f"starting a temporary 3-node cluster in {cluster.root} ...", flush=True)
-    try:
-        cluster.start(timeout_s)
-    except Exception as exc:  # LocalCluster.start has already stopped whatever it started
-        raise RuntimeError(f"{exc}; node logs: {cluster.log_dir}") from None
-
-
-def stop_temp_cluster(cluster: LocalCluster, keep_files: bool) -> None:
-    cluster.stop()
-    if not keep_files:
-        shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 class TempRedis:
@@ -362,6 +193,8 @@ class TempRedis:
     def start(self, timeout_s: float = 15.0) -> None:
         import redis
 
+        from zring.localcluster import wait_for
+
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
              "--appendonly", "no", "--dir", self.root, "--protected-mode", "yes"],
@@ -371,11 +204,11 @@ class TempRedis:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with code {self.proc.returncode}")
             return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1).ping()
-        wait_until(up, timeout_s, f"redis-server on port {self.port}", interval_s=0.05)
+        wait_for(up, timeout_s, f"redis-server on port {self.port}", interval_s=0.05)
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_processes([self.proc])
+            harness.stop_processes([self.proc])
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -646,7 +479,7 @@ def bench_echo(args: argparse.Namespace, value: bytes) -> dict[str, Result]:
     finally:
         for dealer in sockets:
             dealer.close(linger=0)
-        stop_processes([relay, server])
+        harness.stop_processes([relay, server])
 
 
 def format_echo_table(echo: dict[str, Result], zring: dict[str, Result],
@@ -665,10 +498,10 @@ def format_echo_table(echo: dict[str, Result], zring: dict[str, Result],
         redis_result = (redis_results or {}).get(redis_key)
         zring_result = zring.get(zring_key)
         table.append([label, *_cells(result),
-                      _ratio(result.ops_per_s, redis_result.ops_per_s) if redis_result else "-",
-                      _ratio(zring_result.ops_per_s, result.ops_per_s) if zring_result
+                      ratio_text(result.ops_per_s, redis_result.ops_per_s) if redis_result else "-",
+                      ratio_text(zring_result.ops_per_s, result.ops_per_s) if zring_result
                       else "-"])
-    return _layout(table, left={0})
+    return layout(table, left={0})
 
 
 def bench_redis(port: int, workloads: set[str], args: argparse.Namespace, value: bytes,
@@ -781,12 +614,10 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
     """Resident memory of each node of a fresh preloaded 3-node cluster, then of a fresh
     redis-server holding the same keys (the cluster is stopped first)."""
     from zring import Client
-    from zring.localcluster import LocalCluster
 
     count = args.memory_keys
     rows: list[MemoryRow] = []
-    cluster = LocalCluster(tempfile.mkdtemp(prefix="zring-bench-memory-"), nodes=3,
-                           log_level="warning")
+    cluster = harness.temp_cluster("zring-bench-memory-", nodes=3, log_level="warning")
     temp_redis: TempRedis | None = None
     try:
         print(f"memory: preloading {count:,} keys of {args.value_size}-byte values into "
@@ -794,7 +625,7 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
         began = time.monotonic()
         keys = cluster.preload(count, value_size=args.value_size)
         print(f"  preloaded in {time.monotonic() - began:.1f}s", flush=True)
-        start_temp_cluster(cluster, timeout_s=max(60.0, count / 10_000))
+        harness.start_cluster(cluster, timeout_s=max(60.0, count / 10_000))
         names = sorted(cluster.autostart)
         pids = {name: int(cluster.supervisor().getProcessInfo(name)["pid"]) for name in names}
         at_start = {name: vm_rss(pid) for name, pid in pids.items()}
@@ -816,7 +647,7 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
             disk = tree_size(cluster.root / "data" / name)
             rows.append(MemoryRow(f"zring {name}", held, vm_rss(pids[name]), at_start[name],
                                   f"pid {pids[name]}, store on disk {disk / MIB:,.1f} MiB"))
-        stop_temp_cluster(cluster, args.keep_cluster_files)  # before loading redis: 2 cores
+        harness.stop_cluster(cluster, args.keep_cluster_files)  # before loading redis: 2 cores
 
         if use_redis and redis_binary is None:
             redis_binary = shutil.which("redis-server")
@@ -857,7 +688,7 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
     finally:
         if temp_redis is not None:
             temp_redis.stop()
-        stop_temp_cluster(cluster, args.keep_cluster_files)
+        harness.stop_cluster(cluster, args.keep_cluster_files)
 
 
 def format_memory_table(rows: list[MemoryRow]) -> str:
@@ -869,10 +700,10 @@ def format_memory_table(rows: list[MemoryRow]) -> str:
         if row.process == "redis-server":
             ratio = ""
         else:
-            ratio = _ratio(row.rss, redis_rss) if row.rss is not None and redis_rss else "-"
+            ratio = ratio_text(row.rss, redis_rss) if row.rss is not None and redis_rss else "-"
         table.append([row.process, f"{row.keys:,}", _mib(row.rss), _mib(row.rss_start), ratio,
                       row.note])
-    return _layout(table, left={0, 5})
+    return layout(table, left={0, 5})
 
 
 def _mib(size: int | None) -> str:
@@ -908,16 +739,16 @@ def format_table(zring: dict[str, Result], redis_results: dict[str, Result] | No
             r = redis_results.get(key)
             row += [redis_op if r else "-", *_cells(r)]
             if z and r:
-                row += [_ratio(z.ops_per_s, r.ops_per_s),
-                        _ratio(z.percentile_ms(0.50), r.percentile_ms(0.50)),
-                        _ratio(z.percentile_ms(0.99), r.percentile_ms(0.99))]
+                row += [ratio_text(z.ops_per_s, r.ops_per_s),
+                        ratio_text(z.percentile_ms(0.50), r.percentile_ms(0.50)),
+                        ratio_text(z.percentile_ms(0.99), r.percentile_ms(0.99))]
             else:
                 row += ["-", "-", "-"]
             errors.append(str(r.errors) if r else "-")
             misses.append(str(r.misses) if r else "-")
         row += ["/".join(errors), "/".join(misses)]
         table.append(row)
-    return _layout(table, left={0, 4} if redis_results is not None else {0})
+    return layout(table, left={0, 4} if redis_results is not None else {0})
 
 
 def round_ratios(zring: dict[str, Result], redis_results: dict[str, Result]) -> dict[str, float]:
@@ -940,7 +771,7 @@ def format_ratio_summary(ratios: dict[str, list[float]], quorums: dict, workload
             table.append([template.format(**fill), str(len(values)),
                           f"{statistics.median(values):.2f}x", f"{values[0]:.2f}x",
                           f"{values[-1]:.2f}x"])
-    return _layout(table, left={0})
+    return layout(table, left={0})
 
 
 def _cells(result: Result | None) -> list[str]:
@@ -948,31 +779,6 @@ def _cells(result: Result | None) -> list[str]:
         return ["-", "-", "-"]
     return [f"{result.ops_per_s:,.0f}", f"{result.percentile_ms(0.50):.3f}",
             f"{result.percentile_ms(0.99):.3f}"]
-
-
-def _layout(table: list[list[str] | None], left: set[int]) -> str:
-    """Columns padded to their widest cell (``left`` ones left-aligned), a rule under the
-    header and wherever ``table`` holds None."""
-    rows = [row for row in table if row is not None]
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    rule = "  ".join("-" * w for w in widths)
-    lines = []
-    for n, row in enumerate(table):
-        if row is None:
-            lines.append(rule)
-            continue
-        cells = [cell.ljust(w) if c in left else cell.rjust(w)
-                 for c, (cell, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append(rule)
-    return "\n".join(lines)
-
-
-def _ratio(a: float, b: float) -> str:
-    if not b or a != a or b != b:  # zero or NaN
-        return "-"
-    return f"{a / b:.2f}x"
 
 
 def table_notes(notes: dict[str, str], workloads: set[str], concurrency: int,
@@ -1010,7 +816,7 @@ def run_security(args: argparse.Namespace, workloads: set[str]) -> None:
         plain, curve = temp_cluster(), temp_cluster(secure=True)
         clusters += [plain, curve]
         for cluster in clusters:
-            start_temp_cluster(cluster)
+            harness.start_cluster(cluster)
         print(f"{args.ops} ops per workload, {args.value_size}-byte values; plain cluster "
               f"vs CurveZMQ cluster (both up throughout)", flush=True)
         ratios: dict[str, list[float]] = {}
@@ -1037,7 +843,7 @@ def run_security(args: argparse.Namespace, workloads: set[str]) -> None:
             print(summary.replace("z/r median", "c/p median"))
     finally:
         for cluster in clusters:
-            stop_temp_cluster(cluster, args.keep_cluster_files)
+            harness.stop_cluster(cluster, args.keep_cluster_files)
 
 
 def format_security_table(plain: dict[str, Result], curve: dict[str, Result], quorums: dict,
@@ -1052,8 +858,8 @@ def format_security_table(plain: dict[str, Result], curve: dict[str, Result], qu
             continue
         p, c = plain[key], curve[key]
         table.append([template.format(**fill), *_cells(p), *_cells(c),
-                      _ratio(c.ops_per_s, p.ops_per_s), f"{p.errors}/{c.errors}"])
-    return _layout(table, left={0})
+                      ratio_text(c.ops_per_s, p.ops_per_s), f"{p.errors}/{c.errors}"])
+    return layout(table, left={0})
 
 
 # ---------------------------------------------------------------------- CLI
@@ -1127,7 +933,7 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
         seeds = args.seeds or DEFAULT_SEEDS
         if args.start_cluster:
             cluster = temp_cluster()
-            start_temp_cluster(cluster)
+            harness.start_cluster(cluster)
             seeds = ",".join(cluster.seeds)
         redis_port = args.redis_port
         if use_redis and redis_port is None:
@@ -1187,7 +993,7 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
         if temp_redis is not None:
             temp_redis.stop()
         if cluster is not None:
-            stop_temp_cluster(cluster, args.keep_cluster_files)
+            harness.stop_cluster(cluster, args.keep_cluster_files)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,44 +15,54 @@ wiped entirely and repaired, which streams everything it holds.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import random
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from zring import Client
-from zring.localcluster import LocalCluster, wait_for
-from zring.storage import STORE_FILE, SQLiteStore
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 - tools/harness.py, found through the line above
+
+from zring import Client  # noqa: E402
+from zring.localcluster import LocalCluster, wait_for  # noqa: E402
+from zring.storage import STORE_FILE, SQLiteStore  # noqa: E402
 
 VALUE = b"v" * 100
 NODES = ["node1", "node2", "node3"]
 
 
-def put_worker(seeds: list[str], seconds: float, worker: int, results) -> None:
-    with Client(seeds, timeout=5.0) as client:
-        done = 0
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            client.put(f"w{worker}-{done}", VALUE)
-            done += 1
-    results.put(done)
+@dataclass(frozen=True)
+class PutSpec:
+    seeds: list[str]
+
+
+def put_worker(spec: PutSpec, control: harness.LoadControl) -> None:
+    """Fresh keys, one put after another, each counted, until told to stop."""
+    done = 0
+    try:
+        with Client(spec.seeds, timeout=5.0) as client:
+            control.ready()
+            while control.running():
+                client.put(f"w{control.index}-{done}", VALUE)
+                control.count(ok=True)
+                done += 1
+    finally:
+        control.done(done)
 
 
 def put_rate(cluster: LocalCluster, clients: int, seconds: float) -> float:
-    results = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=put_worker,
-                                       args=(cluster.seeds, seconds, i, results))
-               for i in range(clients)]
-    started = time.monotonic()
-    for process in workers:
-        process.start()
-    total = sum(results.get(timeout=seconds + 60) for _ in workers)
-    for process in workers:
-        process.join(timeout=30)
-    return total / (time.monotonic() - started)
+    """Acknowledged puts per second of ``clients`` processes over ``seconds``."""
+    with harness.LoadProcesses(put_worker, [PutSpec(cluster.seeds)] * clients,
+                               max_seconds=seconds + 60) as load:
+        load.start()
+        time.sleep(seconds)  # the measurement window itself
+        now, acknowledged, _ = load.totals()
+        load.stop()
+    return acknowledged / (now - load.started_at)
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -68,30 +78,6 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"{policy:10} {single:15,.0f} {many:17,.0f}")
     (_, a1, am), (_, p1, pm) = rows
     print(f"{'always/periodic':10} {a1 / p1:14.2f}x {am / pm:16.2f}x")
-
-
-def load_worker(seeds: list[str], keys: list[str]) -> None:
-    with Client(seeds, timeout=10.0) as client:
-        for key in keys:
-            client.put(key, VALUE)
-
-
-def load(cluster: LocalCluster, count: int, processes: int = 4) -> list[str]:
-    keys = [f"key_{i}" for i in range(count)]
-    workers = [multiprocessing.Process(target=load_worker,
-                                       args=(cluster.seeds, keys[i::processes]))
-               for i in range(processes)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(timeout=3600)
-    return keys
-
-
-def repair_once(cluster: LocalCluster, client: Client) -> tuple[float, dict]:
-    started = time.monotonic()
-    result = client.repair(timeout=1800)
-    return time.monotonic() - started, result
 
 
 def damage_replica(cluster: LocalCluster, keys: list[str], share: float | None) -> int:
@@ -113,17 +99,17 @@ def damage_replica(cluster: LocalCluster, keys: list[str], share: float | None) 
 def repair(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="zring-repair-") as root, \
             LocalCluster(root, log_level="info") as cluster:
-        started = time.monotonic()
-        keys = load(cluster, args.keys)
-        load_s = time.monotonic() - started
+        keys = [f"key_{i}" for i in range(args.keys)]
+        load_s, _ = harness.timed(lambda: harness.put_keys(
+            cluster.seeds, keys, VALUE, processes=4, timeout_s=10.0, deadline_s=3600))
         client = cluster.client("node1", timeout=30.0)
         wait_for(lambda: len(client.local_keys("node3")) == len(keys), 120, "all replicas")
         record_bytes = sum(len(k) + len(VALUE) for k in keys)
         lost = damage_replica(cluster, keys, args.divergence)
-        partial_s, partial = repair_once(cluster, client)
+        partial_s, partial = harness.timed(lambda: client.repair(timeout=1800))
         assert set(keys) <= set(client.local_keys("node3")), "repair left keys missing"
         damage_replica(cluster, keys, None)
-        full_s, full = repair_once(cluster, client)
+        full_s, full = harness.timed(lambda: client.repair(timeout=1800))
         assert set(keys) <= set(client.local_keys("node3")), "full repair left keys missing"
     print(f"\nrepair, 3 nodes, N=3, {len(keys):,} keys of {len(VALUE)} bytes "
           f"(loaded in {load_s:.1f} s); node3 lost {lost:,} records "
@@ -146,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--divergence", type=float, default=0.01)
     args = parser.parse_args(argv)
+    harness.exit_on_sigterm()
     if args.part in ("throughput", "all"):
         throughput(args)
     if args.part in ("repair", "all"):

@@ -25,56 +25,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
-import multiprocessing
-import os
-import platform
-import queue
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
 
-from zring import Client
-from zring.config import NodeConfig
-from zring.localcluster import LocalCluster, wait_for
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 - tools/harness.py, found through the line above
+from harness import percentile, progress, say  # noqa: E402
+from harness import seconds_text as seconds  # noqa: E402
+
+from zring import Client  # noqa: E402
+from zring.config import NodeConfig  # noqa: E402
+from zring.localcluster import LocalCluster, wait_for  # noqa: E402
 
 NODES = ["node1", "node2", "node3"]
 POLL_S = 0.02               # detection: how often every observer is asked
-MP = multiprocessing.get_context("spawn")  # no fork: the parent holds ZeroMQ sockets
 
 
 # ---------------------------------------------------------------------- small helpers
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def progress(text: str) -> None:
-    print(f"  .. {text}", flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (NaN for no values)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}s"
-
 
 def wall_time(timestamp: str) -> float:
     """A node log's ISO timestamp (UTC, ``...Z``) as Unix time."""
@@ -85,17 +63,8 @@ def log_events(cluster: LocalCluster, names: list[str], events: set[str],
                since: float = 0.0) -> list[dict]:
     """The JSON log lines of ``names`` whose event is in ``events``, logged at/after
     ``since`` (Unix time), oldest first; each keeps its ``node_id`` (the node that logged)."""
-    found = []
-    for name in names:
-        for line in cluster.log_text(name).splitlines():
-            if not line.startswith("{"):
-                continue  # a traceback or a CLI error line, not a log event
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") in events and wall_time(entry["timestamp"]) >= since:
-                found.append(entry)
+    found = [entry for name in names for entry, at in harness.node_log_entries(cluster, name)
+             if entry.get("event") in events and at >= since]
     return sorted(found, key=lambda e: e["timestamp"])
 
 
@@ -104,14 +73,11 @@ def own_hints(cluster: LocalCluster, name: str) -> int:
     return cluster.status_from(name).member(name).hints
 
 
-@contextmanager
-def running_cluster(workdir: Path, part: str, **options) -> Iterator[LocalCluster]:
+def running_cluster(workdir: Path, part: str,
+                    **options) -> AbstractContextManager[LocalCluster]:
     """A fresh LocalCluster in ``workdir/part`` (info logs: the events counted here), stopped
-    on the way out whatever happens."""
-    cluster = LocalCluster(workdir / part, log_level="info", **options)
-    progress(f"starting a cluster in {cluster.root}")
-    with cluster:
-        yield cluster
+    on the way out whatever happens (its files stay: ``main`` removes ``workdir``)."""
+    return harness.running_cluster(workdir / part, log_level="info", **options)
 
 
 # ---------------------------------------------------------------------- load workers
@@ -125,7 +91,6 @@ class LoadSpec:
     value_size: int
     timeout_s: float
     tag: str
-    max_seconds: float      # a worker stops by itself after this, even if never told
 
 
 @dataclass
@@ -152,22 +117,20 @@ def decode_seq(value: bytes | str | None) -> int:
     return int(raw.split(b":", 2)[1])
 
 
-def load_worker(spec: LoadSpec, go, stop, phase, results) -> None:
-    """One load process: puts and gets on its own keys until ``stop`` (or max_seconds).
+def load_worker(spec: LoadSpec, control: harness.LoadControl) -> None:
+    """One load process: puts and gets on its own keys until told to stop.
 
-    Keys are ``<tag><phase>:<i>``: the parent bumps ``phase`` to make the workers write fresh
+    Keys are ``<tag><phase>:<i>``: the parent bumps the phase to make the workers write fresh
     keys from then on (so "written during the pause" is a key set, not a time window)."""
     result = WorkerResult(spec.worker)
     rng = random.Random(spec.worker)
     own = range(spec.worker, spec.keyspace, spec.workers)
     seq = 0
     client = Client(spec.seeds, timeout=spec.timeout_s)
-    results.put(("ready", spec.worker))
-    go.wait(60)
-    deadline = time.monotonic() + spec.max_seconds
+    control.ready()
     try:
-        while not stop.is_set() and time.monotonic() < deadline:
-            key = f"{spec.tag}{phase.value}:{rng.choice(own)}"
+        while control.running():
+            key = f"{spec.tag}{control.phase}:{rng.choice(own)}"
             writing = rng.random() < 0.5
             try:
                 if writing:
@@ -189,7 +152,7 @@ def load_worker(spec: LoadSpec, go, stop, phase, results) -> None:
                 result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
     finally:
         client.close()
-        results.put(("done", result))
+        control.done(result)
 
 
 @dataclass
@@ -228,65 +191,30 @@ class LoadTotals:
         return lines
 
 
-class Load:
-    """``workers`` load processes against ``cluster``: start(), then stop() for the totals."""
-
-    def __init__(self, cluster: LocalCluster, args: argparse.Namespace, tag: str,
-                 max_seconds: float) -> None:
-        self.go, self.stop_event = MP.Event(), MP.Event()
-        self.phase = MP.RawValue("i", 0)
-        self.results = MP.Queue()
-        self.processes = [
-            MP.Process(target=load_worker, daemon=True, args=(
-                LoadSpec(cluster.seeds, w, args.workers, args.keyspace, args.value_size,
-                         args.client_timeout, tag, max_seconds),
-                self.go, self.stop_event, self.phase, self.results))
-            for w in range(args.workers)]
-        self.started_at = 0.0
-
-    def start(self, timeout_s: float = 60) -> None:
-        for process in self.processes:
-            process.start()
-        for _ in self.processes:  # all clients made: start together, so ops/s is honest
-            self.results.get(timeout=timeout_s)
-        self.started_at = time.monotonic()
-        self.go.set()
-
-    def set_phase(self, phase: int) -> None:
-        self.phase.value = phase
-
-    def stop(self, timeout_s: float = 60) -> LoadTotals:
-        self.stop_event.set()
-        elapsed = time.monotonic() - self.started_at
-        collected: list[WorkerResult] = []
-        deadline = time.monotonic() + timeout_s
-        while len(collected) < len(self.processes) and time.monotonic() < deadline:
-            try:
-                kind, payload = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if kind == "done":
-                collected.append(payload)
-        self.kill_stragglers()
-        return LoadTotals(elapsed, collected, len(self.processes) - len(collected))
-
-    def kill_stragglers(self) -> None:
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
-
-    def __enter__(self) -> Load:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_event.set()
-        self.go.set()  # a worker still waiting to start must not wait out its timeout
-        self.kill_stragglers()
+def new_load(cluster: LocalCluster, args: argparse.Namespace, tag: str,
+             max_seconds: float) -> harness.LoadProcesses:
+    """``args.workers`` load processes against ``cluster`` (not started)."""
+    return harness.LoadProcesses(load_worker, [
+        LoadSpec(cluster.seeds, w, args.workers, args.keyspace, args.value_size,
+                 args.client_timeout, tag) for w in range(args.workers)], max_seconds)
 
 
-def run_timeline(load: Load, duration_s: float, actions: list[tuple[float, Callable]]) -> None:
+def stop_load(load: harness.LoadProcesses) -> LoadTotals:
+    elapsed, reports = load.stop()
+    return LoadTotals(elapsed, reports, len(load.processes) - len(reports))
+
+
+def load_for(cluster: LocalCluster, args: argparse.Namespace, tag: str, duration_s: float,
+             actions: list[tuple[float, Callable]]) -> LoadTotals:
+    """Load for ``duration_s``, calling each action at its offset (seconds) meanwhile."""
+    with new_load(cluster, args, tag, duration_s + 60) as load:
+        load.start()
+        run_timeline(load, duration_s, actions)
+        return stop_load(load)
+
+
+def run_timeline(load: harness.LoadProcesses, duration_s: float,
+                 actions: list[tuple[float, Callable]]) -> None:
     """Let ``load`` run for ``duration_s``, calling each action at its offset (seconds)."""
     for at_s, action in sorted(actions, key=lambda a: a[0]):
         time.sleep(max(0.0, load.started_at + at_s - time.monotonic()))
@@ -418,10 +346,7 @@ def part_false_downs(args: argparse.Namespace, workdir: Path) -> list[str]:
         f"{args.duration:g}s, no faults")
     with running_cluster(workdir, "false-downs", nodes=3) as cluster:
         since = time.time()
-        with Load(cluster, args, "fd", args.duration + 60) as load:
-            load.start()
-            run_timeline(load, args.duration, [])
-            totals = load.stop()
+        totals = load_for(cluster, args, "fd", args.duration, [])
         events = log_events(cluster, NODES, {"member_down", "member_suspected"}, since)
     counts = Counter(e["event"] for e in events)
     summary = [f"member_down {counts['member_down']}, member_suspected "
@@ -439,11 +364,8 @@ def part_kill_under_load(args: argparse.Namespace, workdir: Path) -> list[str]:
         f"{args.kill_after:g}s (supervisord restarts it at once)")
     with running_cluster(workdir, "kill-under-load", nodes=3) as cluster:
         since = time.time()
-        with Load(cluster, args, "kl", args.load_duration + 60) as load:
-            load.start()
-            run_timeline(load, args.load_duration,
-                         [(args.kill_after, lambda: cluster.chaos("kill", victim))])
-            totals = load.stop()
+        totals = load_for(cluster, args, "kl", args.load_duration,
+                          [(args.kill_after, lambda: cluster.chaos("kill", victim))])
         progress("waiting for the cluster to converge, then reading back every "
                  f"acknowledged write ({len(totals.acked):,} keys)")
         cluster.wait_converged(NODES, timeout_s=60)
@@ -468,7 +390,7 @@ def part_hints(args: argparse.Namespace, workdir: Path) -> list[str]:
     with running_cluster(workdir, "hints", nodes=3) as cluster:
         since = time.time()
         held_max = 0
-        with Load(cluster, args, "h", args.warmup + args.pause + 60) as load:
+        with new_load(cluster, args, "h", args.warmup + args.pause + 60) as load:
             load.start()
             run_timeline(load, args.warmup, [])
             load.set_phase(1)  # from here on, fresh keys: the ones written during the pause
@@ -480,7 +402,7 @@ def part_hints(args: argparse.Namespace, workdir: Path) -> list[str]:
             cluster.chaos("resume", victim, in_process=True)
             resumed_at, resumed_wall = time.monotonic(), time.time()
             load.set_phase(2)
-            totals = load.stop()
+            totals = stop_load(load)
         progress("waiting until no node holds hints")
         drained_s = None
         try:
@@ -521,24 +443,6 @@ def missing_on(cluster: LocalCluster, node: str, keys: list[str]) -> tuple[list[
 
 # ---------------------------------------------------------------------- (e) restore
 
-def write_keys(seeds: list[str], tag: str, part: int, parts: int, count: int,
-               value_size: int, timeout_s: float) -> tuple[int, int]:
-    """Pool task: put this part's share of ``count`` keys, retrying each failed put twice;
-    (written, failed)."""
-    written = failed = 0
-    with Client(seeds, timeout=timeout_s) as client:
-        for i in range(part, count, parts):
-            for attempt in range(3):
-                try:
-                    client.put(f"{tag}{i}", encode_value(part, i, value_size))
-                    written += 1
-                    break
-                except Exception:  # counted below if every attempt fails
-                    if attempt == 2:
-                        failed += 1
-    return written, failed
-
-
 def replica_total(client: Client, names: list[str]) -> int:
     return sum(len(client.local_keys(n)) for n in names)
 
@@ -553,14 +457,9 @@ def part_restore(args: argparse.Namespace, workdir: Path) -> list[str]:
         client = cluster.client(*NODES, timeout=10.0)
 
         progress(f"loading {args.keys:,} keys with {args.loaders} processes")
-        started = time.monotonic()
-        with MP.Pool(args.loaders) as pool:
-            tasks = pool.starmap_async(write_keys, [
-                (cluster.seeds, "r", p, args.loaders, args.keys, args.value_size,
-                 args.client_timeout) for p in range(args.loaders)])
-            results = tasks.get(timeout=args.load_deadline)
-        load_s = time.monotonic() - started
-        failed = sum(f for _, f in results)
+        load_s, (_, failed) = harness.timed(lambda: harness.put_keys(
+            cluster.seeds, [f"r{i}" for i in range(args.keys)], b"x" * args.value_size,
+            args.loaders, args.client_timeout, args.load_deadline, attempts=3))
         wait_for(lambda: replica_total(client, everyone) >= 3 * args.keys, 120,
                  "every write's third replica", interval_s=0.5)
 
@@ -611,14 +510,10 @@ def report(title: str, lines: list[str]) -> list[str]:
 
 
 def header() -> None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    say(f"zring failbench, {datetime.now().isoformat(timespec='seconds')}, commit "
-        f"{commit or '?'}, Python {platform.python_version()}, {os.cpu_count()} CPUs "
-        f"(nodes, load workers and this process share them)")
+    facts = harness.run_facts()
+    say(f"zring failbench, {facts['started']}, commit {facts['commit']}, Python "
+        f"{facts['python']}, {facts['cpus']} CPUs (nodes, load workers and this process "
+        "share them)")
     say()
 
 
@@ -641,38 +536,35 @@ def build_parser() -> argparse.ArgumentParser:
                              "directory, removed afterwards)")
     parser.add_argument("--keep-files", action="store_true",
                         help="keep the temporary directory (data and node logs)")
-    load = parser.add_argument_group("load (b, c, d)")
-    load.add_argument("--workers", type=int, default=2, help="load processes")
-    load.add_argument("--keyspace", type=int, default=10_000, help="distinct keys")
-    load.add_argument("--value-size", type=int, default=100, help="value bytes")
-    load.add_argument("--client-timeout", type=float, default=2.0,
-                      help="load clients' reply timeout (s)")
-    a = parser.add_argument_group("(a) detection")
-    a.add_argument("--kills", type=int, default=20)
-    a.add_argument("--restart-delay", type=float, default=5.0,
-                   help="seconds a killed node stays dead before supervisord's restart runs")
-    a.add_argument("--poll-timeout", type=float, default=0.25,
-                   help="observers' cluster_status timeout (s)")
-    a.add_argument("--down-deadline", type=float, default=15.0,
-                   help="give up waiting for 'down' after this (s)")
-    a.add_argument("--up-deadline", type=float, default=60.0,
-                   help="give up waiting for the node to be back after this (s)")
-    a.add_argument("--settle", type=float, default=1.0, help="pause between kills (s)")
-    b = parser.add_argument_group("(b) false downs")
-    b.add_argument("--duration", type=float, default=300.0, help="seconds of load")
-    c = parser.add_argument_group("(c) kill under load")
-    c.add_argument("--load-duration", type=float, default=20.0, help="seconds of load")
-    c.add_argument("--kill-after", type=float, default=5.0, help="kill -9 node2 at (s)")
-    d = parser.add_argument_group("(d) hints")
-    d.add_argument("--pause", type=float, default=6.0, help="seconds node3 stays SIGSTOPped")
-    d.add_argument("--warmup", type=float, default=3.0, help="seconds of load before")
-    d.add_argument("--hint-deadline", type=float, default=120.0,
-                   help="give up waiting for the hints to drain after this (s)")
-    e = parser.add_argument_group("(e) restore")
-    e.add_argument("--keys", type=int, default=100_000)
-    e.add_argument("--loaders", type=int, default=4, help="processes loading the keys")
-    e.add_argument("--load-deadline", type=float, default=900.0, help="(s)")
-    e.add_argument("--restore-deadline", type=float, default=600.0, help="(s)")
+    harness.add_numbers(parser.add_argument_group("load (b, c, d)"), [
+        ("--workers", int, 2, "load processes"),
+        ("--keyspace", int, 10_000, "distinct keys"),
+        ("--value-size", int, 100, "value bytes"),
+        ("--client-timeout", float, 2.0, "load clients' reply timeout (s)")])
+    harness.add_numbers(parser.add_argument_group("(a) detection"), [
+        ("--kills", int, 20, None),
+        ("--restart-delay", float, 5.0,
+         "seconds a killed node stays dead before supervisord's restart runs"),
+        ("--poll-timeout", float, 0.25, "observers' cluster_status timeout (s)"),
+        ("--down-deadline", float, 15.0, "give up waiting for 'down' after this (s)"),
+        ("--up-deadline", float, 60.0,
+         "give up waiting for the node to be back after this (s)"),
+        ("--settle", float, 1.0, "pause between kills (s)")])
+    harness.add_numbers(parser.add_argument_group("(b) false downs"), [
+        ("--duration", float, 300.0, "seconds of load")])
+    harness.add_numbers(parser.add_argument_group("(c) kill under load"), [
+        ("--load-duration", float, 20.0, "seconds of load"),
+        ("--kill-after", float, 5.0, "kill -9 node2 at (s)")])
+    harness.add_numbers(parser.add_argument_group("(d) hints"), [
+        ("--pause", float, 6.0, "seconds node3 stays SIGSTOPped"),
+        ("--warmup", float, 3.0, "seconds of load before"),
+        ("--hint-deadline", float, 120.0,
+         "give up waiting for the hints to drain after this (s)")])
+    harness.add_numbers(parser.add_argument_group("(e) restore"), [
+        ("--keys", int, 100_000, None),
+        ("--loaders", int, 4, "processes loading the keys"),
+        ("--load-deadline", float, 900.0, "(s)"),
+        ("--restore-deadline", float, 600.0, "(s)")])
     return parser
 
 

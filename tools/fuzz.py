@@ -64,6 +64,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,10 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import say  # noqa: E402 - tools/harness.py, found through the line above
 
 from zring import Client
 from zring import membership as zring_membership
@@ -96,10 +101,6 @@ _MAX_ADDRESS_CHARS = getattr(zring_membership, "MAX_ADDRESS_CHARS", 1024)
 _VALUE_LIMIT = 4 * 1024 * 1024             # the node's default --max-value-bytes
 _MIB = 1024 * 1024
 RSS_STEP_MIB = 24   # RSS up this much between two checks: the frames are kept for --replay
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def pack(obj: object) -> bytes:
@@ -860,6 +861,15 @@ class MemoryWatch(threading.Thread):
 
 # ---------------------------------------------------------------------- the fuzzer's sockets
 
+def pending_frames(sock: zmq.Socket) -> Iterator[bytes]:
+    """The last frame of each message ``sock`` holds now, without waiting for more."""
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)[-1]
+        except zmq.Again:
+            return
+
+
 def _socket(context: zmq.Context, kind: int, hwm: int = 1000) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -937,12 +947,7 @@ class FakePeer:
         self.pub.send(pack([int(MsgType.GOSSIP), 0, body]))
 
     def drain(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            frame = frames[-1]
+        for frame in pending_frames(self.router):
             name = "unknown"
             if len(frame) > 1 and frame[0] == 0x93 and frame[1] < 0x80:
                 name = getattr(MsgType._value2member_map_.get(frame[1]), "name", str(frame[1]))
@@ -1220,12 +1225,7 @@ class FuzzRun:
 
     def drain(self) -> None:
         """Read (and count) the node's replies to the fuzzer: unread they would pile up."""
-        while True:
-            try:
-                frames = self.fuzzer.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            frame = frames[-1]
+        for frame in pending_frames(self.fuzzer):
             kind = frame[1] if len(frame) > 1 and frame[0] == 0x93 else -1
             self.report.replies[{1: "ok", 2: "error", 55: "batch"}.get(kind, "other")] += 1
         self.peer.drain()

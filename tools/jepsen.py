@@ -74,6 +74,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 - tools/harness.py, found through the line above
+
 ROOT = Path(__file__).resolve().parents[1]
 SUBNET = "10.213.0"          # private addresses, only inside this run's namespaces
 NODE_PORT, GOSSIP_PORT = 7000, 7100
@@ -718,14 +722,9 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(calm_s)
         cluster.wait_running(nodes, timeout_s=60)
         cluster.wait_converged(nodes, timeout_s=90)
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:   # an op in flight may take the client's retries: 4 tries of 5 s
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:   # its last op stays an invoke: info
-                worker.kill()
-                worker.wait()
+        # an op in flight may take the client's retries (4 tries of 5 s); a worker killed
+        # after that leaves its last op an invoke: info
+        harness.stop_processes(workers, term_wait_s=60)
         ops_by_kind: dict[str, list[Op]] = defaultdict(list)
         for kind, path in history_files:
             ops_by_kind[kind] += load_history(path.read_text().splitlines())
@@ -744,10 +743,7 @@ def run(args: argparse.Namespace) -> dict:
         result["valid"] = verdict_valid(set_result, register_result, nemesis.problems)
         return result
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+        harness.stop_processes(workers, term_wait_s=0)
         if cluster is not None:
             cluster.stop()
         network.destroy()

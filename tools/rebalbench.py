@@ -48,29 +48,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import zmq
 
-from zring import Client
-from zring.localcluster import LocalCluster, wait_for
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402 - tools/harness.py, found through the line above
+from harness import rate, ratio  # noqa: E402
 
-MP = multiprocessing.get_context("spawn")  # no fork: this process holds ZeroMQ sockets
+from zring import Client  # noqa: E402
+from zring.localcluster import LocalCluster, wait_for  # noqa: E402
+
 VALUE_SIZE = 100
 KEY_PREFIX = "key"
 KEY_LEN = len(f"{KEY_PREFIX}{0:08d}")
@@ -85,15 +86,7 @@ MB = 1e6
 
 
 def progress(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def rate(count: float, seconds: float | None) -> float:
-    return count / seconds if seconds else float("nan")
-
-
-def ratio(a: float | None, b: float | None) -> float:
-    return a / b if a is not None and b else float("nan")
+    harness.progress(text, timestamped=True, stream=sys.stderr)
 
 
 # ---------------------------------------------------------------------- 1. raw ZeroMQ
@@ -182,8 +175,8 @@ RAW_MODES = {"count": "recv only", "unpack": "recv + msgpack unpack",
 
 def measure_raw(seconds: float, inflight: int) -> dict:
     """All receiver modes against one server process, stopped in ``finally``."""
-    ready, stop = MP.Queue(), MP.Event()
-    server = MP.Process(target=raw_server, args=(ready, stop, PAGE_RECORDS), daemon=True)
+    ready, stop = harness.MP.Queue(), harness.MP.Event()
+    server = harness.MP.Process(target=raw_server, args=(ready, stop, PAGE_RECORDS), daemon=True)
     server.start()
     try:
         port, page_bytes = ready.get(timeout=30)
@@ -200,107 +193,55 @@ def measure_raw(seconds: float, inflight: int) -> dict:
 
 # ---------------------------------------------------------------------- client load
 
-def load_worker(index: int, seeds: list[str], keys: int, counters, go, stop,
-                results, max_seconds: float) -> None:
-    """One load process: put (70%) / get (30%) on random preloaded keys until ``stop``.
-    Counts successes in counters[2*index] and errors in counters[2*index+1]."""
-    rng = random.Random(index)
-    parent = os.getppid()
+@dataclass(frozen=True)
+class LoadSpec:
+    seeds: list[str]
+    keys: int
+
+
+def load_worker(spec: LoadSpec, control: harness.LoadControl) -> None:
+    """One load process: put (70%) / get (30%) on random preloaded keys until told to stop,
+    counting successes and errors in the shared counters."""
+    rng = random.Random(control.index)
     errors: Counter = Counter()
     first_error = ""
-    client = Client(seeds, timeout=5)
-    results.put(("ready", index))
-    go.wait(60)
-    deadline = time.monotonic() + max_seconds   # never outlive the benchmark by much
-    ok_slot, error_slot = 2 * index, 2 * index + 1
+    client = Client(spec.seeds, timeout=5)
+    control.ready()
     try:
-        while not stop.is_set() and time.monotonic() < deadline and os.getppid() == parent:
-            key = f"{KEY_PREFIX}{rng.randrange(keys):08d}"
+        while control.running():
+            key = f"{KEY_PREFIX}{rng.randrange(spec.keys):08d}"
             try:
                 if rng.random() < 0.7:
                     client.put(key, rng.randbytes(VALUE_SIZE))
                 else:
                     client.get(key)
-                counters[ok_slot] += 1
+                control.count(ok=True)
             except Exception as exc:  # a benchmark counts failures instead of stopping
-                counters[error_slot] += 1
+                control.count(ok=False)
                 errors[type(exc).__name__] += 1
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
     finally:
         client.close()
-        results.put(("done", (index, dict(errors), first_error)))
+        control.done((dict(errors), first_error))
 
 
-class Load:
-    """``clients`` load processes plus a sampler thread recording their counters."""
+class Load(harness.LoadProcesses):
+    """``clients`` load processes, their counters sampled every SAMPLE_S; ``stop`` adds up
+    their errors by type."""
 
     def __init__(self, seeds: list[str], clients: int, keys: int, max_seconds: float):
-        self.counters = MP.RawArray("q", 2 * clients)
-        self.go, self.stop_event, self.results = MP.Event(), MP.Event(), MP.Queue()
-        self.processes = [MP.Process(target=load_worker, daemon=True, args=(
-            i, seeds, keys, self.counters, self.go, self.stop_event, self.results,
-            max_seconds)) for i in range(clients)]
-        self.samples: list[tuple[float, int, int]] = []
+        super().__init__(load_worker, [LoadSpec(seeds, keys)] * clients, max_seconds,
+                         sample_every_s=SAMPLE_S)
         self.errors: Counter = Counter()
         self.first_errors: list[str] = []
-        self._sampling = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
 
-    def start(self, timeout_s: float = 60) -> None:
-        for process in self.processes:
-            process.start()
-        for _ in self.processes:  # every client made: all start together
-            self.results.get(timeout=timeout_s)
-        self.go.set()
-        self._sampler.start()
-
-    def totals(self) -> tuple[float, int, int]:
-        values = list(self.counters)
-        return time.monotonic(), sum(values[0::2]), sum(values[1::2])
-
-    def _sample(self) -> None:
-        while not self._sampling.wait(SAMPLE_S):
-            self.samples.append(self.totals())
-
-    def window(self, start: tuple, end: tuple) -> dict:
-        """ops/s and errors between two ``totals()``, and the worst 1-second ops/s in it."""
-        seconds = end[0] - start[0]
-        inside = [start, *[s for s in self.samples if start[0] < s[0] < end[0]], end]
-        worst = None
-        for i, first in enumerate(inside):
-            later = next((s for s in inside[i + 1:] if s[0] - first[0] >= 1.0), None)
-            if later is not None:
-                r = (later[1] - first[1]) / (later[0] - first[0])
-                worst = r if worst is None else min(worst, r)
-        return {"seconds": seconds, "ops": end[1] - start[1], "errors": end[2] - start[2],
-                "ops_per_s": rate(end[1] - start[1], seconds),
-                "errors_per_s": rate(end[2] - start[2], seconds), "worst_1s_ops_per_s": worst}
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """Stop the workers and collect their error summaries; kill any straggler."""
-        self._sampling.set()
-        self.stop_event.set()
-        self.go.set()  # a worker still waiting to start must not wait out its timeout
-        deadline = time.monotonic() + timeout_s
-        done = 0
-        while done < len(self.processes) and time.monotonic() < deadline:
-            if not any(p.is_alive() for p in self.processes) and self.results.empty():
-                break
-            try:
-                kind, payload = self.results.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if kind == "done":
-                done += 1
-                _, errors, first = payload
-                self.errors.update(errors)
-                if first:
-                    self.first_errors.append(first)
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
+    def stop(self, timeout_s: float = 30) -> tuple[float, list]:
+        elapsed, reports = super().stop(timeout_s)
+        for errors, first in reports:
+            self.errors.update(errors)
+            if first:
+                self.first_errors.append(first)
+        return elapsed, reports
 
 
 # ---------------------------------------------------------------------- watching status
@@ -610,19 +551,12 @@ def log_events(cluster: LocalCluster, name: str, events: tuple[str, ...],
     event names are the node's, and may change."""
     found: dict = {}
     try:
-        text = cluster.log_text(name)
+        entries = list(harness.node_log_entries(cluster, name))
     except OSError:
         return found
-    for line in text.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            entry = json.loads(line)
-            stamp = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
-        except (ValueError, KeyError, AttributeError):
-            continue
+    for entry, wall in entries:
         event = entry.get("event")
-        at = stamp.timestamp() - since_wall
+        at = wall - since_wall
         if event in events and event not in found and at >= -0.5:  # clock granularity
             found[event] = {k: v for k, v in entry.items()
                             if k not in ("event", "level", "timestamp", "sources")}
@@ -638,21 +572,16 @@ def node_log_problems(cluster: LocalCluster, phases: list[tuple[str, float]]) ->
     examples: list[dict] = []
     for name in cluster.names:
         events: Counter = Counter()
-        for line in cluster.log_text(name).splitlines():
-            if not line.startswith("{"):
-                if "Traceback" in line:
-                    events["<traceback>"] += 1
-                continue
-            try:
-                entry = json.loads(line)
-                wall = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
-            except (ValueError, KeyError, AttributeError):
-                continue
+
+        def count_traceback(line: str, events: Counter = events) -> None:
+            if "Traceback" in line:
+                events["<traceback>"] += 1
+        for entry, wall in harness.node_log_entries(cluster, name, count_traceback):
             if entry.get("level") not in ("warning", "error", "critical", "exception"):
                 continue
             phase = "setup"
             for phase_name, started in phases:
-                if wall.timestamp() >= started:
+                if wall >= started:
                     phase = phase_name
             events[f"{entry.get('level')}:{entry.get('event')}@{phase}"] += 1
             if len(examples) < 5:
@@ -676,10 +605,19 @@ def table(report: Report, args: argparse.Namespace) -> str:
     def row(name: str, value: str) -> None:
         rows.append(("  " + name, value))
 
-    def num(value, digits=0, unit=""):
-        if value is None or value != value:
-            return "-"
-        return f"{value:,.{digits}f}{unit}"
+    num = harness.number_text
+
+    def timeline(phase: dict, duration_label: str, failed_mark: str, moments_label: str,
+                 moments: tuple[str, str], stream_events: tuple[str, str]) -> dict | None:
+        """A join's or a leave's rows of when things happened; its end event from the log."""
+        row(duration_label, num(phase["duration_s"], 1, " s")
+            + ("" if phase["ok"] else failed_mark))
+        row(moments_label, " / ".join(num(phase[key], 1, " s") for key in moments))
+        began, ended = (phase["node4_log"].get(event) for event in stream_events)
+        row("  streaming began / ended (node4's log)",
+            f"{num(began and began['at_s'], 1, ' s')} / "
+            f"{num(ended and ended['at_s'], 1, ' s')}")
+        return ended
 
     raw = f["raw_before"]
     section(f"raw pipelined ZeroMQ (DEALER->ROUTER, {raw['inflight']} in flight, "
@@ -695,16 +633,10 @@ def table(report: Report, args: argparse.Namespace) -> str:
     if join:
         before, during = join["load_before"], join["load_during"]
         section(f"join {NEW} ({args.keys:,} keys, N=3, {args.clients} client processes)")
-        row("duration (start -> normal on node1..4)", num(join["duration_s"], 1, " s")
-            + ("" if join["ok"] else "  (TIMED OUT)"))
-        row("  chaos start returned / first seen joining",
-            f"{num(join['chaos_start_s'], 1, ' s')} / "
-            f"{num(join['first_seen_joining_s'], 1, ' s')}")
-        streamed, joined = join["node4_log"].get("join_streaming"), \
-            join["node4_log"].get("member_joined")
-        row("  streaming began / ended (node4's log)",
-            f"{num(streamed and streamed['at_s'], 1, ' s')} / "
-            f"{num(joined and joined['at_s'], 1, ' s')}")
+        joined = timeline(join, "duration (start -> normal on node1..4)", "  (TIMED OUT)",
+                          "  chaos start returned / first seen joining",
+                          ("chaos_start_s", "first_seen_joining_s"),
+                          ("join_streaming", "member_joined"))
         row("  normal on node4 (its own status)", num(join["normal_on_node4_s"], 1, " s"))
         if joined and "records" in joined:
             row("  records node4 pulled over the wire (log)", f"{joined['records']:,} = "
@@ -740,16 +672,10 @@ def table(report: Report, args: argparse.Namespace) -> str:
         during = leave["load_during"]
         before = join["load_before"]
         section(f"leave {NEW}")
-        row("duration (remove_node -> left on node1..3)", num(leave["duration_s"], 1, " s")
-            + ("" if leave["ok"] else "  (FAILED)"))
-        row("  first seen leaving / remove_node returned",
-            f"{num(leave['first_seen_leaving_s'], 1, ' s')} / "
-            f"{num(leave['remove_node_returned_s'], 1, ' s')}")
-        streamed, left = leave["node4_log"].get("leave_streaming"), \
-            leave["node4_log"].get("member_left")
-        row("  streaming began / ended (node4's log)",
-            f"{num(streamed and streamed['at_s'], 1, ' s')} / "
-            f"{num(left and left['at_s'], 1, ' s')}")
+        left = timeline(leave, "duration (remove_node -> left on node1..3)", "  (FAILED)",
+                        "  first seen leaving / remove_node returned",
+                        ("first_seen_leaving_s", "remove_node_returned_s"),
+                        ("leave_streaming", "member_left"))
         row("placements handed over", num(leave["placements_held"])
             + (f"  (log: {left['records_sent']:,} records sent)"
                if left and "records_sent" in left else ""))
@@ -813,37 +739,28 @@ def compute_ratios(figures: dict) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keys", type=int, default=1_000_000, help="preloaded keys (K)")
-    parser.add_argument("--clients", type=int, default=2, help="load processes")
     parser.add_argument("--root", help="cluster directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's files")
     parser.add_argument("--skip-leave", action="store_true", help="measure the join only")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
-    parser.add_argument("--before-s", type=float, default=5.0,
-                        help="load measured before the join (s)")
-    parser.add_argument("--raw-seconds", type=float, default=3.0,
-                        help="each raw ZeroMQ measurement (s)")
-    parser.add_argument("--raw-inflight", type=int, default=4,
-                        help="requests in flight in the raw measurement")
-    parser.add_argument("--join-timeout", type=float,
-                        help="default: 120 s + 0.6 ms per key")
-    parser.add_argument("--leave-timeout", type=float,
-                        help="default: 120 s + 0.6 ms per key")
-    parser.add_argument("--trim-timeout", type=float,
-                        help="wait for the old replicas to drop keys (default 60 s + "
-                             "0.2 ms per key)")
-    parser.add_argument("--trim-tolerance", type=float, default=0.001,
-                        help="fraction of K an old node's count may differ from the ring's")
+    harness.add_numbers(parser, [
+        ("--keys", int, 1_000_000, "preloaded keys (K)"),
+        ("--clients", int, 2, "load processes"),
+        ("--before-s", float, 5.0, "load measured before the join (s)"),
+        ("--raw-seconds", float, 3.0, "each raw ZeroMQ measurement (s)"),
+        ("--raw-inflight", int, 4, "requests in flight in the raw measurement"),
+        ("--join-timeout", float, None, "default: 120 s + 0.6 ms per key"),
+        ("--leave-timeout", float, None, "default: 120 s + 0.6 ms per key"),
+        ("--trim-timeout", float, None,
+         "wait for the old replicas to drop keys (default 60 s + 0.2 ms per key)"),
+        ("--trim-tolerance", float, 0.001,
+         "fraction of K an old node's count may differ from the ring's")])
     return parser
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # so the ``finally`` clauses stop what this run started
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    harness.exit_on_sigterm()
     if args.keys < 1 or args.clients < 0:
         raise SystemExit("--keys must be >= 1 and --clients >= 0")
     args.join_timeout = args.join_timeout or 120 + 0.6e-3 * args.keys

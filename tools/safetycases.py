@@ -49,6 +49,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import say  # noqa: E402 - tools/harness.py, found through the line above
+
 from zring.client import Client
 from zring.localcluster import LocalCluster, wait_for
 
@@ -71,10 +75,6 @@ if limit:
 sys.argv[0] = "zring"
 runpy.run_module("zring.cli", run_name="__main__", alter_sys=True)
 """
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def faketime_library() -> str | None:
