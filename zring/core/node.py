@@ -23,6 +23,7 @@ import structlog
 
 from zring.config import NodeConfig
 from zring.core.admin import Admin
+from zring.core.admission import QUORUM_TYPES, Admission
 from zring.core.antientropy import AntiEntropy
 from zring.core.batching import BATCH_MAX_BYTES, BATCHABLE, MAX_BATCH_KEYS, encoded_size
 from zring.core.clocks import NodeClock
@@ -38,7 +39,7 @@ from zring.core.plan import Plan
 from zring.core.replica import Replica
 from zring.core.status import Status
 from zring.core.topology import Topology
-from zring.errors import Forbidden, InvalidRequest, ProtocolError, StorageError, Unavailable
+from zring.errors import Forbidden, InvalidRequest, ProtocolError, StorageError
 from zring.membership import MemberStatus
 from zring.protocol import (
     CLIENT_TYPES,
@@ -55,10 +56,6 @@ from zring.storage.base import Store
 __all__ = ["NodeCore"]
 
 log = structlog.get_logger("zring.node")
-
-_QUORUM_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.MGET,
-                           MsgType.MPUT})
-
 
 class NodeCore:
     def __init__(self, config: NodeConfig, store: Store, now: float) -> None:
@@ -94,10 +91,7 @@ class NodeCore:
             self.handlers.update(part.handlers)
         assert CLIENT_TYPES <= self.handlers.keys()
         self._members_version = self.members.version
-        self._ready_at = now + 2 * config.gossip_interval_s  # see _is_ready
-        self._ready = False
-        # requests held until ready: (route, frame, arrived at, request id)
-        self._deferred: list[tuple[tuple[bytes, ...], bytes, float, int]] = []
+        self.admission = Admission(ctx, self.gossip, now)
         self._last_tick = now
 
     # ------------------------------------------------------------------ probes
@@ -126,8 +120,8 @@ class NodeCore:
         return verdict.ok and verdict.measured == len(self.ctx.up_peers(now))
 
     def ready(self, now: float) -> bool:
-        """Coordinating reads and writes (see ``_is_ready``)."""
-        return self._is_ready(now)
+        """Coordinating reads and writes (see ``Admission.ready``)."""
+        return self.admission.ready(now)
 
     @property
     def settled(self) -> bool:
@@ -138,7 +132,7 @@ class NodeCore:
         """What the node is in the middle of: for tests and operators."""
         return {"operations": len(self.coordinator.ops), "calls": len(self.ctx.calls),
                 "batches": self.multikey.open_batches, "batch_keys": self.multikey.open_keys,
-                "own_work": self.multikey.own_work_queued(), "deferred": len(self._deferred)}
+                "own_work": self.multikey.own_work_queued(), "deferred": len(self.admission)}
 
     # ------------------------------------------------------------------ entry points
 
@@ -164,16 +158,8 @@ class NodeCore:
             self.log.warning("request_forbidden", user=user_id, type=message.type.name)
             return [Reply(route, error(message.request_id, Forbidden(
                 f"the key of {user_id} does not allow {message.type.name}")))]
-        if message.type in _QUORUM_TYPES and not self._is_ready(now):
-            if len(self._deferred) >= self.config.max_pending_requests:
-                self.ctx.stats["overloaded"] += 1
-                return [Reply(route, error(message.request_id, Unavailable(
-                    f"{self.config.node_id} is starting and holds "
-                    f"{len(self._deferred)} requests; retry later")))]
-            # held, not refused: answered once gossip brought us up to date (or the cluster
-            # formed), or refused after request_timeout_s
-            self._deferred.append((route, frame, now, message.request_id))
-            return []
+        if message.type in QUORUM_TYPES and not self.admission.ready(now):
+            return self.admission.hold(route, frame, now, message.request_id)
         return self._reacting(lambda: self._dispatch(route, message, now), now)
 
     def refuse_multipart(self, identity: bytes, frames: int) -> list[Effect]:
@@ -216,9 +202,9 @@ class NodeCore:
             self.ctx.stats["bad_gossip"] += 1
             self.log.exception("gossip_failed", sender=sender)
             return []
-        if not self._ready and sender is not None and sender != self.config.node_id:
-            self._ready_at = now  # up to date: release any held requests
-        return effects + self._release_deferred(now)
+        if sender is not None and sender != self.config.node_id:
+            self.admission.heard_peer(now)
+        return effects + self.admission.release(now, self.handle_frame)
 
     def tick(self, now: float) -> list[Effect]:
         if now < self._last_tick - self.config.gossip_interval_s:
@@ -230,7 +216,7 @@ class NodeCore:
         effects += self._reacting(lambda: ctx.calls.expire(now), now)
         for part in self._parts[1:]:
             effects += self._guarded(part, now)
-        effects += self._release_deferred(now)
+        effects += self.admission.release(now, self.handle_frame)
         effects += self._guarded(self.gossip.save_changed_members, now)  # changed this tick
         ctx.ticks += 1
         return effects
@@ -272,10 +258,9 @@ class NodeCore:
         calls_due = self.ctx.calls.next_deadline()
         if calls_due is not None:
             times.append(calls_due)
-        if self._deferred:
-            if self.gossip.formed:   # unformed: nothing but a seed's gossip makes it ready
-                times.append(self._ready_at)
-            times.append(self._deferred[0][2] + self.config.request_timeout_s)
+        held_until = self.admission.next_deadline()
+        if held_until is not None:
+            times.append(held_until)
         return min(times)
 
     # ------------------------------------------------------------------ membership
@@ -308,15 +293,11 @@ class NodeCore:
             self.ctx.stats["bad_frames"] += 1
             return [Reply(route, error(message.request_id, ProtocolError(
                 f"{message.type.name} is not a request")))]
-        if message.type in _QUORUM_TYPES:
-            adds = _batch_size(message)
-            operations, keys = len(self.coordinator.ops), self.multikey.open_keys
-            if adds <= MAX_BATCH_KEYS and operations + keys + adds \
-                    > self.config.max_pending_requests:   # bigger: refused as invalid
-                self.ctx.stats["overloaded"] += 1
-                return [Reply(route, error(message.request_id, Unavailable(
-                    f"{self.config.node_id} is coordinating {operations} requests and "
-                    f"{keys} keys of batches; retry later")))]
+        if message.type in QUORUM_TYPES:
+            refused = self.admission.overloaded(route, message, len(self.coordinator.ops),
+                                                self.multikey.open_keys)
+            if refused is not None:
+                return refused
         try:
             return handler(route, message, now)
         except Exception as exc:
@@ -370,45 +351,6 @@ class NodeCore:
                 self.log.exception("reply_failed", peer=address)
         return effects
 
-    def _is_ready(self, now: float) -> bool:
-        """A node (re)started with peers coordinates reads and writes only once it heard
-        their gossip (or after two gossip intervals): its saved ring may predate a change
-        made while it was down, and routing by it could miss the new replicas. A seed
-        started fresh waits until it has met every seed (``Gossip.formed``)."""
-        if not self.gossip.formed:
-            return False
-        if not self._ready and (now >= self._ready_at or not self.members.peers()):
-            self._ready = True
-        return self._ready
-
-    def _release_deferred(self, now: float) -> list[Effect]:
-        if not self._deferred:
-            return []
-        if not self._is_ready(now):
-            return self._expire_deferred(now)
-        deferred, self._deferred = self._deferred, []
-        effects: list[Effect] = []
-        for route, frame, _, _ in deferred:   # permitted before they were held
-            effects += self.handle_frame(route, frame, now)
-        return effects
-
-    def _expire_deferred(self, now: float) -> list[Effect]:
-        """Held requests older than request_timeout_s are refused (their client gave up or
-        will): a node can wait for a missing seed for as long as it takes."""
-        cutoff = now - self.config.request_timeout_s
-        if self._deferred[0][2] > cutoff:
-            return []
-        missing = self.gossip.seeds_missing() if not self.gossip.formed else []
-        why = (f"the cluster is forming: {self.config.node_id} has not met seeds "
-               f"{', '.join(missing)} yet" if missing else
-               f"{self.config.node_id} is starting and has not heard its peers yet")
-        effects: list[Effect] = []
-        while self._deferred and self._deferred[0][2] <= cutoff:
-            route, _, _, request_id = self._deferred.pop(0)
-            self.ctx.stats["deferred_expired"] += 1
-            effects.append(Reply(route, error(request_id, Unavailable(f"{why}; retry later"))))
-        return effects
-
     # ------------------------------------------------------------------ timers
 
     def _guarded(self, step: Part | Callable[[float], list[Effect]],
@@ -437,11 +379,3 @@ class NodeCore:
         for part in self._parts:
             part.shift_timers(step)
 
-
-def _batch_size(message: Message) -> int:
-    """Keys a request adds to the node's pending operations (a batch: one per key)."""
-    if message.type == MsgType.MGET:
-        return len(message.body["keys"])
-    if message.type == MsgType.MPUT:
-        return len(message.body["items"])
-    return 1
