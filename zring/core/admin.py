@@ -141,7 +141,7 @@ class Admin(Part):
         effects: list[Effect] = []
         for node_id in targets:
             effects += self.ctx.calls.call(node_id, msg_type, {},
-                                  lambda node, reply, t: self._on_fan_out_reply(
+                                  lambda node, reply, t: self._fan_out_answered(
                                       admin_id, node, reply, t), now,
                                   timeout_s=self.ctx.config.repair_timeout_s)
         if not targets:
@@ -150,7 +150,7 @@ class Admin(Part):
             effects += on_done(answer, now) if on_done else [Reply(route, answer)]
         return effects
 
-    def _on_fan_out_reply(self, admin_id: int, node_id: str, reply: Message | None,
+    def _fan_out_answered(self, admin_id: int, node_id: str, reply: Message | None,
                           now: float):
         admin = self._waiting.get(admin_id)
         if admin is None:

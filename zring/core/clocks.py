@@ -168,7 +168,7 @@ class NodeClock(Part):
         effects: list[Effect] = []
         for peer in self.ctx.up_peers(now):
             effects += self.ctx.calls.call(peer, MsgType.CLOCK, {},
-                                  lambda node, reply, t, sent=now: self._on_clock_reply(
+                                  lambda node, reply, t, sent=now: self._clock_answered(
                                       node, reply, sent, t), now)
         verdict = self.verdict(now)
         if verdict.ok != self.ok:
@@ -183,7 +183,7 @@ class NodeClock(Part):
                                action="not coordinating writes until the clock is fixed")
         return effects
 
-    def _on_clock_reply(self, node_id: str, reply: Message | None, sent: float,
+    def _clock_answered(self, node_id: str, reply: Message | None, sent: float,
                         now: float) -> list[Effect]:
         peer_clock = reply.body.get("now") if reply is not None and \
             reply.type == MsgType.OK else None

@@ -98,20 +98,20 @@ class Coordinator(Part):
             else:
                 effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE,
                                       {"records": wire, "cond": True},
-                                      lambda node, reply, t: self._on_write_ack(
+                                      lambda node, reply, t: self._write_answered(
                                           op_id, node, *write_outcome(reply), t), now)
         for holder, target in holders.items():
             if holder == self.ctx.node_id:
                 self.hints.keep([Hint(0, target, record, int(now * 1000))])
-                effects += self._on_write_ack(op_id, holder, True, None, now)
+                effects += self._write_answered(op_id, holder, True, None, now)
             else:
                 effects += self.ctx.calls.call(holder, MsgType.HINT_WRITE,
                                       {"target": target, "records": wire},
-                                      lambda node, reply, t: self._on_write_ack(
+                                      lambda node, reply, t: self._write_answered(
                                           op_id, node, reply is not None
                                           and reply.type == MsgType.OK, None, t), now)
         if not op.counted:
-            effects += self._on_write_ack(op_id, "", False, None, now)  # nobody to ask
+            effects += self._write_answered(op_id, "", False, None, now)  # nobody to ask
         return effects
 
     def _write_version(self, ts, writer, now: float, bound: int) -> Version:
@@ -151,11 +151,11 @@ class Coordinator(Part):
         except StorageError as exc:
             self.ctx.stats["own_writes_failed"] += 1
             self.ctx.log.error("own_write_failed", keys=1, error=str(exc))
-            return self._on_write_ack(op_id, me, False, None, now, keep_hint=False)
+            return self._write_answered(op_id, me, False, None, now, keep_hint=False)
         if newer is not None:
-            return self._on_write_ack(op_id, me, False, newer, now)
+            return self._write_answered(op_id, me, False, newer, now)
         self.ctx.own_acks.add(self.ctx.ticks, lambda t: self._revoke_own_write(op_id, t))
-        return self._on_write_ack(op_id, me, True, None, now)
+        return self._write_answered(op_id, me, True, None, now)
 
     def _revoke_own_write(self, op_id: int, now: float) -> list[Effect]:
         """Our write of ``op_id`` was not committed after all: it no longer counts."""
@@ -167,7 +167,7 @@ class Coordinator(Part):
         op.failed.append(me)
         return self._answer_write(op_id, op)
 
-    def _on_write_ack(self, op_id: int, node_id: str, ok: bool, newer: list | None,
+    def _write_answered(self, op_id: int, node_id: str, ok: bool, newer: list | None,
                       now: float, keep_hint: bool = True) -> list[Effect]:
         """A replica's answer to a write: ``ok``, or failed (``newer``: it refused, holding
         that newer version; otherwise it failed or was silent, and we keep a hint)."""
@@ -265,27 +265,27 @@ class Coordinator(Part):
                 record = self.ctx.store.get(op.key)
             except StorageError as exc:   # we count as a replica that failed
                 self.ctx.log.error("own_read_failed", error=str(exc))
-                return self._on_read_reply(op_id, target, False, None, now)
-            return self._on_read_reply(op_id, target, True, record, now)
+                return self._read_answered(op_id, target, False, None, now)
+            return self._read_answered(op_id, target, True, record, now)
         return self.ctx.calls.call(target, MsgType.REPLICA_READ, {"key": op.key},
-                          lambda node, reply, t: self._on_remote_read(op_id, node, reply, t),
+                          lambda node, reply, t: self._remote_read_answered(op_id, node, reply, t),
                           now)
 
-    def _on_remote_read(self, op_id: int, node_id: str, reply: Message | None, now: float):
+    def _remote_read_answered(self, op_id: int, node_id: str, reply: Message | None, now: float):
         if reply is None or reply.type != MsgType.OK:
-            return self._on_read_reply(op_id, node_id, False, None, now)
+            return self._read_answered(op_id, node_id, False, None, now)
         wire = reply.body.get("record")
         try:
             record = None if wire is None else record_from_wire(wire)
             if record is not None and self.clock.ok:   # ours off: it cannot tell
                 self.clock.check_peer_timestamp(record.version.timestamp, now)
         except (ProtocolError, ClockSkew):
-            return self._on_read_reply(op_id, node_id, False, None, now)
+            return self._read_answered(op_id, node_id, False, None, now)
         if record is not None:
             self.clock.hlc.observe(record.version.timestamp)
-        return self._on_read_reply(op_id, node_id, True, record, now)
+        return self._read_answered(op_id, node_id, True, record, now)
 
-    def _on_read_reply(self, op_id: int, node_id: str, ok: bool, record: Record | None,
+    def _read_answered(self, op_id: int, node_id: str, ok: bool, record: Record | None,
                        now: float) -> list[Effect]:
         op = self.ops.get(op_id)
         if op is None or op.answered or op.newest is not None:
@@ -352,20 +352,20 @@ class Coordinator(Part):
                     self.ctx.store.put(newest)
                 except StorageError as exc:
                     self.ctx.log.error("own_write_failed", keys=1, error=str(exc))
-                    effects += self._on_written_back(op_id, target, False, now)
+                    effects += self._written_back(op_id, target, False, now)
                     continue
                 op.wrote_own = True
                 self.ctx.own_acks.add(self.ctx.ticks, lambda t: self._revoke_own_write_back(
                     op_id, t))
-                effects += self._on_written_back(op_id, target, True, now)
+                effects += self._written_back(op_id, target, True, now)
             else:
                 effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE, {"records": wire},
-                                      lambda node, reply, t: self._on_written_back(
+                                      lambda node, reply, t: self._written_back(
                                           op_id, node, reply is not None
                                           and reply.type == MsgType.OK, t), now)
         return effects
 
-    def _on_written_back(self, op_id: int, node_id: str, ok: bool, now: float):
+    def _written_back(self, op_id: int, node_id: str, ok: bool, now: float):
         op = self.ops.get(op_id)
         if op is None or op.answered:
             return []

@@ -252,10 +252,10 @@ class Gossip(Part):
             if seed in known and self.seed_contacted:
                 continue
             effects += ctx.calls.call_address(seed, seed, MsgType.JOIN, body,
-                                              self._on_seed_reply, now)
+                                              self._seed_answered, now)
         return effects
 
-    def _on_seed_reply(self, seed: str, reply: Message | None, now: float) -> list[Effect]:
+    def _seed_answered(self, seed: str, reply: Message | None, now: float) -> list[Effect]:
         if reply is None:
             return []
         if reply.type != MsgType.OK:

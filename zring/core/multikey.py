@@ -169,7 +169,7 @@ class MultiKey(Part):
         for target, indexes in by_target.items():
             effects += self.ctx.calls.call(target, MsgType.REPLICA_READ_MANY,
                                   {"keys": [keys[i] for i in indexes]},
-                                  lambda node, reply, t, ix=indexes: self._on_read_many(
+                                  lambda node, reply, t, ix=indexes: self._many_read(
                                       read, node, ix, reply, t), now)
         return effects
 
@@ -225,7 +225,7 @@ class MultiKey(Part):
         batch.pending -= len(indexes)
         return [] if batch.pending else self._finish_batch(batch)
 
-    def _on_read_many(self, read: _MultiRead, node_id: str, indexes: list[int],
+    def _many_read(self, read: _MultiRead, node_id: str, indexes: list[int],
                       reply: Message | None, now: float) -> list[Effect]:
         wires = reply.body.get("records") if reply is not None and \
             reply.type == MsgType.OK else None
@@ -359,7 +359,7 @@ class MultiKey(Part):
         for target, indexes in by_target.items():
             effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE,
                                   {"records": [wires[i] for i in indexes], "cond": True},
-                                  lambda node, reply, t, ix=indexes: self._on_write_many(
+                                  lambda node, reply, t, ix=indexes: self._many_written(
                                       write, node, ix, *batch_write_outcome(reply, len(ix)),
                                       t), now)
         return effects
@@ -377,13 +377,13 @@ class MultiKey(Part):
         except StorageError as exc:
             self.ctx.stats["own_writes_failed"] += len(indexes)
             self.ctx.log.error("own_write_failed", keys=len(indexes), error=str(exc))
-            return self._on_write_many(write, me, indexes, False, {}, now, keep_hints=False)
+            return self._many_written(write, me, indexes, False, {}, now, keep_hints=False)
         newer = {position: held for position, held in enumerate(answers) if held is not None}
         taken = [index for position, index in enumerate(indexes) if position not in newer]
         if taken:
             self.ctx.own_acks.add(self.ctx.ticks, lambda t: self._revoke_own_copies(
                 write, taken, t))
-        return self._on_write_many(write, me, indexes, True, newer, now)
+        return self._many_written(write, me, indexes, True, newer, now)
 
     def _revoke_own_copies(self, write: _MultiWrite, indexes: list[int],
                            now: float) -> list[Effect]:
@@ -405,7 +405,7 @@ class MultiKey(Part):
             effects += self._settle_multi_write(write, index)
         return effects
 
-    def _on_write_many(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
+    def _many_written(self, write: _MultiWrite, node_id: str, indexes: list[int], ok: bool,
                        newer: dict[int, list], now: float,
                        keep_hints: bool = True) -> list[Effect]:
         """A replica's answer to the records at ``indexes``: ``ok`` with the positions it

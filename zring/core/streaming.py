@@ -215,7 +215,7 @@ class RangePull:
                 body = {"intervals": chunk.remaining(), "after": chunk.after,
                         "limit": self.page_records}
                 effects += call(source, MsgType.RANGE_PULL, body,
-                                lambda node, reply, t, c=chunk: self._on_page(c, reply, t),
+                                lambda node, reply, t, c=chunk: self._page_arrived(c, reply, t),
                                 now)
         return effects
 
@@ -233,7 +233,7 @@ class RangePull:
         chunk.retry_at = now + self.retry_s
         self._queue(chunk, front=True)
 
-    def _on_page(self, chunk: _Chunk, reply: Message | None, now: float) -> list:
+    def _page_arrived(self, chunk: _Chunk, reply: Message | None, now: float) -> list:
         self._in_flight[chunk.source] -= 1
         if self.cancelled:
             return []
@@ -383,10 +383,10 @@ class RecordPush:
             body = {"records": [record_to_wire(r) for r in records]}
             effects += self.call(target, MsgType.REPLICA_WRITE, body,
                                  lambda node, reply, t, p=page, n=len(records):
-                                 self._on_ack(p, node, reply, t, n), now)
+                                 self._copies_answered(p, node, reply, t, n), now)
         return effects
 
-    def _on_ack(self, page: _Page, target: str, reply: Message | None, now: float,
+    def _copies_answered(self, page: _Page, target: str, reply: Message | None, now: float,
                 count: int) -> list:
         page.waiting -= 1
         if self.cancelled:
