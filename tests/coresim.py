@@ -203,10 +203,11 @@ def requests_dropped(sim: SimCluster, sender: str, types: frozenset[MsgType]):
 
 
 def member(node_id: str, status: MemberStatus = MemberStatus.NORMAL, *, generation: int = 1,
-           weight: float = 1.0, ring: int = 0, streamed: bool = False) -> Member:
+           heartbeat: int = 1, weight: float = 1.0, ring: int = 0,
+           streamed: bool = False) -> Member:
     """A member record as gossip brings it (``ring``: the fingerprint it routes by)."""
-    return Member(node_id, f"tcp://{node_id}:1", f"tcp://{node_id}:2", status, generation, 1,
-                  weight, streamed=streamed, ring=ring)
+    return Member(node_id, f"tcp://{node_id}:1", f"tcp://{node_id}:2", status, generation,
+                  heartbeat, weight, streamed=streamed, ring=ring)
 
 
 def part_context(node_id: str = "a", peers=("b", "c"), now: float = 1000.0, store=None,
