@@ -73,3 +73,7 @@ class NodeConfig:
     stream_intervals_per_pull: int = 1024
     stream_pulls_in_flight: int = 4          # per source
     left_linger_s: float = 3.0              # a decommissioned node keeps gossiping LEFT this long
+    # background work is done a slice per loop cycle: one delete of 250k rows would stall the
+    # loop past the failure detector's patience
+    slice_records: int = 20_000             # records counted, or wiped after a leave, per cycle
+    drop_slice_records: int = 5_000         # handed-over records deleted per cycle

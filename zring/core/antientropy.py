@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from zring.core import repair
+from zring.core.batching import MAX_BATCH_KEYS
 from zring.core.context import NodeContext, Part
 from zring.core.effects import Effect, Reply, error
 from zring.core.hints import within_bytes
@@ -274,8 +275,8 @@ class AntiEntropy(Part):
 
     def _on_repair_fetch(self, route, message: Message, now: float) -> list[Effect]:
         keys = message.body["keys"]
-        if len(keys) > 10_000 or not all(isinstance(k, str) for k in keys):
-            raise InvalidRequest("keys must be at most 10,000 strings")
+        if len(keys) > MAX_BATCH_KEYS or not all(isinstance(k, str) for k in keys):
+            raise InvalidRequest(f"keys must be at most {MAX_BATCH_KEYS} strings")
         found = [r for r in map(self.ctx.store.get, keys) if r is not None]
         records = within_bytes(found, self.ctx.config.stream_batch_bytes, record_size)
         served = {r.key for r in records}

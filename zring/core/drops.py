@@ -65,7 +65,7 @@ class Drops(Part):
                     for i in change.intervals()]
         return subtract_intervals(intervals, regained), regained
 
-    def _run(self, now: float, max_records: int = 5_000) -> list[Effect]:
+    def _run(self, now: float) -> list[Effect]:
         """Delete handed-over ranges a slice at a time (a delete of 250k rows in one go would
         stall the loop past the failure detector's patience)."""
         topology = self.topology
@@ -84,7 +84,7 @@ class Drops(Part):
         if now - drop.settled_at < self.ctx.config.request_timeout_s:
             return []  # requests sent by a member just before it switched rings: let them end
         deleted = 0
-        while drop.intervals and deleted < max_records:
+        while drop.intervals and deleted < self.ctx.config.drop_slice_records:
             low, high = drop.intervals.pop()
             deleted += self.ctx.store.delete_range(low, high)
         drop.records += deleted

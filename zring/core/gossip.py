@@ -19,6 +19,7 @@ from zring.storage.base import Store
 __all__ = ["Gossip", "load_member_table"]
 
 _GOSSIP_ON_CHANGE_GAP_S = 0.05  # at most this often when gossiping news ahead of the beat
+_FORMING_LOG_INTERVAL_S = 5.0   # a seed waiting for the others says so this often
 _LIVENESS_EVENT = {Liveness.UP: "up", Liveness.SUSPECT: "suspected", Liveness.DOWN: "down"}
 
 
@@ -329,7 +330,7 @@ class Gossip(Part):
         missing = self.seeds_missing()
         if missing:
             if now >= self._next_forming_log_at:
-                self._next_forming_log_at = now + 5.0
+                self._next_forming_log_at = now + _FORMING_LOG_INTERVAL_S
                 self.ctx.log.info("cluster_forming", waiting_for_seeds=missing)
             return
         self.formed = True

@@ -425,9 +425,9 @@ class Handoff(Part):
         self.plan.count(ring_slices(64), on_counted)  # a slice per step
         return self._leave.pump(now)
 
-    def _step_wipe(self, max_records: int = 20_000) -> None:
+    def _step_wipe(self) -> None:
         deleted = 0
-        while self._wipe and deleted < max_records:
+        while self._wipe and deleted < self.ctx.config.slice_records:
             deleted += self.ctx.store.delete_range(*self._wipe.pop())
 
     # ------------------------------------------------------------------ rebalancing

@@ -18,6 +18,10 @@ from zring.ring import ring_changes
 
 __all__ = ["Plan", "ring_slices", "stats_figures"]
 
+# a plan counts every range a change moves: up to one per ring token (MAX_RING_TOKENS)
+MAX_COUNT_INTERVALS = 1_000_000
+_SLICE_INTERVALS = 2000   # intervals counted per loop cycle, at most
+
 
 @dataclass(slots=True)
 class _CountJob:
@@ -127,7 +131,7 @@ class Plan(Part):
         """How many records and bytes we hold in the intervals: counted a slice per loop
         cycle, answered when done (a plan or a transfer's totals)."""
         intervals = message.body["intervals"]
-        if len(intervals) > 1_000_000 or not all(
+        if len(intervals) > MAX_COUNT_INTERVALS or not all(
                 isinstance(i, list) and len(i) == 2
                 and all(type(v) is int and 0 <= v < 1 << 64 for v in i) for i in intervals):
             raise InvalidRequest("intervals must be at most 1,000,000 [low, high] pairs")
@@ -137,15 +141,14 @@ class Plan(Part):
         self._jobs.append(_CountJob([tuple(i) for i in intervals], on_done))
         return []
 
-    def _step(self, now: float, max_intervals: int = 2000,
-                    max_records: int = 20_000) -> list[Effect]:
+    def _step(self, now: float) -> list[Effect]:
         """Count a slice of the oldest stats job."""
         if not self._jobs:
             return []
         job = self._jobs[0]
         counted = 0
-        end = min(job.index + max_intervals, len(job.intervals))
-        while job.index < end and counted < max_records:
+        end = min(job.index + _SLICE_INTERVALS, len(job.intervals))
+        while job.index < end and counted < self.ctx.config.slice_records:
             records, size = self.ctx.store.range_stats(*job.intervals[job.index])
             job.records += records
             job.size += size

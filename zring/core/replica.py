@@ -13,6 +13,9 @@ from zring.storage.base import Hint, Record, record_size
 
 __all__ = ["Replica"]
 
+# a pull asks for stream_intervals_per_pull intervals, a repair for its differing segments
+MAX_SCAN_INTERVALS = 65_536
+
 
 class Replica(Part):
     def __init__(self, ctx: NodeContext, clock: NodeClock) -> None:
@@ -116,7 +119,7 @@ class Replica(Part):
     def scan_intervals(self, intervals: list, after: int | None, limit: int, keep):
         """Up to ``limit`` scanned records (those ``keep`` accepts) in sorted ``intervals``
         after position ``after``; returns (records, more, last position scanned)."""
-        if len(intervals) > 65_536:
+        if len(intervals) > MAX_SCAN_INTERVALS:
             raise InvalidRequest("too many intervals in one request")
         records: list[Record] = []
         scanned = size = 0
