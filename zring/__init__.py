@@ -32,14 +32,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "AsyncClient": "zring.aio",
     "Client": "zring.client",
-    "PutResult": "zring.client",
-    "GetResult": "zring.client",
-    "DeleteResult": "zring.client",
-    "RingState": "zring.client",
-    "RingNode": "zring.client",
-    "ClusterStatus": "zring.client",
-    "MemberInfo": "zring.client",
-    "MembershipResult": "zring.client",
+    "PutResult": "zring.clientcore.results",
+    "GetResult": "zring.clientcore.results",
+    "DeleteResult": "zring.clientcore.results",
+    "RingState": "zring.clientcore.results",
+    "RingNode": "zring.clientcore.results",
+    "ClusterStatus": "zring.clientcore.results",
+    "MemberInfo": "zring.clientcore.results",
+    "MembershipResult": "zring.clientcore.results",
     "HashRing": "zring.ring",
     "ClientKeys": "zring.security",
 }
@@ -55,8 +55,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from zring.aio import AsyncClient
-    from zring.client import (
-        Client,
+    from zring.client import Client
+    from zring.clientcore.results import (
         ClusterStatus,
         DeleteResult,
         GetResult,

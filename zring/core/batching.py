@@ -8,17 +8,16 @@ and one transaction per key into one per peer per cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 
+from zring.clientcore.batches import cut
 from zring.core.effects import Effect, Send
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
 
 __all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "encoded_size",
-           "coalesce_sends", "cut"]
+           "coalesce_sends"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
 BATCHABLE = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.HINT_WRITE,
@@ -51,22 +50,6 @@ def coalesce_sends(effects: list[Effect]) -> list[Effect]:
         elif index not in skip:
             merged.append(effect)
     return merged
-
-
-def cut(items: list, size_of: Callable[[Any], int], max_count: int,
-        max_bytes: int) -> list[list]:
-    """``items`` in runs of at most ``max_count`` and about ``max_bytes`` by ``size_of``
-    (one item bigger than that travels alone). Used for every batch, client and node."""
-    runs: list[list] = [[]]
-    size = 0
-    for item in items:
-        item_size = size_of(item)
-        if runs[-1] and (len(runs[-1]) >= max_count or size + item_size > max_bytes):
-            runs.append([])
-            size = 0
-        runs[-1].append(item)
-        size += item_size
-    return runs if runs[-1] else []
 
 
 def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:

@@ -1,0 +1,115 @@
+"""Requests as a transport sees them: the effects a command asks for, and the one driver.
+
+A command (see ``commands``) is a generator: it yields an effect and gets its outcome back.
+There are three effects, all a transport implements:
+
+- :class:`Exchange`: send each request's frame to its endpoint and wait up to ``timeout``
+  for the replies (matched by request id); the outcome is each reply, or None on silence;
+- :class:`Sleep`: wait (a backoff, or between status polls);
+- :class:`Gossip`: listen to these gossip endpoints too, and hand every GOSSIP that
+  arrived to the routing table.
+
+The blocking client drives a command with :meth:`Command.run`; the asyncio client awaits
+each effect in its own loop. An effect that raises a ZringError is thrown into the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from zring.errors import Timeout, ZringError
+from zring.protocol import Message, MsgType, encode
+
+__all__ = ["Command", "Exchange", "Gossip", "Request", "Sleep", "Steps"]
+
+
+class Request:
+    """One request on its way: one id and one frame for all its resends, where it goes now,
+    where it went, and how it ended (a reply body or an error)."""
+
+    __slots__ = ("type", "request_id", "frame", "key", "first", "endpoint", "order", "tried",
+                 "body", "error", "unanswered")
+
+    def __init__(self, msg_type: MsgType, request_id: int, body: dict, key: str | None = None,
+                 first: str | None = None) -> None:
+        self.type = msg_type
+        self.request_id = request_id
+        self.frame = encode(Message(msg_type, request_id, body))
+        self.key = key            # routed to this key's replicas (None: through the seeds)
+        self.first = first        # the endpoint of its first try, if chosen beforehand
+        self.endpoint = first or ""
+        self.order: list[str] | None = None   # a routed request's later tries, in order
+        self.tried: list[str] = []
+        self.body: dict | None = None
+        self.error: ZringError | None = None
+        self.unanswered = False   # some try went unanswered: its fate there is unknown
+
+    def timed_out(self, timeout: float) -> Timeout:
+        return Timeout(f"no reply to {self.type.name} within {timeout:g}s from "
+                       f"{', '.join(dict.fromkeys(self.tried))} ({len(self.tried)} tries)")
+
+
+class Exchange:
+    """Send every request to its ``endpoint``; the outcome: each one's reply or None."""
+
+    __slots__ = ("requests", "timeout")
+
+    def __init__(self, requests: list[Request], timeout: float) -> None:
+        self.requests = requests
+        self.timeout = timeout
+
+
+class Sleep:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Gossip:
+    """Listen to ``endpoints`` too (those not yet listened to), then read what arrived."""
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self.endpoints = endpoints
+
+
+Steps = Generator[Exchange | Sleep | Gossip, Any, Any]
+
+
+class Command:
+    """A command being driven: ``effect`` is what it waits for (None once it returned)."""
+
+    __slots__ = ("_steps", "effect", "result")
+
+    def __init__(self, steps: Steps) -> None:
+        self._steps = steps
+        self.result: Any = None
+        self.effect = self._resume(steps.send, None)
+
+    def step(self, outcome: Any) -> None:
+        """Hand the effect's outcome (or the ZringError it raised) to the command."""
+        resume = self._steps.throw if isinstance(outcome, ZringError) else self._steps.send
+        self.effect = self._resume(resume, outcome)
+
+    def _resume(self, resume: Callable, outcome: Any):
+        try:
+            return resume(outcome)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+    def run(self, perform: Callable[[Any], Any]) -> Any:
+        """Drive the command to its end, ``perform`` doing each effect (blocking)."""
+        while (effect := self.effect) is not None:
+            self.step(_outcome(perform, effect))
+        return self.result
+
+
+def _outcome(perform: Callable[[Any], Any], effect: Any) -> Any:
+    try:
+        return perform(effect)
+    except ZringError as exc:
+        return exc
