@@ -1,4 +1,5 @@
-"""Token-aware routing and batches on a real cluster of 4 nodes (N=3)."""
+"""Token-aware routing on a real cluster of 4 nodes (N=3) that a fifth joins. Batches with
+and without routing are test_client_api.py's."""
 
 from __future__ import annotations
 
@@ -22,24 +23,11 @@ def test_requests_go_to_the_key_owner_and_follow_a_join(tmp_path):
         keys = [f"key{i}" for i in range(40)]
         assert [r.stored_on != () for r in client.mput({k: k for k in keys})] == [True] * 40
         assert owner_served(client, keys) == 40
-        fingerprint = client._routing.fingerprint
+        fingerprint = client._routes.routing.fingerprint
         cluster.chaos("start", "node5")
         cluster.wait_converged([f"node{i}" for i in range(1, 6)], timeout_s=90)
         # gossip tells the client its ring is stale; it refetches and follows the owners
-        wait_for(lambda: client.get("key0").found and client._routing.fingerprint
+        wait_for(lambda: client.get("key0").found and client._routes.routing.fingerprint
                  != fingerprint, 10, "the client to learn the new ring")
         assert owner_served(client, keys) == 40
         assert [r.value for r in client.mget(keys)] == keys
-
-
-def test_a_seed_only_client_still_works_and_batches_round_trip(tmp_path):
-    with TestCluster(tmp_path, nodes=3) as cluster:
-        plain = Client(cluster.seeds, token_aware=False)
-        try:
-            items = {f"k{i}": f"v{i}".encode() for i in range(2500)}   # three chunks
-            assert len(plain.mput(items)) == 2500
-            results = plain.mget([*items, "missing"])
-            assert [r.value for r in results[:-1]] == list(items.values())
-            assert not results[-1].found
-        finally:
-            plain.close()

@@ -1,4 +1,4 @@
-"""AsyncClient without sockets: argument checks, reply matching, retries, batches, closing.
+"""AsyncClient without sockets: reply matching, concurrency, retries, batches, closing.
 
 Each node endpoint is a FakeSocket (``AsyncClient._new_socket`` is patched) whose scripted
 behaviour answers a decoded request with replies after delays, or with silence.
@@ -14,9 +14,10 @@ import msgpack
 import pytest
 import zmq
 
-from zring import aio
-from zring.aio import AsyncClient, _PendingReplies
-from zring.client import Client, GetResult, PutResult
+from zring.aio import AsyncClient
+from zring.aiosockets import PendingReplies
+from zring.clientcore import batches
+from zring.clientcore.results import GetResult, PutResult
 from zring.errors import (
     InvalidRequest,
     ProtocolError,
@@ -138,34 +139,11 @@ def net(monkeypatch) -> FakeNetwork:
 def client_on(*seeds: str, first: int = 0, **kwargs) -> AsyncClient:
     kwargs.setdefault("token_aware", False)  # these fakes answer requests, not RING_STATE
     client = AsyncClient(list(seeds), **kwargs)
-    client._seed_index = first   # deterministic: start at seeds[first]
+    client._seeds.index = first   # deterministic: start at seeds[first]
     return client
 
 
 # ------------------------------------------------------------------ constructor and arguments
-
-
-@pytest.mark.parametrize("args", [
-    {"seeds": []}, {"seeds": " , "}, {"seeds": [1]}, {"timeout": 0}, {"timeout": -1},
-    {"timeout": True}, {"timeout": "5"}, {"retries": -1}, {"retries": 1.0},
-    {"retries": True},
-])
-def test_constructor_rejects_what_client_rejects_with_the_same_message(args):
-    args = {"seeds": [A], **args}
-    with pytest.raises(InvalidRequest) as sync_error:
-        Client(**args)
-    with pytest.raises(InvalidRequest) as async_error:
-        AsyncClient(**args)
-    assert str(async_error.value) == str(sync_error.value)
-
-
-def test_constructor_parses_seeds_like_client(monkeypatch):
-    client = AsyncClient("a:1, tcp://b:2", timeout=2, retries=0)
-    assert client.seeds == ["tcp://a:1", "tcp://b:2"]
-    assert client.timeout == 2.0 and isinstance(client.timeout, float) and client.retries == 0
-    monkeypatch.setenv("ZRING_SEEDS", "c:3")
-    assert AsyncClient().seeds == ["tcp://c:3"]
-    assert "tcp://c:3" in repr(AsyncClient())
 
 
 @pytest.mark.parametrize("call", [
@@ -200,7 +178,7 @@ def test_bad_arguments_raise_invalid_request_before_any_socket(net, call):
 
 def test_pending_replies_match_by_request_id_and_ignore_strays():
     async def main():
-        replies = _PendingReplies()
+        replies = PendingReplies()
         first, second = replies.expect(7), replies.expect(8)
         assert replies.resolve(A, encode(Message(MsgType.OK, 8, {"n": 8})))   # out of order
         assert not replies.resolve(A, encode(Message(MsgType.OK, 99, {})))   # stray
@@ -217,7 +195,7 @@ def test_pending_replies_match_by_request_id_and_ignore_strays():
 
 def test_pending_replies_fail_only_the_request_a_bad_frame_names():
     async def main():
-        replies = _PendingReplies()
+        replies = PendingReplies()
         named, other = replies.expect(5), replies.expect(6)
         bad = msgpack.packb([int(MsgType.ERROR), 5, {"code": 1}])  # code must be a str
         assert replies.resolve(A, bad)
@@ -232,7 +210,7 @@ def test_pending_replies_fail_only_the_request_a_bad_frame_names():
 
 def test_pending_replies_wake_as_silence_or_error():
     async def main():
-        replies = _PendingReplies()
+        replies = PendingReplies()
         quiet, failing = replies.expect(1), replies.expect(2)
         replies.wake([1])
         replies.wake([2, 3], ZringError("closed"))
@@ -346,7 +324,7 @@ def test_silence_resends_to_the_next_seed_and_drops_the_silent_socket(net):
     assert asyncio.run(main()).value == "k"
     [sent_a], [sent_b] = net.sent_to(A), net.sent_to(B)
     assert sent_a.request_id == sent_b.request_id   # the same request, resent
-    assert client._seed_index == 1
+    assert client._seeds.index == 1
     assert all(s.closed for s in net.sockets)
 
 
@@ -361,7 +339,7 @@ def test_many_requests_on_a_silent_seed_move_to_the_next_seed_once(net):
             return results, time.monotonic() - start
     results, elapsed = asyncio.run(main())
     assert [r.value for r in results] == [str(i) for i in range(50)]
-    assert client._seed_index == 1            # 50 silences, one move (not 50: back to A)
+    assert client._seeds.index == 1            # 50 silences, one move (not 50: back to A)
     assert len(net.sent_to(A)) == 50 and len(net.sent_to(B)) == 50
     assert elapsed < 0.3 + 0.05 + 0.25        # one timeout, one backoff, then B at once
 
@@ -492,21 +470,8 @@ def test_mput_takes_a_dict_or_pairs_and_keeps_item_order(net):
     assert [len(m.body["items"]) for m in rest] == [1000, 500]
 
 
-def test_mput_cuts_chunks_by_bytes_too(net, monkeypatch):
-    monkeypatch.setattr(aio, "BATCH_MAX_BYTES", 100)
-    net.behaviours[A] = healthy
-    items = [(f"k{i}", b"x" * 40) for i in range(5)] + [("big", b"y" * 500)]
-
-    async def main():
-        async with client_on(A) as client:
-            return await client.mput(items)
-    assert len(asyncio.run(main())) == 6
-    assert [[k for k, *_ in m.body["items"]] for m in net.sent_to(A)] == \
-        [["k0", "k1"], ["k2", "k3"], ["k4"], ["big"]]
-
-
 def test_batch_raises_the_first_key_error_after_every_chunk_answered(net, monkeypatch):
-    monkeypatch.setattr(aio, "BATCH_MAX_KEYS", 2)
+    monkeypatch.setattr(batches, "BATCH_MAX_KEYS", 2)
 
     def some_fail(request: Message):
         results = [{"error": "unavailable", "message": f"{k} has too few replicas"}
@@ -531,7 +496,7 @@ def test_batch_reply_with_the_wrong_number_of_results_is_a_protocol_error(net):
 
 
 def test_a_failed_chunk_is_raised_after_the_others_end(net, monkeypatch):
-    monkeypatch.setattr(aio, "BATCH_MAX_KEYS", 1)
+    monkeypatch.setattr(batches, "BATCH_MAX_KEYS", 1)
     net.behaviours[A] = lambda request: (
         [] if request.body["keys"] == ["lost"] else ok(answer(request), request))
     client = client_on(A, timeout=0.1, retries=0)
@@ -591,7 +556,7 @@ def test_async_with_leaves_no_task_and_no_open_socket(net):
     async def main():
         async with client_on(A, B) as client:
             await client.get("x")
-            client._seed_index = 1
+            client._seeds.index = 1
             await client.get("y")
             assert len(client._connections) == 2
         assert asyncio.all_tasks() == {asyncio.current_task()}
