@@ -63,7 +63,7 @@ def test_a_failure_is_a_zring_error_as_it_is_and_anything_else_is_counted():
     assert ctx.stats["handler_errors"] == 1
 
 
-def test_a_node_that_left_serves_no_replica_requests():
+def test_check_serving_refuses_once_the_node_left():
     ctx = part_context()
     ctx.check_serving()
     ctx.members.set_status("a", MemberStatus.LEFT)
