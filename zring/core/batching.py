@@ -8,15 +8,13 @@ and one transaction per key into one per peer per cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import msgpack
 
 from zring.clientcore.batches import cut
 from zring.core.effects import Effect, Send
 from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
 
-__all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "BatchReply", "Slot", "encoded_size",
+__all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "encoded_size",
            "coalesce_sends"]
 
 # Requests whose handler replies in the same call: safe to answer as one BATCH reply.
@@ -60,24 +58,3 @@ def _chunks(indexes: list[int], effects: list[Effect]) -> list[list[int]]:
 def encoded_size(body: object) -> int:
     """The encoded size of a message body (msgpack's C packer: cheaper than walking it)."""
     return len(msgpack.packb(body, use_bin_type=True))
-
-
-@dataclass(slots=True)
-class BatchReply:
-    """A client's MGET/MPUT: one reply once every key's own operation has answered."""
-
-    route: tuple[bytes, ...]
-    request_id: int
-    results: list
-    pending: int
-    closed: bool = False    # answered (or failed as a whole): late key replies are dropped
-    writes: bool = False    # some result acknowledges a write (else it stands should the
-    #                         loop cycle's commit fail: see effects.Reply.only_reads)
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """The route of one key's operation inside a client batch (its reply fills a result)."""
-
-    batch: BatchReply = field(compare=False)
-    index: int
