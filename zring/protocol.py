@@ -14,6 +14,7 @@ receiver recomputes the position from the key rather than trusting the sender.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -23,7 +24,7 @@ import msgpack
 from zring.errors import ProtocolError
 from zring.storage.base import record_from_wire, record_to_wire
 
-__all__ = ["MsgType", "Message", "encode", "decode", "validate", "message_to_wire",
+__all__ = ["MsgType", "Message", "cut", "encode", "decode", "validate", "message_to_wire",
            "record_to_wire", "record_from_wire", "MAX_FRAME_BYTES", "CLIENT_TYPES",
            "PEER_TYPES", "ADMIN_TYPES", "permitted"]
 
@@ -264,3 +265,17 @@ def _is_request_id(value: object) -> bool:
     return type(value) is int and 0 <= value <= _MAX_INT
 
 
+def cut(items: list, size_of: Callable[[Any], int], max_count: int,
+        max_bytes: int) -> list[list]:
+    """``items`` in runs of at most ``max_count`` and about ``max_bytes`` by ``size_of``
+    (one item bigger than that travels alone). Used for every batch, client and node."""
+    runs: list[list] = [[]]
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if runs[-1] and (len(runs[-1]) >= max_count or size + item_size > max_bytes):
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += item_size
+    return runs if runs[-1] else []

@@ -1,16 +1,14 @@
 """Batches: an MGET or MPUT cut into frames, and its per-key results put back in key order.
 
 Each frame carries at most BATCH_MAX_KEYS keys and about BATCH_MAX_BYTES of them, measured
-by one rule (:func:`entry_bytes`) for both clients. ``cut`` is the node's too (its BATCH
-frames between peers).
+by one rule (:func:`entry_bytes`) for both clients. ``cut`` (in zring.protocol) cuts the
+node's BATCH frames between peers too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from zring.errors import ProtocolError
+from zring.protocol import cut
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_KEYS", "ENTRY_OVERHEAD", "cut", "cut_indexes",
            "entry_bytes", "merge"]
@@ -18,22 +16,6 @@ __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_KEYS", "ENTRY_OVERHEAD", "cut", "cut_in
 BATCH_MAX_KEYS = 1000                 # keys (or items) in one MGET / MPUT frame
 BATCH_MAX_BYTES = 8 * 1024 * 1024     # and about this much of them (one big item alone)
 ENTRY_OVERHEAD = 16                   # an item's framing and write stamp, about
-
-
-def cut(items: list, size_of: Callable[[Any], int], max_count: int,
-        max_bytes: int) -> list[list]:
-    """``items`` in runs of at most ``max_count`` and about ``max_bytes`` by ``size_of``
-    (one item bigger than that travels alone). Used for every batch, client and node."""
-    runs: list[list] = [[]]
-    size = 0
-    for item in items:
-        item_size = size_of(item)
-        if runs[-1] and (len(runs[-1]) >= max_count or size + item_size > max_bytes):
-            runs.append([])
-            size = 0
-        runs[-1].append(item)
-        size += item_size
-    return runs if runs[-1] else []
 
 
 def entry_bytes(key: str, value: bytes | str | None = None) -> int:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import msgpack
 
-from zring.clientcore.batches import cut
 from zring.core.effects import Effect, Send
-from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, message_to_wire
+from zring.protocol import MAX_FRAME_BYTES, Message, MsgType, cut, message_to_wire
 
 __all__ = ["BATCHABLE", "BATCH_MAX_BYTES", "MAX_BATCH_KEYS", "encoded_size",
            "coalesce_sends"]
