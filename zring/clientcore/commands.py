@@ -57,9 +57,9 @@ class Commands(Session):
     def put(self, key: str, value: bytes | str, *, replicas: int | None = None,
             w: int | None = None) -> PutResult:
         """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
-        return self._run(self._converted(self._write(MsgType.PUT, {
+        return self._run(self._write(MsgType.PUT, {
             "key": check_key(key), "value": check_value(value),
-            "n": check_count(replicas, "replicas"), "w": check_count(w, "w")}),
+            "n": check_count(replicas, "replicas"), "w": check_count(w, "w")},
             PutResult.from_body))
 
     def get(self, key: str, *, r: int | None = None, replicas: int | None = None) -> GetResult:
@@ -70,9 +70,9 @@ class Commands(Session):
     def delete(self, key: str, *, w: int | None = None,
                replicas: int | None = None) -> DeleteResult:
         """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
-        return self._run(self._converted(self._write(MsgType.DELETE, {
+        return self._run(self._write(MsgType.DELETE, {
             "key": check_key(key), "n": check_count(replicas, "replicas"),
-            "w": check_count(w, "w")}), DeleteResult.from_body))
+            "w": check_count(w, "w")}, DeleteResult.from_body))
 
     def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
         """Read many keys: one MGET per replica node (up to 1,000 keys a frame), all in

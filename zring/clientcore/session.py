@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zring.clientcore.batches import cut_indexes, merge
 from zring.clientcore.options import Seeds, client_options
@@ -166,11 +166,16 @@ class Session:
             return False
         routes = self._routes
         now = self._monotonic()
-        if routes.gossip_due(now):
-            yield Gossip([])
-        if routes.wants_ring(now):
-            yield from self._fetch_ring(now)
+        gossip, fetch = routes.gossip_due(now), routes.wants_ring(now)
+        if gossip or fetch:   # rare: most requests take no step here
+            yield from self._refresh(gossip, fetch, now)
         return routes.routing is not None
+
+    def _refresh(self, gossip: bool, fetch: bool, now: float) -> Steps:
+        if gossip:
+            yield Gossip([])
+        if fetch:
+            yield from self._fetch_ring(now)
 
     def _fetch_ring(self, now: float) -> Steps:
         routes = self._routes
@@ -191,8 +196,9 @@ class Session:
 
     # -------------------------------------------------------------- writes and batches
 
-    def _write(self, msg_type: MsgType, body: dict) -> Steps:
-        """A PUT or DELETE, stamped once for all its resends. Refused for a newer version
+    def _write(self, msg_type: MsgType, body: dict, result: Callable[[dict], Any]) -> Steps:
+        """A PUT or DELETE (its reply body made a ``result``), stamped once for all its
+        resends. Refused for a newer version
         held, it is stamped again above it and resent only if no replica took it and no
         copy went unanswered (see WriteStamps); otherwise VersionConflict is raised."""
         stamps = self._stamps
@@ -207,7 +213,7 @@ class Session:
                     raise
                 continue
             stamps.observe_body(request.body)
-            return request.body
+            return result(request.body)
         raise AssertionError("unreachable")
 
     def _batch(self, msg_type: MsgType, keys: list[str], sizes: list[int],
