@@ -132,7 +132,7 @@ class NodeClock(Part):
         return int.from_bytes(saved, "big") if saved and len(saved) == 8 else 0
 
     def note_stamp(self, timestamp: int) -> None:
-        """A record with this timestamp is written in this cycle (see ``_save_clock``)."""
+        """A record with this timestamp is written in this cycle (see ``save_ceiling``)."""
         if timestamp > self._stamped:
             self._stamped = timestamp
 
