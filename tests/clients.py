@@ -8,6 +8,9 @@ The ``client_kind`` parameter of a test picks one; ``connect`` fixtures build th
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -64,6 +67,23 @@ class Connector:
     def close(self) -> None:
         for facade in self.made:
             facade.finish()
+
+
+@contextmanager
+def first_seed(index: int) -> Iterator[None]:
+    """Clients built inside start at their ``seeds[index]``; elsewhere each picks its first
+    seed with ``random.randrange`` (to spread clients over the seeds). Read it back as the
+    client's ``seed``."""
+    randrange = random.randrange
+
+    def pick(stop: int) -> int:
+        assert 0 <= index < stop, f"no seed {index} of {stop}"
+        return index
+    random.randrange = pick
+    try:
+        yield
+    finally:
+        random.randrange = randrange
 
 
 def open_sockets() -> list:

@@ -1,9 +1,9 @@
 """Helpers the node core's unit tests share (tests/unit/core/): clusters on the in-memory
 network, client requests, who holds a key, and standalone parts for tests of one part.
 
-The simulated network (tests/simnet.py) offers no hook to watch or filter what it carries;
-the few helpers here that need one (``watch_effects``, ``deliver``, ``requests_dropped``)
-wrap its delivery methods in this one place, so no test reaches into it.
+The helpers that watch or bend what the simulated network carries (``watch_effects``,
+``deliver``, ``requests_dropped``) use its public hooks (``SimCluster.on_effects``,
+``apply``, ``drop_requests``).
 """
 
 from __future__ import annotations
@@ -155,17 +155,13 @@ def count_streamed(core: NodeCore) -> list[int]:
 def deliver(sim: SimCluster, address: str, effects) -> None:
     """Carry out effects the core at ``address`` returned to a test that called it directly,
     as the network does with those of the calls it makes itself."""
-    sim._apply(address, effects)
+    sim.apply(address, effects)
 
 
 def watch_effects(sim: SimCluster, watch: Callable[[str, list], list]) -> None:
     """From now on every node's effects pass ``watch(address, effects)`` first: it sees them
     and returns those the network carries out."""
-    original = sim._apply
-
-    def apply(address, effects):
-        return original(address, watch(address, list(effects)))
-    sim._apply = apply
+    sim.on_effects.append(watch)
 
 
 def count_sends(sim: SimCluster, node_id: str) -> list[Message]:
@@ -186,17 +182,12 @@ def requests_dropped(sim: SimCluster, sender: str, types: frozenset[MsgType]):
     """Every request of one of ``types`` that node ``sender`` sends a peer is lost on the
     way (a BATCH frame whole, whatever it carries, if BATCH is in ``types``)."""
     address = sim.node(sender).config.address
-    deliver_request = sim._deliver_request
-
-    def deliver_unless_dropped(target, source, frame):
-        if source == address and decode(frame).type in types:
-            return
-        deliver_request(target, source, frame)
-    sim._deliver_request = deliver_unless_dropped
+    stop = sim.drop_requests(lambda target, source, frame:
+                             source == address and decode(frame).type in types)
     try:
         yield
     finally:
-        sim._deliver_request = deliver_request
+        stop()
 
 
 # ------------------------------------------------------------------ one part alone

@@ -7,6 +7,10 @@ replies leave only after the commit (a commit that fails turns them into errors)
 with ``fsync="always"`` syncs after each commit, one with ``"periodic"`` every
 ``fsync_period_s``.
 
+Tests watch and bend the traffic through public hooks: ``on_effects`` (every node's effects
+pass each watcher before the network carries them out), ``drop_requests`` (node-to-node
+requests lost on the way) and ``apply`` (effects of a core a test called directly).
+
 Each node reads its own clock: the network's time plus the node's ``offsets`` entry (a node
 whose clock runs ahead or behind). A node in ``paused`` (SIGSTOP) runs no timers and takes
 no messages; what is sent to it waits, and arrives when it resumes, as TCP delivers it.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
+from collections.abc import Callable
 
 from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
@@ -47,6 +52,9 @@ class SimCluster:
         self._queue: list = []
         self._seq = itertools.count()
         self._request_ids = itertools.count(1)
+        # watch(address, effects) -> the effects to carry out: each in turn, see apply()
+        self.on_effects: list[Callable[[str, list], list]] = []
+        self._lost: list[Callable[[str, str, bytes], bool]] = []   # see drop_requests()
 
     # ---------------------------------------------------------------- nodes
 
@@ -128,10 +136,17 @@ class SimCluster:
                 store.sync()
             except StorageError:
                 pass
-        self._apply(address, effects)
+        self.apply(address, effects)
 
-    def _apply(self, address: str, effects) -> None:
-        for effect in coalesce_sends(list(effects)):  # as server.py batches per peer
+    def apply(self, address: str, effects) -> None:
+        """Carry out the effects the core at ``address`` returned: the network does so with
+        those of the calls it makes itself, a test with those of a core it called directly.
+        Each watcher of ``on_effects``, in order, sees them first and returns those that go
+        on."""
+        effects = list(effects)
+        for watch in self.on_effects:
+            effects = list(watch(address, effects))
+        for effect in coalesce_sends(effects):  # as server.py batches per peer
             if isinstance(effect, Reply):
                 self._route_reply(address, effect)
             elif isinstance(effect, Send):
@@ -163,45 +178,59 @@ class SimCluster:
             self._schedule(self.latency_s, lambda t=requester, s=address, f=frame:
                            self._deliver_reply(t, s, f))
 
-    def _alive(self, address: str) -> bool:
+    def alive(self, address: str) -> bool:
+        """Whether the node at ``address`` is up (neither down nor stopped; maybe paused)."""
         return address in self.cores and address not in self.down and \
             address not in self.stopped
 
+    # the old private names, still used by tests/sim/faultsim.py and tests/unit/test_fuzz_core.py
+    _alive = alive
+    _apply = apply
+
     def _running(self, address: str) -> bool:
-        return self._alive(address) and address not in self.paused
+        return self.alive(address) and address not in self.paused
+
+    def drop_requests(self, lost: Callable[[str, str, bytes], bool]) -> Callable[[], None]:
+        """From now on a request one node sends another is lost on the way when
+        ``lost(target, sender, frame)`` is true (checked as it arrives, so also for those
+        already under way); the function returned ends the loss."""
+        self._lost.append(lost)
+        return lambda: self._lost.remove(lost)
 
     def _held(self, target: str, action) -> bool:
         """A delivery to a paused node waits for it (False: deliver now)."""
-        if target in self.paused and self._alive(target):
+        if target in self.paused and self.alive(target):
             self.held[target].append(action)
             return True
         return False
 
     def _deliver_request(self, target: str, sender: str, frame: bytes) -> None:
+        if self._lost and any(lost(target, sender, frame) for lost in self._lost):
+            return
         if self._held(target, lambda: self._deliver_request(target, sender, frame)):
             return
-        if self._alive(target) and self._alive(sender):
+        if self.alive(target) and self.alive(sender):
             core = self.cores[target]
             self._run_core(target, lambda now: core.handle_frame((sender.encode(),), frame, now))
 
     def _deliver_client(self, target: str, frame: bytes) -> None:
         if self._held(target, lambda: self._deliver_client(target, frame)):
             return
-        if self._alive(target):
+        if self.alive(target):
             core = self.cores[target]
             self._run_core(target, lambda now: core.handle_frame((CLIENT,), frame, now))
 
     def _deliver_reply(self, target: str, sender: str, frame: bytes) -> None:
         if self._held(target, lambda: self._deliver_reply(target, sender, frame)):
             return
-        if self._alive(target) and self._alive(sender):
+        if self.alive(target) and self.alive(sender):
             core = self.cores[target]
             self._run_core(target, lambda now: core.handle_reply(sender, frame, now))
 
     def _deliver_gossip(self, target: str, sender: str, frame: bytes) -> None:
         if self._held(target, lambda: self._deliver_gossip(target, sender, frame)):
             return
-        if self._alive(target) and self._alive(sender):
+        if self.alive(target) and self.alive(sender):
             core = self.cores[target]
             self._run_core(target, lambda now: core.handle_gossip(frame, now))
 

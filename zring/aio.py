@@ -209,6 +209,27 @@ class AsyncClient(Commands):
         return LoopDealer(new_dealer(self._context, endpoint, self.keys),
                           asyncio.get_running_loop())
 
+    # -------------------------------------------------------------- probes (read-only)
+
+    @property
+    def open_connections(self) -> int:
+        """How many node sockets (DEALERs, each with its reader task) are open now: one per
+        endpoint in use; a node silent throughout a request has its socket closed, and
+        ``close()`` closes them all."""
+        return len(self._connections)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests sent and still awaiting their reply (or their timeout), over all
+        sockets."""
+        return len(self._replies)
+
+    @property
+    def listening_to_gossip(self) -> bool:
+        """Whether this client is subscribed to the nodes' gossip (a token-aware client
+        subscribes once it has the ring; ``close()`` ends it)."""
+        return self._gossip.listening
+
 
 def _time_out(future: asyncio.Future) -> None:
     if not future.done():

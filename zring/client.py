@@ -178,6 +178,26 @@ class Client(Commands):
         if socket is not None:
             socket.close(linger=0)
 
+    # -------------------------------------------------------------- probes (read-only)
+
+    @property
+    def open_connections(self) -> int:
+        """How many node sockets (DEALERs) are open now: one per endpoint in use; a node
+        that stays silent has its socket closed, and ``close()`` closes them all."""
+        return len(self._sockets)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests awaiting their reply: always 0 for a blocking client between calls
+        (see :attr:`zring.aio.AsyncClient.requests_in_flight`)."""
+        return 0
+
+    @property
+    def listening_to_gossip(self) -> bool:
+        """Whether this client is subscribed to the nodes' gossip (a token-aware client
+        subscribes once it has the ring; ``close()`` ends it)."""
+        return self._gossip.listening
+
 
 def _decoded(endpoint: str, frames: list[bytes]) -> Message:
     try:

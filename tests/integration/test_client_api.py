@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from clients import KINDS, Connector, open_sockets, run
+from clients import KINDS, Connector, first_seed, open_sockets, run
 from cluster import TestCluster, free_ports
 
 from zring import AsyncClient, InvalidRequest, NotMember, ZringError
@@ -107,12 +107,14 @@ def test_batches_of_several_frames_round_trip(shared, connect, token_aware):
 
 
 def test_a_dead_first_seed_is_skipped(shared, connect):
-    client = connect([*dead_endpoints(1), *shared.seeds], timeout=0.5, token_aware=False)
-    client._seeds.index = 0
+    seeds = [*dead_endpoints(1), *shared.seeds]
+    with first_seed(0):
+        client = connect(seeds, timeout=0.5, token_aware=False)
+    assert client.seed == seeds[0]
     key = f"api:{client.kind}:skip"
     client.put(key, "ok")
     assert all(client.get(key).value == "ok" for _ in range(5))
-    assert client._seeds.index == 1
+    assert client.seed == seeds[1]
 
 
 # ------------------------------------------------------------------ the asyncio client
@@ -125,12 +127,12 @@ def test_200_concurrent_gets_share_one_socket_per_node(shared):
             results = await asyncio.gather(*(client.get(f"aio:c{i}") for i in range(200)))
             assert [r.value for r in results] == [f"v{i}" for i in range(200)]
             # token-aware: each key's request went to a replica, over that node's socket
-            assert len(client._connections) <= 3 and len(client._replies) == 0
-            assert client._routes.routing is not None
+            assert client.open_connections <= 3 and client.requests_in_flight == 0
+            assert client.ring_fingerprint is not None
         async with AsyncClient(shared.seeds, token_aware=False) as client:
             results = await asyncio.gather(*(client.get(f"aio:c{i}") for i in range(200)))
             assert [r.value for r in results] == [f"v{i}" for i in range(200)]
-            assert len(client._connections) == 1 and len(client._replies) == 0
+            assert client.open_connections == 1 and client.requests_in_flight == 0
     run(main())
 
 
@@ -139,9 +141,9 @@ def test_close_is_idempotent_and_the_client_outlives_event_loops(shared):
     client.close()
     # no close() inside: asyncio.run's shutdown cancels the reader, which closes its socket
     asyncio.run(client.put("aio:loops", "one"))
-    assert client._connections == {} and not open_sockets()
+    assert client.open_connections == 0 and not open_sockets()
     assert asyncio.run(client.get("aio:loops")).value == "one"
-    assert client._connections == {} and not open_sockets()
+    assert client.open_connections == 0 and not open_sockets()
     client.close()
     client.close()
 

@@ -23,11 +23,12 @@ def test_requests_go_to_the_key_owner_and_follow_a_join(tmp_path):
         keys = [f"key{i}" for i in range(40)]
         assert [r.stored_on != () for r in client.mput({k: k for k in keys})] == [True] * 40
         assert owner_served(client, keys) == 40
-        fingerprint = client._routes.routing.fingerprint
+        fingerprint = client.ring_fingerprint
+        assert fingerprint == client.ring_state().fingerprint
         cluster.chaos("start", "node5")
         cluster.wait_converged([f"node{i}" for i in range(1, 6)], timeout_s=90)
         # gossip tells the client its ring is stale; it refetches and follows the owners
-        wait_for(lambda: client.get("key0").found and client._routes.routing.fingerprint
+        wait_for(lambda: client.get("key0").found and client.ring_fingerprint
                  != fingerprint, 10, "the client to learn the new ring")
         assert owner_served(client, keys) == 40
         assert [r.value for r in client.mget(keys)] == keys

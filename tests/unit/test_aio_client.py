@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgpack
 import pytest
 import zmq
+from clients import first_seed
 
 from zring.aio import AsyncClient
 from zring.aiosockets import PendingReplies
@@ -138,9 +139,8 @@ def net(monkeypatch) -> FakeNetwork:
 
 def client_on(*seeds: str, first: int = 0, **kwargs) -> AsyncClient:
     kwargs.setdefault("token_aware", False)  # these fakes answer requests, not RING_STATE
-    client = AsyncClient(list(seeds), **kwargs)
-    client._seeds.index = first   # deterministic: start at seeds[first]
-    return client
+    with first_seed(first):   # deterministic: start at seeds[first]
+        return AsyncClient(list(seeds), **kwargs)
 
 
 # ------------------------------------------------------------------ constructor and arguments
@@ -240,7 +240,7 @@ def test_concurrent_requests_share_one_socket_and_get_their_own_replies(net):
     assert [r.value for r in results] == [str(i) for i in range(300)]
     assert all(isinstance(r, GetResult) and r.found for r in results)
     assert len(net.sockets) == 1 and net.sockets[0].closed
-    assert len(client._replies) == 0 and client._connections == {}
+    assert client.requests_in_flight == 0 and client.open_connections == 0
 
 
 def test_put_get_delete_ping_bodies(net):
@@ -259,7 +259,7 @@ def test_put_get_delete_ping_bodies(net):
     assert got.value == "k" and deleted.success and pong == {"pong": "n1"}
     bodies = [(m.type, {k: v for k, v in m.body.items() if k != "ts"})
               for m in net.sent_to(A)]
-    stamp = {"writer": client._stamps.writer}
+    stamp = {"writer": client.writer}
     assert bodies[:3] == [(MsgType.PUT, {"key": "k", "value": b"v", "n": 2, "w": 1, **stamp}),
                           (MsgType.GET, {"key": "k", "n": 2, "r": 1}),
                           (MsgType.DELETE, {"key": "k", "n": None, "w": 2, **stamp})]
@@ -324,7 +324,7 @@ def test_silence_resends_to_the_next_seed_and_drops_the_silent_socket(net):
     assert asyncio.run(main()).value == "k"
     [sent_a], [sent_b] = net.sent_to(A), net.sent_to(B)
     assert sent_a.request_id == sent_b.request_id   # the same request, resent
-    assert client._seeds.index == 1
+    assert client.seed == B
     assert all(s.closed for s in net.sockets)
 
 
@@ -339,7 +339,7 @@ def test_many_requests_on_a_silent_seed_move_to_the_next_seed_once(net):
             return results, time.monotonic() - start
     results, elapsed = asyncio.run(main())
     assert [r.value for r in results] == [str(i) for i in range(50)]
-    assert client._seeds.index == 1            # 50 silences, one move (not 50: back to A)
+    assert client.seed == B                    # 50 silences, one move (not 50: back to A)
     assert len(net.sent_to(A)) == 50 and len(net.sent_to(B)) == 50
     assert elapsed < 0.3 + 0.05 + 0.25        # one timeout, one backoff, then B at once
 
@@ -373,7 +373,7 @@ def test_silence_everywhere_raises_timeout_within_the_deadline(net):
     assert "GET" in str(error) and A in str(error) and B in str(error) and "3 tries" in str(error)
     assert 0.3 <= elapsed < 0.3 + 0.05 + 0.1 + 0.3   # 3 timeouts + 2 backoffs + slack
     assert len(net.sockets) == 3 and all(s.closed for s in net.sockets)
-    assert len(client._replies) == 0
+    assert client.requests_in_flight == 0 and client.open_connections == 0
 
 
 def test_closing_a_socket_resends_its_blocked_sends_at_once(net):
@@ -404,8 +404,8 @@ def test_cancelling_a_request_propagates_and_cleans_up(net):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert len(client._replies) == 0
-        assert not client._connections[A].inflight
+        assert client.requests_in_flight == 0
+        assert client.open_connections == 1   # the socket stays: A was not silent
         await client.aclose()
     asyncio.run(main())
 
@@ -466,7 +466,7 @@ def test_mput_takes_a_dict_or_pairs_and_keeps_item_order(net):
     assert [item[:2] for item in first.body["items"]] == [["a", b"1"], ["b", "2"]]
     assert all(type(item[2]) is int for item in first.body["items"])
     assert {k: first.body[k] for k in ("w", "n", "writer")} == {
-        "w": 1, "n": None, "writer": client._stamps.writer}
+        "w": 1, "n": None, "writer": client.writer}
     assert [len(m.body["items"]) for m in rest] == [1000, 500]
 
 
@@ -528,7 +528,7 @@ def test_close_is_idempotent_and_the_client_works_in_a_later_event_loop(net):
     client.close()
     assert asyncio.run(client.get("one")).value == "one"
     # asyncio.run cancelled the reader at its end, which closed the socket
-    assert client._connections == {} and net.sockets[0].closed
+    assert client.open_connections == 0 and net.sockets[0].closed
     assert asyncio.run(client.get("two")).value == "two"
     client.close()
     client.close()
@@ -551,15 +551,20 @@ def test_close_fails_the_requests_in_flight(net):
 
 
 def test_async_with_leaves_no_task_and_no_open_socket(net):
-    net.behaviours.update({A: healthy, B: healthy})
+    def seed_a(request: Message):   # knows member b, at B
+        if request.type == MsgType.CLUSTER_STATUS:
+            return ok({"node_id": "a", "members": [
+                {"node_id": "b", "address": B, "status": "normal", "liveness": "up"}]},
+                request)
+        return healthy(request)
+    net.behaviours.update({A: seed_a, B: lambda request: ok({"counters": {}}, request)})
 
     async def main():
         async with client_on(A, B) as client:
             await client.get("x")
-            client._seeds.index = 1
-            await client.get("y")
-            assert len(client._connections) == 2
+            await client.node_stats("b")   # asked at b itself: a socket to B
+            assert client.open_connections == 2
         assert asyncio.all_tasks() == {asyncio.current_task()}
-        assert client._connections == {}
+        assert client.open_connections == 0
     asyncio.run(main())
     assert all(s.closed for s in net.sockets)

@@ -6,6 +6,7 @@ over a scripted network (``Scripted``: each request answered by a function, time
 from __future__ import annotations
 
 import pytest
+from clients import first_seed
 
 import zring
 from zring.clientcore import batches, session
@@ -60,8 +61,8 @@ class Scripted(Commands):
         self.now = 1000.0
         self._monotonic = lambda: self.now
         self._wall_ms = lambda: 1_700_000_000_000 + int(self.now * 1000)
-        super().__init__(list(seeds), timeout, retries, token_aware=token_aware)
-        self._seeds.index = 0
+        with first_seed(0):   # deterministic: start at seeds[0]
+            super().__init__(list(seeds), timeout, retries, token_aware=token_aware)
         self.answer = answer or (lambda endpoint, request: {})
         self.sent: list[tuple[str, Message]] = []
         self.slept: list[float] = []
@@ -224,7 +225,7 @@ def test_silence_resends_the_same_request_to_the_next_seed_after_the_backoff():
     assert client.ping() == {"node_id": "n2"}
     (first_at, first), (second_at, second) = client.sent
     assert (first_at, second_at) == (S1, S2) and first.request_id == second.request_id
-    assert client.slept == [0.05] and client._seeds.current == S2   # it stays with S2
+    assert client.slept == [0.05] and client.seed == S2   # it stays with S2
 
 
 def test_silence_everywhere_raises_timeout_after_every_try():
@@ -338,25 +339,35 @@ def test_a_silent_owner_is_followed_by_the_other_replicas_in_order():
                       token_aware=True, timeout=0.05, retries=3)
     with pytest.raises(Timeout):
         client.get("key")
-    replicas = client._routes.routing.endpoints("key")
+    state = RingState.from_body(ring)
+    address = {node.node_id: node.address for node in state.nodes}
+    replicas = [address[n] for n in state.hash_ring().get_nodes("key", state.replicas)]
+    assert client.ring_fingerprint == state.fingerprint
     tried = [endpoint for endpoint, m in client.sent if m.type == MsgType.GET]
     assert tried[:3] == replicas and tried[3] == replicas[0]
     assert client.listened == [[], ["tcp://g:0", "tcp://g:1", "tcp://g:2"]]
 
 
-def test_get_nodes_matches_the_hash_ring_and_rebuilds_it_only_when_it_changes():
+def test_get_nodes_matches_the_hash_ring_and_rebuilds_it_only_when_it_changes(monkeypatch):
+    built = []
+    hash_ring = RingState.hash_ring
+
+    def counted(state):
+        built.append(state.fingerprint)
+        return hash_ring(state)
+    monkeypatch.setattr(RingState, "hash_ring", counted)
     bodies = [ring_body()]
     client = Scripted(lambda e, m: bodies[-1])
     expected = zring.HashRing(["n1", "n2", "n3"], vnodes=64)
     assert client.get_nodes("user:1", 2) == expected.get_nodes("user:1", 2)
     assert client.get_nodes("user:1") == expected.get_nodes("user:1", 3)  # default N
     assert client.get_node("user:9") == expected.get_node("user:9")
-    first = client._ring_cache[1]
     client.get_node("other")
-    assert client._ring_cache[1] is first and len(client.sent) == 4
+    assert built == [1] and len(client.sent) == 4   # one ring built for four requests
     bodies.append(ring_body(("n1", "n2"), fingerprint=2))
     assert client.get_node("user:9") == zring.HashRing(["n1", "n2"], vnodes=64).get_node(
         "user:9")
+    assert built == [1, 2]
     bodies.append(ring_body(nodes=(), fingerprint=3))
     with pytest.raises(Unavailable):
         client.get_node("k")
@@ -402,7 +413,7 @@ def test_mget_and_mput_cut_by_bytes_keep_key_order(monkeypatch):
     assert [[k for k, *_ in m.body["items"]] for _, m in client.sent] == \
         [["k0", "k1"], ["k2", "k3"], ["k4"], ["big"]]
     first = client.sent[0][1].body
-    assert (first["w"], first["n"], first["writer"]) == (1, None, client._stamps.writer)
+    assert (first["w"], first["n"], first["writer"]) == (1, None, client.writer)
     assert [r.value for r in client.mget(["a", "b"], r=2)] == ["a", "b"]
     assert client.sent[-1][1].body == {"keys": ["a", "b"], "r": 2, "n": None}
     assert client.mget([]) == [] and client.mput({}) == []
@@ -444,7 +455,7 @@ def test_request_bodies_and_results():
     assert put == PutResult(True, ("n1", "n2"), ("n1", "n2", "n3"), Version(123 << 16, "n1"))
     assert client.get("k", r=1) == GetResult(b"v", True, ("n2",), Version(123 << 16, "n1"))
     assert client.delete("k").stored_on == ("n1",)
-    stamp = {"writer": client._stamps.writer}
+    stamp = {"writer": client.writer}
     assert client.bodies() == [
         (MsgType.PUT, {"key": "k", "value": b"v", "n": 3, "w": 2, **stamp}),
         (MsgType.GET, {"key": "k", "n": None, "r": 1}),
@@ -572,8 +583,7 @@ def test_remove_node_polls_other_nodes_until_left():
         if len([x for x in client.sent if x[1].type == MsgType.CLUSTER_STATUS]) == 1:
             return status_body(("n1", "normal"), ("n2", "normal"))
         return status_body(("n2", next(seen, "left")))
-    client = Scripted(answer, seeds=("tcp://h:n2", "tcp://h:n1"))
-    client._seeds.index = 1
+    client = Scripted(answer, seeds=("tcp://h:n1", "tcp://h:n2"))   # n1 asked first
     assert client.remove_node("n2", graceful=False).status == "left"
     assert (MsgType.REMOVE_NODE, {"node_id": "n2", "graceful": False}) in client.bodies()
     assert "tcp://h:n2" not in [endpoint for endpoint, _ in client.sent]
@@ -587,4 +597,4 @@ def test_remove_node_moves_off_the_seed_that_leaves():
                       status_body(("n1", "normal"), ("n2", "normal")),
                       seeds=("tcp://h:n2", "tcp://h:n1"))
     client.remove_node("n2", wait=False)
-    assert client._seeds.current == "tcp://h:n1"
+    assert client.seed == "tcp://h:n1"

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import zmq
-from clients import KINDS, Connector
+from clients import KINDS, Connector, first_seed
 
 import zring
 from zring import AsyncClient, Client
@@ -140,10 +140,11 @@ def test_stale_replies_are_ignored(fake_nodes, connect):
 def test_silence_fails_over_to_the_next_seed(fake_nodes, connect):
     silent = fake_nodes(lambda m: [])
     alive = fake_nodes(lambda m: [ok(m, {"node_id": "n2"})])
-    client = connect([silent.endpoint, alive.endpoint], timeout=0.1, retries=2)
-    client._seeds.index = 0
+    with first_seed(0):
+        client = connect([silent.endpoint, alive.endpoint], timeout=0.1, retries=2)
+    assert client.seed == silent.endpoint
     assert client.ping() == {"node_id": "n2"}
-    assert client._seeds.current == alive.endpoint  # sticks to the one that answered
+    assert client.seed == alive.endpoint  # sticks to the one that answered
     assert client.ping() == {"node_id": "n2"}
     assert len(silent.received) == 1 and len(alive.received) == 2
     assert silent.received[0].request_id == alive.received[0].request_id  # same request
@@ -201,12 +202,24 @@ def test_batches_round_trip_in_key_order_through_a_seed(fake_nodes, connect):
 
 
 def test_close_stops_listening_to_gossip_and_the_client_stays_usable(fake_nodes, connect):
-    node = fake_nodes(lambda m: [ok(m, {"node_id": "n1"})])
+    def answer(m):
+        if m.type == MsgType.RING_STATE:
+            return [ok(m, {"vnodes": 8, "replicas": 1, "write_quorum": 1, "read_quorum": 1,
+                           "fingerprint": 7, "nodes": [{"node_id": "n1", "weight": 1.0,
+                                                        "address": node.endpoint}],
+                           "members": [{"node_id": "n1", "address": node.endpoint,
+                                        "status": "normal", "liveness": "up",
+                                        "gossip_address": "inproc://zring-no-gossip"}]})]
+        return [ok(m, {"node_id": "n1", "found": False})]
+    node = fake_nodes(answer)
     client = connect([node.endpoint], timeout=1)
-    client._gossip.listen(["inproc://zring-no-gossip"])
+    assert client.ring_fingerprint is None and not client.listening_to_gossip
+    assert not client.get("k").found   # routed: the ring fetched, its gossip subscribed to
+    assert client.ring_fingerprint == 7 and client.listening_to_gossip
+    assert not client.ring_stale
     client.close()
-    assert client._routes.stale and not client._gossip.listening
-    assert client.ping() == {"node_id": "n1"}
+    assert client.ring_stale and not client.listening_to_gossip
+    assert client.ping()["node_id"] == "n1"
 
 
 # ------------------------------------------------------------------ package

@@ -285,3 +285,32 @@ class Session:
         detail = f" (last error: {last_error})" if last_seen == "unknown" and last_error else ""
         raise Timeout(f"{node_id} is still {last_seen}, not {wanted}, after waiting"
                       f"{detail}", node_id=node_id, status=last_seen)
+
+    # -------------------------------------------------------------- probes (read-only)
+
+    @property
+    def seed(self) -> str:
+        """The seed endpoint that requests about the cluster (and requests not routed by
+        the ring) go to now. A client starts at a random seed, stays with it while it
+        answers, and moves to the next when it goes silent or leaves."""
+        return self._seeds.current
+
+    @property
+    def writer(self) -> str:
+        """The writer id this client stamps its writes with (the ``writer`` of their
+        versions, unique to each client)."""
+        return self._stamps.writer
+
+    @property
+    def ring_fingerprint(self) -> int | None:
+        """The fingerprint of the ring this client routes keys by (as ``ring_state()`` and
+        ``cluster_status()`` report it); None until a token-aware client has fetched one."""
+        routing = self._routes.routing
+        return None if routing is None else routing.fingerprint
+
+    @property
+    def ring_stale(self) -> bool:
+        """Whether the ring this client routes by may be out of date (gossip or a reply
+        named another ring, a node went silent, or gossip was closed): it is refetched
+        before the next routed request, at most every half second."""
+        return self._routes.stale
