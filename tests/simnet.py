@@ -183,10 +183,6 @@ class SimCluster:
         return address in self.cores and address not in self.down and \
             address not in self.stopped
 
-    # the old private names, still used by tests/sim/faultsim.py and tests/unit/test_fuzz_core.py
-    _alive = alive
-    _apply = apply
-
     def _running(self, address: str) -> bool:
         return self.alive(address) and address not in self.paused
 

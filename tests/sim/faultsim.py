@@ -182,7 +182,7 @@ class Simulation:
         return [m.node_id for m in core.members.all() if m.status == status]
 
     def up(self) -> list[str]:
-        return [c.config.node_id for a, c in self.net.cores.items() if self.net._alive(a)]
+        return [c.config.node_id for a, c in self.net.cores.items() if self.net.alive(a)]
 
     # ---------------------------------------------------------------- workload
 
@@ -460,7 +460,7 @@ class Simulation:
 
     def check(self) -> None:
         net = self.net
-        live = [c for a, c in net.cores.items() if net._alive(a)
+        live = [c for a, c in net.cores.items() if net.alive(a)
                 and c.members.own.status != MemberStatus.LEFT]
         rings = {c.ring.fingerprint() for c in live}
         if len(rings) != 1:

@@ -93,7 +93,7 @@ def test_any_frame_gets_a_reply_or_is_held_and_the_node_keeps_serving():
         replies = [e for e in effects if isinstance(e, Reply) and e.route == (CLIENT,)]
         assert all(r.message.type in (MsgType.OK, MsgType.ERROR, MsgType.BATCH) for r in replies)
         # our replies stay here: the simulated client matches replies by request id
-        sim._apply(core.config.address, [e for e in effects if e not in replies])
+        sim.apply(core.config.address, [e for e in effects if e not in replies])
         sim.run(0.01)
         still_serves(sim)
     check()
@@ -109,7 +109,7 @@ def test_forged_and_malformed_gossip_is_refused_or_bounded():
     def check(records, sender, well_formed):
         body = {"sender": sender, "members": records} if well_formed else {"members": sender}
         frame = encode(Message(MsgType.GOSSIP, 0, body))
-        sim._apply(core.config.address, core.handle_gossip(frame, sim.now))
+        sim.apply(core.config.address, core.handle_gossip(frame, sim.now))
         sim.run(0.01)
         still_serves(sim)
         assert len(core.members.all()) <= MAX_MEMBERS
