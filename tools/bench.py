@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark zring against Redis, side by side, in one run.
+"""Benchmark zring against Redis and etcd, side by side, in one run.
 
     python tools/bench.py                          # the supervisord cluster (127.0.0.1:7001..7003)
     python tools/bench.py --start-cluster          # a temporary 3-node cluster, removed after
     python tools/bench.py --ops 5000 --value-size 1000
     python tools/bench.py --workloads sync,batch   # only some of the workloads below
     python tools/bench.py --redis-port 6379        # an already running redis-server
-    python tools/bench.py --no-redis               # zring alone
+    python tools/bench.py --no-redis               # zring alone (and etcd)
+    python tools/bench.py --no-etcd                # without the etcd rows
+    python tools/bench.py --start-cluster --workloads sync,etcd   # zring vs etcd (and redis)
     python tools/bench.py --start-cluster --rounds 3   # 3 rounds, median and range of ratios
     python tools/bench.py --workloads memory       # the memory comparison alone (1M keys)
     python tools/bench.py --start-cluster --memory # every workload, then the memory comparison
     python tools/bench.py --security               # zring with CurveZMQ on vs off, no redis
 
-Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
+Workloads (``--workloads``, default ``sync,async,batch,echo,etcd``), in one table (etcd in
+a second one, echo in a third):
 
     sync    one synchronous client, one request in flight (latency-bound, as a simple
             application sees it):
@@ -33,6 +36,18 @@ Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
             (two hops one after the other, the least a write at W=2 or a read at R=2 takes
             when its coordinator must hear a peer), with their rates against redis's and
             zring's against them
+    etcd    the peer a Python user would otherwise pick for a replicated store: a 3-member
+            etcd cluster (Debian ``etcd-server``, Raft) on free loopback ports in a temporary
+            directory, started and stopped by this tool, driven by the ``etcd3`` client
+            (0.12, ``pip install -e '.[peers]'``) on the leader, beside zring's sync rows
+            (etcd implies sync) and, with async, its async rows:
+              put W=2          zring put            vs  etcd put (a Raft write, WAL fsynced)
+              get R=2          zring get            vs  etcd linearizable get (ReadIndex)
+              get R=1          zring get(r=1)       vs  etcd serializable get (local)
+              async 100 put / async 100 get  vs  etcd put / linearizable get with 100 calls
+                               in flight on one gRPC channel (etcd3 0.12 has no asyncio
+                               API: its gRPC stubs' futures, bridged to asyncio)
+            Without etcd or etcd3 the tool prints "etcd: skipped: <why>" and goes on.
     memory  (``--memory``) VmRSS of each node of a fresh 3-node cluster preloaded with
             --memory-keys (1,000,000) keys of --value-size bytes (N=3: every node holds all of
             them), after a pass of gets over --memory-sample random keys, beside redis-server
@@ -40,11 +55,12 @@ Workloads (``--workloads``, default ``sync,async,batch,echo``), in one table:
             cluster and redis-server, after the other workloads are done and stopped.
 
 For each workload: throughput (ops/s), p50 and p99 latency (ms) of both and the ratios
-zring/redis; after each round, the share of the machine's CPU time its hypervisor took
-(steal, from /proc/stat) meanwhile: on a shared virtual machine it swings from none to half a
-core and takes every figure with it. Every loop is bounded by --ops and by --max-seconds,
-and every process this tool starts (redis-server, the temporary clusters' nodes) is stopped
-in a ``finally``: terminate, then kill after a deadline. zring.AsyncClient, Client.mget and
+zring/redis (z/r) and zring/etcd (z/e); after each round, the share of the machine's CPU time
+its hypervisor took (steal, from /proc/stat) meanwhile: on a shared virtual machine it swings
+from none to half a core and takes every figure with it. Every loop is bounded by --ops and by
+--max-seconds, and every process this tool starts (redis-server, the etcd members, the
+temporary clusters' nodes) is stopped by its pid in a ``finally`` (also on SIGTERM):
+terminate, then kill after a deadline. zring.AsyncClient, Client.mget and
 Client.mput are optional: where the installed zring lacks them, those zring cells show "-"
 with a note (redis still runs).
 
@@ -53,9 +69,11 @@ and one with CurveZMQ on every socket (``zring keygen`` keys, a client key), the
 and batch workloads on each in turn (who goes first alternates), every round, and the ops/s
 ratio curve/plain per row.
 
-Redis is optional: without redis-server (``apt-get install -y redis-server``) or redis-py
-(``pip install redis``) the tool prints a hint and benchmarks zring alone. Only loopback
-addresses are ever used.
+Redis and etcd are optional: without redis-server (``apt-get install -y redis-server``) or
+redis-py (``pip install redis``) the tool prints a hint and leaves redis out; without etcd
+(``apt-get install -y etcd-server``) or its client it prints "etcd: skipped: <why>" and leaves
+etcd out. ``pip install -e '.[peers]'`` installs both clients. Only loopback addresses are
+ever used.
 """
 
 from __future__ import annotations
@@ -95,8 +113,8 @@ if TYPE_CHECKING:
 DEFAULT_SEEDS = "tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003"
 LOOPBACK = "127.0.0.1"
 WARMUP_OPS = 200
-WORKLOADS = ("sync", "async", "batch", "echo", "memory")
-DEFAULT_WORKLOADS = "sync,async,batch,echo"
+WORKLOADS = ("sync", "async", "batch", "echo", "etcd", "memory")
+DEFAULT_WORKLOADS = "sync,async,batch,echo,etcd"
 REDIS_TIMEOUT_S = 5.0
 MIB = 1024 * 1024
 
@@ -212,6 +230,238 @@ class TempRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------- etcd
+
+ETCD_MEMBERS = 3
+ETCD_TIMEOUT_S = 5.0
+ETCD_INSTALL = "apt-get install -y etcd-server"
+ETCD3_INSTALL = "pip install -e '.[peers]'"
+
+
+def etcd_initial_cluster(names: list[str], peer_ports: list[int]) -> str:
+    """etcd's ``--initial-cluster``: ``name=http://127.0.0.1:PEERPORT`` for each member."""
+    return ",".join(f"{name}=http://{LOOPBACK}:{port}" for name, port in zip(names, peer_ports,
+                                                                             strict=True))
+
+
+def etcd_member_command(binary: str, name: str, data_dir: str, client_port: int,
+                        peer_port: int, initial_cluster: str, token: str) -> list[str]:
+    """The command line of one member of a new loopback-only etcd cluster."""
+    client_url, peer_url = f"http://{LOOPBACK}:{client_port}", f"http://{LOOPBACK}:{peer_port}"
+    return [binary, "--name", name, "--data-dir", data_dir,
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", initial_cluster, "--initial-cluster-token", token,
+            "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"]
+
+
+def etcd_skip_line(why: str) -> str:
+    """The one line said instead of the etcd rows."""
+    return f"etcd: skipped: {why}"
+
+
+def import_etcd3() -> tuple[Any, str]:
+    """The ``etcd3`` module, else (None, why not). etcd3 0.12's generated protobuf code
+    predates protobuf 4: with a newer protobuf it needs the pure-Python implementation,
+    chosen here (before protobuf is first imported) unless the environment chose one."""
+    from importlib import metadata
+
+    try:
+        protobuf = metadata.version("protobuf")
+    except metadata.PackageNotFoundError:
+        protobuf = ""
+    if protobuf and int(protobuf.split(".")[0]) >= 4:
+        os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+    try:
+        return importlib.import_module("etcd3"), ""
+    except ImportError:
+        return None, f"the etcd3 client is not installed ({ETCD3_INSTALL})"
+    except Exception as exc:  # e.g. protobuf's "Descriptors cannot be created directly"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"the etcd3 client failed to import ({type(exc).__name__}: {first})"
+
+
+def etcd_client_text(etcd3: Any) -> str:
+    """``etcd3 0.12.0, protobuf 7.36.2 (python)``: what drives etcd, for the header."""
+    from importlib import metadata
+
+    try:
+        from google.protobuf.internal import api_implementation
+        kind = api_implementation.Type()
+    except Exception:  # an unusual protobuf: leave the implementation out
+        kind = "?"
+    try:
+        protobuf = metadata.version("protobuf")
+    except metadata.PackageNotFoundError:
+        protobuf = "?"
+    return f"etcd3 {getattr(etcd3, '__version__', '?')}, protobuf {protobuf} ({kind})"
+
+
+def etcd_availability(workloads: set[str], no_etcd: bool, binary: str | None,
+                      client_why: str) -> tuple[bool, str | None]:
+    """(run the etcd rows?, the skip line to print, if any). ``client_why``: why etcd3
+    did not import ("" if it did)."""
+    if "etcd" not in workloads or no_etcd:
+        return False, None
+    if binary is None:
+        return False, etcd_skip_line(f"etcd not found on PATH ({ETCD_INSTALL})")
+    if client_why:
+        return False, etcd_skip_line(client_why)
+    return True, None
+
+
+class TempEtcd:
+    """A new ``members``-member etcd cluster on free loopback ports, each member with its
+    data directory in one temporary directory (removed by ``stop``)."""
+
+    def __init__(self, binary: str, members: int = ETCD_MEMBERS) -> None:
+        from zring.localcluster import free_ports
+
+        self.binary = binary
+        self.names = [f"member{i + 1}" for i in range(members)]
+        ports = free_ports(2 * members)
+        self.client_ports, self.peer_ports = ports[:members], ports[members:]
+        self.root = Path(tempfile.mkdtemp(prefix="zring-bench-etcd-"))
+        self.procs: list[subprocess.Popen] = []
+        self.leader: str | None = None
+        self.version = "?"
+
+    def start(self, etcd3: Any, timeout_s: float = 30.0) -> None:
+        """Start every member, then wait (up to ``timeout_s``) until each answers its
+        status with the same leader; a member that exits or the deadline raise RuntimeError
+        naming the logs (the caller still calls ``stop``)."""
+        cluster = etcd_initial_cluster(self.names, self.peer_ports)
+        token = f"zring-bench-{os.getpid()}-{self.client_ports[0]}"
+        for name, client_port, peer_port in zip(self.names, self.client_ports,
+                                                 self.peer_ports, strict=True):
+            with open(self.root / f"{name}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    etcd_member_command(self.binary, name, str(self.root / name), client_port,
+                                        peer_port, cluster, token),
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout_s
+        last_error = ""
+        while True:
+            for name, proc in zip(self.names, self.procs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"etcd member {name} exited with code "
+                                       f"{proc.returncode}; log: {self.root / name}.log")
+            try:
+                leaders = set()
+                for port in self.client_ports:
+                    client = etcd3.client(host=LOOPBACK, port=port, timeout=1)
+                    try:
+                        status = client.status()
+                    finally:
+                        client.close()
+                    leaders.add(status.leader.name if status.leader is not None else None)
+                    self.version = status.version
+                if len(leaders) == 1 and None not in leaders:
+                    self.leader = leaders.pop()
+                    return
+                last_error = f"leaders seen: {sorted(map(str, leaders))}"
+            except Exception as exc:  # not up yet: keep polling until the deadline
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the etcd cluster was not healthy after {timeout_s:g}s "
+                                   f"({last_error}); logs in {self.root}")
+            time.sleep(0.1)
+
+    @property
+    def leader_port(self) -> int:
+        return self.client_ports[self.names.index(self.leader)] if self.leader \
+            else self.client_ports[0]
+
+    def stop(self, keep_files: bool = False) -> None:
+        """Stop every member by its pid (TERM, then KILL after a deadline)."""
+        if self.procs:
+            harness.stop_processes(self.procs)
+        if not keep_files:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def bench_etcd(etcd3: Any, port: int, workloads: set[str], args: argparse.Namespace,
+               value: bytes, prefix: str) -> dict[str, Result]:
+    """etcd's rows on the member at ``port``: put, linearizable and serializable get one at
+    a time, and (with async) put and linearizable get with ``args.concurrency`` in flight."""
+    ops, max_seconds = args.ops, args.max_seconds
+    results: dict[str, Result] = {}
+    client = etcd3.client(host=LOOPBACK, port=port, timeout=ETCD_TIMEOUT_S)
+    try:
+        keys = [f"{prefix}:{i:08d}" for i in range(ops)]
+        try:
+            for i in range(min(WARMUP_OPS, ops)):
+                client.put(f"{prefix}:warmup:{i}", value)
+                client.get(f"{prefix}:warmup:{i}")
+        except Exception as exc:
+            raise RuntimeError(f"etcd at {LOOPBACK}:{port}: {type(exc).__name__}: {exc}") \
+                from None
+        results["put"] = run_workload("etcd put", lambda i: bool(client.put(keys[i], value)),
+                                      ops, max_seconds)
+        results["get"] = run_workload("etcd get",
+                                      lambda i: client.get(keys[i])[0] is not None,
+                                      ops, max_seconds)
+        results["get_r1"] = run_workload(
+            "etcd get serializable",
+            lambda i: client.get(keys[i], serializable=True)[0] is not None, ops, max_seconds)
+        if "async" in workloads:
+            results.update(asyncio.run(bench_etcd_async(etcd3, client, args, value, prefix)))
+        return results
+    finally:
+        client.close()
+
+
+async def bench_etcd_async(etcd3: Any, client: Any, args: argparse.Namespace, value: bytes,
+                           prefix: str) -> dict[str, Result]:
+    """put then linearizable get with ``args.concurrency`` calls in flight on the client's
+    one gRPC channel: etcd3 0.12 has no asyncio API, so each call is its gRPC stub's
+    ``future`` (HTTP/2 streams on one connection), settled on the event loop."""
+    etcdrpc = etcd3.etcdrpc
+    loop = asyncio.get_running_loop()
+    keys = [f"{prefix}:async:{i:08d}".encode() for i in range(args.ops)]
+    data = bytes(value)
+
+    def call(method: Any, request: Any) -> asyncio.Future:
+        settled: asyncio.Future = loop.create_future()
+
+        def settle(done: Any) -> None:
+            if settled.done():
+                return
+            if done.cancelled():
+                settled.set_exception(RuntimeError("gRPC call cancelled"))
+            elif done.exception() is not None:
+                settled.set_exception(done.exception())
+            else:
+                settled.set_result(done.result())
+
+        def on_done(done: Any) -> None:  # in a gRPC thread
+            try:
+                loop.call_soon_threadsafe(settle, done)
+            except RuntimeError:  # the loop is closed: the call was given up on
+                pass
+
+        method.future(request, ETCD_TIMEOUT_S, metadata=client.metadata).add_done_callback(
+            on_done)
+        return settled
+
+    async def put(i: int) -> bool:
+        await call(client.kvstub.Put, etcdrpc.PutRequest(key=keys[i], value=data))
+        return True
+
+    async def get(i: int) -> bool:
+        return (await call(client.kvstub.Range, etcdrpc.RangeRequest(key=keys[i]))).count > 0
+
+    await asyncio.gather(*(call(client.kvstub.Range, etcdrpc.RangeRequest(key=keys[0]))
+                           for _ in range(args.concurrency)))  # open the streams before timing
+    grace_s = 2 * ETCD_TIMEOUT_S + 10
+    return {
+        "aput": await run_async_workload("etcd async put", put, args.ops, args.concurrency,
+                                         args.max_seconds, grace_s),
+        "aget": await run_async_workload("etcd async get", get, args.ops, args.concurrency,
+                                         args.max_seconds, grace_s),
+    }
+
+
 # ---------------------------------------------------------------------- workloads
 
 # (key, workload group, zring label, redis command), in the table's order
@@ -224,6 +474,14 @@ ROWS = (
     ("mput", "batch", "mput {b} W={w}", "pipeline SET"),
     ("mget", "batch", "mget {b} R={r}", "pipeline GET"),
     ("mget_r1", "batch", "mget {b} R=1", "pipeline GET"),
+)
+# the same for etcd: the rows of ROWS that map onto it, with its operation
+ETCD_ROWS = (
+    ("put", "sync", "put W={w}", "put"),
+    ("get", "sync", "get R={r}", "get lin."),
+    ("get_r1", "sync", "get R=1", "get ser."),
+    ("aput", "async", "async {c} put W={w}", "put"),
+    ("aget", "async", "async {c} get R={r}", "get lin."),
 )
 
 
@@ -714,17 +972,21 @@ def _mib(size: int | None) -> str:
 
 def format_table(zring: dict[str, Result], redis_results: dict[str, Result] | None,
                  quorums: dict, workloads: set[str], concurrency: int = 100,
-                 batch: int = 100) -> str:
-    """One row per workload run; a zring side that did not run (see the notes) shows "-"."""
+                 batch: int = 100, *, peer: str = "redis", rows: tuple = ROWS) -> str:
+    """One row per workload run; a zring side that did not run (see the notes) shows "-".
+    ``peer``, ``rows``: the system beside zring (its ratios are z/ and its first letter) and
+    its rows (``ROWS``, ``ETCD_ROWS``)."""
     fill = {"w": quorums.get("w", "?"), "r": quorums.get("r", "?"), "c": concurrency,
             "b": batch}
+    tag = f"z/{peer[0]}"
     header = ["workload", "zring ops/s", "p50 ms", "p99 ms"]
     if redis_results is not None:
-        header += ["redis", "ops/s", "p50 ms", "p99 ms", "ops/s z/r", "p50 z/r", "p99 z/r"]
+        header += [peer, "ops/s", "p50 ms", "p99 ms", f"ops/s {tag}", f"p50 {tag}",
+                   f"p99 {tag}"]
     header += ["errors", "misses"]
     table: list[list[str] | None] = [header]
     group = None
-    for key, row_group, template, redis_op in ROWS:
+    for key, row_group, template, redis_op in rows:
         if row_group not in workloads:
             continue
         if group is not None and row_group != group:
@@ -759,13 +1021,15 @@ def round_ratios(zring: dict[str, Result], redis_results: dict[str, Result]) -> 
 
 
 def format_ratio_summary(ratios: dict[str, list[float]], quorums: dict, workloads: set[str],
-                         concurrency: int = 100, batch: int = 100) -> str:
-    """The ops/s ratios of every round: median, lowest and highest, per row."""
+                         concurrency: int = 100, batch: int = 100, *, peer: str = "redis",
+                         rows: tuple = ROWS) -> str:
+    """The ops/s ratios of every round: median, lowest and highest, per row (zring against
+    ``peer``, on its ``rows``)."""
     fill = {"w": quorums.get("w", "?"), "r": quorums.get("r", "?"), "c": concurrency,
             "b": batch}
-    table: list[list[str] | None] = [["workload", "rounds", "z/r median", "lowest",
+    table: list[list[str] | None] = [["workload", "rounds", f"z/{peer[0]} median", "lowest",
                                       "highest"]]
-    for key, group, template, _redis in ROWS:
+    for key, group, template, _redis in rows:
         if group in workloads and ratios.get(key):
             values = sorted(ratios[key])
             table.append([template.format(**fill), str(len(values)),
@@ -800,6 +1064,21 @@ def table_notes(notes: dict[str, str], workloads: set[str], concurrency: int,
         lines.append(f"batch: zring mput/mget of {batch} keys per call vs a redis-py pipeline "
                      f"of {batch} (transaction=False); ops/s and misses count keys, latency "
                      "is per call.")
+    return lines
+
+
+def etcd_table_notes(workloads: set[str], concurrency: int) -> list[str]:
+    """The lines printed under the etcd table."""
+    lines = ["z/e: zring divided by etcd (ops/s: below 1 is slower; p50, p99: above 1 is "
+             "slower). errors/misses: zring/etcd.",
+             "etcd: put is a Raft write (the leader's WAL fsynced before the reply: etcd has "
+             "no other mode); get lin. a linearizable get (a ReadIndex round to the leader); "
+             "get ser. a serializable get (the member's own copy, maybe stale); the client "
+             "talks to the leader."]
+    if "async" in workloads:
+        lines.append(f"etcd async {concurrency}: {concurrency} calls in flight on the etcd3 "
+                     "client's one gRPC channel through its stubs' futures (etcd3 0.12 has "
+                     "no asyncio API).")
     return lines
 
 
@@ -890,7 +1169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use a redis-server already listening on 127.0.0.1:PORT "
                              "(default: start one on a free port; --memory always starts its "
                              "own)")
-    parser.add_argument("--no-redis", action="store_true", help="benchmark zring alone")
+    parser.add_argument("--no-redis", action="store_true", help="leave redis out")
+    parser.add_argument("--no-etcd", action="store_true",
+                        help="leave etcd out (same as dropping etcd from --workloads)")
     parser.add_argument("--security", action="store_true",
                         help="instead of redis: zring with CurveZMQ on vs off, on two "
                              "temporary clusters (the sync, async and batch workloads)")
@@ -922,13 +1203,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def zring_workloads(workloads: set[str]) -> set[str]:
+    """The row groups zring runs for ``workloads``: etcd's rows set etcd against zring's
+    sync rows, so etcd implies sync."""
+    return (workloads - {"etcd"}) | ({"sync"} if "etcd" in workloads else set())
+
+
 def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
-                redis_binary: str | None) -> None:
-    """The sync, async and batch workloads, on one cluster and one redis-server."""
+                redis_binary: str | None, etcd_binary: str | None = None,
+                etcd3: Any = None) -> None:
+    """The sync, async and batch workloads, on one cluster and one redis-server; with
+    ``etcd_binary`` and ``etcd3`` (the client module), on a temporary etcd cluster too."""
     value = os.urandom(args.value_size)
     prefix = f"bench:{os.getpid()}:{int(time.time())}"
     cluster: LocalCluster | None = None
     temp_redis: TempRedis | None = None
+    temp_etcd: TempEtcd | None = None
+    use_etcd = etcd_binary is not None and etcd3 is not None and "etcd" in workloads
+    rows_of = zring_workloads(workloads)
     try:
         seeds = args.seeds or DEFAULT_SEEDS
         if args.start_cluster:
@@ -941,6 +1233,15 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
             temp_redis.start()
             redis_port = temp_redis.port
 
+        if use_etcd:
+            temp_etcd = TempEtcd(etcd_binary)
+            try:
+                temp_etcd.start(etcd3)
+            except (RuntimeError, OSError) as exc:
+                print(etcd_skip_line(str(exc)), flush=True)
+                temp_etcd.stop(keep_files=True)  # its logs say why
+                temp_etcd, use_etcd = None, False
+
         chosen = [w for w in WORKLOADS if w in workloads]
         print(f"zring at {seeds}; {args.ops} ops per workload, {args.value_size}-byte values; "
               f"workloads: {', '.join(chosen)}", flush=True)
@@ -950,27 +1251,44 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
             started = ", started here without persistence" if temp_redis else ""
             print(f"redis {version} at {LOOPBACK}:{redis_port} "
                   f"(redis-py {redis.__version__}{started})", flush=True)
+        if temp_etcd is not None:
+            print(f"etcd {temp_etcd.version}: {len(temp_etcd.names)} members at {LOOPBACK}:"
+                  f"{','.join(map(str, temp_etcd.client_ports))}, started here in "
+                  f"{temp_etcd.root}; the client on the leader ({temp_etcd.leader}, port "
+                  f"{temp_etcd.leader_port}); {etcd_client_text(etcd3)}", flush=True)
         ratios: dict[str, list[float]] = {}
+        etcd_ratios: dict[str, list[float]] = {}
+        etcd_results: dict[str, Result] | None = None
         for round_number in range(1, args.rounds + 1):
             round_prefix = prefix if args.rounds == 1 else f"{prefix}:r{round_number}"
             if args.rounds > 1:
                 print(f"\nround {round_number} of {args.rounds}", flush=True)
             steal_before = cpu_steal()
-            zring_results, notes, quorums = bench_zring(seeds, workloads, args, value,
+            zring_results, notes, quorums = bench_zring(seeds, rows_of, args, value,
                                                         round_prefix)
             if round_number == 1:
                 print(f"zring: {quorums['nodes']} nodes in the ring, N={quorums['n']}, "
                       f"W={quorums['w']}, R={quorums['r']}", flush=True)
             redis_results = None
             if use_redis:
-                redis_results = bench_redis(redis_port, workloads, args, value, round_prefix)
+                redis_results = bench_redis(redis_port, rows_of, args, value, round_prefix)
                 for key, ratio in round_ratios(zring_results, redis_results).items():
                     ratios.setdefault(key, []).append(ratio)
+            if temp_etcd is not None:
+                etcd_results = bench_etcd(etcd3, temp_etcd.leader_port, rows_of, args, value,
+                                          round_prefix)
+                for key, ratio in round_ratios(zring_results, etcd_results).items():
+                    etcd_ratios.setdefault(key, []).append(ratio)
             echo_results = bench_echo(args, value) if "echo" in workloads else None
             steal = steal_note(steal_before, cpu_steal())
             print()
-            print(format_table(zring_results, redis_results, quorums, workloads,
+            print(format_table(zring_results, redis_results, quorums, rows_of,
                                args.concurrency, args.batch))
+            if etcd_results is not None:
+                print()
+                print(format_table(zring_results, etcd_results, quorums,
+                                   rows_of & {"sync", "async"}, args.concurrency, args.batch,
+                                   peer="etcd", rows=ETCD_ROWS))
             if echo_results is not None:
                 print()
                 print(format_echo_table(echo_results, zring_results, redis_results,
@@ -979,21 +1297,44 @@ def run_latency(args: argparse.Namespace, workloads: set[str], use_redis: bool,
                 print(steal)
         if args.rounds > 1 and ratios:
             print()
-            print(format_ratio_summary(ratios, quorums, workloads, args.concurrency,
+            print(format_ratio_summary(ratios, quorums, rows_of, args.concurrency,
                                        args.batch))
+        if args.rounds > 1 and etcd_ratios:
+            print()
+            print(format_ratio_summary(etcd_ratios, quorums, rows_of, args.concurrency,
+                                       args.batch, peer="etcd", rows=ETCD_ROWS))
         print()
         seen = set()
-        for result in [*zring_results.values(), *(redis_results or {}).values()]:
+        for result in [*zring_results.values(), *(redis_results or {}).values(),
+                       *(etcd_results or {}).values()]:
             if result.first_error and id(result) not in seen:
                 seen.add(id(result))
                 print(f"first error in {result.name}: {result.first_error}")
-        for line in table_notes(notes, workloads, args.concurrency, args.batch):
+        for line in table_notes(notes, rows_of, args.concurrency, args.batch):
             print(line)
+        if etcd_results is not None:
+            for line in etcd_table_notes(rows_of, args.concurrency):
+                print(line)
     finally:
+        if temp_etcd is not None:
+            temp_etcd.stop(args.keep_cluster_files)
         if temp_redis is not None:
             temp_redis.stop()
         if cluster is not None:
             harness.stop_cluster(cluster, args.keep_cluster_files)
+
+
+def etcd_setup(workloads: set[str], no_etcd: bool) -> tuple[str | None, Any]:
+    """(etcd's binary, the etcd3 module) when the etcd rows are wanted and can run; else
+    (None, None), having printed the skip line if they were wanted."""
+    if "etcd" not in workloads or no_etcd:
+        return None, None
+    binary = shutil.which("etcd")
+    etcd3, why = import_etcd3() if binary else (None, "")
+    run, skip = etcd_availability(workloads, no_etcd, binary, why)
+    if skip:
+        print(skip, flush=True)
+    return (binary, etcd3) if run else (None, None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1047,11 +1388,16 @@ def main(argv: list[str] | None = None) -> int:
                   "benchmarking zring alone")
             use_redis = False
 
+    etcd_binary, etcd3 = etcd_setup(workloads, args.no_etcd)
+    if args.no_etcd:
+        workloads.discard("etcd")
+
     status = 0
     try:
         if workloads - {"memory"}:
             try:
-                run_latency(args, workloads - {"memory"}, use_redis, redis_binary)
+                run_latency(args, workloads - {"memory"}, use_redis, redis_binary, etcd_binary,
+                            etcd3)
             except (RuntimeError, OSError) as exc:
                 print(f"bench.py: error: {exc}", file=sys.stderr)
                 status = 1
@@ -1075,4 +1421,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    harness.exit_on_sigterm()  # SIGTERM runs the finally clauses: every process is stopped
     sys.exit(main())

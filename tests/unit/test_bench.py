@@ -120,7 +120,9 @@ def test_parse_vm_rss():
 # ---------------------------------------------------------------------- options
 
 def test_parse_workloads():
-    assert bench.parse_workloads(bench.DEFAULT_WORKLOADS) == {"sync", "async", "batch", "echo"}
+    assert bench.parse_workloads(bench.DEFAULT_WORKLOADS) == {"sync", "async", "batch", "echo",
+                                                              "etcd"}
+    assert bench.parse_workloads("sync,etcd") == {"sync", "etcd"}
     assert bench.parse_workloads(" Sync , batch ") == {"sync", "batch"}
     assert bench.parse_workloads("all") == set(bench.WORKLOADS)
     with pytest.raises(ValueError, match="unknown bogus"):
@@ -346,3 +348,200 @@ def test_cpu_steal_reads_the_all_cpus_line_and_the_note_gives_its_share():
     assert bench.steal_note(None, (130, 2000)) is None
     assert bench.steal_note((30, 1000), (30, 1000)) is None
 
+
+
+# ---------------------------------------------------------------------- etcd
+
+def test_etcd_is_a_workload_that_implies_zrings_sync_rows():
+    assert "etcd" in bench.WORKLOADS
+    assert bench.zring_workloads({"etcd"}) == {"sync"}
+    assert bench.zring_workloads({"async", "etcd", "echo"}) == {"async", "sync", "echo"}
+    assert bench.zring_workloads({"batch"}) == {"batch"}
+    assert args_for("--no-etcd").no_etcd and not args_for().no_etcd
+
+
+def test_etcd_members_form_one_loopback_cluster():
+    cluster = bench.etcd_initial_cluster(["member1", "member2"], [2380, 2390])
+    assert cluster == "member1=http://127.0.0.1:2380,member2=http://127.0.0.1:2390"
+    command = bench.etcd_member_command("/usr/bin/etcd", "member2", "/tmp/x/member2", 2389,
+                                        2390, cluster, "tok")
+    flags = dict(zip(command[1::2], command[2::2]))
+    assert command[0] == "/usr/bin/etcd"
+    assert flags["--name"] == "member2" and flags["--data-dir"] == "/tmp/x/member2"
+    assert flags["--listen-client-urls"] == flags["--advertise-client-urls"] \
+        == "http://127.0.0.1:2389"
+    assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] \
+        == "http://127.0.0.1:2390"
+    assert flags["--initial-cluster"] == cluster
+    assert flags["--initial-cluster-state"] == "new"
+    assert all("127.0.0.1" in v for k, v in flags.items() if k.endswith("-urls"))
+
+
+def test_etcd_availability_and_its_skip_line():
+    assert bench.etcd_availability({"sync"}, False, "/usr/bin/etcd", "") == (False, None)
+    assert bench.etcd_availability({"etcd"}, True, None, "") == (False, None)
+    assert bench.etcd_availability({"etcd"}, False, "/usr/bin/etcd", "") == (True, None)
+    assert bench.etcd_availability({"etcd"}, False, None, "") == (
+        False, "etcd: skipped: etcd not found on PATH (apt-get install -y etcd-server)")
+    assert bench.etcd_availability({"etcd"}, False, "/usr/bin/etcd", "no client") == (
+        False, "etcd: skipped: no client")
+
+
+def test_etcd_setup_says_one_line_when_etcd_is_absent(monkeypatch, capsys):
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    assert bench.etcd_setup({"sync", "etcd"}, no_etcd=False) == (None, None)
+    assert capsys.readouterr().out == ("etcd: skipped: etcd not found on PATH "
+                                       "(apt-get install -y etcd-server)\n")
+    assert bench.etcd_setup({"sync", "etcd"}, no_etcd=True) == (None, None)
+    assert bench.etcd_setup({"sync"}, no_etcd=False) == (None, None)
+    assert capsys.readouterr().out == ""
+
+
+def test_etcd_setup_without_the_client(monkeypatch, capsys):
+    monkeypatch.setenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")  # restored after
+    monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setitem(sys.modules, "etcd3", None)  # import etcd3 -> ImportError
+    assert bench.etcd_setup({"etcd"}, no_etcd=False) == (None, None)
+    assert capsys.readouterr().out == ("etcd: skipped: the etcd3 client is not installed "
+                                       "(pip install -e '.[peers]')\n")
+
+
+def test_import_etcd3_names_a_broken_client(monkeypatch):
+    monkeypatch.setenv("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+    real = bench.importlib.import_module
+
+    def import_module(name, *rest):
+        if name == "etcd3":
+            raise TypeError("Descriptors cannot be created directly.\nIf this call came ...")
+        return real(name, *rest)
+
+    monkeypatch.setattr(bench.importlib, "import_module", import_module)
+    assert bench.import_etcd3() == (None, "the etcd3 client failed to import (TypeError: "
+                                          "Descriptors cannot be created directly.)")
+
+
+class FakeEtcdFuture:
+    def __init__(self, result):
+        self._result = result
+
+    def add_done_callback(self, callback):
+        callback(self)  # at once, in this thread (gRPC would call from its own)
+
+    def cancelled(self):
+        return False
+
+    def exception(self):
+        return self._result if isinstance(self._result, Exception) else None
+
+    def result(self):
+        return self._result
+
+
+class FakeEtcdClient:
+    """etcd3.client's surface that bench uses: put, get(serializable=), close, and the KV
+    stub's futures."""
+
+    def __init__(self, host, port, timeout):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.store: dict[bytes, bytes] = {}
+        self.serializable_gets = 0
+        self.closed = False
+        self.metadata = None
+        self.kvstub = SimpleNamespace(Put=SimpleNamespace(future=self._put_future),
+                                      Range=SimpleNamespace(future=self._range_future))
+
+    @staticmethod
+    def _bytes(key):
+        return key if isinstance(key, bytes) else key.encode()
+
+    def put(self, key, value):
+        self.store[self._bytes(key)] = value
+        return SimpleNamespace(header=1)
+
+    def get(self, key, serializable=False):
+        self.serializable_gets += serializable
+        return self.store.get(self._bytes(key)), None
+
+    def close(self):
+        self.closed = True
+
+    def _put_future(self, request, timeout, metadata=None):
+        self.store[request.key] = request.value
+        return FakeEtcdFuture(SimpleNamespace())
+
+    def _range_future(self, request, timeout, metadata=None):
+        if request.key.endswith(b"00000007"):
+            return FakeEtcdFuture(RuntimeError("deadline exceeded"))
+        return FakeEtcdFuture(SimpleNamespace(count=int(request.key in self.store)))
+
+
+def fake_etcd3():
+    made: list[FakeEtcdClient] = []
+
+    def client(host, port, timeout):
+        made.append(FakeEtcdClient(host, port, timeout))
+        return made[-1]
+
+    etcdrpc = SimpleNamespace(PutRequest=lambda key, value: SimpleNamespace(key=key, value=value),
+                              RangeRequest=lambda key: SimpleNamespace(key=key))
+    return SimpleNamespace(client=client, etcdrpc=etcdrpc), made
+
+
+def test_bench_etcd_runs_the_sync_rows_on_the_given_member():
+    etcd3, made = fake_etcd3()
+    results = bench.bench_etcd(etcd3, 2379, {"sync"}, args_for("--ops", "50"), b"v", "p")
+    client = made[-1]
+    assert (client.host, client.port, client.closed) == ("127.0.0.1", 2379, True)
+    assert set(results) == {"put", "get", "get_r1"}
+    assert [results[k].ops for k in ("put", "get", "get_r1")] == [50, 50, 50]
+    assert all(r.misses == 0 and r.errors == 0 for r in results.values())
+    assert client.serializable_gets == 50
+
+
+def test_bench_etcd_async_bridges_grpc_futures_to_asyncio():
+    etcd3, made = fake_etcd3()
+    args = args_for("--ops", "40", "--concurrency", "8")
+    results = bench.bench_etcd(etcd3, 2379, {"sync", "async"}, args, b"v", "p")
+    assert (results["aput"].ops, results["aput"].errors) == (40, 0)
+    assert (results["aget"].ops, results["aget"].errors, results["aget"].misses) == (39, 1, 0)
+    assert "deadline exceeded" in results["aget"].first_error
+
+
+def test_etcd_table_sets_zring_against_etcd():
+    zring_results = {"put": finished("zring put", 300, 1.0, [2.0] * 300),
+                     "get": finished("zring get", 400, 1.0, [1.0] * 400),
+                     "get_r1": finished("zring get r=1", 600, 1.0, [1.0] * 600),
+                     "mput": finished("zring mput", 10, 1.0, [5.0] * 10, batch=100)}
+    etcd_results = {"put": finished("etcd put", 100, 1.0, [4.0] * 100),
+                    "get": finished("etcd get", 200, 1.0, [0.5] * 200, misses=2),
+                    "get_r1": finished("etcd get serializable", 300, 1.0, [0.25] * 300),
+                    "aget": finished("etcd async get", 500, 1.0, [8.0] * 500)}
+    text = bench.format_table(zring_results, etcd_results, {"w": 2, "r": 2},
+                              {"sync", "async"}, peer="etcd", rows=bench.ETCD_ROWS)
+    header, *_ = text.splitlines()
+    assert header.split()[7:14] == ["etcd", "ops/s", "p50", "ms", "p99", "ms", "ops/s"]
+    assert "ops/s z/e" in header and "p99 z/e" in header and "z/r" not in header
+    lines = {label: line[len(label):].split() for line in text.splitlines()
+             for label in [line.split("  ")[0]]}
+    assert lines["put W=2"][3] == "put" and lines["put W=2"][-5:] == [
+        "3.00x", "0.50x", "0.50x", "0/0", "0/0"]
+    assert lines["get R=2"][3:5] == ["get", "lin."]
+    assert lines["get R=2"][-5:] == ["2.00x", "2.00x", "2.00x", "0/0", "0/2"]
+    assert lines["get R=1"][3:5] == ["get", "ser."] and lines["get R=1"][-5] == "2.00x"
+    assert lines["async 100 put W=2"][-5:] == ["-", "-", "-", "-/-", "-/-"]
+    assert lines["async 100 get R=2"][-5:] == ["-", "-", "-", "-/0", "-/0"]
+    assert "mput" not in text
+    only_sync = bench.format_table(zring_results, etcd_results, {"w": 2, "r": 2}, {"sync"},
+                                   peer="etcd", rows=bench.ETCD_ROWS)
+    assert "async" not in only_sync and len(only_sync.splitlines()) == 5
+
+
+def test_etcd_rounds_summary_and_notes():
+    text = bench.format_ratio_summary({"put": [1.5, 2.0, 1.7]}, {"w": 2, "r": 2}, {"sync"},
+                                      peer="etcd", rows=bench.ETCD_ROWS)
+    assert "z/e median" in text.splitlines()[0]
+    assert text.splitlines()[2].split()[-4:] == ["3", "1.70x", "1.50x", "2.00x"]
+    notes = bench.etcd_table_notes({"sync"}, 100)
+    assert notes[0].startswith("z/e: zring divided by etcd")
+    assert not any("in flight" in line for line in notes)
+    assert "no asyncio API" in bench.etcd_table_notes({"sync", "async"}, 100)[-1]
