@@ -92,29 +92,32 @@ class AsyncClient(Commands):
 
     async def _run(self, steps: Steps) -> Any:
         command, closes = Command(steps), self._closes
-        while (effect := command.effect) is not None:
+        effect = command.effect
+        while effect is not None:
             if self._closes != closes:
                 raise ZringError("the client was closed during the request")
-            command.step(await self._outcome(effect))
+            # what the effect came to (its result, or the ZringError it raised), awaited
+            # here: one coroutine less per request than through a helper
+            try:
+                if effect.__class__ is Exchange:
+                    requests = effect.requests
+                    outcome: Any = [await self._attempt(requests[0], effect.timeout)] \
+                        if len(requests) == 1 else await self._exchange(effect)
+                elif effect.__class__ is Sleep:
+                    outcome = await asyncio.sleep(effect.seconds)
+                else:
+                    outcome = self._listen(effect)
+            except ZringError as exc:
+                outcome = exc
+            effect = command.step(outcome)
         return command.result
 
-    async def _outcome(self, effect: Exchange | Sleep | Gossip) -> Any:
-        """What ``effect`` came to: its result, or the ZringError it raised."""
-        try:
-            if effect.__class__ is Exchange:
-                return await self._exchange(effect)
-            if effect.__class__ is Sleep:
-                return await asyncio.sleep(effect.seconds)
-            self._gossip.listen(effect.endpoints)
-            self._gossip.drain(self._routes, time.monotonic())
-        except ZringError as exc:
-            return exc
-        return None
+    def _listen(self, effect: Gossip) -> None:
+        self._gossip.listen(effect.endpoints)
+        self._gossip.drain(self._routes, time.monotonic())
 
     async def _exchange(self, effect: Exchange) -> list[Message | ZringError | None]:
         """Each request's reply (None on silence), the requests concurrently."""
-        if len(effect.requests) == 1:
-            return [await self._attempt(effect.requests[0], effect.timeout)]
         outcomes = await asyncio.gather(*(self._attempt(request, effect.timeout)
                                           for request in effect.requests),
                                         return_exceptions=True)

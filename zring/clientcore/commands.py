@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Commands", "Progress"]
 
+# bound once: a bound method made per call would be one more object kept by each request
+_get_result, _put_result = GetResult.from_body, PutResult.from_body
+_delete_result = DeleteResult.from_body
+
 Progress = Callable[[results.MemberInfo], None]   # called with a joining or leaving member
 
 
@@ -59,20 +63,20 @@ class Commands(Session):
         """Write ``value``; succeeds once ``w`` of the ``replicas`` replicas stored it."""
         return self._run(self._write(MsgType.PUT, {
             "key": check_key(key), "value": check_value(value),
-            "n": check_count(replicas, "replicas"), "w": check_count(w, "w")},
-            PutResult.from_body))
+            "n": check_count(replicas, "replicas"), "w": check_count(w, "w")}, _put_result))
 
     def get(self, key: str, *, r: int | None = None, replicas: int | None = None) -> GetResult:
         """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
-        return self._run(self._get({"key": check_key(key), "n": check_count(replicas, "replicas"),
-                                    "r": check_count(r, "r")}))
+        body = {"key": check_key(key), "n": check_count(replicas, "replicas"),
+                "r": check_count(r, "r")}
+        return self._run(self._call(MsgType.GET, body, key, convert=_get_result, observe=True))
 
     def delete(self, key: str, *, w: int | None = None,
                replicas: int | None = None) -> DeleteResult:
         """Write a tombstone for ``key`` (deleting a missing key succeeds too)."""
         return self._run(self._write(MsgType.DELETE, {
             "key": check_key(key), "n": check_count(replicas, "replicas"),
-            "w": check_count(w, "w")}, DeleteResult.from_body))
+            "w": check_count(w, "w")}, _delete_result))
 
     def mget(self, keys: Iterable[str], *, r: int | None = None) -> list[GetResult]:
         """Read many keys: one MGET per replica node (up to 1,000 keys a frame), all in
@@ -90,12 +94,11 @@ class Commands(Session):
     # -------------------------------------------------------------- ring and cluster
 
     def ring_state(self) -> RingState:
-        return self._run(self._converted(self._call(MsgType.RING_STATE, {}),
-                                         RingState.from_body))
+        return self._run(self._call(MsgType.RING_STATE, {}, convert=RingState.from_body))
 
     def cluster_status(self) -> ClusterStatus:
-        return self._run(self._converted(self._call(MsgType.CLUSTER_STATUS, {}),
-                                         ClusterStatus.from_body))
+        return self._run(self._call(MsgType.CLUSTER_STATUS, {},
+                                    convert=ClusterStatus.from_body))
 
     def ping(self) -> dict:
         return self._run(self._call(MsgType.PING, {}))
@@ -170,11 +173,6 @@ class Commands(Session):
     @staticmethod
     def _converted(steps: Steps, convert: Callable[[Any], Any]) -> Steps:
         return convert((yield from steps))
-
-    def _get(self, body: dict) -> Steps:
-        reply = yield from self._call(MsgType.GET, body, body["key"])
-        self._stamps.observe_body(reply)
-        return GetResult.from_body(reply)
 
     def _mget(self, keys: list[str], r: int | None) -> Steps:
         entries, _ = yield from self._batch(

@@ -82,34 +82,35 @@ Steps = Generator[Exchange | Sleep | Gossip, Any, Any]
 class Command:
     """A command being driven: ``effect`` is what it waits for (None once it returned)."""
 
+    # no bound methods kept: the fewer objects a request keeps alive while it waits, the
+    # less often (with many requests in flight) the cyclic GC runs
     __slots__ = ("_steps", "effect", "result")
 
     def __init__(self, steps: Steps) -> None:
         self._steps = steps
         self.result: Any = None
-        self.effect = self._resume(steps.send, None)
+        self.effect: Exchange | Sleep | Gossip | None = None
+        self.step(None)
 
-    def step(self, outcome: Any) -> None:
-        """Hand the effect's outcome (or the ZringError it raised) to the command."""
-        resume = self._steps.throw if isinstance(outcome, ZringError) else self._steps.send
-        self.effect = self._resume(resume, outcome)
-
-    def _resume(self, resume: Callable, outcome: Any):
+    def step(self, outcome: Any) -> Exchange | Sleep | Gossip | None:
+        """Hand the effect's outcome (or the ZringError it raised) to the command; the next
+        effect (also kept as ``effect``), None once the command returned."""
         try:
-            return resume(outcome)
+            effect = self._steps.throw(outcome) if isinstance(outcome, ZringError) else \
+                self._steps.send(outcome)
         except StopIteration as done:
             self.result = done.value
-            return None
+            effect = None
+        self.effect = effect
+        return effect
 
     def run(self, perform: Callable[[Any], Any]) -> Any:
         """Drive the command to its end, ``perform`` doing each effect (blocking)."""
-        while (effect := self.effect) is not None:
-            self.step(_outcome(perform, effect))
+        effect = self.effect
+        while effect is not None:
+            try:
+                outcome = perform(effect)
+            except ZringError as exc:
+                outcome = exc
+            effect = self.step(outcome)
         return self.result
-
-
-def _outcome(perform: Callable[[Any], Any], effect: Any) -> Any:
-    try:
-        return perform(effect)
-    except ZringError as exc:
-        return exc

@@ -84,8 +84,9 @@ class Session:
         throughout; else every request has its ``body``."""
         timeout = self.timeout if timeout is None else timeout
         retry = retry or self.retry
+        retries = retry.retries
         pending = requests
-        for attempt in range(retry.attempts):
+        for attempt in range(retries + 1):
             if attempt:
                 yield Sleep(retry.delay(attempt))
             now = self._monotonic()
@@ -93,11 +94,14 @@ class Session:
                 request.endpoint = endpoint = self._where(request, attempt, now)
                 request.tried.append(endpoint)
             replies = yield Exchange(pending, timeout)
-            now, may_retry = self._monotonic(), attempt < retry.retries
-            pending = [request for request, reply in zip(pending, replies, strict=True)
-                       if not self._ended(request, reply, may_retry, now)]
-            if not pending:
+            now, may_retry, ended = self._monotonic(), attempt < retries, self._ended
+            left = []   # (a loop, not a comprehension: this runs for every request)
+            for request, reply in zip(pending, replies, strict=True):
+                if not ended(request, reply, may_retry, now):
+                    left.append(request)
+            if not left:
                 break
+            pending = left
         for request in requests:
             if request.error is not None:
                 raise request.error
@@ -138,17 +142,26 @@ class Session:
             request.error = exc
         return request.body is not None or request.error is not None
 
-    def _request(self, msg_type: MsgType, body: dict, key: str | None = None) -> Steps:
-        """A request for ``key``: routed to its replicas when the ring is known."""
-        routed = key is not None and (yield from self._routed())
+    def _request(self, msg_type: MsgType, body: dict, key: str | None = None) -> Request:
+        """A request for ``key``: routed to its replicas when the ring is known (after the
+        steps of :meth:`_routing_steps`, if any were due)."""
+        routed = key is not None and self.token_aware and self._routes.routing is not None
         return Request(msg_type, next(self._ids), body, key if routed else None)
 
     def _call(self, msg_type: MsgType, body: dict, key: str | None = None, *,
-              timeout: float | None = None, retries: int | None = None) -> Steps:
-        """One request (Lazy Pirate); its reply body."""
-        request = yield from self._request(msg_type, body, key)
-        yield from self._send([request], timeout, self.retry.with_retries(retries))
-        return request.body
+              timeout: float | None = None, retries: int | None = None,
+              convert: Callable[[dict], Any] | None = None, observe: bool = False) -> Steps:
+        """One request (Lazy Pirate); its reply body, made a result by ``convert`` if given
+        (here rather than in one more generator around this one), its record version
+        observed by the write stamps if ``observe``."""
+        if key is not None and (steps := self._routing_steps()) is not None:
+            yield from steps
+        request = self._request(msg_type, body, key)
+        yield from self._send([request], timeout,
+                              None if retries is None else self.retry.with_retries(retries))
+        if observe:
+            self._stamps.observe_body(request.body)
+        return request.body if convert is None else convert(request.body)
 
     def _call_at(self, endpoint: str, msg_type: MsgType, body: dict,
                  timeout: float | None = None) -> Steps:
@@ -162,14 +175,19 @@ class Session:
     def _routed(self) -> Steps:
         """Whether to route by the ring: token-aware and a ring known (fetched on first
         use, refetched when gossip or a reply says it is stale, at most every 0.5 s)."""
+        if (steps := self._routing_steps()) is not None:
+            yield from steps
+        return self.token_aware and self._routes.routing is not None
+
+    def _routing_steps(self) -> Steps | None:
+        """The steps due before a routed request (reading gossip, fetching the ring), or
+        None: most requests take none, and cost no generator for them."""
         if not self.token_aware:
-            return False
+            return None
         routes = self._routes
         now = self._monotonic()
         gossip, fetch = routes.gossip_due(now), routes.wants_ring(now)
-        if gossip or fetch:   # rare: most requests take no step here
-            yield from self._refresh(gossip, fetch, now)
-        return routes.routing is not None
+        return self._refresh(gossip, fetch, now) if gossip or fetch else None
 
     def _refresh(self, gossip: bool, fetch: bool, now: float) -> Steps:
         if gossip:
@@ -205,7 +223,9 @@ class Session:
         body["writer"] = stamps.writer
         for attempt in range(CONFLICT_RETRIES + 1):
             body["ts"] = stamps.next(self._wall_ms())
-            request = yield from self._request(msg_type, body, body["key"])
+            if (steps := self._routing_steps()) is not None:
+                yield from steps
+            request = self._request(msg_type, body, body["key"])
             try:
                 yield from self._send([request])
             except VersionConflict as exc:
