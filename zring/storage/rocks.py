@@ -1,0 +1,599 @@
+"""RocksDB store (through ``rocksdict``): a log-structured alternative to the SQLite store.
+
+The layout (column families, key and value encodings) is in ``rocks_format``: records are
+keyed by big-endian ring position + key, so a range streams in order and drops with one
+DeleteRange; hints, meta and transfer progress sit in column families of their own.
+
+Every write goes through the pending writes of ``rocks_batch``: inside the node's group
+commit, a loop cycle's writes (records, their tombstone index, the figures, the transfer
+progress that counts them) become ONE WriteBatch when the cycle ends; outside one, each call
+is its own batch. Reads merge the pending writes over the database, so a cycle sees its own
+writes. Last writer wins is decided here (a read before each write: one multi-get per call),
+and the figures ``stats`` reports (records, tombstones, bytes, hints per target: as the SQLite
+store's triggers keep them) are kept in memory and written in every batch, so they commit,
+and survive a crash, with the writes they count.
+
+Durability (``sync``): True (``--fsync always``) writes each batch with a synced WAL write;
+False (``periodic``) leaves the WAL write in the OS until ``sync()`` syncs the WAL (the node
+calls it every ``fsync_period_s``). Either survives the process dying; only the first, or a
+``sync()`` since, survives power loss.
+
+Failures are StorageErrors naming the store directory with the SQLite store's ``reason``
+details ("locked", "damaged", "foreign", "format", "closed", "error": ``rocks_format``).
+rocksdict 0.3.x quirks handled here: a column-family object still referenced keeps the LOCK
+after ``close`` (``Families.release`` drops them all first), and snapshot iterators ignore
+the snapshot (no snapshot is used: each scan reads one iterator, a consistent view itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
+
+from zring.errors import StorageError
+from zring.hashing import RING_SIZE, key_position
+from zring.storage import rocks_check
+from zring.storage.base import Hint, Record, Store, StoreStats, position_group_cut
+from zring.storage.rocks_batch import Families, Pending
+from zring.storage.rocks_format import (
+    CF_HINTS,
+    CF_META,
+    CF_RECORDS,
+    CF_TOMBSTONES,
+    COLUMN_FAMILIES,
+    COUNTS,
+    FORMAT_VERSION,
+    KIND_TOMBSTONE,
+    TIMESTAMP_LIMIT,
+    VALUE_HEADER,
+    decode_counts,
+    encode_counts,
+    hint_created_key,
+    hint_id_key,
+    hint_target_prefix,
+    meta_family,
+    position_end,
+    position_start,
+    rocks_error,
+)
+from zring.storage.rocks_records import (
+    DamagedEntry,
+    counted,
+    decode_hint,
+    decode_record,
+    encode_hint,
+    record_row,
+    wire_rows,
+)
+
+__all__ = ["RocksStore"]
+
+_KEYS_BATCH = 1000
+_HEADER = VALUE_HEADER.size
+_unpack_header = VALUE_HEADER.unpack_from
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def _translating_errors(method: _Method) -> _Method:
+    """Refuse a closed store; re-raise rocksdict's failures (plain ``Exception``s) and
+    undecodable stored bytes as a StorageError naming the store."""
+
+    @functools.wraps(method)
+    def translated(self: RocksStore, *args, **kwargs):
+        if self._closed:
+            raise rocks_error(self.path, RuntimeError(), closed=True)
+        try:
+            return method(self, *args, **kwargs)
+        except (struct.error, UnicodeDecodeError, DamagedEntry) as exc:
+            raise StorageError(f"store {self.path} is damaged: a stored entry does not "
+                               f"decode ({exc})", path=str(self.path),
+                               reason="damaged") from exc
+        except Exception as exc:
+            if type(exc) is Exception or type(exc).__name__ == "DbClosedError":
+                raise rocks_error(self.path, exc) from exc
+            raise
+
+    return translated  # type: ignore[return-value]
+
+
+class RocksStore(Store):
+    """A ``Store`` in the RocksDB directory at ``path`` (created, with its parent, if
+    missing). ``sync=True``: every commit is a synced WAL write (``--fsync always``)."""
+
+    def __init__(self, path: str | os.PathLike, *, sync: bool = False) -> None:
+        self.path = Path(path)
+        self._closed = False
+        self._depth = 0   # group commits entered
+        self._pending = Pending(COLUMN_FAMILIES)
+        self._write_options = WriteOptions()
+        self._write_options.sync = sync
+        self._live = self._tombstones = self._bytes = 0
+        self._next_hint_id = 1
+        self._hint_counts: dict[str, int] = {}
+        self._db, self._families = self._open()
+        self._tables = self._families.tables
+        self._records = self._tables[CF_RECORDS]
+        try:
+            self._load_figures()
+        except BaseException:
+            self._closed = True
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ records
+
+    @_translating_errors
+    def get(self, key: str) -> Record | None:
+        position = key_position(key)
+        row_key = position.to_bytes(8, "big") + key.encode("utf-8")
+        raw = self._pending.lookup(CF_RECORDS, row_key, self._tables)
+        return None if raw is None else decode_record(row_key, raw)
+
+    @_translating_errors
+    def get_wire(self, key: str) -> list | None:
+        record = self.get(key)
+        return None if record is None else [record.key, record.value, *record.version]
+
+    @_translating_errors
+    def get_wire_many(self, keys: list[str]) -> list[list | None]:
+        row_keys = [key_position(k).to_bytes(8, "big") + k.encode("utf-8") for k in keys]
+        answers: list[list | None] = []
+        for row_key, raw in zip(row_keys, self._pending.lookup_records(row_keys,
+                                                                       self._records)):
+            if raw is None:
+                answers.append(None)
+            else:
+                key, value, (timestamp, writer), _ = decode_record(row_key, raw)
+                answers.append([key, value, timestamp, writer])
+        return answers
+
+    @_translating_errors
+    def put(self, record: Record) -> bool:
+        with self.group_commit():
+            return self._upsert([record_row(record)])[0] is None
+
+    @_translating_errors
+    def put_many(self, records: Iterable[Record]) -> int:
+        rows = [record_row(record) for record in records]  # all checked before any write
+        with self.group_commit():
+            return sum(answer is None for answer in self._upsert(rows))
+
+    @_translating_errors
+    def put_wire(self, items: list) -> tuple[int, int]:
+        rows, size = wire_rows(items)
+        with self.group_commit():
+            self._upsert(rows)
+        return len(rows), size
+
+    @_translating_errors
+    def write_if_newer(self, items: list) -> list[list | None]:
+        """See ``Store.write_if_newer``: items in order, each against what is held at that
+        point (an earlier item of the batch included)."""
+        rows, _ = wire_rows(items)
+        with self.group_commit():
+            answers = self._upsert(rows, equal_taken=True)
+        return [None if answer is None else [answer[0], answer[1].decode("utf-8")]
+                for answer in answers]
+
+    def _upsert(self, rows: list[tuple], equal_taken: bool = False) -> list:
+        """Apply last writer wins to ``rows`` (``record_row``/``wire_rows`` tuples: row key,
+        timestamp, writer bytes, stored value, counted size); per row None (stored, or with
+        ``equal_taken`` an equal version held) or the held (timestamp, writer bytes) that
+        refused it. The only read (one multi-get) comes before the first change."""
+        held = self._pending.lookup_records([row[0] for row in rows], self._records)
+        current: dict[bytes, bytes | None] = {}
+        for row, raw in zip(rows, held):
+            current.setdefault(row[0], raw)
+        put = self._pending.put
+        answers: list = []
+        for row_key, timestamp, writer, stored, size in rows:
+            old = current[row_key]
+            if old is not None:
+                old_ts, old_kind, length = _unpack_header(old)
+                old_writer = old[_HEADER:_HEADER + length]
+                if (timestamp, writer) <= (old_ts, old_writer):
+                    answers.append(None if equal_taken and (timestamp, writer) == (
+                        old_ts, old_writer) else (old_ts, old_writer))
+                    continue
+                self._forget_counted(row_key, old)
+            current[row_key] = stored
+            put(CF_RECORDS, row_key, stored)
+            self._bytes += size
+            if stored[8] == KIND_TOMBSTONE:
+                self._tombstones += 1
+                put(CF_TOMBSTONES, stored[:8] + row_key, b"")
+            else:
+                self._live += 1
+            answers.append(None)
+        return answers
+
+    def _forget_counted(self, row_key: bytes, raw: bytes) -> None:
+        """Take the stored record ``raw`` out of the figures and the tombstone index."""
+        is_tombstone, size = counted(row_key, raw)
+        self._bytes -= size
+        if is_tombstone:
+            self._tombstones -= 1
+            self._pending.put(CF_TOMBSTONES, raw[:8] + row_key, None)
+        else:
+            self._live -= 1
+
+    @_translating_errors
+    def range_stats(self, low: int, high: int) -> tuple[int, int]:
+        records = size = 0
+        for row_key, raw in self._range(low, high):
+            records += 1
+            record = decode_record(row_key, raw)
+            size += len(record.key) + (0 if record.value is None else len(record.value))
+        return records, size
+
+    @_translating_errors
+    def scan_range(self, low: int, high: int, *, after: int | None = None,
+                   limit: int = 1000) -> list[Record]:
+        """See ``Store.scan_range`` (and ``SQLiteStore.scan_range``: a page never splits the
+        records that share a position)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = low if after is None else max(low, after + 1)
+        items = list(islice(self._range(start, high), limit + 1))
+        if len(items) > limit:
+            cut = position_group_cut([int.from_bytes(k[:8], "big") for k, _ in items], limit)
+            if cut:
+                items = items[:cut]
+            else:
+                last = int.from_bytes(items[limit - 1][0][:8], "big")
+                items = list(self._range(last, last))
+        return [decode_record(row_key, raw) for row_key, raw in items]
+
+    def _range(self, low: int, high: int) -> Iterator[tuple[bytes, bytes]]:
+        low, high = max(low, 0), min(high, RING_SIZE - 1)
+        if low > high:
+            return iter(())
+        return self._pending.iterate(CF_RECORDS, self._records, position_start(low),
+                                     position_end(high))
+
+    @_translating_errors
+    def delete_range(self, low: int, high: int) -> int:
+        low, high = max(low, 0), min(high, RING_SIZE - 1)
+        if low > high:
+            return 0
+        gone = live = size = 0
+        index: list[bytes] = []
+        for row_key, raw in self._range(low, high):   # read all before changing anything
+            is_tombstone, counted_size = counted(row_key, raw)
+            gone += 1
+            size += counted_size
+            if is_tombstone:
+                index.append(raw[:8] + row_key)
+            else:
+                live += 1
+        with self.group_commit():
+            for entry in index:
+                self._pending.put(CF_TOMBSTONES, entry, None)
+            self._pending.drop_records(position_start(low), position_end(high))
+            self._live -= live
+            self._tombstones -= gone - live
+            self._bytes -= size
+        return gone
+
+    @_translating_errors
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        row_keys = list(dict.fromkeys(key_position(k).to_bytes(8, "big") + k.encode("utf-8")
+                                      for k in keys))
+        held = self._pending.lookup_records(row_keys, self._records)
+        with self.group_commit():
+            for row_key, raw in zip(row_keys, held):
+                if raw is not None:
+                    self._forget_counted(row_key, raw)
+                    self._pending.put(CF_RECORDS, row_key, None)
+        return sum(raw is not None for raw in held)
+
+    def keys(self, *, include_tombstones: bool = False) -> Iterator[str]:
+        """Every key in position order, read in batches (no iterator stays open while the
+        caller holds this one, and the caller may write to the store meanwhile)."""
+        if self._closed:
+            raise rocks_error(self.path, RuntimeError(), closed=True)
+        return self._iter_keys(include_tombstones)
+
+    def _iter_keys(self, include_tombstones: bool) -> Iterator[str]:
+        begin = b""
+        while True:
+            batch = self._keys_batch(begin)
+            for row_key, kind in batch:
+                if include_tombstones or kind != KIND_TOMBSTONE:
+                    yield row_key[8:].decode("utf-8")
+            if len(batch) < _KEYS_BATCH:
+                return
+            begin = batch[-1][0] + b"\x00"
+
+    @_translating_errors
+    def _keys_batch(self, begin: bytes) -> list[tuple[bytes, int]]:
+        items = self._pending.iterate(CF_RECORDS, self._records, begin, None)
+        return [(row_key, raw[8]) for row_key, raw in islice(items, _KEYS_BATCH)]
+
+    @_translating_errors
+    def count(self, *, include_tombstones: bool = False) -> int:
+        return self._live + (self._tombstones if include_tombstones else 0)
+
+    @_translating_errors
+    def stats(self) -> StoreStats:
+        return StoreStats(self._live, self._tombstones, self._bytes,
+                          sum(self._hint_counts.values()))
+
+    @_translating_errors
+    def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if older_than_ts <= 0:
+            return 0  # timestamps are never negative
+        cutoff = min(older_than_ts, TIMESTAMP_LIMIT).to_bytes(8, "big")
+        entries = [key for key, _ in islice(self._pending.iterate(
+            CF_TOMBSTONES, self._tables[CF_TOMBSTONES], b"", cutoff), limit)]
+        row_keys = [entry[8:] for entry in entries]
+        held = self._pending.lookup_records(row_keys, self._records)
+        purged = 0
+        with self.group_commit():
+            for entry, row_key, raw in zip(entries, row_keys, held):
+                if raw is not None and raw[:8] == entry[:8] and raw[8] == KIND_TOMBSTONE:
+                    self._forget_counted(row_key, raw)   # drops the index entry too
+                    self._pending.put(CF_RECORDS, row_key, None)
+                    purged += 1
+                else:   # an index entry without its tombstone (never written so)
+                    self._pending.put(CF_TOMBSTONES, entry, None)
+        return purged
+
+    # ------------------------------------------------------------------ meta
+
+    @_translating_errors
+    def get_meta(self, name: str) -> bytes | None:
+        raw = self._pending.lookup(meta_family(name), name.encode("utf-8"), self._tables)
+        return None if raw is None else bytes(raw)
+
+    @_translating_errors
+    def set_meta(self, name: str, value: bytes) -> None:
+        with self.group_commit():
+            self._pending.put(meta_family(name), name.encode("utf-8"), bytes(value))
+
+    # ------------------------------------------------------------------ hints
+
+    @_translating_errors
+    def add_hints(self, hints: Iterable[Hint]) -> int:
+        batch = [(hint, record_row(hint.record)) for hint in hints]  # checks the record
+        for hint, _ in batch:
+            if not 0 <= hint.created_ms < TIMESTAMP_LIMIT:
+                raise ValueError(f"created_ms {hint.created_ms} of the hint for "
+                                 f"{hint.target!r} is outside [0, 2**63)")
+        put = self._pending.put
+        with self.group_commit():
+            for hint, _ in batch:
+                hint_id = self._next_hint_id
+                self._next_hint_id += 1
+                put(CF_HINTS, hint_id_key(hint_id), encode_hint(hint))
+                put(CF_HINTS, hint_target_prefix(hint.target) + hint_id.to_bytes(8, "big"), b"")
+                put(CF_HINTS, hint_created_key(hint.created_ms, hint_id), b"")
+                self._hint_counts[hint.target] = self._hint_counts.get(hint.target, 0) + 1
+        return len(batch)
+
+    @_translating_errors
+    def hints_for(self, target: str, *, limit: int = 1000) -> list[Hint]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        prefix = hint_target_prefix(target)
+        table = self._tables[CF_HINTS]
+        entries = islice(self._pending.iterate(CF_HINTS, table, prefix,
+                                               prefix + b"\xff" * 9), limit)
+        hints = []
+        for key, _ in list(entries):
+            hint_id = int.from_bytes(key[len(prefix):], "big")
+            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
+            if raw is not None:
+                hints.append(decode_hint(hint_id, raw))
+        return hints
+
+    @_translating_errors
+    def delete_hints(self, hint_ids: Iterable[int]) -> int:
+        found = []
+        for hint_id in dict.fromkeys(hint_ids):
+            if not 0 < hint_id < (1 << 64):
+                continue
+            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
+            if raw is not None:
+                found.append(decode_hint(hint_id, raw))
+        with self.group_commit():
+            for hint in found:
+                self._forget_hint(hint)
+        return len(found)
+
+    @_translating_errors
+    def hint_counts(self) -> dict[str, int]:
+        return dict(self._hint_counts)
+
+    @_translating_errors
+    def expire_hints(self, created_before_ms: int) -> int:
+        if created_before_ms <= 0:
+            return 0
+        end = b"c" + min(created_before_ms, TIMESTAMP_LIMIT).to_bytes(8, "big")
+        table = self._tables[CF_HINTS]
+        found = []
+        for key, _ in list(self._pending.iterate(CF_HINTS, table, b"c", end)):
+            hint_id = int.from_bytes(key[9:], "big")
+            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
+            if raw is not None:
+                found.append(decode_hint(hint_id, raw))
+        with self.group_commit():
+            for hint in found:
+                self._forget_hint(hint)
+        return len(found)
+
+    def _forget_hint(self, hint: Hint) -> None:
+        put = self._pending.put
+        put(CF_HINTS, hint_id_key(hint.hint_id), None)
+        put(CF_HINTS, hint_target_prefix(hint.target) + hint.hint_id.to_bytes(8, "big"), None)
+        put(CF_HINTS, hint_created_key(hint.created_ms, hint.hint_id), None)
+        left = self._hint_counts[hint.target] - 1
+        if left > 0:
+            self._hint_counts[hint.target] = left
+        else:
+            del self._hint_counts[hint.target]
+
+    # ------------------------------------------------------------------ durability
+
+    @contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """Every write inside in one WriteBatch, written on the way out (synced under
+        ``sync=True``); on an exception, or if the write fails, none of them happened."""
+        if self._closed:
+            raise rocks_error(self.path, RuntimeError(), closed=True)
+        if self._depth:   # a call inside the cycle: the cycle's batch takes its writes
+            yield
+            return
+        self._depth = 1
+        saved = self._figures()
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._abandon(saved)
+            raise
+        self._depth = 0
+        if not self._pending.dirty:
+            return
+        self._pending.put(CF_META, COUNTS, encode_counts(*self._figures()))
+        try:
+            self._pending.commit(self._families, self._write_options)
+        except Exception as exc:
+            self._abandon(saved)
+            raise rocks_error(self.path, exc) from exc
+        self._pending.clear()
+
+    @_translating_errors
+    def sync(self) -> None:
+        self._db.flush_wal(True)
+
+    def check(self) -> list[str]:
+        """See ``Store.check`` and ``rocks_check``: reads the whole store."""
+        if self._closed:
+            raise rocks_error(self.path, RuntimeError(), closed=True)
+        return rocks_check.store_problems(self._tables, (
+            self._live, self._tombstones, self._bytes, self._next_hint_id,
+            self._hint_counts))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        try:
+            self._release()
+        except Exception as exc:
+            raise rocks_error(self.path, exc) from exc
+
+    def __repr__(self) -> str:
+        return f"RocksStore({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _figures(self) -> tuple:
+        return (self._live, self._tombstones, self._bytes, self._next_hint_id,
+                dict(self._hint_counts))
+
+    def _abandon(self, saved: tuple) -> None:
+        self._pending.clear()
+        (self._live, self._tombstones, self._bytes, self._next_hint_id,
+         self._hint_counts) = saved
+
+    def _release(self) -> None:
+        # rocksdict quirk: every column-family object must go before close, or the LOCK
+        # file stays held and the next open in this process fails
+        self._tables = self._records = None   # type: ignore[assignment]
+        self._families.release()
+        self._db.close()
+
+    def _open(self) -> tuple[Rdict, Families]:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"{path} is not a zring store (not a RocksDB directory)",
+                               path=str(path), reason="damaged")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory for {path}: {exc}",
+                               path=str(path), reason="error") from exc
+        if (path / "CURRENT").exists():
+            try:
+                found = Rdict.list_cf(str(path), Options(raw_mode=True))
+            except Exception as exc:
+                raise rocks_error(path, exc, opening=True) from exc
+            if not set(COLUMN_FAMILIES) <= set(found):
+                raise StorageError(f"{path} is a RocksDB database but not a zring store "
+                                   f"(it has column families {sorted(found)})",
+                                   path=str(path), reason="foreign")
+        elif path.is_dir() and any(path.iterdir()):
+            raise StorageError(f"{path} is not a zring store (a directory without a RocksDB "
+                               f"database in it)", path=str(path), reason="foreign")
+        families = {name: _family_options(name) for name in COLUMN_FAMILIES}
+        try:
+            db = Rdict(str(path), _db_options(), column_families=families)
+        except Exception as exc:
+            raise rocks_error(path, exc, opening=True) from exc
+        try:
+            return db, Families(db, COLUMN_FAMILIES)
+        except Exception as exc:
+            db.close()
+            raise rocks_error(path, exc, opening=True) from exc
+
+    @_translating_errors
+    def _load_figures(self) -> None:
+        meta = self._tables[CF_META]
+        stored_format = meta.get(b"format")
+        if stored_format is None and meta.get(COUNTS) is None and not any(
+                True for _ in islice(self._records.keys(), 1)):
+            with self.group_commit():   # a new store
+                self._pending.put(CF_META, b"format", FORMAT_VERSION)
+            return
+        if stored_format is None:
+            raise StorageError(f"{self.path} is damaged: it holds data but no storage format",
+                               path=str(self.path), reason="damaged")
+        if stored_format != FORMAT_VERSION:
+            raise StorageError(f"{self.path} has storage format {stored_format!r}; this "
+                               f"version of zring reads format {FORMAT_VERSION!r} only",
+                               path=str(self.path), reason="format")
+        try:
+            (self._live, self._tombstones, self._bytes, self._next_hint_id,
+             self._hint_counts) = decode_counts(meta.get(COUNTS) or b"")
+        except ValueError:   # unreadable figures: count them again (``check`` says so)
+            self._recount()
+
+    def _recount(self) -> None:
+        recounted = rocks_check.recount(self._tables)
+        (self._live, self._tombstones, self._bytes, self._next_hint_id,
+         self._hint_counts) = recounted
+        with self.group_commit():
+            self._pending.put(CF_META, COUNTS, encode_counts(*recounted))
+
+
+def _db_options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    options.set_max_background_jobs(2)
+    options.set_keep_log_file_num(2)
+    # the small families (meta, progress) would otherwise pin old WAL files for long
+    options.set_max_total_wal_size(64 * 1024 * 1024)
+    return options
+
+
+def _family_options(name: str) -> Options:
+    options = Options(raw_mode=True)
+    if name == CF_RECORDS:
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)   # last writer wins reads a key before each write
+        options.set_block_based_table_factory(table)
+    return options

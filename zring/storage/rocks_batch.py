@@ -1,0 +1,169 @@
+"""The writes of a RocksStore not yet committed: one WriteBatch per loop cycle (the group
+commit), readable before it commits.
+
+rocksdict has no indexed write batch (RocksDB's WriteBatchWithIndex), so the pending writes
+are kept here as well, per column family in key order, with the record ranges dropped in the
+cycle; reads merge them over the database (``lookup``, ``iterate``). ``commit`` turns them
+into one WriteBatch: the dropped ranges first (DeleteRange), then every pending key's final
+value, so the batch leaves the database exactly as the merged view reads it. Nothing here
+reaches the database until ``commit``: abandoning a cycle is dropping this object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
+from sortedcontainers import SortedDict
+
+from zring.storage.rocks_format import CF_RECORDS
+
+__all__ = ["Families", "Pending", "items"]
+
+_ABSENT = object()
+
+
+class Families:
+    """The open database's column families: ``tables[name]`` (an Rdict on the family, to
+    read) and ``handles[name]`` (for write batches). Every one must be dropped before the
+    database closes: rocksdict 0.3.x keeps the LOCK file held while any is referenced."""
+
+    def __init__(self, db: Rdict, names: tuple[str, ...]) -> None:
+        self.db = db
+        self.tables = {name: db.get_column_family(name) for name in names}
+        self.handles = {name: db.get_column_family_handle(name) for name in names}
+
+    def release(self) -> None:
+        self.tables.clear()
+        self.handles.clear()
+
+
+class Pending:
+    """Pending writes per column family (key -> value, None: deleted) and dropped record
+    ranges ([begin, end) keys)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.writes: dict[str, SortedDict] = {name: SortedDict() for name in names}
+        self.records = self.writes[CF_RECORDS]
+        self.dropped: list[tuple[bytes, bytes]] = []
+        self.dirty = False
+
+    def clear(self) -> None:
+        for writes in self.writes.values():
+            writes.clear()
+        self.dropped.clear()
+        self.dirty = False
+
+    def put(self, family: str, key: bytes, value: bytes | None) -> None:
+        self.writes[family][key] = value
+        self.dirty = True
+
+    def drop_records(self, begin: bytes, end: bytes) -> None:
+        """Every record with ``begin <= key < end`` goes (pending ones included)."""
+        pending = self.records
+        for key in list(pending.irange(begin, end, inclusive=(True, False))):
+            del pending[key]
+        self.dropped.append((begin, end))
+        self.dirty = True
+
+    def lookup(self, family: str, key: bytes, tables: dict[str, Rdict]) -> bytes | None:
+        found = self.writes[family].get(key, _ABSENT)
+        if found is not _ABSENT:
+            return found
+        if family == CF_RECORDS and self._in_dropped(key):
+            return None
+        return tables[family].get(key)
+
+    def lookup_records(self, keys: list[bytes], table: Rdict) -> list[bytes | None]:
+        """``lookup`` of many record keys, those not pending read in one multi-get."""
+        pending = self.records
+        if not pending and not self.dropped:
+            return table.get(keys) if keys else []
+        found: list = [pending.get(key, _ABSENT) for key in keys]
+        missing = [i for i, value in enumerate(found) if value is _ABSENT]
+        if missing:
+            read = table.get([keys[i] for i in missing])
+            for i, value in zip(missing, read):
+                found[i] = None if self.dropped and self._in_dropped(keys[i]) else value
+        return found
+
+    def iterate(self, family: str, table: Rdict, begin: bytes,
+                end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) with ``begin <= key < end`` (None: to the end) in key order, pending
+        writes over the database's. One RocksDB iterator: a consistent view by itself."""
+        stored = items(table, begin, end)
+        pending = self.writes[family]
+        dropped = self.dropped if family == CF_RECORDS else []
+        if not pending and not dropped:
+            return stored
+        return _merge(stored, pending.irange(begin, end, inclusive=(True, False)) if end
+                      is not None else pending.irange(minimum=begin), pending, dropped)
+
+    def commit(self, families: Families, options: WriteOptions) -> None:
+        """One WriteBatch of everything pending, written with ``options``; raises what
+        rocksdict raises (the caller translates it). Clears nothing: the caller does, on
+        success or failure alike."""
+        batch = WriteBatch(raw_mode=True)
+        handles = families.handles
+        records = handles[CF_RECORDS]
+        for begin, end in self.dropped:
+            batch.delete_range(begin, end, records)
+        for family, writes in self.writes.items():
+            if not writes:
+                continue
+            handle = handles[family]
+            put, delete = batch.put, batch.delete
+            for key, value in writes.items():
+                if value is None:
+                    delete(key, handle)
+                else:
+                    put(key, value, handle)
+        families.db.write(batch, options)
+
+    def _in_dropped(self, key: bytes) -> bool:
+        return any(begin <= key < end for begin, end in self.dropped)
+
+
+def items(table: Rdict, begin: bytes, end: bytes | None, *,
+          verify: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of ``table`` with ``begin <= key < end`` (None: to the end), in order.
+
+    rocksdict 0.3.x quirk: an iterator does not keep its ReadOptions alive, and the upper
+    bound lives in them; once they are freed the bound dangles and a scan ends early (or
+    runs on). The generator holds them for as long as the iteration lasts."""
+    options = ReadOptions()
+    if end is not None:
+        options.set_iterate_upper_bound(end)
+    if verify:   # ``zring check``: read every block through its checksum, bypassing the cache
+        options.set_verify_checksums(True)
+        options.fill_cache(False)
+    yield from table.items(from_key=begin, read_opt=options)
+    del options, end
+
+
+def _merge(stored: Iterator[tuple[bytes, bytes]], pending_keys: Iterator[bytes],
+           pending: SortedDict, dropped: list[tuple[bytes, bytes]]
+           ) -> Iterator[tuple[bytes, bytes]]:
+    def visible(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in items:
+            if key in pending or (dropped and any(b <= key < e for b, e in dropped)):
+                continue
+            yield key, value
+
+    ours = ((key, pending[key]) for key in pending_keys)
+    ours = ((key, value) for key, value in ours if value is not None)
+    theirs = visible(stored)
+    a, b = next(theirs, None), next(ours, None)
+    while a is not None and b is not None:
+        if a[0] < b[0]:
+            yield a
+            a = next(theirs, None)
+        else:
+            yield b
+            b = next(ours, None)
+    if a is not None:
+        yield a
+        yield from theirs
+    if b is not None:
+        yield b
+        yield from ours

@@ -1,0 +1,134 @@
+"""Records and hints of a RocksStore as stored bytes, and back (the layout is described in
+``rocks_format``). Writes are checked here, before the store changes anything: positions and
+timestamps within the SQLite store's ranges, wire records field by field."""
+
+from __future__ import annotations
+
+import msgpack
+
+from zring.errors import ProtocolError
+from zring.hashing import RING_SIZE, key_position
+from zring.storage.base import Hint, Record, record_from_wire
+from zring.storage.rocks_format import (
+    KIND_BYTES,
+    KIND_STR,
+    KIND_TOMBSTONE,
+    MAX_WRITER_BYTES,
+    TIMESTAMP_LIMIT,
+    VALUE_HEADER,
+)
+from zring.versions import Version
+
+__all__ = ["DamagedEntry", "counted", "decode_hint", "decode_record", "encode_hint", "record_row",
+           "wire_rows"]
+
+_HEADER = VALUE_HEADER.size
+_pack_header = VALUE_HEADER.pack
+_unpack_header = VALUE_HEADER.unpack_from
+
+
+class DamagedEntry(ValueError):
+    """A stored record or hint that does not decode."""
+
+
+def _stored(timestamp: int, writer: bytes, value: bytes | str | None) -> tuple[bytes, int]:
+    """The stored value and the value's counted size (bytes, or a str's characters)."""
+    if value is None:
+        return _pack_header(timestamp, KIND_TOMBSTONE, len(writer)) + writer, 0
+    if value.__class__ is str:
+        return (_pack_header(timestamp, KIND_STR, len(writer)) + writer
+                + value.encode("utf-8"), len(value))
+    return _pack_header(timestamp, KIND_BYTES, len(writer)) + writer + value, len(value)
+
+
+def record_row(record: Record) -> tuple[bytes, int, bytes, bytes, int]:
+    """``record`` as (row key, timestamp, writer bytes, stored value, counted size), checked
+    against the ranges the SQLite store's columns hold."""
+    key, value, (timestamp, writer), position = record
+    if not 0 <= position < RING_SIZE:
+        raise ValueError(f"position {position} of {key!r} is outside [0, 2**64)")
+    if not 0 <= timestamp < TIMESTAMP_LIMIT:
+        raise ValueError(f"timestamp {timestamp} of {key!r} is outside [0, 2**63)")
+    raw_key = key.encode("utf-8")
+    raw_writer = writer.encode("utf-8")
+    if len(raw_writer) > MAX_WRITER_BYTES:
+        raise ValueError(f"writer of {key!r} is over {MAX_WRITER_BYTES} bytes")
+    stored, size = _stored(timestamp, raw_writer, value if value is None or isinstance(
+        value, str) else bytes(value))
+    return position.to_bytes(8, "big") + raw_key, timestamp, raw_writer, stored, \
+        len(raw_key) + size
+
+
+def wire_rows(items: list) -> tuple[list[tuple], int]:
+    """``record_row`` tuples of wire records from a peer or a coordinator, each checked (a
+    bad one raises the precise ProtocolError), and the bytes of their keys and values as
+    ``record_size`` counts them."""
+    rows = []
+    size = 0
+    for item in items:
+        if item.__class__ is not list or len(item) != 4:
+            raise ProtocolError("a record must be [key, value, timestamp, writer]")
+        key, value, timestamp, writer = item
+        if (key.__class__ is not str or writer.__class__ is not str
+                or timestamp.__class__ is not int or not 0 <= timestamp < TIMESTAMP_LIMIT
+                or (value is not None and value.__class__ is not bytes
+                    and value.__class__ is not str)):
+            record_from_wire(item)  # raises the precise ProtocolError
+        raw_key = key.encode("utf-8")
+        raw_writer = writer.encode("utf-8")
+        if len(raw_writer) > MAX_WRITER_BYTES:
+            raise ProtocolError(f"record writer is over {MAX_WRITER_BYTES} bytes")
+        stored, counted_size = _stored(timestamp, raw_writer, value)
+        rows.append((key_position(key).to_bytes(8, "big") + raw_key, timestamp, raw_writer,
+                     stored, len(raw_key) + counted_size))
+        size += len(key) + (len(value) if value is not None else 0)
+    return rows, size
+
+
+def decode_record(row_key: bytes, raw: bytes) -> Record:
+    """The record stored as ``raw`` under ``row_key``; struct.error, UnicodeDecodeError or
+    DamagedEntry if it is damaged."""
+    timestamp, kind, length = _unpack_header(raw)
+    start = _HEADER + length
+    writer = raw[_HEADER:start].decode("utf-8")
+    if kind == KIND_BYTES:
+        value: bytes | str | None = raw[start:]
+    elif kind == KIND_STR:
+        value = raw[start:].decode("utf-8")
+    elif kind == KIND_TOMBSTONE:
+        value = None
+    else:
+        raise DamagedEntry(f"unknown value kind {kind}")
+    return Record(row_key[8:].decode("utf-8"), value, Version(timestamp, writer),
+                  int.from_bytes(row_key[:8], "big"))
+
+
+def counted(row_key: bytes, raw: bytes) -> tuple[bool, int]:
+    """(is a tombstone, size as the figures count it: the key's UTF-8 bytes and the value's
+    bytes, or its characters if a str) of a stored record."""
+    _, kind, length = _unpack_header(raw)
+    start = _HEADER + length
+    size = len(raw) - start
+    if kind == KIND_STR and size:
+        payload = raw[start:]
+        if not payload.isascii():
+            size = len(payload.decode("utf-8"))
+    return kind == KIND_TOMBSTONE, len(row_key) - 8 + size
+
+
+def encode_hint(hint: Hint) -> bytes:
+    record = hint.record
+    return msgpack.packb([hint.target, hint.created_ms, record.key, record.value,
+                          record.version.timestamp, record.version.node_id, record.position],
+                         use_bin_type=True)
+
+
+def decode_hint(hint_id: int, raw: bytes) -> Hint:
+    """The hint stored as ``raw``; DamagedEntry if it is damaged."""
+    try:
+        target, created_ms, key, value, timestamp, writer, position = msgpack.unpackb(
+            raw, raw=False)
+    except Exception as exc:  # msgpack raises several types
+        raise DamagedEntry(f"hint {hint_id} does not decode: {exc}") from None
+    return Hint(hint_id, target, Record(key, value, Version(timestamp, writer), position),
+                created_ms)
