@@ -89,8 +89,11 @@ class Command:
     def __init__(self, steps: Steps) -> None:
         self._steps = steps
         self.result: Any = None
-        self.effect: Exchange | Sleep | Gossip | None = None
-        self.step(None)
+        try:
+            self.effect: Exchange | Sleep | Gossip | None = steps.send(None)
+        except StopIteration as done:   # (a command that asked for nothing)
+            self.result = done.value
+            self.effect = None
 
     def step(self, outcome: Any) -> Exchange | Sleep | Gossip | None:
         """Hand the effect's outcome (or the ZringError it raised) to the command; the next

@@ -88,6 +88,15 @@ class RoutingTable:
             return True
         return False
 
+    def due(self, now: float) -> tuple[bool, bool] | None:
+        """What to do before a routed request (and note it done): (``gossip_due``,
+        ``wants_ring``), or None for neither, as for most requests (in one call)."""
+        if now - self.gossip_read_at < GOSSIP_CHECK_S and self.routing is not None \
+                and not self.stale:
+            return None
+        gossip, fetch = self.gossip_due(now), self.wants_ring(now)
+        return (gossip, fetch) if gossip or fetch else None
+
     def ring_sources(self, seeds: list[str], now: float) -> list[str]:
         """Where to ask for the ring: known nodes that seem alive, then the seeds."""
         if self.routing is None:

@@ -84,24 +84,31 @@ class Session:
         throughout; else every request has its ``body``."""
         timeout = self.timeout if timeout is None else timeout
         retry = retry or self.retry
-        retries = retry.retries
-        pending = requests
-        for attempt in range(retries + 1):
-            if attempt:
-                yield Sleep(retry.delay(attempt))
+        pending, attempt = requests, 0
+        while True:
             now = self._monotonic()
             for request in pending:
                 request.endpoint = endpoint = self._where(request, attempt, now)
                 request.tried.append(endpoint)
             replies = yield Exchange(pending, timeout)
-            now, may_retry, ended = self._monotonic(), attempt < retries, self._ended
-            left = []   # (a loop, not a comprehension: this runs for every request)
-            for request, reply in zip(pending, replies, strict=True):
-                if not ended(request, reply, may_retry, now):
-                    left.append(request)
-            if not left:
+            now, may_retry = self._monotonic(), attempt < retry.retries
+            if len(pending) == 1:   # most sends: no list of the ones left to build
+                if self._ended(pending[0], *replies, may_retry, now):
+                    break
+            else:
+                # a loop, not a comprehension: that would make self, now and may_retry
+                # cells, three more objects kept alive by every request in flight
+                left = []
+                for request, reply in zip(pending, replies, strict=True):
+                    if not self._ended(request, reply, may_retry, now):
+                        left.append(request)
+                if not left:
+                    break
+                pending = left
+            if not may_retry:
                 break
-            pending = left
+            attempt += 1
+            yield Sleep(retry.delay(attempt))
         for request in requests:
             if request.error is not None:
                 raise request.error
@@ -110,11 +117,13 @@ class Session:
 
     def _where(self, request: Request, attempt: int, now: float) -> str:
         """The endpoint of ``request``'s try number ``attempt``."""
-        if request.key is None:   # the seeds (or the one node it is meant for)
-            return request.first if request.first and not attempt else self._seeds.current
-        if not attempt:
-            return request.first or self._routes.owner_endpoint(request.key,
-                                                                 self._seeds.current, now)
+        if not attempt:   # the node it is meant for, else its key's owner, else the seed
+            if request.first:
+                return request.first
+            seed, key = self._seeds.current, request.key
+            return seed if key is None else self._routes.owner_endpoint(key, seed, now)
+        if request.key is None:   # the seeds
+            return self._seeds.current
         if request.order is None:   # worked out after the owner was marked silent: past it
             request.order = self._routes.endpoints_for(request.key,
                                                        self._seeds.from_current(), now)
@@ -184,10 +193,9 @@ class Session:
         None: most requests take none, and cost no generator for them."""
         if not self.token_aware:
             return None
-        routes = self._routes
         now = self._monotonic()
-        gossip, fetch = routes.gossip_due(now), routes.wants_ring(now)
-        return self._refresh(gossip, fetch, now) if gossip or fetch else None
+        due = self._routes.due(now)
+        return None if due is None else self._refresh(*due, now)
 
     def _refresh(self, gossip: bool, fetch: bool, now: float) -> Steps:
         if gossip:
