@@ -49,7 +49,7 @@ from zring.security import (
     refusal_reason,
     user_ids,
 )
-from zring.storage import STORE_FILE, MemoryStore, SQLiteStore
+from zring.storage import MemoryStore, open_store
 
 __all__ = ["NodeServer", "run_node"]
 
@@ -72,9 +72,7 @@ class NodeServer:
             raise ValueError(f"fsync must be 'always' or 'periodic', not {config.fsync!r}")
         if config.data_dir:
             os.makedirs(config.data_dir, exist_ok=True)
-            synchronous = "FULL" if config.fsync == "always" else "NORMAL"
-            self.store = SQLiteStore(os.path.join(config.data_dir, STORE_FILE),
-                                     synchronous=synchronous)
+            self.store = open_store(config.data_dir, config.store, fsync=config.fsync)
         else:
             self.store = MemoryStore()
         self.context = zmq.Context.instance()

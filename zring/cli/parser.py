@@ -58,10 +58,12 @@ def node_config_from_args(args: argparse.Namespace) -> NodeConfig:
     from zring.protocol import MAX_FRAME_BYTES
     if args.memory == bool(args.data_dir):
         raise ValueError("give exactly one of --data-dir DIR and --memory")
+    if args.memory and args.store:
+        raise ValueError("--store chooses the store in --data-dir; --memory has none")
     seeds = parse_seeds(args.seeds) if args.seeds else seeds_from_env()
     gossip = args.gossip or default_gossip_address(args.listen)
     options = {name: getattr(args, name) for name in
-               ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync",
+               ("replicas", "write_quorum", "read_quorum", "vnodes", "weight", "fsync", "store",
                 "fsync_period_s", "stream_batch_records", "stream_pulls_in_flight",
                 "max_key_bytes", "max_value_bytes", "max_clock_offset_s")
                if getattr(args, name) is not None}
@@ -148,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "tcp://127.0.0.1:7001..7003); a node listed here starts as a "
                            "normal member, any other joins")
     store = node.add_mutually_exclusive_group(required=True)
-    store.add_argument("--data-dir", metavar="DIR", help="directory of the SQLite store")
+    store.add_argument("--data-dir", metavar="DIR",
+                       help="directory of the node's store (see --store)")
     store.add_argument("--memory", action="store_true",
                        help="keep data in memory only (tests; lost on exit)")
+    node.add_argument("--store", choices=("sqlite", "rocksdb"),
+                      help="the store in --data-dir: sqlite (default; DIR/zring.db) or "
+                           "rocksdb (DIR/zring.rocks, a RocksDB directory)")
     node.add_argument("--replicas", type=_positive_int, help="N (default 3)")
     node.add_argument("--write-quorum", type=_positive_int, help="W (default 2)")
     node.add_argument("--read-quorum", type=_positive_int, help="R (default 2)")

@@ -1,9 +1,10 @@
 """Offline check and rebuild of a stopped node's store (``zring check [--rebuild]``).
 
-``check_store`` opens the store in a node's data directory and reads all of it (``Store.check``);
-``move_store_aside`` renames a damaged store and its SQLite companions out of the way, so the
-node starts empty and ``zring repair`` refills it from its replicas. Nothing here deletes a
-file or prints: the CLI says what was found and what to do next.
+``check_store`` opens the store in a node's data directory (its SQLite file, or its RocksDB
+directory) and reads all of it (``Store.check``: damaged records, figures recounted);
+``move_store_aside`` renames a damaged store (and a SQLite store's companions) out of the way,
+so the node starts empty and ``zring repair`` refills it from its replicas. Nothing here
+deletes a file or prints: the CLI says what was found and what to do next.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from zring.errors import StorageError, ZringError
-from zring.storage import STORE_FILE
+from zring.storage import ROCKS_DIR, STORE_FILE
 from zring.storage.base import Store
 from zring.storage.sqlite import SQLiteStore
 
@@ -47,6 +48,9 @@ def check_store(data_dir: str) -> StoreCheck:
     """Check the store in ``data_dir`` (the node must be stopped). ZringError if there is no
     store at all; the StorageError itself when the store cannot be checked for a reason
     other than damage (locked, another format)."""
+    rocks = os.path.join(data_dir, ROCKS_DIR)
+    if os.path.lexists(rocks):
+        return _check_rocks(rocks)
     path = os.path.join(data_dir, STORE_FILE)
     companions = [path + suffix for suffix in STORE_COMPANIONS if os.path.lexists(path + suffix)]
     if not os.path.isfile(path) and not companions:
@@ -57,6 +61,20 @@ def check_store(data_dir: str) -> StoreCheck:
                                  "remain"])
     try:
         store = SQLiteStore(path)
+    except StorageError as exc:
+        if not is_damage(exc):
+            raise
+        return StoreCheck(path, [exc.message])
+    return _check_open_store(store, path)
+
+
+def _check_rocks(path: str) -> StoreCheck:
+    """Check the RocksDB store (a directory) at ``path``."""
+    from zring.storage.rocks import RocksStore
+    if not os.path.isdir(path):
+        return StoreCheck(path, [f"{path} is not a directory (a RocksDB store is one)"])
+    try:
+        store = RocksStore(path)
     except StorageError as exc:
         if not is_damage(exc):
             raise
@@ -88,8 +106,9 @@ def _check_open_store(store: Store, path: str) -> StoreCheck:
 
 
 def move_store_aside(path: str) -> list[tuple[str, str]]:
-    """Rename the store at ``path`` and its -wal/-shm files to ``PATH.damaged-<UTC time>``
-    (never deleting anything); returns the (from, to) pairs. The companions go first: a
+    """Rename the store at ``path`` (a SQLite file, or a RocksDB directory) and its -wal/-shm
+    files to ``PATH.damaged-<UTC time>`` (never deleting anything); returns the (from, to)
+    pairs. The companions go first: a
     write-ahead log left beside the new, empty store could be replayed into it."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     base = f"{path}.damaged-{stamp}"

@@ -27,24 +27,20 @@ the snapshot (no snapshot is used: each scan reads one iterator, a consistent vi
 
 from __future__ import annotations
 
-import functools
 import os
-import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
 
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
+from rocksdict import WriteOptions
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import rocks_check
-from zring.storage.base import Hint, Record, Store, StoreStats, position_group_cut
-from zring.storage.rocks_batch import Families, Pending
+from zring.storage.base import Record, Store, StoreStats, position_group_cut
+from zring.storage.rocks_batch import Pending
 from zring.storage.rocks_format import (
-    CF_HINTS,
     CF_META,
     CF_RECORDS,
     CF_TOMBSTONES,
@@ -56,55 +52,23 @@ from zring.storage.rocks_format import (
     VALUE_HEADER,
     decode_counts,
     encode_counts,
-    hint_created_key,
-    hint_id_key,
-    hint_target_prefix,
     meta_family,
     position_end,
     position_start,
     rocks_error,
+    translating_errors,
 )
-from zring.storage.rocks_records import (
-    DamagedEntry,
-    counted,
-    decode_hint,
-    decode_record,
-    encode_hint,
-    record_row,
-    wire_rows,
-)
+from zring.storage.rocks_hints import HintMethods
+from zring.storage.rocks_open import open_database
+from zring.storage.rocks_records import counted, decode_record, record_row, wire_rows
 
 __all__ = ["RocksStore"]
 
 _KEYS_BATCH = 1000
 _HEADER = VALUE_HEADER.size
 _unpack_header = VALUE_HEADER.unpack_from
-_Method = TypeVar("_Method", bound=Callable)
 
-
-def _translating_errors(method: _Method) -> _Method:
-    """Refuse a closed store; re-raise rocksdict's failures (plain ``Exception``s) and
-    undecodable stored bytes as a StorageError naming the store."""
-
-    @functools.wraps(method)
-    def translated(self: RocksStore, *args, **kwargs):
-        if self._closed:
-            raise rocks_error(self.path, RuntimeError(), closed=True)
-        try:
-            return method(self, *args, **kwargs)
-        except (struct.error, UnicodeDecodeError, DamagedEntry) as exc:
-            raise StorageError(f"store {self.path} is damaged: a stored entry does not "
-                               f"decode ({exc})", path=str(self.path),
-                               reason="damaged") from exc
-        except Exception as exc:
-            if type(exc) is Exception or type(exc).__name__ == "DbClosedError":
-                raise rocks_error(self.path, exc) from exc
-            raise
-
-    return translated  # type: ignore[return-value]
-
-
-class RocksStore(Store):
+class RocksStore(HintMethods, Store):
     """A ``Store`` in the RocksDB directory at ``path`` (created, with its parent, if
     missing). ``sync=True``: every commit is a synced WAL write (``--fsync always``)."""
 
@@ -118,7 +82,7 @@ class RocksStore(Store):
         self._live = self._tombstones = self._bytes = 0
         self._next_hint_id = 1
         self._hint_counts: dict[str, int] = {}
-        self._db, self._families = self._open()
+        self._db, self._families = open_database(self.path)
         self._tables = self._families.tables
         self._records = self._tables[CF_RECORDS]
         try:
@@ -130,19 +94,19 @@ class RocksStore(Store):
 
     # ------------------------------------------------------------------ records
 
-    @_translating_errors
+    @translating_errors
     def get(self, key: str) -> Record | None:
         position = key_position(key)
         row_key = position.to_bytes(8, "big") + key.encode("utf-8")
         raw = self._pending.lookup(CF_RECORDS, row_key, self._tables)
         return None if raw is None else decode_record(row_key, raw)
 
-    @_translating_errors
+    @translating_errors
     def get_wire(self, key: str) -> list | None:
         record = self.get(key)
         return None if record is None else [record.key, record.value, *record.version]
 
-    @_translating_errors
+    @translating_errors
     def get_wire_many(self, keys: list[str]) -> list[list | None]:
         row_keys = [key_position(k).to_bytes(8, "big") + k.encode("utf-8") for k in keys]
         answers: list[list | None] = []
@@ -155,25 +119,25 @@ class RocksStore(Store):
                 answers.append([key, value, timestamp, writer])
         return answers
 
-    @_translating_errors
+    @translating_errors
     def put(self, record: Record) -> bool:
         with self.group_commit():
             return self._upsert([record_row(record)])[0] is None
 
-    @_translating_errors
+    @translating_errors
     def put_many(self, records: Iterable[Record]) -> int:
         rows = [record_row(record) for record in records]  # all checked before any write
         with self.group_commit():
             return sum(answer is None for answer in self._upsert(rows))
 
-    @_translating_errors
+    @translating_errors
     def put_wire(self, items: list) -> tuple[int, int]:
         rows, size = wire_rows(items)
         with self.group_commit():
             self._upsert(rows)
         return len(rows), size
 
-    @_translating_errors
+    @translating_errors
     def write_if_newer(self, items: list) -> list[list | None]:
         """See ``Store.write_if_newer``: items in order, each against what is held at that
         point (an earlier item of the batch included)."""
@@ -225,7 +189,7 @@ class RocksStore(Store):
         else:
             self._live -= 1
 
-    @_translating_errors
+    @translating_errors
     def range_stats(self, low: int, high: int) -> tuple[int, int]:
         records = size = 0
         for row_key, raw in self._range(low, high):
@@ -234,7 +198,7 @@ class RocksStore(Store):
             size += len(record.key) + (0 if record.value is None else len(record.value))
         return records, size
 
-    @_translating_errors
+    @translating_errors
     def scan_range(self, low: int, high: int, *, after: int | None = None,
                    limit: int = 1000) -> list[Record]:
         """See ``Store.scan_range`` (and ``SQLiteStore.scan_range``: a page never splits the
@@ -259,7 +223,7 @@ class RocksStore(Store):
         return self._pending.iterate(CF_RECORDS, self._records, position_start(low),
                                      position_end(high))
 
-    @_translating_errors
+    @translating_errors
     def delete_range(self, low: int, high: int) -> int:
         low, high = max(low, 0), min(high, RING_SIZE - 1)
         if low > high:
@@ -283,7 +247,7 @@ class RocksStore(Store):
             self._bytes -= size
         return gone
 
-    @_translating_errors
+    @translating_errors
     def delete_keys(self, keys: Iterable[str]) -> int:
         row_keys = list(dict.fromkeys(key_position(k).to_bytes(8, "big") + k.encode("utf-8")
                                       for k in keys))
@@ -313,21 +277,21 @@ class RocksStore(Store):
                 return
             begin = batch[-1][0] + b"\x00"
 
-    @_translating_errors
+    @translating_errors
     def _keys_batch(self, begin: bytes) -> list[tuple[bytes, int]]:
         items = self._pending.iterate(CF_RECORDS, self._records, begin, None)
         return [(row_key, raw[8]) for row_key, raw in islice(items, _KEYS_BATCH)]
 
-    @_translating_errors
+    @translating_errors
     def count(self, *, include_tombstones: bool = False) -> int:
         return self._live + (self._tombstones if include_tombstones else 0)
 
-    @_translating_errors
+    @translating_errors
     def stats(self) -> StoreStats:
         return StoreStats(self._live, self._tombstones, self._bytes,
                           sum(self._hint_counts.values()))
 
-    @_translating_errors
+    @translating_errors
     def purge_tombstones(self, older_than_ts: int, *, limit: int = 10_000) -> int:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -351,97 +315,15 @@ class RocksStore(Store):
 
     # ------------------------------------------------------------------ meta
 
-    @_translating_errors
+    @translating_errors
     def get_meta(self, name: str) -> bytes | None:
         raw = self._pending.lookup(meta_family(name), name.encode("utf-8"), self._tables)
         return None if raw is None else bytes(raw)
 
-    @_translating_errors
+    @translating_errors
     def set_meta(self, name: str, value: bytes) -> None:
         with self.group_commit():
             self._pending.put(meta_family(name), name.encode("utf-8"), bytes(value))
-
-    # ------------------------------------------------------------------ hints
-
-    @_translating_errors
-    def add_hints(self, hints: Iterable[Hint]) -> int:
-        batch = [(hint, record_row(hint.record)) for hint in hints]  # checks the record
-        for hint, _ in batch:
-            if not 0 <= hint.created_ms < TIMESTAMP_LIMIT:
-                raise ValueError(f"created_ms {hint.created_ms} of the hint for "
-                                 f"{hint.target!r} is outside [0, 2**63)")
-        put = self._pending.put
-        with self.group_commit():
-            for hint, _ in batch:
-                hint_id = self._next_hint_id
-                self._next_hint_id += 1
-                put(CF_HINTS, hint_id_key(hint_id), encode_hint(hint))
-                put(CF_HINTS, hint_target_prefix(hint.target) + hint_id.to_bytes(8, "big"), b"")
-                put(CF_HINTS, hint_created_key(hint.created_ms, hint_id), b"")
-                self._hint_counts[hint.target] = self._hint_counts.get(hint.target, 0) + 1
-        return len(batch)
-
-    @_translating_errors
-    def hints_for(self, target: str, *, limit: int = 1000) -> list[Hint]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        prefix = hint_target_prefix(target)
-        table = self._tables[CF_HINTS]
-        entries = islice(self._pending.iterate(CF_HINTS, table, prefix,
-                                               prefix + b"\xff" * 9), limit)
-        hints = []
-        for key, _ in list(entries):
-            hint_id = int.from_bytes(key[len(prefix):], "big")
-            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
-            if raw is not None:
-                hints.append(decode_hint(hint_id, raw))
-        return hints
-
-    @_translating_errors
-    def delete_hints(self, hint_ids: Iterable[int]) -> int:
-        found = []
-        for hint_id in dict.fromkeys(hint_ids):
-            if not 0 < hint_id < (1 << 64):
-                continue
-            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
-            if raw is not None:
-                found.append(decode_hint(hint_id, raw))
-        with self.group_commit():
-            for hint in found:
-                self._forget_hint(hint)
-        return len(found)
-
-    @_translating_errors
-    def hint_counts(self) -> dict[str, int]:
-        return dict(self._hint_counts)
-
-    @_translating_errors
-    def expire_hints(self, created_before_ms: int) -> int:
-        if created_before_ms <= 0:
-            return 0
-        end = b"c" + min(created_before_ms, TIMESTAMP_LIMIT).to_bytes(8, "big")
-        table = self._tables[CF_HINTS]
-        found = []
-        for key, _ in list(self._pending.iterate(CF_HINTS, table, b"c", end)):
-            hint_id = int.from_bytes(key[9:], "big")
-            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
-            if raw is not None:
-                found.append(decode_hint(hint_id, raw))
-        with self.group_commit():
-            for hint in found:
-                self._forget_hint(hint)
-        return len(found)
-
-    def _forget_hint(self, hint: Hint) -> None:
-        put = self._pending.put
-        put(CF_HINTS, hint_id_key(hint.hint_id), None)
-        put(CF_HINTS, hint_target_prefix(hint.target) + hint.hint_id.to_bytes(8, "big"), None)
-        put(CF_HINTS, hint_created_key(hint.created_ms, hint.hint_id), None)
-        left = self._hint_counts[hint.target] - 1
-        if left > 0:
-            self._hint_counts[hint.target] = left
-        else:
-            del self._hint_counts[hint.target]
 
     # ------------------------------------------------------------------ durability
 
@@ -473,7 +355,7 @@ class RocksStore(Store):
             raise rocks_error(self.path, exc) from exc
         self._pending.clear()
 
-    @_translating_errors
+    @translating_errors
     def sync(self) -> None:
         self._db.flush_wal(True)
 
@@ -516,40 +398,7 @@ class RocksStore(Store):
         self._families.release()
         self._db.close()
 
-    def _open(self) -> tuple[Rdict, Families]:
-        path = self.path
-        if path.exists() and not path.is_dir():
-            raise StorageError(f"{path} is not a zring store (not a RocksDB directory)",
-                               path=str(path), reason="damaged")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create the directory for {path}: {exc}",
-                               path=str(path), reason="error") from exc
-        if (path / "CURRENT").exists():
-            try:
-                found = Rdict.list_cf(str(path), Options(raw_mode=True))
-            except Exception as exc:
-                raise rocks_error(path, exc, opening=True) from exc
-            if not set(COLUMN_FAMILIES) <= set(found):
-                raise StorageError(f"{path} is a RocksDB database but not a zring store "
-                                   f"(it has column families {sorted(found)})",
-                                   path=str(path), reason="foreign")
-        elif path.is_dir() and any(path.iterdir()):
-            raise StorageError(f"{path} is not a zring store (a directory without a RocksDB "
-                               f"database in it)", path=str(path), reason="foreign")
-        families = {name: _family_options(name) for name in COLUMN_FAMILIES}
-        try:
-            db = Rdict(str(path), _db_options(), column_families=families)
-        except Exception as exc:
-            raise rocks_error(path, exc, opening=True) from exc
-        try:
-            return db, Families(db, COLUMN_FAMILIES)
-        except Exception as exc:
-            db.close()
-            raise rocks_error(path, exc, opening=True) from exc
-
-    @_translating_errors
+    @translating_errors
     def _load_figures(self) -> None:
         meta = self._tables[CF_META]
         stored_format = meta.get(b"format")
@@ -578,22 +427,3 @@ class RocksStore(Store):
         with self.group_commit():
             self._pending.put(CF_META, COUNTS, encode_counts(*recounted))
 
-
-def _db_options() -> Options:
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.create_missing_column_families(True)
-    options.set_max_background_jobs(2)
-    options.set_keep_log_file_num(2)
-    # the small families (meta, progress) would otherwise pin old WAL files for long
-    options.set_max_total_wal_size(64 * 1024 * 1024)
-    return options
-
-
-def _family_options(name: str) -> Options:
-    options = Options(raw_mode=True)
-    if name == CF_RECORDS:
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)   # last writer wins reads a key before each write
-        options.set_block_based_table_factory(table)
-    return options

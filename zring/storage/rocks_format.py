@@ -24,8 +24,11 @@ position: the exclusive end of a range.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 
@@ -33,9 +36,10 @@ from zring.errors import StorageError
 
 __all__ = ["CF_HINTS", "CF_META", "CF_PROGRESS", "CF_RECORDS", "CF_TOMBSTONES",
            "COLUMN_FAMILIES", "COUNTS", "FORMAT_VERSION", "KIND_BYTES", "KIND_STR",
-           "KIND_TOMBSTONE", "TIMESTAMP_LIMIT", "VALUE_HEADER", "decode_counts",
-           "encode_counts", "hint_created_key", "hint_id_key", "hint_target_prefix",
-           "meta_family", "position_end", "position_start", "rocks_error"]
+           "KIND_TOMBSTONE", "MAX_WRITER_BYTES", "TIMESTAMP_LIMIT", "VALUE_HEADER",
+           "DamagedEntry", "decode_counts", "encode_counts", "hint_created_key", "hint_id_key",
+           "hint_target_prefix", "meta_family", "position_end", "position_start",
+           "rocks_error", "translating_errors"]
 
 FORMAT_VERSION = b"rocks-1"  # bump with any change to a key or value encoding
 CF_RECORDS, CF_TOMBSTONES, CF_HINTS, CF_META, CF_PROGRESS = (
@@ -118,3 +122,33 @@ def rocks_error(path: Path, exc: BaseException, *, closed: bool = False,
         return StorageError(f"store {name}: the disk is full ({text})", path=name,
                             reason="error")
     return StorageError(f"store {name}: {text}", path=name, reason="error")
+
+
+class DamagedEntry(ValueError):
+    """A stored record or hint that does not decode."""
+
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def translating_errors(method: _Method) -> _Method:
+    """A store method that refuses a closed store (its ``_closed``) and re-raises rocksdict's
+    failures (plain ``Exception``s) and stored bytes that do not decode as a StorageError
+    naming the store (its ``path``)."""
+
+    @functools.wraps(method)
+    def translated(self, *args, **kwargs):
+        if self._closed:
+            raise rocks_error(self.path, RuntimeError(), closed=True)
+        try:
+            return method(self, *args, **kwargs)
+        except (struct.error, UnicodeDecodeError, DamagedEntry) as exc:
+            raise StorageError(f"store {self.path} is damaged: a stored entry does not "
+                               f"decode ({exc})", path=str(self.path),
+                               reason="damaged") from exc
+        except Exception as exc:
+            if type(exc) is Exception or type(exc).__name__ == "DbClosedError":
+                raise rocks_error(self.path, exc) from exc
+            raise
+
+    return translated  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from zring.storage.rocks_format import (
     MAX_WRITER_BYTES,
     TIMESTAMP_LIMIT,
     VALUE_HEADER,
+    DamagedEntry,
 )
 from zring.versions import Version
 
@@ -25,10 +26,6 @@ __all__ = ["DamagedEntry", "counted", "decode_hint", "decode_record", "encode_hi
 _HEADER = VALUE_HEADER.size
 _pack_header = VALUE_HEADER.pack
 _unpack_header = VALUE_HEADER.unpack_from
-
-
-class DamagedEntry(ValueError):
-    """A stored record or hint that does not decode."""
 
 
 def _stored(timestamp: int, writer: bytes, value: bytes | str | None) -> tuple[bytes, int]:

@@ -1,0 +1,70 @@
+"""Opening a RocksStore's database: refusing what is not a zring store, and the options
+each column family is opened with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rocksdict import BlockBasedOptions, Options, Rdict
+
+from zring.errors import StorageError
+from zring.storage.rocks_batch import Families
+from zring.storage.rocks_format import CF_RECORDS, COLUMN_FAMILIES, rocks_error
+
+__all__ = ["open_database"]
+
+
+def open_database(path: Path) -> tuple[Rdict, Families]:
+    """The RocksDB database of a store at ``path`` (created if missing) and its column
+    families; StorageError if it cannot be opened or is not a zring store."""
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{path} is not a zring store (not a RocksDB directory)",
+                           path=str(path), reason="damaged")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the directory for {path}: {exc}",
+                           path=str(path), reason="error") from exc
+    if (path / "CURRENT").exists():
+        try:
+            found = Rdict.list_cf(str(path), Options(raw_mode=True))
+        except Exception as exc:
+            raise rocks_error(path, exc, opening=True) from exc
+        if not set(COLUMN_FAMILIES) <= set(found):
+            raise StorageError(f"{path} is a RocksDB database but not a zring store "
+                               f"(it has column families {sorted(found)})",
+                               path=str(path), reason="foreign")
+    elif path.is_dir() and any(path.iterdir()):
+        raise StorageError(f"{path} is not a zring store (a directory without a RocksDB "
+                           f"database in it)", path=str(path), reason="foreign")
+    families = {name: _family_options(name) for name in COLUMN_FAMILIES}
+    try:
+        db = Rdict(str(path), _db_options(), column_families=families)
+    except Exception as exc:
+        raise rocks_error(path, exc, opening=True) from exc
+    try:
+        return db, Families(db, COLUMN_FAMILIES)
+    except Exception as exc:
+        db.close()
+        raise rocks_error(path, exc, opening=True) from exc
+
+
+
+def _db_options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    options.set_max_background_jobs(2)
+    options.set_keep_log_file_num(2)
+    # the small families (meta, progress) would otherwise pin old WAL files for long
+    options.set_max_total_wal_size(64 * 1024 * 1024)
+    return options
+
+
+def _family_options(name: str) -> Options:
+    options = Options(raw_mode=True)
+    if name == CF_RECORDS:
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)   # last writer wins reads a key before each write
+        options.set_block_based_table_factory(table)
+    return options
