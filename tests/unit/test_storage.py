@@ -1,5 +1,6 @@
-"""The SQLite store's file: persistence, schema, indexes, migration, checks and failures;
-``zring.storage.check``. The Store contract every store keeps (memory, SQLite, RocksDB) is
+"""The stores' files: SQLite's persistence, schema, indexes, migration, checks and failures;
+RocksDB's reopening, damage, refusals and rocksdict's quirks; ``zring.storage.check`` and
+``open_store``. The Store contract every store keeps (memory, SQLite, RocksDB) is
 tested in test_store_contract.py.
 """
 
@@ -16,7 +17,16 @@ import pytest
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
-from zring.storage import MemoryStore, Record, SQLiteStore, sqlite_check, sqlite_schema
+from zring.storage import (
+    ROCKS_DIR,
+    MemoryStore,
+    Record,
+    RocksStore,
+    SQLiteStore,
+    open_store,
+    sqlite_check,
+    sqlite_schema,
+)
 from zring.storage import sqlite as sqlite_store
 from zring.storage.base import Hint
 from zring.versions import LOGICAL_BITS, Version
@@ -611,3 +621,194 @@ def test_check_store_without_a_store_names_the_directory(tmp_path):
     from zring.storage.check import check_store
     with pytest.raises(ZringError, match="no store at .*is --data-dir right"):
         check_store(str(tmp_path))
+
+
+# ------------------------------------------------------------------ the RocksDB store
+
+
+def rocks_fill(path: Path, count: int = 2000) -> RocksStore:
+    store = RocksStore(path)
+    store.put_many(record(f"key{i}", f"value {i}" * 3, i + 1) for i in range(count))
+    store.put_many(record(f"key{i}", None, 10_000) for i in range(0, count, 7))
+    return store
+
+
+def test_rocks_reopens_in_the_same_process_and_refuses_a_second_opener(tmp_path):
+    # rocksdict quirk: a column-family object still referenced keeps the LOCK after close
+    path = tmp_path / "store.rocks"
+    store = rocks_fill(path, 10)
+    with pytest.raises(StorageError, match="locked") as refused:
+        RocksStore(path)
+    assert refused.value.details["reason"] == "locked"
+    store.close()
+    for _ in range(3):
+        with RocksStore(path) as again:
+            assert again.count() == 8
+    probe = subprocess.run([sys.executable, "-c", (
+        "import sys; from zring.storage import RocksStore\n"
+        "from zring.errors import StorageError\n"
+        f"try: RocksStore({str(path)!r})\n"
+        "except StorageError as e: print(e.details['reason'])")],
+        capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == ""   # closed: another process opens it
+    with RocksStore(path):
+        probe = subprocess.run(probe.args, capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == "locked"
+
+
+def test_rocksdict_iterators_are_their_own_consistent_view(tmp_path):
+    # rocksdict quirk: a snapshot's iterator ignores the snapshot; the store uses none, and
+    # relies on an iterator opened before a write not seeing it
+    from rocksdict import Options, Rdict
+    db = Rdict(str(tmp_path / "raw"), Options(raw_mode=True))
+    try:
+        for i in range(5):
+            db.put(bytes([i]), b"a")
+        snapshot = db.snapshot()
+        items = db.items()
+        db.put(b"\x09", b"b")
+        assert [key for key, _ in items] == [bytes([i]) for i in range(5)]
+        del snapshot, items
+    finally:
+        db.close()
+
+
+def test_rocks_range_bounds_outlive_their_read_options(tmp_path):
+    # rocksdict quirk: an iterator does not keep its ReadOptions (and upper bound) alive
+    import gc
+
+    from zring.storage.rocks_batch import items
+    with RocksStore(tmp_path / "store.rocks") as store:
+        put = [record(f"k{i}", "v", 1, position=i << 56) for i in range(256)]
+        store.put_many(put)
+        scans = [items(store._records, (i << 56).to_bytes(8, "big"),
+                       ((i + 16) << 56).to_bytes(8, "big")) for i in range(0, 240, 16)]
+        gc.collect()
+        junk = [bytes([0x01]) * 9 for _ in range(10_000)]
+        assert [len(list(scan)) for scan in scans] == [16] * 15
+        del junk
+
+
+def test_rocks_commit_failure_leaves_the_store_as_before(tmp_path, monkeypatch):
+    with RocksStore(tmp_path / "store.rocks") as store:
+        store.put(record("kept", b"v", 1))
+        store.add_hints([hint("n2", "h", "v", 1)])
+        before = (store.stats(), store.hint_counts(), store.get("kept"))
+
+        def full_disk(*args):
+            raise Exception("IO error: No space left on device")
+        monkeypatch.setattr(store._pending, "commit", full_disk)
+        with pytest.raises(StorageError, match="disk is full") as failed:
+            with store.group_commit():
+                store.put(record("lost", b"v", 1))
+                store.put(record("kept", None, 2))
+                store.add_hints([hint("n3", "h", "v", 1)])
+        assert failed.value.details["reason"] == "error"
+        monkeypatch.undo()
+        assert (store.stats(), store.hint_counts(), store.get("kept")) == before
+        assert store.get("lost") is None
+        store.add_hints([hint("n3", "h", "v", 1)])
+        assert [h.hint_id for h in store.hints_for("n3")] == [2]   # the lost id is reused
+        assert store.check() == []
+
+
+def test_rocks_committed_writes_survive_the_process_dying(tmp_path):
+    path = tmp_path / "store.rocks"
+    script = (
+        "import os; from zring.storage import RocksStore, Record\n"
+        "from zring.hashing import key_position; from zring.versions import Version\n"
+        f"s = RocksStore({str(path)!r})\n"
+        "for i in range(50):\n"
+        "    with s.group_commit():\n"
+        "        s.put(Record(f'k{i}', b'v', Version(i + 1, 'n'), key_position(f'k{i}')))\n"
+        "        s.set_meta('join_progress', str(i).encode())\n"
+        "s._pending.put('records', b'\\x00' * 8 + b'uncommitted', b'junk')\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with RocksStore(path) as store:
+        assert store.count() == 50 and store.get_meta("join_progress") == b"49"
+        assert store.check() == []
+
+
+def test_rocks_check_reports_damaged_records_and_wrong_figures(tmp_path):
+    from zring.storage.rocks_format import CF_RECORDS, CF_TOMBSTONES
+    with rocks_fill(tmp_path / "store.rocks", 100) as store:
+        assert store.check() == []
+        records = store._tables[CF_RECORDS]
+        wrong = key_position("moved") ^ 1
+        records.put(wrong.to_bytes(8, "big") + b"moved", next(iter(records.values())))
+        records.put(key_position("junk").to_bytes(8, "big") + b"junk", b"\x00\x01")
+        store._tables[CF_TOMBSTONES].put(b"\x00" * 8 + b"nothing", b"")
+        problems = store.check()
+    text = "\n".join(problems)
+    assert "'moved': position does not match the key's hash" in text
+    assert "'junk': does not decode" in text
+    assert "names no tombstone" in text
+    assert "record counts stored (85, 15, " in text and "(86, 15, " in text
+
+
+def test_rocks_check_store_finds_a_damaged_table_file_and_moves_the_store_aside(tmp_path):
+    from zring.storage.check import check_store, move_store_aside
+    path = tmp_path / ROCKS_DIR
+    with rocks_fill(path, 3000) as store:
+        store._db.flush()
+    found = check_store(str(tmp_path))
+    assert found.healthy and found.summary.startswith(
+        f"ok: {path}, 2571 keys, 429 tombstones, format rocks-1")
+    table = max(path.glob("*.sst"), key=lambda file: file.stat().st_size)   # the records
+    data = bytearray(table.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 64] = bytes(64)
+    table.write_bytes(bytes(data))
+    found = check_store(str(tmp_path))
+    assert not found.healthy and any("Corruption" in p for p in found.problems)
+    [(source, target)] = move_store_aside(found.path)
+    assert source == str(path) and ".damaged-" in target and not path.exists()
+
+
+def test_rocks_refuses_what_is_not_its_store(tmp_path):
+    from rocksdict import Options, Rdict
+
+    from zring.storage.rocks_format import CF_META
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"x")
+    cases = {"damaged": not_a_dir, "foreign": tmp_path / "other"}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    Rdict(str(tmp_path / "plain"), Options(raw_mode=True)).close()
+    for reason, path in [*cases.items(), ("foreign", tmp_path / "plain")]:
+        with pytest.raises(StorageError) as refused:
+            RocksStore(path)
+        assert refused.value.details["reason"] == reason, path
+    with RocksStore(tmp_path / "old") as store:
+        store._tables[CF_META].put(b"format", b"rocks-0")
+    with pytest.raises(StorageError, match="format b'rocks-0'") as refused:
+        RocksStore(tmp_path / "old")
+    assert refused.value.details["reason"] == "format"
+
+
+def test_rocks_recounts_figures_it_cannot_read(tmp_path):
+    from zring.storage.rocks_format import CF_META, COUNTS
+    path = tmp_path / "store.rocks"
+    with rocks_fill(path, 50) as store:
+        store.add_hints([hint("n2", "h", "v", 1), hint("n2", "h", "v", 2)])
+        figures, hints = store.stats(), store.hint_counts()
+        store._tables[CF_META].put(COUNTS, b"\xc1")
+    with RocksStore(path) as store:
+        assert store.stats() == figures and store.hint_counts() == hints
+        store.add_hints([hint("n3", "h", "v", 1)])
+        assert store.hints_for("n3")[0].hint_id == 3 and store.check() == []
+
+
+def test_open_store_picks_the_kind_and_refuses_the_other_kinds_directory(tmp_path):
+    with open_store(str(tmp_path), "rocksdb", fsync="always") as store:
+        assert isinstance(store, RocksStore) and store._write_options.sync
+    with pytest.raises(StorageError, match="holds a rocksdb store .*--store rocksdb") as no:
+        open_store(str(tmp_path), "sqlite")
+    assert no.value.details["reason"] == "format"
+    with open_store(str(tmp_path / "s"), "sqlite") as store:
+        assert isinstance(store, SQLiteStore)
+    with pytest.raises(StorageError, match="--store sqlite"):
+        open_store(str(tmp_path / "s"), "rocksdb")
+    with pytest.raises(ValueError):
+        open_store(str(tmp_path), "lmdb")

@@ -2,7 +2,7 @@
 ``RocksStore``. Last writer wins, position-ordered ranges, tombstone collection, meta, hints,
 group commit and the kept figures behave the same in each (the simulation relies on the
 memory store behaving exactly like the durable ones). Tests of one store's files are in
-test_storage.py (SQLite) and test_rocks_store.py (RocksDB).
+test_storage.py.
 """
 
 from __future__ import annotations

@@ -128,17 +128,27 @@ def items(table: Rdict, begin: bytes, end: bytes | None, *,
           verify: bool = False) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) of ``table`` with ``begin <= key < end`` (None: to the end), in order.
 
-    rocksdict 0.3.x quirk: an iterator does not keep its ReadOptions alive, and the upper
-    bound lives in them; once they are freed the bound dangles and a scan ends early (or
-    runs on). The generator holds them for as long as the iteration lasts."""
+    Two rocksdict 0.3.x quirks are handled here. An iterator does not keep its ReadOptions
+    alive, and the upper bound lives in them: once they are freed the bound dangles and a
+    scan ends early (or runs on), so this generator holds them while the iteration lasts.
+    And ``items()`` ends at the first error (a block whose checksum fails) as if the data
+    ended there, without raising it: when it ends, an iterator placed just after the last
+    key it gave says whether that was the end (and raises RocksDB's error if it was not)."""
     options = ReadOptions()
     if end is not None:
         options.set_iterate_upper_bound(end)
     if verify:   # ``zring check``: read every block through its checksum, bypassing the cache
         options.set_verify_checksums(True)
         options.fill_cache(False)
-    yield from table.items(from_key=begin, read_opt=options)
-    del options, end
+    last = None
+    for last, value in table.items(from_key=begin, read_opt=options):
+        yield last, value
+    probe = table.iter(options)
+    probe.seek(begin if last is None else last + b"\x00")
+    probe.status()   # raises the error that ended ``items()``, if one did
+    if probe.valid():
+        raise Exception(f"Corruption: a scan ended early, before {probe.key()!r}")
+    del probe, options, end
 
 
 def _merge(stored: Iterator[tuple[bytes, bytes]], pending_keys: Iterator[bytes],

@@ -10,6 +10,7 @@ indexes; and the figures the store keeps must match what is counted.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 from rocksdict import Rdict
@@ -32,7 +33,7 @@ from zring.storage.rocks_records import counted, decode_hint, decode_record
 __all__ = ["recount", "store_problems"]
 
 _MAX_ROW_PROBLEMS = 20  # listed per family; the rest are counted
-_DECODE_ERRORS = (ValueError, UnicodeDecodeError, IndexError, TypeError)
+_DECODE_ERRORS = (ValueError, UnicodeDecodeError, IndexError, TypeError, struct.error)
 
 
 class _Problems:
