@@ -2,10 +2,12 @@
 commit), readable before it commits.
 
 rocksdict has no indexed write batch (RocksDB's WriteBatchWithIndex), so the pending writes
-are kept here as well, per column family in key order, with the record ranges dropped in the
-cycle; reads merge them over the database (``lookup``, ``iterate``). ``commit`` turns them
-into one WriteBatch: the dropped ranges first (DeleteRange), then every pending key's final
-value, so the batch leaves the database exactly as the merged view reads it. Nothing here
+are kept here as well, per column family, with the record ranges dropped in the cycle;
+reads merge them over the database (``lookup``; ``iterate`` sorts the pending keys of its
+range: a dict costs a write less than a sorted map, and scans in a writing cycle are few).
+``commit`` turns them into one WriteBatch: the dropped ranges first (DeleteRange), then every
+pending key's final value, so the batch leaves the database exactly as the merged view reads
+it. Nothing here
 reaches the database until ``commit``: abandoning a cycle is dropping this object.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
-from sortedcontainers import SortedDict
 
 from zring.storage.rocks_format import CF_RECORDS
 
@@ -43,7 +44,7 @@ class Pending:
     ranges ([begin, end) keys)."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
-        self.writes: dict[str, SortedDict] = {name: SortedDict() for name in names}
+        self.writes: dict[str, dict[bytes, bytes | None]] = {name: {} for name in names}
         self.records = self.writes[CF_RECORDS]
         self.dropped: list[tuple[bytes, bytes]] = []
         self.dirty = False
@@ -61,7 +62,7 @@ class Pending:
     def drop_records(self, begin: bytes, end: bytes) -> None:
         """Every record with ``begin <= key < end`` goes (pending ones included)."""
         pending = self.records
-        for key in list(pending.irange(begin, end, inclusive=(True, False))):
+        for key in [key for key in pending if begin <= key < end]:
             del pending[key]
         self.dropped.append((begin, end))
         self.dirty = True
@@ -96,8 +97,8 @@ class Pending:
         dropped = self.dropped if family == CF_RECORDS else []
         if not pending and not dropped:
             return stored
-        return _merge(stored, pending.irange(begin, end, inclusive=(True, False)) if end
-                      is not None else pending.irange(minimum=begin), pending, dropped)
+        ours = sorted(key for key in pending if begin <= key and (end is None or key < end))
+        return _merge(stored, iter(ours), pending, dropped)
 
     def commit(self, families: Families, options: WriteOptions) -> None:
         """One WriteBatch of everything pending, written with ``options``; raises what
@@ -152,7 +153,7 @@ def items(table: Rdict, begin: bytes, end: bytes | None, *,
 
 
 def _merge(stored: Iterator[tuple[bytes, bytes]], pending_keys: Iterator[bytes],
-           pending: SortedDict, dropped: list[tuple[bytes, bytes]]
+           pending: dict[bytes, bytes | None], dropped: list[tuple[bytes, bytes]]
            ) -> Iterator[tuple[bytes, bytes]]:
     def visible(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         for key, value in items:
