@@ -6,6 +6,7 @@
     zring add-node NODE_ID ADDRESS zring remove-node NODE_ID [--force]
     zring rebalance                zring repair             zring ping
     zring check --data-dir var/node1 [--rebuild]   (offline: verify a stopped node's store)
+    zring migrate --data-dir var/node1   (offline: convert a stopped node's SQLite store to RocksDB)
 
 Client commands find the cluster through ``--seeds`` (comma-separated ROUTER endpoints),
 else ``$ZRING_SEEDS``, else the local supervisord cluster (127.0.0.1:7001..7003).
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 from zring.cli.commands import (
     _cmd_check,
     _cmd_keygen,
+    _cmd_migrate,
     _cmd_node,
     _store_error_message,  # noqa: F401 - the tests check its hint
 )
@@ -70,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "migrate":
+            return _cmd_migrate(args)
         if args.command == "keygen":
             return _cmd_keygen(args)
         if args.command == "node":

@@ -87,6 +87,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from zring.storage.migrate import migrate_to_rocksdb
+    done = migrate_to_rocksdb(args.data_dir, progress=lambda text: print(text, file=sys.stderr))
+    stats = done.stats
+    print(f"migrated {done.source} -> {done.target}: {stats.keys} keys, {stats.tombstones} "
+          f"tombstones, {stats.bytes:,} bytes, {stats.hints} hints, {len(done.meta)} named "
+          f"blobs, verified ({done.seconds:.1f} s)")
+    print(f"the SQLite store is kept as {done.backup}: delete it once the node runs well on "
+          f"RocksDB")
+    print(f"start the node with --store rocksdb (and --data-dir {shlex.quote(args.data_dir)})")
+    return 0
+
+
 def _not_rebuilt(exc: StorageError, rebuild: bool) -> ZringError:
     """The error for a store that cannot be checked for a reason other than damage."""
     message = exc.message or str(exc)

@@ -24,7 +24,7 @@ from zring.cli.commands import (
     _cmd_stats,
     _cmd_status,
 )
-from zring.storage import STORE_FILE
+from zring.storage import ROCKS_DIR, STORE_FILE
 
 if TYPE_CHECKING:
     from zring.config import NodeConfig
@@ -285,4 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rebuild", action="store_true",
                        help="if the store is damaged, move it aside so that the node starts "
                             "empty (then run `zring repair`); a healthy store is left alone")
+    migrate = commands.add_parser(
+        "migrate", help="convert a stopped node's SQLite store to RocksDB (offline)",
+        description=(
+            f"Convert a stopped node's SQLite store, DIR/{STORE_FILE}, to a RocksDB store, "
+            f"DIR/{ROCKS_DIR}: the copy is written beside it, made durable and verified "
+            "against it (every record, hint and blob, and the counts), and only then put in "
+            f"place; the SQLite store is kept as {STORE_FILE}.migrated-<UTC time> until you "
+            "delete it. Stop the node first: a store in use is refused. Then start the node "
+            "with --store rocksdb. An interrupted run leaves the SQLite store in use; run it "
+            "again to finish."))
+    migrate.set_defaults(handler=None)
+    migrate.add_argument("--data-dir", required=True, metavar="DIR",
+                         help="the node's data directory (as given to `zring node`)")
     return parser

@@ -36,12 +36,20 @@ def open_store(data_dir: str, kind: str = DEFAULT_STORE, *, fsync: str = "period
     """The node store of ``kind`` ("sqlite" or "rocksdb") in ``data_dir``, as durable as the
     ``fsync`` policy says ("always": every commit synced; "periodic": ``sync()`` syncs).
     A data directory that holds only the other kind of store is refused (StorageError,
-    reason "format"): starting empty beside it would make the node a new, empty member."""
+    reason "format"): starting empty beside it would make the node a new, empty member; so is
+    one that holds both (an interrupted ``zring migrate``: running it again finishes it)."""
     if kind not in STORE_KINDS:
         raise ValueError(f"store must be one of {', '.join(STORE_KINDS)}, not {kind!r}")
     path = store_path(data_dir, kind)
     other_kind = "sqlite" if kind == "rocksdb" else "rocksdb"
     other = store_path(data_dir, other_kind)
+    if os.path.lexists(path) and os.path.lexists(other):
+        sqlite, rocks = store_path(data_dir, "sqlite"), store_path(data_dir, "rocksdb")
+        raise StorageError(f"{data_dir} holds both a sqlite store ({sqlite}) and a rocksdb "
+                           f"store ({rocks}): if "
+                           f"`zring migrate` was interrupted, run it again to finish; else "
+                           f"move aside the one the node should not use", path=path,
+                           reason="format")
     if not os.path.lexists(path) and os.path.lexists(other):
         raise StorageError(f"{data_dir} holds a {other_kind} store ({other}), not a {kind} "
                            f"one: start the node with --store {other_kind}", path=path,

@@ -111,6 +111,10 @@ _HINTS_FOR = """
 SELECT id, key, value, ts, writer, pos, created_ms FROM hints
 WHERE target = ? ORDER BY id LIMIT ?
 """
+_HINTS_AFTER = """
+SELECT id, target, key, value, ts, writer, pos, created_ms FROM hints
+WHERE id > ? ORDER BY id LIMIT ?
+"""
 _DELETE_HINT = "DELETE FROM hints WHERE id = ?"
 _EXPIRE_HINTS = "DELETE FROM hints WHERE created_ms < ?"
 
@@ -364,6 +368,25 @@ class SQLiteStore(Store):
     @_translating_errors
     def hint_counts(self) -> dict[str, int]:
         return dict(self._cursor.execute(HINT_COUNTS).fetchall())  # kept by triggers
+
+    @_translating_errors
+    def meta_items(self) -> list[tuple[str, bytes]]:
+        """Every named blob, the storage format ("format") included, by name (``zring
+        migrate`` copies them)."""
+        return [(name, bytes(value)) for name, value in self._cursor.execute(
+            "SELECT name, value FROM meta ORDER BY name").fetchall()]
+
+    @_translating_errors
+    def hints_after(self, after_id: int = 0, *, limit: int = 1000) -> list[Hint]:
+        """Hints of every target with ids above ``after_id``, in id order (the order they
+        were stored), at most ``limit`` (``zring migrate`` pages through them)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        rows = self._cursor.execute(_HINTS_AFTER, (after_id, limit)).fetchall()
+        shift = POSITION_SHIFT
+        return [Hint(hint_id, target,
+                     Record(key, value, Version(timestamp, writer), pos + shift), created_ms)
+                for hint_id, target, key, value, timestamp, writer, pos, created_ms in rows]
 
     @_translating_errors
     def expire_hints(self, created_before_ms: int) -> int:
