@@ -775,8 +775,14 @@ def test_rocks_refuses_what_is_not_its_store(tmp_path):
     cases = {"damaged": not_a_dir, "foreign": tmp_path / "other"}
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    Rdict(str(tmp_path / "plain"), Options(raw_mode=True)).close()
-    for reason, path in [*cases.items(), ("foreign", tmp_path / "plain")]:
+    plain = Rdict(str(tmp_path / "plain"), Options(raw_mode=True))
+    plain.put(b"someone", b"else's")
+    plain.close()
+    with_family = Rdict(str(tmp_path / "family"), Options(raw_mode=True))
+    with_family.create_column_family("theirs", Options(raw_mode=True))
+    with_family.close()
+    for reason, path in [*cases.items(), ("foreign", tmp_path / "plain"),
+                         ("foreign", tmp_path / "family")]:
         with pytest.raises(StorageError) as refused:
             RocksStore(path)
         assert refused.value.details["reason"] == reason, path
@@ -785,6 +791,23 @@ def test_rocks_refuses_what_is_not_its_store(tmp_path):
     with pytest.raises(StorageError, match="format b'rocks-0'") as refused:
         RocksStore(tmp_path / "old")
     assert refused.value.details["reason"] == "format"
+
+
+def test_rocks_opens_a_store_whose_creation_was_cut_short(tmp_path):
+    """RocksDB creates column families one at a time: a crash while a new store is created
+    leaves some of them (found by tests/unit/test_rocks_power_loss.py). Such a store, or an
+    empty database with only "default", is opened and completed."""
+    from rocksdict import Options, Rdict
+    partial = Rdict(str(tmp_path / "partial"), Options(raw_mode=True))
+    partial.create_column_family("records", Options(raw_mode=True))
+    partial.close()
+    Rdict(str(tmp_path / "empty"), Options(raw_mode=True)).close()
+    for name in ("partial", "empty"):
+        with RocksStore(tmp_path / name) as store:
+            store.put(record("k", b"v", 5))
+            assert store.get_meta("format") == b"rocks-1" and store.check() == []
+        with RocksStore(tmp_path / name) as store:
+            assert store.get("k").value == b"v"
 
 
 def test_rocks_recounts_figures_it_cannot_read(tmp_path):

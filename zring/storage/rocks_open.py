@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Options, Rdict
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict
 
 from zring.errors import StorageError
 from zring.storage.rocks_batch import Families
@@ -30,11 +30,11 @@ def open_database(path: Path) -> tuple[Rdict, Families]:
             found = Rdict.list_cf(str(path), Options(raw_mode=True))
         except Exception as exc:
             raise rocks_error(path, exc, opening=True) from exc
-        if not set(COLUMN_FAMILIES) <= set(found):
+        if not set(COLUMN_FAMILIES) <= set(found) and not _interrupted_creation(path, found):
             raise StorageError(f"{path} is a RocksDB database but not a zring store "
                                f"(it has column families {sorted(found)})",
                                path=str(path), reason="foreign")
-    elif path.is_dir() and any(path.iterdir()):
+    elif path.is_dir() and not all(_made_by_rocksdb(entry.name) for entry in path.iterdir()):
         raise StorageError(f"{path} is not a zring store (a directory without a RocksDB "
                            f"database in it)", path=str(path), reason="foreign")
     families = {name: _family_options(name) for name in COLUMN_FAMILIES}
@@ -48,6 +48,35 @@ def open_database(path: Path) -> tuple[Rdict, Families]:
         db.close()
         raise rocks_error(path, exc, opening=True) from exc
 
+
+
+def _made_by_rocksdb(name: str) -> bool:
+    """A file RocksDB (or rocksdict) makes while it creates a database: a directory with
+    only these and no CURRENT is a creation cut short before it finished (nothing was ever
+    written to it), which opening it completes."""
+    return (name in ("LOCK", "IDENTITY", "LOG", "rocksdict-config.json")
+            or name.startswith(("LOG.old.", "MANIFEST-", "OPTIONS-"))
+            or name.endswith((".dbtmp", ".log", ".sst")))
+
+
+def _interrupted_creation(path: Path, found: list[str]) -> bool:
+    """A store whose creation was cut short (a crash, a power loss): RocksDB creates the
+    column families one MANIFEST write at a time, so a new store can hold some of them and
+    nothing else (no data: the storage format is written once all exist). Opening it
+    creates the rest. Only "default" is either that or another program's database: it is
+    taken only if it holds nothing."""
+    if not set(found) <= {"default", *COLUMN_FAMILIES}:
+        return False
+    if set(found) != {"default"}:
+        return True
+    try:
+        db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    except Exception:
+        return False
+    try:
+        return not any(True for _ in db.keys())
+    finally:
+        db.close()
 
 
 def _db_options() -> Options:
