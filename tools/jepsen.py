@@ -408,10 +408,17 @@ def load_history(lines: Iterable[str]) -> list[Op]:
     invoke without a completion (the worker died mid-op) is an ``info`` op."""
     invokes: dict[int, dict] = {}
     ops = []
-    for line in lines:
-        if not line.strip():
-            continue
-        entry = json.loads(line)
+    lines = [line for line in lines if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"history line {number} of {len(lines)} is damaged: "
+                                 f"{line[:80]!r}") from None
+            # the last line, torn by the worker dying as it wrote it: a torn invoke was
+            # never sent (the line is written first); a torn completion leaves its op info
+            break
         if entry["type"] == "invoke":
             invokes[entry["p"]] = entry
             continue

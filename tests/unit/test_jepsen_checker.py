@@ -195,3 +195,16 @@ def test_report_says_undecided_apart_from_not_linearizable():
     stale = ops + [write("k", "w2", 4.0, 5.0, None), read("k", "w1", 6.0, 7.0, None)]
     report = jepsen.format_report({**result, "register": jepsen.check_register(stale)})
     assert "NOT linearizable (keys k)" in report and "counterexample" in report
+
+
+def test_load_history_takes_a_torn_last_line_as_unfinished_and_refuses_a_torn_middle():
+    invoke = {"p": 1, "f": "write", "key": "k", "value": "a", "type": "invoke", "time": 1.0}
+    done = {**invoke, "type": "ok", "time": 2.0}
+    second = {**invoke, "value": "b", "time": 3.0}
+    lines = [json.dumps(invoke), json.dumps(done), json.dumps(second),
+             json.dumps({**second, "type": "ok", "time": 4.0})[:29]]
+    ops = jepsen.load_history(lines)
+    assert [(op.value, op.type) for op in ops] == [("a", "ok"), ("b", "info")]
+    with pytest.raises(ValueError, match="line 2 of 4 is damaged"):
+        jepsen.load_history([lines[0], lines[3], lines[1], lines[2]])
+
