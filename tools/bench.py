@@ -385,6 +385,17 @@ class TempEtcd:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def warm_up(peer: str, put: Callable, get: Callable, prefix: str, value: bytes,
+            ops: int) -> None:
+    """A few puts and gets before timing; a peer that fails them fails the run, named."""
+    try:
+        for i in range(min(WARMUP_OPS, ops)):
+            put(f"{prefix}:warmup:{i}", value)
+            get(f"{prefix}:warmup:{i}")
+    except Exception as exc:
+        raise RuntimeError(f"{peer}: {type(exc).__name__}: {exc}") from None
+
+
 def bench_etcd(etcd3: Any, port: int, workloads: set[str], args: argparse.Namespace,
                value: bytes, prefix: str) -> dict[str, Result]:
     """etcd's rows on the member at ``port``: put, linearizable and serializable get one at
@@ -394,13 +405,7 @@ def bench_etcd(etcd3: Any, port: int, workloads: set[str], args: argparse.Namesp
     client = etcd3.client(host=LOOPBACK, port=port, timeout=ETCD_TIMEOUT_S)
     try:
         keys = [f"{prefix}:{i:08d}" for i in range(ops)]
-        try:
-            for i in range(min(WARMUP_OPS, ops)):
-                client.put(f"{prefix}:warmup:{i}", value)
-                client.get(f"{prefix}:warmup:{i}")
-        except Exception as exc:
-            raise RuntimeError(f"etcd at {LOOPBACK}:{port}: {type(exc).__name__}: {exc}") \
-                from None
+        warm_up(f"etcd at {LOOPBACK}:{port}", client.put, client.get, prefix, value, ops)
         results["put"] = run_workload("etcd put", lambda i: bool(client.put(keys[i], value)),
                                       ops, max_seconds)
         results["get"] = run_workload("etcd get",
@@ -776,13 +781,7 @@ def bench_redis(port: int, workloads: set[str], args: argparse.Namespace, value:
     client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=REDIS_TIMEOUT_S)
     try:
         keys = [f"{prefix}:{i:08d}" for i in range(ops)]
-        try:
-            for i in range(min(WARMUP_OPS, ops)):
-                client.set(f"{prefix}:warmup:{i}", value)
-                client.get(f"{prefix}:warmup:{i}")
-        except Exception as exc:
-            raise RuntimeError(f"redis at {LOOPBACK}:{port}: {type(exc).__name__}: {exc}") \
-                from None
+        warm_up(f"redis at {LOOPBACK}:{port}", client.set, client.get, prefix, value, ops)
         if "sync" in workloads:
             results["put"] = run_workload("redis SET", lambda i: bool(client.set(keys[i], value)),
                                           ops, max_seconds)

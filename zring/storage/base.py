@@ -18,7 +18,7 @@ from zring.hashing import key_position
 from zring.versions import Version
 
 __all__ = ["Hint", "Record", "Store", "StoreStats", "Value", "position_group_cut",
-           "record_from_wire", "record_size", "record_to_wire"]
+           "checked_wire", "record_from_wire", "record_size", "record_to_wire"]
 
 Value = bytes | str
 
@@ -36,6 +36,20 @@ class Record(NamedTuple):
 
 def record_to_wire(record: Record) -> list:
     return [record.key, record.value, record.version.timestamp, record.version.node_id]
+
+
+def checked_wire(item: object) -> tuple:
+    """``(key, value, timestamp, writer)`` of a wire record, checked the fast way (a bad
+    one raises the precise ProtocolError of ``record_from_wire``)."""
+    if item.__class__ is not list or len(item) != 4:
+        raise ProtocolError("a record must be [key, value, timestamp, writer]")
+    key, value, timestamp, writer = item
+    if (key.__class__ is not str or writer.__class__ is not str
+            or timestamp.__class__ is not int or not 0 <= timestamp < 1 << 63
+            or (value is not None and value.__class__ is not bytes
+                and value.__class__ is not str)):
+        record_from_wire(item)  # raises the precise ProtocolError
+    return key, value, timestamp, writer
 
 
 def record_from_wire(item: object) -> Record:

@@ -10,6 +10,7 @@ deletes a file or prints: the CLI says what was found and what to do next.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -59,13 +60,7 @@ def check_store(data_dir: str) -> StoreCheck:
     if not os.path.isfile(path):
         return StoreCheck(path, [f"the database file is missing but {', '.join(companions)} "
                                  "remain"])
-    try:
-        store = SQLiteStore(path)
-    except StorageError as exc:
-        if not is_damage(exc):
-            raise
-        return StoreCheck(path, [exc.message])
-    return _check_open_store(store, path)
+    return _open_and_check(SQLiteStore, path)
 
 
 def _check_rocks(path: str) -> StoreCheck:
@@ -73,8 +68,13 @@ def _check_rocks(path: str) -> StoreCheck:
     from zring.storage.rocks import RocksStore
     if not os.path.isdir(path):
         return StoreCheck(path, [f"{path} is not a directory (a RocksDB store is one)"])
+    return _open_and_check(RocksStore, path)
+
+
+def _open_and_check(open_store: Callable[[str], Store], path: str) -> StoreCheck:
+    """Open the store at ``path`` and check it (a store too damaged to open: that)."""
     try:
-        store = RocksStore(path)
+        store = open_store(path)
     except StorageError as exc:
         if not is_damage(exc):
             raise
@@ -105,17 +105,24 @@ def _check_open_store(store: Store, path: str) -> StoreCheck:
     return found
 
 
+def free_name(prefix: str) -> str:
+    """``PREFIX<UTC time>`` (with ``-2``, ``-3``... if taken), free for a store and each of
+    its companions: where a store is moved aside, never over anything."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{prefix}{stamp}"
+    attempt = 1
+    while any(os.path.lexists(base + suffix) for suffix in ("", *STORE_COMPANIONS)):
+        attempt += 1
+        base = f"{prefix}{stamp}-{attempt}"
+    return base
+
+
 def move_store_aside(path: str) -> list[tuple[str, str]]:
     """Rename the store at ``path`` (a SQLite file, or a RocksDB directory) and its -wal/-shm
     files to ``PATH.damaged-<UTC time>`` (never deleting anything); returns the (from, to)
     pairs. The companions go first: a
     write-ahead log left beside the new, empty store could be replayed into it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = f"{path}.damaged-{stamp}"
-    attempt = 1
-    while any(os.path.lexists(base + suffix) for suffix in ("", *STORE_COMPANIONS)):
-        attempt += 1
-        base = f"{path}.damaged-{stamp}-{attempt}"
+    base = free_name(f"{path}.damaged-")
     moved: list[tuple[str, str]] = []
     for suffix in (*STORE_COMPANIONS, ""):
         source, target = path + suffix, base + suffix

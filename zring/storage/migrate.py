@@ -37,7 +37,7 @@ from zring.errors import StorageError, ZringError
 from zring.hashing import RING_SIZE
 from zring.storage import ROCKS_DIR, STORE_FILE
 from zring.storage.base import Store, StoreStats, record_to_wire
-from zring.storage.check import STORE_COMPANIONS
+from zring.storage.check import STORE_COMPANIONS, free_name
 from zring.storage.sqlite import SQLiteStore
 
 __all__ = ["BACKUP_MARK", "MIGRATED_FROM", "MIGRATING_SUFFIX", "Migration", "MigrationError",
@@ -238,12 +238,7 @@ def _same_hints(sqlite: SQLiteStore, rocks: Store, path: str) -> None:
 
 def _move_aside(source: str) -> str:
     """Rename the closed SQLite store (and any companion) to its backup name."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = f"{source}{BACKUP_MARK}{stamp}"
-    attempt = 1
-    while any(os.path.lexists(base + suffix) for suffix in ("", *STORE_COMPANIONS)):
-        attempt += 1
-        base = f"{source}{BACKUP_MARK}{stamp}-{attempt}"
+    base = free_name(f"{source}{BACKUP_MARK}")
     # the companions first: a WAL left behind without its database would be nothing, but
     # the database without its WAL would lose what the WAL holds
     for suffix in (*STORE_COMPANIONS, ""):

@@ -60,17 +60,7 @@ class HintMethods:
 
     @translating_errors
     def delete_hints(self, hint_ids: Iterable[int]) -> int:
-        found = []
-        for hint_id in dict.fromkeys(hint_ids):
-            if not 0 < hint_id < (1 << 64):
-                continue
-            raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
-            if raw is not None:
-                found.append(decode_hint(hint_id, raw))
-        with self.group_commit():
-            for hint in found:
-                self._forget_hint(hint)
-        return len(found)
+        return self._forget_hints(h for h in dict.fromkeys(hint_ids) if 0 < h < (1 << 64))
 
     @translating_errors
     def hint_counts(self) -> dict[str, int]:
@@ -82,9 +72,13 @@ class HintMethods:
             return 0
         end = b"c" + min(created_before_ms, TIMESTAMP_LIMIT).to_bytes(8, "big")
         table = self._tables[CF_HINTS]
+        return self._forget_hints([int.from_bytes(key[9:], "big") for key, _ in
+                                   list(self._pending.iterate(CF_HINTS, table, b"c", end))])
+
+    def _forget_hints(self, hint_ids: Iterable[int]) -> int:
+        """Delete the hints of these ids that exist, in one commit; how many there were."""
         found = []
-        for key, _ in list(self._pending.iterate(CF_HINTS, table, b"c", end)):
-            hint_id = int.from_bytes(key[9:], "big")
+        for hint_id in hint_ids:
             raw = self._pending.lookup(CF_HINTS, hint_id_key(hint_id), self._tables)
             if raw is not None:
                 found.append(decode_hint(hint_id, raw))

@@ -8,7 +8,7 @@ import msgpack
 
 from zring.errors import ProtocolError
 from zring.hashing import RING_SIZE, key_position
-from zring.storage.base import Hint, Record, record_from_wire
+from zring.storage.base import Hint, Record, checked_wire
 from zring.storage.rocks_format import (
     KIND_BYTES,
     KIND_STR,
@@ -63,14 +63,7 @@ def wire_rows(items: list) -> tuple[list[tuple], int]:
     rows = []
     size = 0
     for item in items:
-        if item.__class__ is not list or len(item) != 4:
-            raise ProtocolError("a record must be [key, value, timestamp, writer]")
-        key, value, timestamp, writer = item
-        if (key.__class__ is not str or writer.__class__ is not str
-                or timestamp.__class__ is not int or not 0 <= timestamp < TIMESTAMP_LIMIT
-                or (value is not None and value.__class__ is not bytes
-                    and value.__class__ is not str)):
-            record_from_wire(item)  # raises the precise ProtocolError
+        key, value, timestamp, writer = checked_wire(item)
         raw_key = key.encode("utf-8")
         raw_writer = writer.encode("utf-8")
         if len(raw_writer) > MAX_WRITER_BYTES:

@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from typing import TypeVar
 
-from zring.errors import ProtocolError, StorageError
+from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import sqlite_schema
 from zring.storage.base import (
@@ -42,8 +42,8 @@ from zring.storage.base import (
     Record,
     Store,
     StoreStats,
+    checked_wire,
     position_group_cut,
-    record_from_wire,
 )
 from zring.storage.sqlite_check import file_problems
 from zring.storage.sqlite_commit import Transactions
@@ -356,10 +356,7 @@ class SQLiteStore(Store):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         rows = self._cursor.execute(_HINTS_FOR, (target, limit)).fetchall()
-        shift = POSITION_SHIFT
-        return [Hint(hint_id, target,
-                     Record(key, value, Version(timestamp, writer), pos + shift), created_ms)
-                for hint_id, key, value, timestamp, writer, pos, created_ms in rows]
+        return [_hint_from_row(hint_id, target, *row) for hint_id, *row in rows]
 
     @_translating_errors
     def delete_hints(self, hint_ids: Iterable[int]) -> int:
@@ -383,10 +380,7 @@ class SQLiteStore(Store):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         rows = self._cursor.execute(_HINTS_AFTER, (after_id, limit)).fetchall()
-        shift = POSITION_SHIFT
-        return [Hint(hint_id, target,
-                     Record(key, value, Version(timestamp, writer), pos + shift), created_ms)
-                for hint_id, target, key, value, timestamp, writer, pos, created_ms in rows]
+        return [_hint_from_row(*row) for row in rows]
 
     @_translating_errors
     def expire_hints(self, created_before_ms: int) -> int:
@@ -502,6 +496,12 @@ class SQLiteStore(Store):
                 raise self._storage_error(exc) from exc
 
 
+def _hint_from_row(hint_id: int, target: str, key: str, value, timestamp: int, writer: str,
+                   pos: int, created_ms: int) -> Hint:
+    return Hint(hint_id, target, Record(key, value, Version(timestamp, writer),
+                                        pos + POSITION_SHIFT), created_ms)
+
+
 def _wire_rows(items: list) -> tuple[list[tuple], int]:
     """Upsert parameters of wire records from a peer, each checked (a bad one raises the
     precise ProtocolError), and the bytes of their keys and values."""
@@ -509,14 +509,7 @@ def _wire_rows(items: list) -> tuple[list[tuple], int]:
     size = 0
     shift = POSITION_SHIFT
     for item in items:
-        if item.__class__ is not list or len(item) != 4:
-            raise ProtocolError("a record must be [key, value, timestamp, writer]")
-        key, value, timestamp, writer = item
-        if (key.__class__ is not str or writer.__class__ is not str
-                or timestamp.__class__ is not int or not 0 <= timestamp < TIMESTAMP_LIMIT
-                or (value is not None and value.__class__ is not bytes
-                    and value.__class__ is not str)):
-            record_from_wire(item)  # raises the precise ProtocolError
+        key, value, timestamp, writer = checked_wire(item)
         rows.append((key, value, timestamp, writer, key_position(key) - shift))
         size += len(key) + (len(value) if value is not None else 0)
     return rows, size
