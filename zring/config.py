@@ -18,7 +18,7 @@ class NodeConfig:
     gossip_address: str                # PUB endpoint peers subscribe to
     seeds: list[str] = field(default_factory=list)   # ROUTER endpoints to learn members from
     data_dir: str | None = None        # None: in-memory store (tests only)
-    store: str = "sqlite"              # in data_dir: "sqlite" (zring.db) or "rocksdb" (zring.rocks)
+    store: str = "rocksdb"             # in data_dir: "rocksdb" (zring.rocks) or "sqlite" (zring.db)
     weight: float = 1.0
     # security: a `zring keygen` directory turns CurveZMQ on for every socket (None: off)
     keys_dir: str | None = None

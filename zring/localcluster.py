@@ -109,7 +109,7 @@ class LocalCluster:
                  vnodes: int | None = None, extra_args: tuple[str, ...] = (),
                  log_level: str = "debug", restart_delay_s: float = 0.0,
                  keys_dir: str | os.PathLike | None = None,
-                 client_key: str = "admin/admin") -> None:
+                 client_key: str = "admin/admin", store: str | None = None) -> None:
         self.root = Path(root)
         self.names = [f"node{i}" for i in range(1, nodes + spares + 1)]
         self.autostart = set(self.names[:nodes])
@@ -128,6 +128,10 @@ class LocalCluster:
                           "--read-quorum", str(read_quorum), *extra_args]
         if vnodes is not None:
             self.node_args += ["--vnodes", str(vnodes)]
+        # the nodes' store ("rocksdb" or "sqlite"; None: the node's default); preload writes it
+        self.store = store
+        if store is not None:
+            self.node_args += ["--store", store]
         # security on: every node gets --keys; clients here use ``client_key`` (a key of
         # ``keys_dir``, "role dir/name")
         self.client_keys: ClientKeys | None = None
@@ -226,9 +230,8 @@ class LocalCluster:
             raise LocalClusterError("preload writes the stores directly: call it before start()")
         from zring.hashing import key_position
         from zring.ring import DEFAULT_VNODES, HashRing
-        from zring.storage import STORE_FILE
+        from zring.storage import DEFAULT_STORE, open_store
         from zring.storage.base import Record
-        from zring.storage.sqlite import SQLiteStore
         from zring.versions import LOGICAL_BITS, Version
 
         seeds = sorted(self.autostart)
@@ -240,7 +243,7 @@ class LocalCluster:
             for name in seeds:
                 directory = self.root / "data" / name
                 directory.mkdir(parents=True, exist_ok=True)
-                stores[name] = SQLiteStore(directory / STORE_FILE)
+                stores[name] = open_store(str(directory), self.store or DEFAULT_STORE)
             for start in range(0, count, batch):
                 placed: dict[str, list[Record]] = {name: [] for name in seeds}
                 for key in keys[start:start + batch]:

@@ -479,7 +479,7 @@ def run_node_on(data_dir, monkeypatch):
     monkeypatch.setattr("zring.log.configure_logging", lambda level, fmt: None)
     listen, gossip = free_endpoints()
     return cli.main(["node", "--id", "n1", "--listen", listen, "--gossip", gossip,
-                     "--seeds", listen, "--data-dir", str(data_dir)])
+                     "--seeds", listen, "--data-dir", str(data_dir), "--store", "sqlite"])
 
 
 @pytest.mark.parametrize("how", ["garbage", "foreign"])

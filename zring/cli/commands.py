@@ -4,14 +4,13 @@ a connected Client), does one thing and prints what came of it; the exit code is
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from typing import TYPE_CHECKING
 
 from zring.cli.formatting import TransferBar, format_plan, format_ring, format_status
 from zring.errors import StorageError, ZringError
-from zring.storage import STORE_FILE
+from zring.storage import store_path
 from zring.storage.check import is_damage
 
 if TYPE_CHECKING:
@@ -40,15 +39,16 @@ def _cmd_node(config: NodeConfig, args: argparse.Namespace) -> int:
         raise ZringError(f"node {config.node_id} cannot start on {config.address} / "
                          f"{config.gossip_address}: {exc}") from None
     except StorageError as exc:
-        raise ZringError(_store_error_message(exc, config.data_dir)) from None
+        raise ZringError(_store_error_message(exc, config.data_dir, config.store)) from None
 
 
-def _store_error_message(exc: StorageError, data_dir: str | None) -> str:
-    """One line: what is wrong with the store, naming its file, and what to do about it."""
+def _store_error_message(exc: StorageError, data_dir: str | None, kind: str = "sqlite") -> str:
+    """One line: what is wrong with the store (of ``kind``), naming its file, and what to do
+    about it."""
     message = exc.message or str(exc)
     if not data_dir:
         return message
-    path = os.path.join(data_dir, STORE_FILE)
+    path = store_path(data_dir, kind)
     if str(exc.details.get("path", path)) not in message:
         message = f"store {path}: {message}"
     if not is_damage(exc):

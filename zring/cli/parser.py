@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory of the node's store (see --store)")
     store.add_argument("--memory", action="store_true",
                        help="keep data in memory only (tests; lost on exit)")
-    node.add_argument("--store", choices=("sqlite", "rocksdb"),
-                      help="the store in --data-dir: sqlite (default; DIR/zring.db) or "
-                           "rocksdb (DIR/zring.rocks, a RocksDB directory)")
+    node.add_argument("--store", choices=("rocksdb", "sqlite"),
+                      help="the store in --data-dir: rocksdb (default; DIR/zring.rocks, a "
+                           "RocksDB directory) or sqlite (DIR/zring.db); `zring migrate` "
+                           "converts a SQLite store")
     node.add_argument("--replicas", type=_positive_int, help="N (default 3)")
     node.add_argument("--write-quorum", type=_positive_int, help="W (default 2)")
     node.add_argument("--read-quorum", type=_positive_int, help="R (default 2)")
@@ -273,10 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_help = "verify a stopped node's store (offline; exit 1 if damaged)"
     check = commands.add_parser("check", help=check_help, description=(
-        f"Verify a stopped node's store, DIR/{STORE_FILE}: every page and index of the "
-        "SQLite file, the storage format, and each record. With --rebuild, a damaged or "
-        "unreadable store is moved aside (with its -wal/-shm files) to "
-        f"{STORE_FILE}.damaged-<UTC time>, never deleted; the node then starts empty, as a "
+        f"Verify a stopped node's store, DIR/{ROCKS_DIR} (RocksDB) or DIR/{STORE_FILE} "
+        "(SQLite): every block or page and index, the storage format, each record and the "
+        "kept counts. With --rebuild, a damaged or unreadable store is moved aside (a SQLite "
+        f"file with its -wal/-shm files) to {ROCKS_DIR} or {STORE_FILE}.damaged-<UTC time>, "
+        "never deleted; the node then starts empty, as a "
         "new node with the same id, and `zring repair` brings its data back from its "
         "replicas. Stop the node first: a store in use is reported as locked."))
     check.set_defaults(handler=None)

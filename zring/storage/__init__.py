@@ -1,5 +1,5 @@
-"""Stores: ``SQLiteStore`` (durable default), ``RocksStore`` (durable, RocksDB: ``--store
-rocksdb``) and ``MemoryStore`` (tests, simulation). ``open_store`` opens a node's."""
+"""Stores: ``RocksStore`` (durable, RocksDB: the default), ``SQLiteStore`` (durable:
+``--store sqlite``) and ``MemoryStore`` (tests, simulation). ``open_store`` opens a node's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from zring.storage.sqlite import SQLiteStore
 STORE_FILE = "zring.db"       # a node's SQLite store, in its data directory
 ROCKS_DIR = "zring.rocks"     # a node's RocksDB store (a directory), in its data directory
 STORE_KINDS = ("sqlite", "rocksdb")
-DEFAULT_STORE = "sqlite"
+DEFAULT_STORE = "rocksdb"
 
 __all__ = ["DEFAULT_STORE", "ROCKS_DIR", "STORE_FILE", "STORE_KINDS", "Hint", "MemoryStore",
            "Record", "RocksStore", "SQLiteStore", "Store", "Value", "open_store",
@@ -51,9 +51,11 @@ def open_store(data_dir: str, kind: str = DEFAULT_STORE, *, fsync: str = "period
                            f"move aside the one the node should not use", path=path,
                            reason="format")
     if not os.path.lexists(path) and os.path.lexists(other):
+        convert = (f", or convert it to RocksDB once: zring migrate --data-dir {data_dir}"
+                   if other_kind == "sqlite" else "")
         raise StorageError(f"{data_dir} holds a {other_kind} store ({other}), not a {kind} "
-                           f"one: start the node with --store {other_kind}", path=path,
-                           reason="format")
+                           f"one: start the node with --store {other_kind}{convert}",
+                           path=path, reason="format")
     if kind == "rocksdb":
         from zring.storage.rocks import RocksStore
         return RocksStore(path, sync=fsync == "always")
