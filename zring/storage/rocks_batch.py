@@ -37,6 +37,7 @@ class Families:
     def release(self) -> None:
         self.tables.clear()
         self.handles.clear()
+        self.db = None   # type: ignore[assignment]
 
 
 class Pending:
@@ -103,9 +104,17 @@ class Pending:
     def commit(self, families: Families, options: WriteOptions) -> None:
         """One WriteBatch of everything pending, written with ``options``; raises what
         rocksdict raises (the caller translates it). Clears nothing: the caller does, on
-        success or failure alike."""
+        success or failure alike. No column-family handle stays in this frame: a failed
+        write's traceback would keep the database open (and its LOCK held) as long as the
+        exception lives, and a store reopens its database after a failed write."""
+        batch = self._batch(families.handles)
+        try:
+            families.db.write(batch, options)
+        finally:
+            del batch
+
+    def _batch(self, handles: dict) -> WriteBatch:
         batch = WriteBatch(raw_mode=True)
-        handles = families.handles
         records = handles[CF_RECORDS]
         for begin, end in self.dropped:
             batch.delete_range(begin, end, records)
@@ -119,7 +128,7 @@ class Pending:
                     delete(key, handle)
                 else:
                     put(key, value, handle)
-        families.db.write(batch, options)
+        return batch
 
     def _in_dropped(self, key: bytes) -> bool:
         return any(begin <= key < end for begin, end in self.dropped)
