@@ -18,6 +18,15 @@ False (``periodic``) leaves the WAL write in the OS until ``sync()`` syncs the W
 calls it every ``fsync_period_s``). Either survives the process dying; only the first, or a
 ``sync()`` since, survives power loss.
 
+A failed write (a full disk) leaves RocksDB refusing every later write, even once space is
+freed, until the database is reopened (rocksdict cannot resume it in place). So a failed
+commit marks the store: the batch is dropped (the figures go back to what is stored) and the
+next commit reopens the database first; until that succeeds, writes are refused at once and
+reads go on, through the failed handle and then through a read-only one (opened beside it
+before it is closed: reads never stop). A reopen that fails (the disk is still full) is
+retried at the next commit after a delay that doubles up to ``reopen_max_delay_s``. Logged:
+``store_write_failed``, ``store_read_only``, ``store_reopen_failed``, ``store_reopened``.
+
 Failures are StorageErrors naming the store directory with the SQLite store's ``reason``
 details ("locked", "damaged", "foreign", "format", "closed", "error": ``rocks_format``).
 rocksdict 0.3.x quirks handled here: a column-family object still referenced keeps the LOCK
@@ -28,18 +37,20 @@ the snapshot (no snapshot is used: each scan reads one iterator, a consistent vi
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from rocksdict import WriteOptions
+import structlog
+from rocksdict import Rdict, WriteOptions
 
 from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import rocks_check
 from zring.storage.base import Record, Store, StoreStats, position_group_cut
-from zring.storage.rocks_batch import Pending
+from zring.storage.rocks_batch import Families, Pending
 from zring.storage.rocks_format import (
     CF_META,
     CF_RECORDS,
@@ -59,7 +70,7 @@ from zring.storage.rocks_format import (
     translating_errors,
 )
 from zring.storage.rocks_hints import HintMethods
-from zring.storage.rocks_open import open_database
+from zring.storage.rocks_open import open_database, open_read_only
 from zring.storage.rocks_records import counted, decode_record, record_row, wire_rows
 
 __all__ = ["RocksStore"]
@@ -67,10 +78,14 @@ __all__ = ["RocksStore"]
 _KEYS_BATCH = 1000
 _HEADER = VALUE_HEADER.size
 _unpack_header = VALUE_HEADER.unpack_from
+log = structlog.get_logger("zring.storage")
 
 class RocksStore(HintMethods, Store):
     """A ``Store`` in the RocksDB directory at ``path`` (created, with its parent, if
     missing). ``sync=True``: every commit is a synced WAL write (``--fsync always``)."""
+
+    reopen_first_delay_s = 0.1   # after a failed write: the second reopen try, and on
+    reopen_max_delay_s = 2.0     # doubling up to this
 
     def __init__(self, path: str | os.PathLike, *, sync: bool = False) -> None:
         self.path = Path(path)
@@ -82,6 +97,11 @@ class RocksStore(HintMethods, Store):
         self._live = self._tombstones = self._bytes = 0
         self._next_hint_id = 1
         self._hint_counts: dict[str, int] = {}
+        self._write_failure: str | None = None   # set: writes refused until a reopen
+        self._read_only = False   # reading through a read-only handle meanwhile
+        self._failed_at = self._reopen_at = 0.0   # time.monotonic()
+        self._reopen_delay = 0.0
+        self._reopen_tries = 0
         self._db, self._families = open_database(self.path)
         self._tables = self._families.tables
         self._records = self._tables[CF_RECORDS]
@@ -336,6 +356,8 @@ class RocksStore(HintMethods, Store):
         if self._depth:   # a call inside the cycle: the cycle's batch takes its writes
             yield
             return
+        if self._write_failure is not None and time.monotonic() >= self._reopen_at:
+            self._reopen()
         self._depth = 1
         saved = self._figures()
         try:
@@ -347,16 +369,24 @@ class RocksStore(HintMethods, Store):
         self._depth = 0
         if not self._pending.dirty:
             return
+        if self._write_failure is not None:   # RocksDB would refuse it: not reopened yet
+            self._abandon(saved)
+            raise self._refusal()
         self._pending.put(CF_META, COUNTS, encode_counts(*self._figures()))
         try:
             self._pending.commit(self._families, self._write_options)
         except Exception as exc:
             self._abandon(saved)
-            raise rocks_error(self.path, exc) from exc
+            error = rocks_error(self.path, exc)
+            self._write_failed(error)
+            raise error from exc
         self._pending.clear()
+        self._reopen_delay = 0.0
 
     @translating_errors
     def sync(self) -> None:
+        if self._write_failure is not None:   # the failed or read-only handle syncs nothing
+            raise self._refusal()
         self._db.flush_wal(True)
 
     def check(self) -> list[str]:
@@ -390,6 +420,89 @@ class RocksStore(HintMethods, Store):
         self._pending.clear()
         (self._live, self._tombstones, self._bytes, self._next_hint_id,
          self._hint_counts) = saved
+
+    # ------------------------------------------------------------------ a failed write
+
+    @property
+    def writable(self) -> bool:
+        """False from a failed commit until the database is reopened (reads go on)."""
+        return self._write_failure is None
+
+    def _write_failed(self, error: StorageError) -> None:
+        """A commit failed: RocksDB now refuses every write until the database is reopened,
+        which the next commit tries (at once the first time; then after a growing delay)."""
+        now = time.monotonic()
+        if self._write_failure is None:
+            self._failed_at = now
+            self._reopen_tries = 0
+        self._write_failure = str(error)
+        self._reopen_at = now + self._reopen_delay
+        log.error("store_write_failed", path=str(self.path), error=str(error),
+                  reopen_in_s=round(self._reopen_delay, 3))
+        self._reopen_delay = self._next_delay()
+
+    def _next_delay(self) -> float:
+        return min(max(self._reopen_delay * 2, self.reopen_first_delay_s),
+                   self.reopen_max_delay_s)
+
+    def _refusal(self) -> StorageError:
+        wait = max(0.0, self._reopen_at - time.monotonic())
+        return StorageError(f"store {self.path} takes no writes until it reopens its database "
+                            f"(next try in {wait:.1f} s): a write failed: "
+                            f"{self._write_failure}", path=str(self.path), reason="error")
+
+    def _reopen(self) -> None:
+        """Clear RocksDB's error after a failed write: reopen the database. A read-only handle
+        is opened first, beside the failed one, and replaces it (the read-write open needs
+        the lock the failed handle holds): if the read-write open fails, reads go on through
+        it and the next commit after the delay tries again."""
+        self._reopen_tries += 1
+        if not self._read_only:
+            try:
+                self._swap(*open_read_only(self.path))
+            except StorageError as exc:
+                self._reopen_failed(exc)
+                return
+            self._read_only = True
+            log.warning("store_read_only", path=str(self.path))
+        try:
+            db, families = open_database(self.path)
+        except StorageError as exc:
+            self._reopen_failed(exc)
+            return
+        self._swap(db, families)
+        self._read_only = False
+        self._write_failure = None
+        try:
+            self._load_figures()   # what is stored, the failed batch not in it
+        except StorageError as exc:
+            self._write_failed(exc)
+            return
+        log.info("store_reopened", path=str(self.path), tries=self._reopen_tries,
+                 refused_writes_s=round(time.monotonic() - self._failed_at, 3),
+                 records=self._live, tombstones=self._tombstones)
+
+    def _reopen_failed(self, exc: StorageError) -> None:
+        self._reopen_at = time.monotonic() + self._reopen_delay
+        log.warning("store_reopen_failed", path=str(self.path), error=str(exc),
+                    read_only=self._read_only, tries=self._reopen_tries,
+                    retry_in_s=round(self._reopen_delay, 3))
+        self._reopen_delay = self._next_delay()
+
+    def _swap(self, db: Rdict, families: Families) -> None:
+        """Read and write through ``db`` from now on; the handle it replaces is closed (a
+        failed one cannot flush on the way: dropping it, with its column families, closes
+        it and frees the lock)."""
+        old_db, old_families = self._db, self._families
+        self._db, self._families = db, families
+        self._tables = families.tables
+        self._records = self._tables[CF_RECORDS]
+        old_families.release()
+        try:
+            old_db.close()
+        except Exception:   # the failure is the one already logged
+            pass
+        del old_db
 
     def _release(self) -> None:
         # rocksdict quirk: every column-family object must go before close, or the LOCK

@@ -11,7 +11,7 @@ from zring.errors import StorageError
 from zring.storage.rocks_batch import Families
 from zring.storage.rocks_format import CF_RECORDS, COLUMN_FAMILIES, rocks_error
 
-__all__ = ["open_database"]
+__all__ = ["open_database", "open_read_only"]
 
 
 def open_database(path: Path) -> tuple[Rdict, Families]:
@@ -48,6 +48,23 @@ def open_database(path: Path) -> tuple[Rdict, Families]:
         db.close()
         raise rocks_error(path, exc, opening=True) from exc
 
+
+def open_read_only(path: Path) -> tuple[Rdict, Families]:
+    """The database of the zring store at ``path``, read-only: it takes no lock and writes
+    nothing (a store whose writes fail keeps reading through one while it cannot reopen
+    its database to write: it opens beside the failed handle, which still holds the
+    lock). StorageError if it cannot be opened."""
+    families = {name: _family_options(name) for name in COLUMN_FAMILIES}
+    try:
+        db = Rdict(str(path), _db_options(), column_families=families,
+                   access_type=AccessType.read_only())
+    except Exception as exc:
+        raise rocks_error(path, exc, opening=True) from exc
+    try:
+        return db, Families(db, COLUMN_FAMILIES)
+    except Exception as exc:
+        db.close()
+        raise rocks_error(path, exc, opening=True) from exc
 
 
 def _made_by_rocksdb(name: str) -> bool:
