@@ -29,7 +29,7 @@ import harness  # noqa: E402 - tools/harness.py, found through the line above
 
 from zring import Client  # noqa: E402
 from zring.localcluster import LocalCluster, wait_for  # noqa: E402
-from zring.storage import STORE_FILE, SQLiteStore  # noqa: E402
+from zring.storage import DEFAULT_STORE, open_store  # noqa: E402
 
 VALUE = b"v" * 100
 NODES = ["node1", "node2", "node3"]
@@ -89,7 +89,8 @@ def damage_replica(cluster: LocalCluster, keys: list[str], share: float | None) 
         lost = len(keys)
     else:
         doomed = random.Random(7).sample(keys, int(len(keys) * share))
-        with SQLiteStore(data / STORE_FILE) as store:
+        # the store kind the cluster's nodes run (their default unless it says one)
+        with open_store(str(data), cluster.store or DEFAULT_STORE) as store:
             lost = store.delete_keys(doomed)
     cluster.chaos("start", "node3")
     cluster.wait_converged(NODES, timeout_s=120)
