@@ -32,6 +32,7 @@ from zring.protocol import Message, MsgType, decode, encode
 from zring.storage import MemoryStore
 
 CLIENT = b"client"
+GONE_CLIENT = b"gone-client"  # a route whose replies are dropped (fuzzed requests)
 
 
 class SimCluster:
@@ -169,6 +170,8 @@ class SimCluster:
                 self.stopped.add(address)
 
     def _route_reply(self, address: str, effect: Reply) -> None:
+        if effect.route[0] == GONE_CLIENT:
+            return   # a client that went away: nobody reads its replies
         frame = encode(effect.message)
         if effect.route[0] == CLIENT:
             self._schedule(self.latency_s, lambda m=decode(frame):
