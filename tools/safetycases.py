@@ -380,8 +380,11 @@ def _umount(path: Path) -> None:
 
 
 def fill(directory: Path) -> Path:
-    """Fill the file system of ``directory`` with one file (unbuffered: nothing is left to
-    flush on close); returns it."""
+    """Fill the file system mounted at ``directory`` with one file (unbuffered: nothing is
+    left to flush on close); returns it. Only a mount point (a small tmpfs) is ever filled:
+    a directory whose mount went away would fill the machine's own disk."""
+    if not os.path.ismount(directory):
+        raise RuntimeError(f"{directory} is not a mount point: refusing to fill its disk")
     path = directory / "filler"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:

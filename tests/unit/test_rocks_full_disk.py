@@ -7,17 +7,16 @@ The first tests make the failures by hand (any user); the last one fills a small
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from zring.errors import StorageError
 from zring.hashing import key_position
+from zring.localcluster import load_tool
 from zring.storage import Record, RocksStore
 from zring.storage import rocks as rocks_module
 from zring.versions import Version
@@ -153,19 +152,8 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-def fill(disk: Path) -> Path:
-    assert os.path.ismount(disk)   # never fill anything but the tmpfs
-    path = disk / "filler"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return path
+# fills a mounted file system with one file (never anything but a mount point)
+fill = load_tool("safetycases").fill
 
 
 def test_a_store_on_a_full_disk_writes_again_once_space_is_freed(tiny_disk):
@@ -193,3 +181,9 @@ def test_a_store_on_a_full_disk_writes_again_once_space_is_freed(tiny_disk):
     with RocksStore(path) as again:
         assert again.count() == 101 and again.get("kept99").value == b"v" * 100
         assert again.check() == []
+
+
+def test_fill_refuses_a_directory_that_is_not_a_mount_point(tmp_path):
+    with pytest.raises(RuntimeError, match="not a mount point"):
+        fill(tmp_path)
+    assert not (tmp_path / "filler").exists()
