@@ -37,16 +37,7 @@ def open_database(path: Path) -> tuple[Rdict, Families]:
     elif path.is_dir() and not all(_made_by_rocksdb(entry.name) for entry in path.iterdir()):
         raise StorageError(f"{path} is not a zring store (a directory without a RocksDB "
                            f"database in it)", path=str(path), reason="foreign")
-    families = {name: _family_options(name) for name in COLUMN_FAMILIES}
-    try:
-        db = Rdict(str(path), _db_options(), column_families=families)
-    except Exception as exc:
-        raise rocks_error(path, exc, opening=True) from exc
-    try:
-        return db, Families(db, COLUMN_FAMILIES)
-    except Exception as exc:
-        db.close()
-        raise rocks_error(path, exc, opening=True) from exc
+    return _open(path)
 
 
 def open_read_only(path: Path) -> tuple[Rdict, Families]:
@@ -54,10 +45,15 @@ def open_read_only(path: Path) -> tuple[Rdict, Families]:
     nothing (a store whose writes fail keeps reading through one while it cannot reopen
     its database to write: it opens beside the failed handle, which still holds the
     lock). StorageError if it cannot be opened."""
+    return _open(path, access_type=AccessType.read_only())
+
+
+def _open(path: Path, **options) -> tuple[Rdict, Families]:
+    """The database at ``path`` with every column family (``options``: Rdict's, e.g. its
+    access type); StorageError if it cannot be opened."""
     families = {name: _family_options(name) for name in COLUMN_FAMILIES}
     try:
-        db = Rdict(str(path), _db_options(), column_families=families,
-                   access_type=AccessType.read_only())
+        db = Rdict(str(path), _db_options(), column_families=families, **options)
     except Exception as exc:
         raise rocks_error(path, exc, opening=True) from exc
     try:
