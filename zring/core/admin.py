@@ -62,7 +62,7 @@ class Admin(Part):
             return [Reply(route, Message(MsgType.OK, message.request_id,
                                          {"node_id": node_id, "status": "joining"}))]
         return self.ctx.calls.call_address(address, node_id, MsgType.ADMIT,
-                                  {"seed": self.ctx.config.address}, on_admitted, now)
+                                           {"seed": self.ctx.config.address}, on_admitted, now)
 
     def _on_remove_node(self, route, message: Message, now: float) -> list[Effect]:
         node_id = message.body["node_id"]
@@ -141,9 +141,9 @@ class Admin(Part):
         effects: list[Effect] = []
         for node_id in targets:
             effects += self.ctx.calls.call(node_id, msg_type, {},
-                                  lambda node, reply, t: self._fan_out_answered(
-                                      admin_id, node, reply, t), now,
-                                  timeout_s=self.ctx.config.repair_timeout_s)
+                                           lambda node, reply, t: self._fan_out_answered(
+                                               admin_id, node, reply, t), now,
+                                           timeout_s=self.ctx.config.repair_timeout_s)
         if not targets:
             self._waiting.pop(admin_id)
             answer = Message(MsgType.OK, message.request_id, {})

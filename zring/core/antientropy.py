@@ -101,9 +101,9 @@ class AntiEntropy(Part):
             session.bytes_exchanged += len(leaves)
             return self._repair_progress(session, t)
 
-        return self.ctx.calls.call(peer, MsgType.REPAIR_TREE,
-                          {"peer": own, "fingerprint": session.ring_fingerprint}, on_tree, now,
-                          timeout_s=self.ctx.config.repair_timeout_s)
+        return self.ctx.calls.call(
+            peer, MsgType.REPAIR_TREE, {"peer": own, "fingerprint": session.ring_fingerprint},
+            on_tree, now, timeout_s=self.ctx.config.repair_timeout_s)
 
     def _repair_progress(self, session: repair.RepairSession, now: float) -> list[Effect]:
         if session.phase != "hashing" or not session.tree.done or session.peer_leaves is None:
@@ -143,7 +143,7 @@ class AntiEntropy(Part):
         body = {"peer": self.ctx.node_id, "intervals": [list(i) for i in intervals],
                 "after": after, "limit": self.ctx.config.repair_page_records}
         return self.ctx.calls.call(session.peer, MsgType.REPAIR_DIGESTS, body, on_page, now,
-                          timeout_s=self.ctx.config.repair_timeout_s)
+                                   timeout_s=self.ctx.config.repair_timeout_s)
 
     def _repair_exchange(self, session: repair.RepairSession, now: float) -> list[Effect]:
         """Both version lists known: fetch what the peer has newer, send what we have newer."""
@@ -179,7 +179,7 @@ class AntiEntropy(Part):
             keys = fetch_batches.pop()
             session.bytes_exchanged += sum(len(k) for k in keys)
             return self.ctx.calls.call(session.peer, MsgType.REPAIR_FETCH, {"keys": keys}, on_reply,
-                              now, timeout_s=self.ctx.config.repair_timeout_s)
+                                       now, timeout_s=self.ctx.config.repair_timeout_s)
         while send_batches:
             fetching = False
             keys = send_batches.pop()
@@ -193,8 +193,8 @@ class AntiEntropy(Part):
             session.records_pushed += len(records)
             session.bytes_exchanged += sum(record_size(r) for r in records)
             return self.ctx.calls.call(session.peer, MsgType.REPLICA_WRITE,
-                              {"records": [record_to_wire(r) for r in records]}, on_reply,
-                              now, timeout_s=self.ctx.config.repair_timeout_s)
+                                       {"records": [record_to_wire(r) for r in records]}, on_reply,
+                                       now, timeout_s=self.ctx.config.repair_timeout_s)
         return self._repair_finished(session, now)
 
     def _repair_finished(self, session: repair.RepairSession, now: float) -> list[Effect]:
@@ -202,10 +202,10 @@ class AntiEntropy(Part):
         self._sessions.pop(session.peer, None)
         self.ctx.stats["repairs"] += 1
         self.ctx.log.info("repair_done", peer=session.peer, records_hashed=session.tree.records,
-                      segments_differing=len(session.segments or ()),
-                      records_pulled=session.records_pulled,
-                      records_pushed=session.records_pushed,
-                      bytes=session.bytes_exchanged, seconds=round(now - session.started_at, 3))
+                          segments_differing=len(session.segments or ()),
+                          records_pulled=session.records_pulled,
+                          records_pushed=session.records_pushed,
+                          bytes=session.bytes_exchanged, seconds=round(now - session.started_at, 3))
         for _, _, waiting, summary in self._waiters:
             if session.peer in waiting:
                 summary["segments_differing"] += len(session.segments or ())

@@ -168,19 +168,19 @@ class NodeClock(Part):
         effects: list[Effect] = []
         for peer in self.ctx.up_peers(now):
             effects += self.ctx.calls.call(peer, MsgType.CLOCK, {},
-                                  lambda node, reply, t, sent=now: self._clock_answered(
-                                      node, reply, sent, t), now)
+                                           lambda node, reply, t, sent=now: self._clock_answered(
+                                               node, reply, sent, t), now)
         verdict = self.verdict(now)
         if verdict.ok != self.ok:
             self.ok = verdict.ok
             if verdict.ok:
                 self.ctx.log.info("clock_offset_ok", offset_s=round(verdict.offset_s, 3),
-                              peers_measured=verdict.measured)
+                                  peers_measured=verdict.measured)
             else:
                 self.ctx.log.error("clock_offset_exceeded", offset_s=round(verdict.offset_s, 3),
-                               max_clock_offset_s=self.ctx.config.max_clock_offset_s,
-                               peers_measured=verdict.measured, peers_far=verdict.far,
-                               action="not coordinating writes until the clock is fixed")
+                                   max_clock_offset_s=self.ctx.config.max_clock_offset_s,
+                                   peers_measured=verdict.measured, peers_far=verdict.far,
+                                   action="not coordinating writes until the clock is fixed")
         return effects
 
     def _clock_answered(self, node_id: str, reply: Message | None, sent: float,

@@ -97,19 +97,19 @@ class Coordinator(Part):
                 effects += self._write_own(op_id, record, now)
             else:
                 effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE,
-                                      {"records": wire, "cond": True},
-                                      lambda node, reply, t: self._write_answered(
-                                          op_id, node, *write_outcome(reply), t), now)
+                                               {"records": wire, "cond": True},
+                                               lambda node, reply, t: self._write_answered(
+                                                   op_id, node, *write_outcome(reply), t), now)
         for holder, target in holders.items():
             if holder == self.ctx.node_id:
                 self.hints.keep([Hint(0, target, record, int(now * 1000))])
                 effects += self._write_answered(op_id, holder, True, None, now)
             else:
                 effects += self.ctx.calls.call(holder, MsgType.HINT_WRITE,
-                                      {"target": target, "records": wire},
-                                      lambda node, reply, t: self._write_answered(
-                                          op_id, node, reply is not None
-                                          and reply.type == MsgType.OK, None, t), now)
+                                               {"target": target, "records": wire},
+                                               lambda node, reply, t: self._write_answered(
+                                                   op_id, node, reply is not None
+                                                   and reply.type == MsgType.OK, None, t), now)
         if not op.counted:
             effects += self._write_answered(op_id, "", False, None, now)  # nobody to ask
         return effects
@@ -267,9 +267,9 @@ class Coordinator(Part):
                 self.ctx.log.error("own_read_failed", error=str(exc))
                 return self._read_answered(op_id, target, False, None, now)
             return self._read_answered(op_id, target, True, record, now)
-        return self.ctx.calls.call(target, MsgType.REPLICA_READ, {"key": op.key},
-                          lambda node, reply, t: self._remote_read_answered(op_id, node, reply, t),
-                          now)
+        return self.ctx.calls.call(
+            target, MsgType.REPLICA_READ, {"key": op.key},
+            lambda node, reply, t: self._remote_read_answered(op_id, node, reply, t), now)
 
     def _remote_read_answered(self, op_id: int, node_id: str, reply: Message | None, now: float):
         if reply is None or reply.type != MsgType.OK:
@@ -360,9 +360,9 @@ class Coordinator(Part):
                 effects += self._written_back(op_id, target, True, now)
             else:
                 effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE, {"records": wire},
-                                      lambda node, reply, t: self._written_back(
-                                          op_id, node, reply is not None
-                                          and reply.type == MsgType.OK, t), now)
+                                               lambda node, reply, t: self._written_back(
+                                                   op_id, node, reply is not None
+                                                   and reply.type == MsgType.OK, t), now)
         return effects
 
     def _written_back(self, op_id: int, node_id: str, ok: bool, now: float):

@@ -143,8 +143,8 @@ class Hints(Part):
                 effects += on_ack(owner, Message(MsgType.OK, 0, {}), now)
             else:
                 effects += self.ctx.calls.call(owner, MsgType.REPLICA_WRITE,
-                                      {"records": [record_to_wire(r) for r in records]},
-                                      on_ack, now)
+                                               {"records": [record_to_wire(r) for r in records]},
+                                               on_ack, now)
         return effects
 
 

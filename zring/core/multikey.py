@@ -106,10 +106,6 @@ class MultiKey(Part):
     def next_deadline(self, now: float) -> float | None:
         return now if self._own_work else None
 
-    def run_own_work(self, now: float, queued_before: int) -> list[Effect]:
-        """The own reads and writes queued before ``queued_before`` ticks had finished."""
-        return self._run_own_work(now, queued_before)
-
     def own_work_queued(self) -> int:
         return len(self._own_work)
 
@@ -168,9 +164,9 @@ class MultiKey(Part):
             effects += self._read_own_copies(read, local, now)
         for target, indexes in by_target.items():
             effects += self.ctx.calls.call(target, MsgType.REPLICA_READ_MANY,
-                                  {"keys": [keys[i] for i in indexes]},
-                                  lambda node, reply, t, ix=indexes: self._many_read(
-                                      read, node, ix, reply, t), now)
+                                           {"keys": [keys[i] for i in indexes]},
+                                           lambda node, reply, t, ix=indexes: self._many_read(
+                                               read, node, ix, reply, t), now)
         return effects
 
     def _read_own_copies(self, read: _MultiRead, indexes: list[int],
@@ -193,7 +189,7 @@ class MultiKey(Part):
         """Run ``work`` in the next loop cycle's tick, after this cycle's sends have left."""
         self._own_work.append((self.ctx.ticks, batch, request_type, work))
 
-    def _run_own_work(self, now: float, queued_before: int) -> list[Effect]:
+    def run_own_work(self, now: float, queued_before: int) -> list[Effect]:
         """The own reads and writes queued before ``queued_before`` ticks had finished."""
         due = [entry for entry in self._own_work if entry[0] < queued_before]
         if not due:
@@ -357,11 +353,11 @@ class MultiKey(Part):
         elif local:
             effects += self._write_own_copies(write, local, now)
         for target, indexes in by_target.items():
-            effects += self.ctx.calls.call(target, MsgType.REPLICA_WRITE,
-                                  {"records": [wires[i] for i in indexes], "cond": True},
-                                  lambda node, reply, t, ix=indexes: self._many_written(
-                                      write, node, ix, *batch_write_outcome(reply, len(ix)),
-                                      t), now)
+            effects += self.ctx.calls.call(
+                target, MsgType.REPLICA_WRITE,
+                {"records": [wires[i] for i in indexes], "cond": True},
+                lambda node, reply, t, ix=indexes: self._many_written(
+                    write, node, ix, *batch_write_outcome(reply, len(ix)), t), now)
         return effects
 
     def _write_own_copies(self, write: _MultiWrite, indexes: list[int],

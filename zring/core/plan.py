@@ -118,14 +118,13 @@ class Plan(Part):
 
     def _stats_call(self, node_id: str, intervals: list, key, on_stats, now: float):
         if node_id == self.ctx.node_id:
-            self._jobs.append(_CountJob(
-                [tuple(i) for i in intervals],
-                lambda records, size, t: on_stats(key, Message(
-                    MsgType.OK, 0, {"records": records, "bytes": size}), t)))
+            self.count([tuple(i) for i in intervals],
+                       lambda records, size, t: on_stats(key, Message(
+                           MsgType.OK, 0, {"records": records, "bytes": size}), t))
             return []
         return self.ctx.calls.call(node_id, MsgType.RANGE_STATS, {"intervals": intervals},
-                          lambda node, reply, t: on_stats(key, reply, t), now,
-                          timeout_s=self.ctx.config.repair_timeout_s)
+                                   lambda node, reply, t: on_stats(key, reply, t), now,
+                                   timeout_s=self.ctx.config.repair_timeout_s)
 
     def _on_range_stats(self, route, message: Message, now: float) -> list[Effect]:
         """How many records and bytes we hold in the intervals: counted a slice per loop
@@ -138,7 +137,7 @@ class Plan(Part):
 
         def on_done(records: int, size: int, t: float) -> list[Effect]:
             return [ok(route, message.request_id, {"records": records, "bytes": size})]
-        self._jobs.append(_CountJob([tuple(i) for i in intervals], on_done))
+        self.count([tuple(i) for i in intervals], on_done)
         return []
 
     def _step(self, now: float) -> list[Effect]:

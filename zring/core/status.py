@@ -88,7 +88,7 @@ class Status(Part):
         effects: list[Effect] = []
         for peer in peers:
             effects += self.ctx.calls.call(peer, MsgType.STATS, {}, on_stats, now,
-                                  timeout_s=min(self.ctx.config.request_timeout_s, 1.0))
+                                           timeout_s=min(self.ctx.config.request_timeout_s, 1.0))
         return effects
 
     def _member_rows(self, now: float, figures: dict[str, dict]) -> list[dict]:
