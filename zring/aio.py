@@ -118,12 +118,45 @@ class AsyncClient(Commands):
 
     async def _exchange(self, effect: Exchange) -> list[Message | ZringError | None]:
         """Each request's reply (None on silence), the requests concurrently."""
+        if effect.quorum is not None:
+            return await self._exchange_quorum(effect)
         outcomes = await asyncio.gather(*(self._attempt(request, effect.timeout)
                                           for request in effect.requests),
                                         return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, ZringError):
                 raise outcome
+        return outcomes
+
+    async def _exchange_quorum(self, effect: Exchange) -> list[Message | ZringError | None]:
+        """A quorum exchange: the replies until it is decided (see Exchange); the attempts
+        still waiting then are cancelled (their late replies are ignored)."""
+        tasks = [asyncio.ensure_future(self._attempt(request, effect.timeout))
+                 for request in effect.requests]
+        index = {task: position for position, task in enumerate(tasks)}
+        outcomes: list[Message | ZringError | None] = [None] * len(tasks)
+        good = bad = 0
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is not None and not isinstance(error, ZringError):
+                        raise error
+                    outcome = outcomes[index[task]] = error or task.result()
+                    if outcome.__class__ is Message and effect.accepts(outcome):
+                        good += 1
+                    else:
+                        bad += 1
+                if effect.decided(good, bad):
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         return outcomes
 
     async def _attempt(self, request: Request, timeout: float) -> Message | None:

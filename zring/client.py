@@ -114,10 +114,11 @@ class Client(Commands):
             if reply is None:
                 self._drop(request.endpoint)
             return [reply]
-        replies = self._exchange_many(requests, effect.timeout)
-        for request, reply in zip(requests, replies, strict=True):
-            if reply is None:
-                self._drop(request.endpoint)
+        replies = self._exchange_many(effect)
+        if not effect.ended_early(replies):
+            for request, reply in zip(requests, replies, strict=True):
+                if reply is None:
+                    self._drop(request.endpoint)
         return replies
 
     def _exchange_one(self, request: Request, timeout: float) -> Message | None:
@@ -141,8 +142,12 @@ class Client(Commands):
             raise
         return None
 
-    def _exchange_many(self, requests: list[Request], timeout: float) -> list[Message | None]:
-        """Send every request at once, then gather the replies as they come."""
+    def _exchange_many(self, effect: Exchange) -> list[Message | None]:
+        """Send every request at once, then gather the replies as they come (a quorum
+        exchange: until it is decided)."""
+        requests, timeout = effect.requests, effect.timeout
+        quorum, accepts = effect.quorum, effect.accepts
+        good = bad = 0
         replies: list[Message | None] = [None] * len(requests)
         waiting: dict[int, int] = {}   # request id -> index
         for index, request in enumerate(requests):
@@ -163,6 +168,13 @@ class Client(Commands):
                     index = waiting.pop(reply.request_id, None)
                     if index is not None:   # else a reply to an earlier request of ours
                         replies[index] = reply
+                        if quorum is not None:
+                            if accepts(reply):
+                                good += 1
+                            else:
+                                bad += 1
+                            if effect.decided(good, bad):
+                                return replies   # the rest are read and ignored later
         return replies
 
     # -------------------------------------------------------------- sockets

@@ -84,6 +84,14 @@ class ClockSkew(ZringError):
     code = "clock_skew"
 
 
+class NotCoordinated(ZringError):
+    """A node will not take a client-coordinated read or write of a key now (a ring change
+    is under way, the client's ring is not the node's, the node is not one of the key's
+    replicas, or it is starting): a node must coordinate it."""
+
+    code = "not_coordinated"
+
+
 class StorageError(ZringError):
     """The node's store failed or is unreadable."""
 
@@ -92,7 +100,8 @@ class StorageError(ZringError):
 
 _BY_CODE = {cls.code: cls for cls in (ZringError, ProtocolError, InvalidRequest, Unavailable,
                                        Timeout, NotMember, MembershipConflict, StorageError,
-                                       Forbidden, VersionConflict, ClockSkew)}
+                                       Forbidden, VersionConflict, ClockSkew,
+                                       NotCoordinated)}
 
 
 def error_from_code(code: str, message: str, details: dict | None = None) -> ZringError:

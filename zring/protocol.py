@@ -52,6 +52,9 @@ class MsgType(IntEnum):
     MGET = 22
     MPUT = 23
     STATS = 24
+    # a token-aware client coordinating its own quorum: one replica's copy of one key
+    DIRECT_WRITE = 25
+    DIRECT_READ = 26
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -81,7 +84,7 @@ CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
                           MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT,
-                          MsgType.STATS})
+                          MsgType.STATS, MsgType.DIRECT_WRITE, MsgType.DIRECT_READ})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
@@ -128,6 +131,14 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.GET: {"key": ((str,), True), "n": (_OPT_INT, False), "r": (_OPT_INT, False)},
     MsgType.DELETE: {"key": ((str,), True), "n": (_OPT_INT, False), "w": (_OPT_INT, False),
                      "ts": (_OPT_INT, False), "writer": (_OPT_STR, False)},
+    # "ring": the fingerprint of the ring the client routes by, "n" its preference list's
+    # length: the replica takes it only if it is one of them on that ring, settled.
+    # "cond" False: a read's write-back (no refusal; the newer copy stays)
+    MsgType.DIRECT_WRITE: {"key": ((str,), True), "value": ((bytes, str, type(None)), True),
+                           "ts": ((int,), True), "writer": ((str,), True),
+                           "ring": ((int,), True), "n": ((int,), True),
+                           "cond": ((bool,), False)},
+    MsgType.DIRECT_READ: {"key": ((str,), True), "ring": ((int,), True), "n": ((int,), True)},
     MsgType.RING_STATE: {},
     MsgType.CLUSTER_STATUS: {},
     MsgType.LOCAL_KEYS: {"limit": (_OPT_INT, False)},

@@ -90,7 +90,7 @@ class HashRing:
     """
 
     __slots__ = ("_vnodes", "_weights", "_dirty", "_tokens", "_owner_ids", "_names",
-                 "_starts", "_direct", "_shift")
+                 "_starts", "_direct", "_shift", "_fingerprint")
 
     def __init__(self, nodes: Iterable[str] | Mapping[str, float] | None = None, *,
                  vnodes: int = DEFAULT_VNODES) -> None:
@@ -99,6 +99,7 @@ class HashRing:
         self._vnodes = vnodes
         self._weights: dict[str, float] = {}
         self._dirty = True
+        self._fingerprint: int | None = None   # cached: a replica checks it per request
         # The built layout. Nodes are referred to by index into _names (sorted ids, then None
         # so that an empty ring answers None); small ints keep the tables compact and cached.
         self._tokens = array("Q")        # sorted token positions
@@ -126,6 +127,7 @@ class HashRing:
             return
         self._weights[node_id] = weight
         self._dirty = True
+        self._fingerprint = None
 
     def remove_node(self, node_id: str) -> None:
         """Remove ``node_id``; raises ``KeyError`` if it is not a member."""
@@ -134,6 +136,7 @@ class HashRing:
         except KeyError:
             raise KeyError(f"node {node_id!r} is not in the ring") from None
         self._dirty = True
+        self._fingerprint = None
 
     @property
     def nodes(self) -> list[str]:
@@ -183,8 +186,10 @@ class HashRing:
 
     def fingerprint(self) -> int:
         """A 64-bit digest of the members, weights and vnodes: equal rings, equal fingerprints."""
-        text = repr((self._vnodes, sorted(self._weights.items())))
-        return _xxh3_64(text.encode("utf-8"))
+        if self._fingerprint is None:
+            text = repr((self._vnodes, sorted(self._weights.items())))
+            self._fingerprint = _xxh3_64(text.encode("utf-8"))
+        return self._fingerprint
 
     # ---------------------------------------------------------------- lookups
 

@@ -338,7 +338,7 @@ def test_a_silent_owner_is_followed_by_the_other_replicas_in_order():
     client = Scripted(lambda e, m: ring if m.type == MsgType.RING_STATE else None,
                       token_aware=True, timeout=0.05, retries=3)
     with pytest.raises(Timeout):
-        client.get("key")
+        client.get("key", r=1)   # one replica's copy: no quorum the client coordinates
     state = RingState.from_body(ring)
     address = {node.node_id: node.address for node in state.nodes}
     replicas = [address[n] for n in state.hash_ring().get_nodes("key", state.replicas)]
@@ -598,3 +598,151 @@ def test_remove_node_moves_off_the_seed_that_leaves():
                       seeds=("tcp://h:n2", "tcp://h:n1"))
     client.remove_node("n2", wait=False)
     assert client.seed == "tcp://h:n1"
+
+
+# ------------------------------------------------------------------ client-coordinated quorums
+
+
+def replicas_of(key, ring=None):
+    state = RingState.from_body(ring or ring_body())
+    address = {node.node_id: node.address for node in state.nodes}
+    nodes = state.hash_ring().get_nodes(key, state.replicas)
+    return nodes, [address[n] for n in nodes]
+
+
+def direct_cluster(on_write=None, on_read=None, ring=None):
+    """A token-aware client over a settled 3-node ring whose replicas answer client-
+    coordinated requests with ``on_write(endpoint, body)`` / ``on_read(endpoint, body)``;
+    nodes coordinating (PUT/GET) answer as a node would."""
+    ring = ring or ring_body()
+
+    def answer(endpoint, message):
+        if message.type == MsgType.RING_STATE:
+            return ring
+        if message.type == MsgType.DIRECT_WRITE:
+            return on_write(endpoint, message.body) if on_write else {"stored": True}
+        if message.type == MsgType.DIRECT_READ:
+            return on_read(endpoint, message.body) if on_read else {"record": None}
+        if message.type in (MsgType.PUT, MsgType.DELETE):
+            return {"version": [message.body["ts"], message.body["writer"]],
+                    "stored_on": ["n1", "n2"], "replicated_to": ["n1", "n2", "n3"]}
+        if message.type == MsgType.GET:
+            return {"found": True, "value": b"from-node", "version": [5, "w"],
+                    "served_by": ["n1", "n2"]}
+        raise AssertionError(message.type)
+    return Scripted(answer, token_aware=True, timeout=0.05)
+
+
+def sent_types(client):
+    return [m.type for _, m in client.sent if m.type != MsgType.RING_STATE]
+
+
+def test_a_token_aware_put_goes_to_every_replica_and_needs_w_stored():
+    nodes, endpoints = replicas_of("key")
+    client = direct_cluster(on_write=lambda e, body: {"stored": e != endpoints[2]})
+    result = client.put("key", b"v")
+    assert result.stored_on == tuple(nodes[:2]) and result.replicated_to == tuple(nodes)
+    writes = [(e, m.body) for e, m in client.sent if m.type == MsgType.DIRECT_WRITE]
+    assert [e for e, _ in writes] == endpoints
+    assert {(b["ts"], b["writer"], b["n"], b["ring"]) for _, b in writes} == \
+        {(result.version.timestamp, client.writer, 3, 1)}
+    assert sent_types(client) == [MsgType.DIRECT_WRITE] * 3   # no node coordinated it
+
+
+def test_a_client_coordinated_write_every_replica_refused_is_stamped_again():
+    held = [(1_800_000_000_000 << 16), "other"]
+    seen = []
+
+    def on_write(endpoint, body):
+        seen.append(body["ts"])
+        return {"stored": False, "newer": held} if body["ts"] <= held[0] else {"stored": True}
+    client = direct_cluster(on_write=on_write)
+    result = client.put("key", b"v")
+    assert result.version.timestamp > held[0]
+    assert len(set(seen)) == 2 and sent_types(client) == [MsgType.DIRECT_WRITE] * 6
+
+
+def test_a_write_refused_by_some_replicas_only_is_a_node_s_to_finish_with_its_stamp():
+    nodes, endpoints = replicas_of("key")
+    held = [(1_800_000_000_000 << 16), "other"]
+
+    def on_write(endpoint, body):
+        return {"stored": True} if endpoint == endpoints[0] else {"stored": False,
+                                                                  "newer": held}
+    client = direct_cluster(on_write=on_write)
+    client.put("key", b"v")
+    [put] = [m.body for _, m in client.sent if m.type == MsgType.PUT]
+    [direct_ts] = {m.body["ts"] for _, m in client.sent if m.type == MsgType.DIRECT_WRITE}
+    assert put["ts"] == direct_ts   # the same write, not a new one
+
+
+def test_a_replica_that_will_not_be_coordinated_sends_the_write_to_a_node():
+    from zring.errors import NotCoordinated
+    client = direct_cluster(on_write=lambda e, body: NotCoordinated("a ring change"))
+    client.put("key", b"v")
+    assert sent_types(client) == [MsgType.DIRECT_WRITE] * 3 + [MsgType.PUT]
+    assert client.ring_stale   # refetched before the next request
+
+
+def test_a_silent_replica_is_avoided_and_the_write_goes_through_a_node():
+    nodes, endpoints = replicas_of("key")
+    client = direct_cluster(on_write=lambda e, body: {"stored": True}
+                            if e == endpoints[0] else None)
+    client.put("key", b"v")
+    assert sent_types(client)[:3] == [MsgType.DIRECT_WRITE] * 3
+    assert MsgType.PUT in sent_types(client)
+    client.sent.clear()
+    client.put("key", b"w")   # its replicas seem down now: a node coordinates (and hints)
+    assert MsgType.DIRECT_WRITE not in sent_types(client)
+
+
+def test_a_read_asks_r_replicas_and_returns_the_newest_version():
+    nodes, endpoints = replicas_of("key")
+    record = ["key", b"v", 7 << 16, "w"]
+    client = direct_cluster(on_read=lambda e, body: {"record": record})
+    result = client.get("key")
+    assert (result.value, result.found, result.version) == (b"v", True, Version(7 << 16, "w"))
+    assert [e for e, m in client.sent if m.type == MsgType.DIRECT_READ] == endpoints[:2]
+    assert sent_types(client) == [MsgType.DIRECT_READ] * 2
+
+
+def test_replicas_that_disagree_get_the_newest_written_back_before_the_read_answers():
+    nodes, endpoints = replicas_of("key")
+    newer, older = ["key", b"new", 9 << 16, "w"], ["key", b"old", 3 << 16, "w"]
+    client = direct_cluster(on_read=lambda e, body: {
+        "record": newer if e == endpoints[0] else older})
+    assert client.get("key").value == b"new"
+    backs = [(e, m.body) for e, m in client.sent if m.type == MsgType.DIRECT_WRITE]
+    assert [e for e, _ in backs] == endpoints[1:]   # every replica that may lack it
+    assert all(b["cond"] is False and b["ts"] == 9 << 16 and b["value"] == b"new"
+               for _, b in backs)
+    # a tombstone is newest: not found, and still written back
+    client = direct_cluster(on_read=lambda e, body: {
+        "record": ["key", None, 9 << 16, "w"] if e == endpoints[0] else None})
+    assert client.get("key").found is False
+    assert MsgType.DIRECT_WRITE in sent_types(client)
+
+
+def test_a_read_whose_write_back_fails_is_a_node_s_to_coordinate():
+    nodes, endpoints = replicas_of("key")
+    newer, older = ["key", b"new", 9 << 16, "w"], ["key", b"old", 3 << 16, "w"]
+    client = direct_cluster(on_read=lambda e, body: {
+        "record": newer if e == endpoints[0] else older},
+        on_write=lambda e, body: Unavailable("disk full"))
+    assert client.get("key").value == b"from-node"
+    assert sent_types(client)[-1] == MsgType.GET
+
+
+def test_nodes_coordinate_while_the_ring_changes_and_for_one_replica_reads():
+    ring = ring_body()
+    ring["members"][2]["status"] = "leaving"
+    client = direct_cluster(ring=ring)
+    client.put("key", b"v")
+    client.get("key")
+    assert sent_types(client) == [MsgType.PUT, MsgType.GET]
+    client = direct_cluster()
+    client.get("key", r=1)
+    assert sent_types(client) == [MsgType.GET]
+    client = Scripted(direct_cluster().answer, token_aware=False)
+    client.put("key", b"v")
+    assert sent_types(client) == [MsgType.PUT]

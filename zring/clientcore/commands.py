@@ -69,7 +69,7 @@ class Commands(Session):
         """Read the newest value among ``r`` replicas (``found`` is False if there is none)."""
         body = {"key": check_key(key), "n": check_count(replicas, "replicas"),
                 "r": check_count(r, "r")}
-        return self._run(self._call(MsgType.GET, body, key, convert=_get_result, observe=True))
+        return self._run(self._read(body, _get_result))
 
     def delete(self, key: str, *, w: int | None = None,
                replicas: int | None = None) -> DeleteResult:

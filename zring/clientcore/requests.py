@@ -4,7 +4,10 @@ A command (see ``commands``) is a generator: it yields an effect and gets its ou
 There are three effects, all a transport implements:
 
 - :class:`Exchange`: send each request's frame to its endpoint and wait up to ``timeout``
-  for the replies (matched by request id); the outcome is each reply, or None on silence;
+  for the replies (matched by request id); the outcome is each reply, or None on silence.
+  A quorum exchange (``quorum`` k) may end as soon as k replies were accepted, or as soon
+  as so many were not that k never can be: the requests still unanswered then are None
+  too, but were not silent (their endpoints are not dropped; a late reply is ignored);
 - :class:`Sleep`: wait (a backoff, or between status polls);
 - :class:`Gossip`: listen to these gossip endpoints too, and hand every GOSSIP that
   arrived to the routing table.
@@ -50,14 +53,44 @@ class Request:
                        f"{', '.join(dict.fromkeys(self.tried))} ({len(self.tried)} tries)")
 
 
+def accepted(reply: Message) -> bool:
+    """A quorum exchange's default test of a reply: an OK."""
+    return reply.type == MsgType.OK
+
+
 class Exchange:
-    """Send every request to its ``endpoint``; the outcome: each one's reply or None."""
+    """Send every request to its ``endpoint``; the outcome: each one's reply or None.
 
-    __slots__ = ("requests", "timeout")
+    ``quorum`` (k): the transport may return once ``accepts`` held for k replies, or failed
+    for more than ``len(requests) - k`` (a quorum no longer possible); the outcome then has
+    None for the requests not answered yet, and :meth:`ended_early` tells the caller that
+    those were not silent. ``quorum`` None: wait for every reply or the timeout."""
 
-    def __init__(self, requests: list[Request], timeout: float) -> None:
+    __slots__ = ("requests", "timeout", "quorum", "accepts")
+
+    def __init__(self, requests: list[Request], timeout: float, quorum: int | None = None,
+                 accepts: Callable[[Message], bool] = accepted) -> None:
         self.requests = requests
         self.timeout = timeout
+        self.quorum = quorum
+        self.accepts = accepts
+
+    def decided(self, accepted_count: int, refused_count: int) -> bool:
+        """Whether a quorum exchange may end with these counts of replies."""
+        quorum = self.quorum
+        return quorum is not None and (accepted_count >= quorum or
+                                       refused_count > len(self.requests) - quorum)
+
+    def ended_early(self, replies: list[Message | None]) -> bool:
+        """Whether ``replies`` (this exchange's outcome) were decided before the timeout:
+        the requests without a reply were then not waited for, not silent."""
+        if self.quorum is None:
+            return False
+        accepts = self.accepts
+        answers = [reply for reply in replies if isinstance(reply, Message)]
+        good = sum(1 for reply in answers if accepts(reply))
+        bad = len(answers) - good
+        return self.decided(good, bad)
 
 
 class Sleep:

@@ -32,12 +32,18 @@ GOSSIP_CHECK_S = 0.02     # read arrived gossip before a request at most this of
 class Routing:
     """The ring a token-aware client routes by, with each node's endpoint."""
 
-    __slots__ = ("ring", "fingerprint", "replicas", "addresses", "node_of", "preferred")
+    __slots__ = ("ring", "fingerprint", "replicas", "write_quorum", "read_quorum", "settled",
+                 "addresses", "node_of", "preferred")
 
     def __init__(self, ring: HashRing, state: RingState) -> None:
         self.ring = ring
         self.fingerprint = state.fingerprint
         self.replicas = state.replicas
+        self.write_quorum = state.write_quorum
+        self.read_quorum = state.read_quorum
+        # no member joining or leaving: each key has one preference list, which a client
+        # may coordinate a quorum over itself (the replicas check it too)
+        self.settled = all(m.status in ("normal", "left") for m in state.members)
         self.addresses = {node.node_id: node.address for node in state.nodes}
         self.node_of = {address: node_id for node_id, address in self.addresses.items()}
         # each client prefers its own random order of nodes: batches spread over clients
@@ -62,6 +68,10 @@ class RoutingTable:
         self.heard_at: dict[str, float] = {}
         self.listening_since: float | None = None
         self.gossip_read_at = -1e9
+
+    def avoided(self, endpoint: str, now: float) -> bool:
+        """Whether ``endpoint`` went silent lately, or its node's gossip did."""
+        return self._avoided(endpoint, now)
 
     def _avoided(self, endpoint: str, now: float) -> bool:
         if self.avoid.get(endpoint, 0.0) > now:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zring.clientcore.batches import cut_indexes, merge
+from zring.clientcore.direct import direct_read, direct_write
 from zring.clientcore.options import Seeds, client_options
 from zring.clientcore.requests import Exchange, Gossip, Request, Sleep, Steps
 from zring.clientcore.results import (
@@ -233,7 +234,20 @@ class Session:
             body["ts"] = stamps.next(self._wall_ms())
             if (steps := self._routing_steps()) is not None:
                 yield from steps
+            unanswered = False
+            if self.token_aware:   # coordinated here while the ring is settled
+                try:
+                    reply, unanswered = yield from direct_write(
+                        self._routes, self._ids, self.timeout, body, self._monotonic())
+                except VersionConflict as exc:
+                    if not stamps.stamp_again(exc, attempt, False):
+                        raise
+                    continue
+                if reply is not None:
+                    stamps.observe_body(reply)
+                    return result(reply)
             request = self._request(msg_type, body, body["key"])
+            request.unanswered = unanswered
             try:
                 yield from self._send([request])
             except VersionConflict as exc:
@@ -243,6 +257,23 @@ class Session:
             stamps.observe_body(request.body)
             return result(request.body)
         raise AssertionError("unreachable")
+
+    def _read(self, body: dict, result: Callable[[dict], Any]) -> Steps:
+        """A GET (its reply body made a ``result``): coordinated here over the key's
+        replicas while the ring is settled and r > 1 (at r=1 the replica a token-aware
+        request goes to answers from its own copy: one hop already), else by a node."""
+        if self.token_aware and body.get("r") != 1:
+            if (steps := self._routing_steps()) is not None:
+                yield from steps
+            routing = self._routes.routing
+            if routing is not None and (body.get("r") or routing.read_quorum) > 1:
+                reply = yield from direct_read(self._routes, self._ids, self.timeout, body,
+                                               self._monotonic())
+                if reply is not None:
+                    self._stamps.observe_body(reply)
+                    return result(reply)
+        return (yield from self._call(MsgType.GET, body, body["key"], convert=result,
+                                      observe=True))
 
     def _batch(self, msg_type: MsgType, keys: list[str], sizes: list[int],
                make_body: Callable[[list[int]], dict], field: str) -> Steps:

@@ -72,7 +72,8 @@ class NodeCore:
         self.coordinator = Coordinator(ctx, self.topology, self.hints, self.clock_part)
         self.multikey = MultiKey(ctx, self.topology, self.coordinator, self.hints,
                                  self.clock_part)
-        self.replica = Replica(ctx, self.clock_part)
+        self.replica = Replica(ctx, self.clock_part, self.topology,
+                               lambda now: self.admission.ready(now))
         self.drops = Drops(ctx, self.topology)
         self.plan = Plan(ctx, self.topology)
         self.antientropy = AntiEntropy(ctx, self.topology, self.replica, now)

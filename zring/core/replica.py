@@ -1,13 +1,18 @@
-"""The replica side: records written and read for a coordinator, hints kept for a peer,
-and pages of a range for a node that streams it."""
+"""The replica side: records written and read for a coordinator (a peer, or a token-aware
+client coordinating its own quorum), hints kept for a peer, and pages of a range for a node
+that streams it."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from zring.core.batching import BATCH_MAX_BYTES, MAX_BATCH_KEYS, encoded_size
 from zring.core.clocks import NodeClock
 from zring.core.context import NodeContext, Part
 from zring.core.effects import Effect, Reply, ok
-from zring.errors import InvalidRequest, ProtocolError
+from zring.core.topology import Topology
+from zring.errors import InvalidRequest, NotCoordinated, ProtocolError
+from zring.hashing import key_position
 from zring.protocol import Message, MsgType, record_from_wire, record_to_wire
 from zring.storage.base import Hint, Record, record_size
 
@@ -18,10 +23,15 @@ MAX_SCAN_INTERVALS = 65_536
 
 
 class Replica(Part):
-    def __init__(self, ctx: NodeContext, clock: NodeClock) -> None:
+    def __init__(self, ctx: NodeContext, clock: NodeClock, topology: Topology,
+                 ready: Callable[[float], bool]) -> None:
         self.ctx = ctx
         self.clock = clock
+        self.topology = topology
+        self.ready = ready   # whether the node coordinates reads and writes yet
         self.handlers = {
+            MsgType.DIRECT_WRITE: self._on_direct_write,
+            MsgType.DIRECT_READ: self._on_direct_read,
             MsgType.REPLICA_WRITE: self._on_replica_write,
             MsgType.REPLICA_READ: self._on_replica_read,
             MsgType.REPLICA_READ_MANY: self._on_replica_read_many,
@@ -53,6 +63,75 @@ class Replica(Part):
             self.clock.hlc.observe(newest)
             self.clock.note_stamp(newest)
         return [ok(route, message.request_id, body)]
+
+    # -------------------------------------------------- a client coordinating its own quorum
+
+    def _direct_key(self, body: dict, now: float) -> str:
+        """The key of a client-coordinated request, if we take it: we must be one of the
+        key's ``n`` replicas on the ring the client routes by, with no ring change under
+        way (then each key has one preference list, and the client's quorum is the one
+        every coordinator counts) and ready (a restarted node may hold an old ring).
+        Anything else is a node's to coordinate (with write sets, hints, spares)."""
+        self.ctx.check_serving()
+        key = self.ctx.check_key(body["key"])
+        n = body["n"]
+        if not 1 <= n <= 64:
+            raise InvalidRequest(f"n={n} must be between 1 and 64")
+        topology = self.topology
+        ring = topology.ring
+        me = self.ctx.node_id
+        if ring.fingerprint() != body["ring"]:
+            why = "the client's ring is not ours"
+        elif not topology.steady():
+            why = "a ring change is under way"
+        elif not self.ready(now):
+            why = f"{me} is starting"
+        elif me not in ring.get_nodes_at(key_position(key), n):
+            why = f"{me} is not one of the key's {n} replicas"
+        else:
+            return key
+        self.ctx.stats["direct_refused"] += 1
+        raise NotCoordinated(f"{why}: send the request to a node to coordinate",
+                             ring=ring.fingerprint())
+
+    def _on_direct_write(self, route, message: Message, now: float) -> list[Effect]:
+        """A client's write of a key to us, one of its replicas: stamped by the client,
+        taken unless we hold a newer version (the reply then names it, as a coordinator's
+        replica write does), after the commit. ``cond`` False: a read's write-back, which
+        keeps the newer of the two copies."""
+        body = message.body
+        key = self._direct_key(body, now)
+        value, ts, writer = body["value"], body["ts"], body["writer"]
+        if value is not None and len(value) > self.ctx.config.max_value_bytes:
+            raise InvalidRequest(f"value of {len(value)} bytes exceeds the limit of "
+                                 f"{self.ctx.config.max_value_bytes}")
+        if not ts < 1 << 63 or not 0 < len(writer) <= 256:
+            raise InvalidRequest("a write's ts must be an int in [0, 2**63) with a writer id "
+                                 "of 1 to 256 characters")
+        self.clock.check_peer_timestamp(ts, now)
+        wire = [key, value, ts, writer]
+        self.ctx.stats["direct_writes"] += 1
+        if body.get("cond", True):
+            held = self.ctx.store.write_if_newer([wire])[0]
+            reply = {"stored": held is None}
+            if held is not None:
+                reply["newer"] = held
+                self.ctx.stats["replica_writes_refused_newer"] += 1
+        else:
+            self.ctx.store.put_wire([wire])
+            reply = {"stored": True}
+        self.clock.hlc.observe(ts)
+        self.clock.note_stamp(ts)
+        return [ok(route, message.request_id, reply)]
+
+    def _on_direct_read(self, route, message: Message, now: float) -> list[Effect]:
+        """A client's read of our copy of a key (it counts its own quorum)."""
+        key = self._direct_key(message.body, now)
+        self.ctx.stats["direct_reads"] += 1
+        return [ok(route, message.request_id, {"record": self.ctx.store.get_wire(key)},
+                   only_reads=True)]
+
+    # -------------------------------------------------------------- records
 
     def _check_record_sizes(self, items: list) -> None:
         max_value = self.ctx.config.max_value_bytes

@@ -4,11 +4,12 @@ kept for a peer, and pages of a range for a node that streams it."""
 from __future__ import annotations
 
 import pytest
-from coresim import part_context
+from coresim import member, part_context
 
 from zring.core.clocks import NodeClock
 from zring.core.replica import Replica
-from zring.errors import InvalidRequest, NotMember, ProtocolError
+from zring.core.topology import Topology
+from zring.errors import ClockSkew, InvalidRequest, NotCoordinated, NotMember, ProtocolError
 from zring.hashing import key_position
 from zring.membership import MemberStatus
 from zring.protocol import Message, MsgType
@@ -20,9 +21,9 @@ FULL = [0, (1 << 64) - 1]
 TS = (int(NOW * 1000) - 5000) << 16     # five seconds ago
 
 
-def replica_of(**overrides) -> Replica:
-    ctx = part_context(**overrides)
-    return Replica(ctx, NodeClock(ctx, NOW))
+def replica_of(peers=("b", "c"), ready: bool = True, **overrides) -> Replica:
+    ctx = part_context(peers=peers, **overrides)
+    return Replica(ctx, NodeClock(ctx, NOW), Topology(ctx, NOW), lambda now: ready)
 
 
 def ask(replica: Replica, msg_type: MsgType, body: dict) -> Message:
@@ -133,3 +134,74 @@ def test_a_node_that_left_serves_no_replica_requests():
                            (MsgType.RANGE_PULL, {"intervals": [FULL], "limit": 10})):
         with pytest.raises(NotMember):
             replica.handlers[msg_type]((b"p",), Message(msg_type, 7, body), NOW)
+
+
+# ---------------------------------------------------------------- client-coordinated
+
+
+def own_key(replica: Replica, mine: bool = True) -> str:
+    """A key of which the replica is (or is not) one of the 3 replicas."""
+    ring = replica.topology.ring
+    return next(k for k in (f"key{i}" for i in range(1000))
+                if (replica.ctx.node_id in ring.get_nodes(k, 3)) == mine)
+
+
+def direct_write(replica: Replica, key: str, ts: int = TS, value=b"v", **extra) -> Message:
+    body = {"key": key, "value": value, "ts": ts, "writer": "client-1",
+            "ring": replica.topology.ring.fingerprint(), "n": 3, **extra}
+    return ask(replica, MsgType.DIRECT_WRITE, body)
+
+
+def test_a_client_write_to_a_replica_is_taken_unless_a_newer_version_is_held():
+    replica = replica_of(peers=("b", "c", "d"))
+    key = own_key(replica)
+    assert direct_write(replica, key, TS + 10).body == {"stored": True}
+    assert direct_write(replica, key, TS + 10).body == {"stored": True}   # a resend
+    refused = direct_write(replica, key, TS + 5, b"older").body
+    assert refused == {"stored": False, "newer": [TS + 10, "client-1"]}
+    assert replica.ctx.store.get(key).value == b"v"
+    # a read's write-back keeps the newer copy, and says nothing of the older one
+    assert direct_write(replica, key, TS + 1, b"old", cond=False).body == {"stored": True}
+    assert replica.ctx.store.get(key).version == Version(TS + 10, "client-1")
+    read = ask(replica, MsgType.DIRECT_READ, {"key": key, "n": 3,
+                                              "ring": replica.topology.ring.fingerprint()})
+    assert read.body == {"record": [key, b"v", TS + 10, "client-1"]}
+    assert replica.ctx.stats["direct_writes"] == 4 and replica.ctx.stats["direct_reads"] == 1
+
+
+def test_a_client_delete_writes_a_tombstone():
+    replica = replica_of()
+    direct_write(replica, "k", TS)
+    assert direct_write(replica, "k", TS + 1, value=None).body == {"stored": True}
+    assert replica.ctx.store.get("k").value is None
+
+
+@pytest.mark.parametrize("case", ["ring", "not_replica", "starting", "changing"])
+def test_a_replica_refuses_what_a_node_must_coordinate(case):
+    replica = replica_of(peers=("b", "c", "d"), ready=case != "starting")
+    key = own_key(replica, mine=case != "not_replica")
+    ring = replica.topology.ring.fingerprint()
+    if case == "ring":
+        ring ^= 1
+    if case == "changing":
+        replica.ctx.members.merge([member("e", MemberStatus.JOINING)], NOW)
+        replica.topology.members_changed()
+        assert not replica.topology.steady()
+    for msg_type, body in ((MsgType.DIRECT_WRITE, {"value": b"v", "ts": TS, "writer": "c"}),
+                           (MsgType.DIRECT_READ, {})):
+        with pytest.raises(NotCoordinated, match="send the request to a node"):
+            ask(replica, msg_type, {"key": key, "ring": ring, "n": 3, **body})
+    assert replica.ctx.store.get(key) is None
+    assert replica.ctx.stats["direct_refused"] == 2
+
+
+def test_a_client_write_stamped_beyond_the_clock_offset_is_refused():
+    replica = replica_of()
+    ahead = (int(NOW * 1000) + 60_000) << 16
+    with pytest.raises(ClockSkew):
+        direct_write(replica, "k", ahead)
+    with pytest.raises(InvalidRequest):
+        direct_write(replica, "k", TS, value=b"x" * (replica.ctx.config.max_value_bytes + 1))
+    with pytest.raises(InvalidRequest):
+        direct_write(replica, "k", TS, n=0)
+    assert replica.ctx.store.get("k") is None

@@ -8,6 +8,7 @@ from coresim import part_context
 from zring.core.clocks import NodeClock
 from zring.core.replica import Replica
 from zring.core.streaming import RangePull, RecordPush, chunk_intervals, subtract_intervals
+from zring.core.topology import Topology
 from zring.hashing import key_position
 from zring.protocol import Message, MsgType
 from zring.storage import MemoryStore
@@ -45,7 +46,8 @@ class Peers:
         replica = self._replicas.get(node_id)
         if replica is None:
             ctx = part_context(node_id, peers=(), store=self.stores[node_id])
-            replica = self._replicas[node_id] = Replica(ctx, NodeClock(ctx, now))
+            replica = self._replicas[node_id] = Replica(ctx, NodeClock(ctx, now),
+                                                        Topology(ctx, now), lambda t: True)
         [reply] = replica.handlers[MsgType.RANGE_PULL]((b"x",), Message(
             MsgType.RANGE_PULL, 1, body), now)
         return on_reply(node_id, reply.message, now)
