@@ -735,6 +735,7 @@ def run(args: argparse.Namespace) -> dict:
         ops_by_kind: dict[str, list[Op]] = defaultdict(list)
         for kind, path in history_files:
             ops_by_kind[kind] += load_history(path.read_text().splitlines())
+        coordinated = _client_coordinated(cluster, nodes)
         set_result = _final_set_check(cluster, nodes, ops_by_kind["set"])
         register_result = check_register(ops_by_kind["register"])
         all_ops = ops_by_kind["set"] + ops_by_kind["register"]
@@ -744,6 +745,7 @@ def run(args: argparse.Namespace) -> dict:
             "register": register_result,
             "availability": availability(all_ops, nemesis.windows),
             "healthy_ok": _healthy_ok(all_ops, nemesis.windows),
+            "client_coordinated": coordinated,
             "events": nemesis.events, "nemesis_problems": nemesis.problems,
             "nemesis_warnings": nemesis.warnings, "dir": str(workdir),
         }
@@ -767,6 +769,22 @@ def verdict_valid(set_result: dict, register_result: dict, problems: Sequence[st
             and not (register_result["stale"] or register_result["went_back"]
                      or register_result["future"])
             and not problems)
+
+
+def _client_coordinated(cluster, nodes: list[str]) -> dict:
+    """Replica copies the workers' clients coordinated themselves (token-aware clients on a
+    settled ring), from the nodes' counters (since each last started: a lower bound)."""
+    totals = {"writes": 0, "reads": 0, "refused": 0}
+    with cluster.client(timeout=5.0) as client:
+        for name in nodes:
+            try:
+                stats = client.node_stats(name)
+            except Exception:  # noqa: BLE001 - a node that does not answer adds nothing
+                continue
+            totals["writes"] += stats.get("direct_writes", 0)
+            totals["reads"] += stats.get("direct_reads", 0)
+            totals["refused"] += stats.get("direct_refused", 0)
+    return totals
 
 
 def _final_set_check(cluster, nodes: list[str], adds: list[Op]) -> dict:
@@ -818,6 +836,11 @@ def format_report(result: dict) -> str:
         f"{r['reads_failed']} failed): {verdict}; stale reads {r['stale']}, went back "
         f"{r['went_back']}, future {r['future']}",
     ]
+    coordinated = result.get("client_coordinated")
+    if coordinated:
+        lines.append(f"client-coordinated replica copies: {coordinated['writes']} writes, "
+                     f"{coordinated['reads']} reads ({coordinated['refused']} refused: a "
+                     "node coordinated those)")
     for example in r["counterexamples"][:2]:
         lines.append(f"  counterexample: {json.dumps(example)[:1500]}")
     for anomaly in r["anomalies"][:3]:

@@ -61,3 +61,6 @@ def test_no_acknowledged_write_lost_and_the_register_linearizable_under_every_fa
     # the workloads really ran through the faults, and most of it succeeded
     assert s["acknowledged"] > 500, report
     assert r["reads"] > 200, report
+    # the workers' token-aware clients coordinated their own quorums while they could
+    coordinated = result["client_coordinated"]
+    assert coordinated["writes"] > 500 and coordinated["reads"] > 200, report
