@@ -14,6 +14,7 @@ receiver recomputes the position from the key rather than trusting the sender.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -185,9 +186,15 @@ def message_to_wire(message: Message) -> list:
     return [int(message.type), message.request_id, message.body]
 
 
+_packers = threading.local()   # a Packer per thread: packb makes one per call (~0.4 us)
+
+
 def encode(message: Message) -> bytes:
-    return msgpack.packb([int(message.type), message.request_id, message.body],
-                         use_bin_type=True)
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack([int(message.type), message.request_id, message.body])
 
 
 def decode(frame: bytes, bounded: bool = True) -> Message:
