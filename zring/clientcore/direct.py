@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zring.clientcore.requests import Exchange, Request, Steps
-from zring.errors import NotCoordinated, ProtocolError, VersionConflict
+from zring.errors import NotCoordinated, ProtocolError, VersionConflict, ZringError
 from zring.protocol import Message, MsgType, record_from_wire
 
 if TYPE_CHECKING:
@@ -59,6 +59,15 @@ def replica_endpoints(routes: RoutingTable, key: str, n: int | None,
             return None
         endpoints.append(endpoint)
     return routing, nodes, endpoints
+
+
+def _outcome(replies: list) -> list[Message | None]:
+    """A quorum exchange's replies; an error the transport met (the client was closed
+    during the request) is raised."""
+    for reply in replies:
+        if isinstance(reply, ZringError):
+            raise reply
+    return replies
 
 
 def _stored(reply: Message) -> bool:
@@ -106,7 +115,7 @@ def direct_write(routes: RoutingTable, ids: Iterator[int], timeout: float, body:
             "writer": body["writer"], "ring": routing.fingerprint, "n": n}
     exchange = Exchange(_requests(ids, MsgType.DIRECT_WRITE, wire, endpoints), timeout,
                         quorum=w, accepts=_stored)
-    replies = yield exchange
+    replies = _outcome((yield exchange))
     stored, refused, newer = [], 0, None
     for node, reply in zip(nodes, replies, strict=True):
         if reply is None or reply.type != MsgType.OK:
@@ -147,7 +156,7 @@ def direct_read(routes: RoutingTable, ids: Iterator[int], timeout: float, body: 
     wire = {"key": key, "ring": routing.fingerprint, "n": n}
     exchange = Exchange(_requests(ids, MsgType.DIRECT_READ, wire, endpoints[:r]), timeout,
                         quorum=r)
-    replies = yield exchange
+    replies = _outcome((yield exchange))
     if any(reply is None or reply.type != MsgType.OK for reply in replies):
         _note_failures(routes, exchange, replies, now)
         return None
@@ -187,7 +196,7 @@ def _write_back(routes: RoutingTable, ids: Iterator[int], timeout: float, routin
             "n": len(nodes), "cond": False}
     exchange = Exchange(_requests(ids, MsgType.DIRECT_WRITE, wire, targets), timeout,
                         quorum=needed, accepts=_stored)
-    replies = yield exchange
+    replies = _outcome((yield exchange))
     if sum(1 for reply in replies if reply is not None and _stored(reply)) >= needed:
         return True
     _note_failures(routes, exchange, replies, now)
