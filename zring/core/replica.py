@@ -86,7 +86,8 @@ class Replica(Part):
             why = "a ring change is under way"
         elif not self.ready(now):
             why = f"{me} is starting"
-        elif me not in ring.get_nodes_at(key_position(key), n):
+        elif me not in ring or (len(ring) > n and  # else every member holds every key
+                                me not in ring.get_nodes_at(key_position(key), n)):
             why = f"{me} is not one of the key's {n} replicas"
         else:
             return key
