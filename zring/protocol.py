@@ -56,6 +56,7 @@ class MsgType(IntEnum):
     # a token-aware client coordinating its own quorum: one replica's copy of one key
     DIRECT_WRITE = 25
     DIRECT_READ = 26
+    DIRECT_READ_MANY = 27
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -85,7 +86,8 @@ CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING
                           MsgType.CLUSTER_STATUS, MsgType.LOCAL_KEYS, MsgType.ADD_NODE,
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
                           MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT,
-                          MsgType.STATS, MsgType.DIRECT_WRITE, MsgType.DIRECT_READ})
+                          MsgType.STATS, MsgType.DIRECT_WRITE, MsgType.DIRECT_READ,
+                          MsgType.DIRECT_READ_MANY})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
@@ -140,6 +142,8 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
                            "ring": ((int,), True), "n": ((int,), True),
                            "cond": ((bool,), False)},
     MsgType.DIRECT_READ: {"key": ((str,), True), "ring": ((int,), True), "n": ((int,), True)},
+    MsgType.DIRECT_READ_MANY: {"keys": ((list,), True), "ring": ((int,), True),
+                               "n": ((int,), True)},
     MsgType.RING_STATE: {},
     MsgType.CLUSTER_STATUS: {},
     MsgType.LOCAL_KEYS: {"limit": (_OPT_INT, False)},

@@ -51,6 +51,9 @@ def test_a_token_aware_client_coordinates_its_quorums_and_rides_out_a_paused_rep
         assert [client.get(k).value for k in keys] == [k.encode() for k in keys]
         writes, reads = direct_counts(client, nodes)
         assert writes == 3 * len(keys) and reads == 2 * len(keys)   # N copies, R reads each
+        assert [r.value for r in client.mget(keys)] == [k.encode() for k in keys]
+        assert direct_counts(client, nodes) == (writes, reads + 2 * len(keys))
+        writes, reads = direct_counts(client, nodes)
 
         # a client that is not token-aware goes through a node, as before
         with Client([cluster.addresses["node1"]], token_aware=False) as through_node:

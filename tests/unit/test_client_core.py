@@ -610,7 +610,7 @@ def replicas_of(key, ring=None):
     return nodes, [address[n] for n in nodes]
 
 
-def direct_cluster(on_write=None, on_read=None, ring=None):
+def direct_cluster(on_write=None, on_read=None, ring=None, on_read_many=None):
     """A token-aware client over a settled 3-node ring whose replicas answer client-
     coordinated requests with ``on_write(endpoint, body)`` / ``on_read(endpoint, body)``;
     nodes coordinating (PUT/GET) answer as a node would."""
@@ -623,6 +623,13 @@ def direct_cluster(on_write=None, on_read=None, ring=None):
             return on_write(endpoint, message.body) if on_write else {"stored": True}
         if message.type == MsgType.DIRECT_READ:
             return on_read(endpoint, message.body) if on_read else {"record": None}
+        if message.type == MsgType.DIRECT_READ_MANY:
+            if on_read_many:
+                return on_read_many(endpoint, message.body)
+            return {"records": [[k, k.encode(), 5, "w"] for k in message.body["keys"]]}
+        if message.type == MsgType.MGET:
+            return {"results": [{"found": True, "value": b"from-node", "version": [6, "w"],
+                                 "served_by": ["n1"]} for _ in message.body["keys"]]}
         if message.type in (MsgType.PUT, MsgType.DELETE):
             return {"version": [message.body["ts"], message.body["writer"]],
                     "stored_on": ["n1", "n2"], "replicated_to": ["n1", "n2", "n3"]}
@@ -746,3 +753,33 @@ def test_nodes_coordinate_while_the_ring_changes_and_for_one_replica_reads():
     client = Scripted(direct_cluster().answer, token_aware=False)
     client.put("key", b"v")
     assert sent_types(client) == [MsgType.PUT]
+
+
+def test_a_token_aware_mget_reads_r_replicas_of_every_key_in_one_frame_each():
+    client = direct_cluster()
+    keys = [f"k{i}" for i in range(50)]
+    results = client.mget(keys)
+    assert [r.value for r in results] == [k.encode() for k in keys]
+    reads = [(e, m.body) for e, m in client.sent if m.type == MsgType.DIRECT_READ_MANY]
+    assert len({e for e, _ in reads}) == 2 and all(b["keys"] == keys for _, b in reads)
+    assert sent_types(client) == [MsgType.DIRECT_READ_MANY] * 2   # no node coordinated
+
+
+def test_keys_whose_replicas_disagree_or_fail_are_read_by_a_node():
+    asked = []
+
+    def disagreeing(endpoint, body):   # the first replica asked holds an older k3
+        asked.append(endpoint)
+        older = len(asked) == 1
+        return {"records": [[k, b"x", 4 if k == "k3" and older else 5, "w"]
+                            for k in body["keys"]]}
+    client = direct_cluster(on_read_many=disagreeing)
+    keys = [f"k{i}" for i in range(6)]
+    assert [r.value for r in client.mget(keys)] == [b"x"] * 3 + [b"from-node"] + [b"x"] * 2
+    mgets = [m.body["keys"] for _, m in client.sent if m.type == MsgType.MGET]
+    assert mgets == [["k3"]]   # a node reads it (and writes the newest back first)
+
+    from zring.errors import NotCoordinated
+    client = direct_cluster(on_read_many=lambda e, body: NotCoordinated("a ring change"))
+    assert [r.value for r in client.mget(keys)] == [b"from-node"] * 6
+    assert client.ring_stale

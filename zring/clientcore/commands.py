@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from zring.clientcore import results
 from zring.clientcore.batches import entry_bytes
+from zring.clientcore.direct import direct_mget
 from zring.clientcore.options import (
     check_count,
     check_key,
@@ -175,9 +176,24 @@ class Commands(Session):
         return convert((yield from steps))
 
     def _mget(self, keys: list[str], r: int | None) -> Steps:
-        entries, _ = yield from self._batch(
-            MsgType.MGET, keys, [entry_bytes(key) for key in keys],
-            lambda chunk: {"keys": [keys[i] for i in chunk], "r": r, "n": None}, "keys")
+        sizes = [entry_bytes(key) for key in keys]
+        entries = None
+        if self.token_aware:   # read from the replicas here while the ring is settled
+            if (steps := self._routing_steps()) is not None:
+                yield from steps
+            entries = yield from direct_mget(self._routes, self._ids, self.timeout, keys,
+                                             sizes, r, self._monotonic())
+        if entries is None:
+            rest, entries = list(range(len(keys))), [None] * len(keys)
+        else:   # those whose replicas disagreed or failed: a node reads them
+            rest = [index for index, entry in enumerate(entries) if entry is None]
+        if rest:
+            got, _ = yield from self._batch(
+                MsgType.MGET, [keys[i] for i in rest], [sizes[i] for i in rest],
+                lambda chunk: {"keys": [keys[rest[i]] for i in chunk], "r": r, "n": None},
+                "keys")
+            for index, entry in zip(rest, got, strict=True):
+                entries[index] = entry
         got = results.batch_results(entries, keys, GetResult.from_body)
         for entry in entries:
             self._stamps.observe_body(entry)

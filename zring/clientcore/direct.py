@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from zring.clientcore.batches import cut_indexes
 from zring.clientcore.requests import Exchange, Request, Steps
 from zring.errors import NotCoordinated, ProtocolError, VersionConflict, ZringError
 from zring.protocol import Message, MsgType, record_from_wire
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from zring.clientcore.routing import Routing, RoutingTable
 
-__all__ = ["direct_read", "direct_write", "replica_endpoints"]
+__all__ = ["direct_mget", "direct_read", "direct_write", "replica_endpoints"]
 
 
 def replica_endpoints(routes: RoutingTable, key: str, n: int | None,
@@ -212,3 +213,102 @@ def _read_body(newest, served_by: list[str]) -> dict:
     return {"found": found, "value": newest.value if found else None, "version": version,
             "served_by": served_by}
 
+
+
+def direct_mget(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: list[str],
+                sizes: list[int], r: int | None, now: float) -> Steps:
+    """Coordinate an MGET of ``keys`` over their replicas: each key read from R of them,
+    keys sharing those R replicas in one DIRECT_READ_MANY per replica (frames cut as a
+    batch's). Returns each key's reply entry as a node would give it, None for the keys a
+    node must read (their replicas disagree: a node writes the newest back first; a
+    replica failed, was silent, refused, or seems down), or None for the whole batch when
+    the ring is not settled or r is 1 (a node coordinates it: one hop already)."""
+    routing = routes.routing
+    if routing is None or routes.stale or not routing.settled or not keys:
+        return None
+    n = routing.replicas
+    r = r or min(routing.read_quorum, n)
+    if not 1 < r <= n:
+        return None
+    groups = _replica_groups(routes, routing, keys, n, r, now)
+    if groups is None:
+        return None
+    fingerprint = routing.fingerprint
+    chunks: list[tuple[tuple[str, ...], list[int], list[Request]]] = []
+    for chosen, indexes in groups.items():
+        for chunk in cut_indexes(indexes, sizes):
+            body = {"keys": [keys[i] for i in chunk], "ring": fingerprint, "n": n}
+            endpoints = [routing.addresses[node] for node in chosen]
+            chunks.append((chosen, chunk, _requests(ids, MsgType.DIRECT_READ_MANY, body,
+                                                    endpoints)))
+    exchange = Exchange([request for *_, requests in chunks for request in requests],
+                        timeout)
+    replies = _outcome((yield exchange))
+    entries: list[dict | None] = [None] * len(keys)
+    failed = False
+    at = 0
+    for chosen, chunk, requests in chunks:
+        answers = replies[at:at + len(requests)]
+        at += len(requests)
+        if any(reply is None or reply.type != MsgType.OK for reply in answers):
+            failed = True
+            continue
+        columns = [reply.body.get("records") for reply in answers]
+        if any(not isinstance(c, list) or len(c) != len(chunk) for c in columns):
+            raise ProtocolError("a replica answered a batch read with another count of keys")
+        served = list(chosen)
+        for position, index in enumerate(chunk):
+            entries[index] = _agreed(keys[index], [c[position] for c in columns], served)
+    if failed:
+        _note_failures(routes, exchange, replies, now)
+    return entries
+
+
+def _replica_groups(routes: RoutingTable, routing: Routing, keys: list[str], n: int, r: int,
+                    now: float) -> dict[tuple[str, ...], list[int]] | None:
+    """Key indexes by the R replicas each is read from: the first R of its replicas in this
+    client's own order of nodes (so keys sharing replicas share frames, and clients spread
+    their reads); None if a replica of some key seems down (a node coordinates then)."""
+    preferred = [routing.node_of[e] for e in routing.preferred if e in routing.node_of]
+    rank = {node: position for position, node in enumerate(preferred)}
+    addresses = routing.addresses
+    if len(addresses) <= n:   # every node holds every key: one group
+        nodes = [node for node in preferred if node in routing.ring]
+        if len(nodes) < r or any(routes.avoided(addresses[x], now) for x in nodes):
+            return None
+        return {tuple(nodes[:r]): list(range(len(keys)))}
+    groups: dict[tuple[str, ...], list[int]] = {}
+    usable: dict[str, bool] = {}
+    get_nodes = routing.ring.get_nodes
+    for index, key in enumerate(keys):
+        nodes = get_nodes(key, n)
+        for node in nodes:
+            up = usable.get(node)
+            if up is None:
+                endpoint = addresses.get(node)
+                up = usable[node] = endpoint is not None and not routes.avoided(endpoint, now)
+            if not up:
+                return None
+        if len(nodes) < n:
+            return None
+        chosen = tuple(sorted(nodes, key=rank.__getitem__)[:r])
+        groups.setdefault(chosen, []).append(index)
+    return groups
+
+
+def _agreed(key: str, wires: list, served_by: list[str]) -> dict | None:
+    """A key's read entry if its replicas' copies agree (the same version, or none has
+    it); None if they differ (a node reads it, writing the newest back first)."""
+    first = wires[0]
+    for wire in wires:
+        if wire is not None and (wire.__class__ is not list or len(wire) != 4
+                                 or wire[0] != key):
+            raise ProtocolError(f"a replica answered a batch read of {key!r} with junk")
+        if (wire is None) != (first is None) or (
+                wire is not None and (wire[2] != first[2] or wire[3] != first[3])):
+            return None
+    if first is None:
+        return {"found": False, "value": None, "version": None, "served_by": served_by}
+    found = first[1] is not None
+    return {"found": found, "value": first[1] if found else None,
+            "version": [first[2], first[3]], "served_by": served_by}

@@ -32,6 +32,7 @@ class Replica(Part):
         self.handlers = {
             MsgType.DIRECT_WRITE: self._on_direct_write,
             MsgType.DIRECT_READ: self._on_direct_read,
+            MsgType.DIRECT_READ_MANY: self._on_direct_read_many,
             MsgType.REPLICA_WRITE: self._on_replica_write,
             MsgType.REPLICA_READ: self._on_replica_read,
             MsgType.REPLICA_READ_MANY: self._on_replica_read_many,
@@ -67,13 +68,17 @@ class Replica(Part):
     # -------------------------------------------------- a client coordinating its own quorum
 
     def _direct_key(self, body: dict, now: float) -> str:
-        """The key of a client-coordinated request, if we take it: we must be one of the
+        """The key of a client-coordinated request, if we take it (see _direct_keys)."""
+        return self._direct_keys(body, [body["key"]], now)[0]
+
+    def _direct_keys(self, body: dict, keys: list, now: float) -> list:
+        """The keys of a client-coordinated request, if we take it: we must be one of each
         key's ``n`` replicas on the ring the client routes by, with no ring change under
         way (then each key has one preference list, and the client's quorum is the one
         every coordinator counts) and ready (a restarted node may hold an old ring).
         Anything else is a node's to coordinate (with write sets, hints, spares)."""
         self.ctx.check_serving()
-        key = self.ctx.check_key(body["key"])
+        keys = [self.ctx.check_key(key) for key in keys]
         n = body["n"]
         if not 1 <= n <= 64:
             raise InvalidRequest(f"n={n} must be between 1 and 64")
@@ -87,10 +92,11 @@ class Replica(Part):
         elif not self.ready(now):
             why = f"{me} is starting"
         elif me not in ring or (len(ring) > n and  # else every member holds every key
-                                me not in ring.get_nodes_at(key_position(key), n)):
-            why = f"{me} is not one of the key's {n} replicas"
+                                any(me not in ring.get_nodes_at(key_position(key), n)
+                                    for key in keys)):
+            why = f"{me} is not one of the {n} replicas of every key asked"
         else:
-            return key
+            return keys
         self.ctx.stats["direct_refused"] += 1
         raise NotCoordinated(f"{why}: send the request to a node to coordinate",
                              ring=ring.fingerprint())
@@ -131,6 +137,18 @@ class Replica(Part):
         self.ctx.stats["direct_reads"] += 1
         return [ok(route, message.request_id, {"record": self.ctx.store.get_wire(key)},
                    only_reads=True)]
+
+    def _on_direct_read_many(self, route, message: Message, now: float) -> list[Effect]:
+        """A client's read of our copies of many keys (it counts each key's quorum)."""
+        keys = message.body["keys"]
+        if len(keys) > MAX_BATCH_KEYS or any(k.__class__ is not str for k in keys):
+            raise ProtocolError(f"keys must be at most {MAX_BATCH_KEYS} strings")
+        keys = self._direct_keys(message.body, keys, now)
+        wires = self.ctx.store.get_wire_many(keys)
+        if encoded_size(wires) > BATCH_MAX_BYTES:   # the client has a node read them
+            raise InvalidRequest("these records are too large for one reply")
+        self.ctx.stats["direct_reads"] += len(keys)
+        return [ok(route, message.request_id, {"records": wires}, only_reads=True)]
 
     # -------------------------------------------------------------- records
 
