@@ -57,6 +57,7 @@ class MsgType(IntEnum):
     DIRECT_WRITE = 25
     DIRECT_READ = 26
     DIRECT_READ_MANY = 27
+    DIRECT_WRITE_MANY = 28
     # node-to-node requests
     REPLICA_WRITE = 40
     REPLICA_READ = 41
@@ -87,7 +88,7 @@ CLIENT_TYPES = frozenset({MsgType.PUT, MsgType.GET, MsgType.DELETE, MsgType.RING
                           MsgType.REMOVE_NODE, MsgType.REBALANCE, MsgType.PING,
                           MsgType.REPAIR, MsgType.PLAN, MsgType.MGET, MsgType.MPUT,
                           MsgType.STATS, MsgType.DIRECT_WRITE, MsgType.DIRECT_READ,
-                          MsgType.DIRECT_READ_MANY})
+                          MsgType.DIRECT_READ_MANY, MsgType.DIRECT_WRITE_MANY})
 PEER_TYPES = frozenset({MsgType.REPLICA_WRITE, MsgType.REPLICA_READ, MsgType.JOIN,
                         MsgType.RANGE_PULL, MsgType.ADMIT, MsgType.LEAVE,
                         MsgType.REBALANCE_LOCAL, MsgType.FORCE_REMOVE, MsgType.HINT_WRITE,
@@ -144,6 +145,10 @@ _SCHEMAS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.DIRECT_READ: {"key": ((str,), True), "ring": ((int,), True), "n": ((int,), True)},
     MsgType.DIRECT_READ_MANY: {"keys": ((list,), True), "ring": ((int,), True),
                                "n": ((int,), True)},
+    # items [key, value, ts], all the writer's; the reply lists the refused as an MPUT's
+    # replica write does: "newer": [[index, ts, writer], ...]
+    MsgType.DIRECT_WRITE_MANY: {"items": ((list,), True), "writer": ((str,), True),
+                                "ring": ((int,), True), "n": ((int,), True)},
     MsgType.RING_STATE: {},
     MsgType.CLUSTER_STATUS: {},
     MsgType.LOCAL_KEYS: {"limit": (_OPT_INT, False)},

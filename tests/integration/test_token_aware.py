@@ -22,7 +22,8 @@ def test_requests_go_to_the_key_owner_and_follow_a_join(tmp_path):
         client = cluster.client()
         keys = [f"key{i}" for i in range(40)]
         assert [r.stored_on != () for r in client.mput({k: k for k in keys})] == [True] * 40
-        assert owner_served(client, keys) == 40
+        # (a node whose gossip the client has not heard yet is tried last: wait for it)
+        wait_for(lambda: owner_served(client, keys) == 40, 10, "every owner to serve")
         fingerprint = client.ring_fingerprint
         assert fingerprint == client.ring_state().fingerprint
         cluster.chaos("start", "node5")
@@ -53,6 +54,9 @@ def test_a_token_aware_client_coordinates_its_quorums_and_rides_out_a_paused_rep
         assert writes == 3 * len(keys) and reads == 2 * len(keys)   # N copies, R reads each
         assert [r.value for r in client.mget(keys)] == [k.encode() for k in keys]
         assert direct_counts(client, nodes) == (writes, reads + 2 * len(keys))
+        assert all(len(r.stored_on) >= 2 for r in client.mput({k: b"batch" for k in keys}))
+        assert direct_counts(client, nodes)[0] == writes + 3 * len(keys)
+        assert [r.value for r in client.mget(keys)] == [b"batch"] * len(keys)
         writes, reads = direct_counts(client, nodes)
 
         # a client that is not token-aware goes through a node, as before

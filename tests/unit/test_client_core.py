@@ -610,7 +610,8 @@ def replicas_of(key, ring=None):
     return nodes, [address[n] for n in nodes]
 
 
-def direct_cluster(on_write=None, on_read=None, ring=None, on_read_many=None):
+def direct_cluster(on_write=None, on_read=None, ring=None, on_read_many=None,
+                   on_write_many=None):
     """A token-aware client over a settled 3-node ring whose replicas answer client-
     coordinated requests with ``on_write(endpoint, body)`` / ``on_read(endpoint, body)``;
     nodes coordinating (PUT/GET) answer as a node would."""
@@ -627,6 +628,14 @@ def direct_cluster(on_write=None, on_read=None, ring=None, on_read_many=None):
             if on_read_many:
                 return on_read_many(endpoint, message.body)
             return {"records": [[k, k.encode(), 5, "w"] for k in message.body["keys"]]}
+        if message.type == MsgType.DIRECT_WRITE_MANY:
+            if on_write_many:
+                return on_write_many(endpoint, message.body)
+            return {"received": len(message.body["items"])}
+        if message.type == MsgType.MPUT:
+            return {"results": [{"version": [item[2], message.body["writer"]],
+                                 "stored_on": ["n1", "n2"], "replicated_to": ["n1", "n2", "n3"]}
+                                for item in message.body["items"]]}
         if message.type == MsgType.MGET:
             return {"results": [{"found": True, "value": b"from-node", "version": [6, "w"],
                                  "served_by": ["n1"]} for _ in message.body["keys"]]}
@@ -783,3 +792,33 @@ def test_keys_whose_replicas_disagree_or_fail_are_read_by_a_node():
     client = direct_cluster(on_read_many=lambda e, body: NotCoordinated("a ring change"))
     assert [r.value for r in client.mget(keys)] == [b"from-node"] * 6
     assert client.ring_stale
+
+
+def test_a_token_aware_mput_writes_every_replica_itself():
+    client = direct_cluster()
+    pairs = {f"k{i}": b"v" for i in range(40)}
+    results = client.mput(pairs)
+    assert all(len(r.stored_on) == 3 for r in results)
+    writes = [m.body for _, m in client.sent if m.type == MsgType.DIRECT_WRITE_MANY]
+    assert len(writes) == 3 and all([i[0] for i in b["items"]] == list(pairs) for b in writes)
+    assert sent_types(client) == [MsgType.DIRECT_WRITE_MANY] * 3
+
+
+def test_mput_keys_short_of_w_go_to_a_node_with_their_stamps_and_refused_ones_restamp():
+    held = [1 << 62, "other"]
+    asked = []
+
+    def refusing(endpoint, body):
+        asked.append(endpoint)
+        # k0: refused by every replica (restamped); k1: refused by two (a node finishes it)
+        newer = [[0, *held]] + ([[1, *held]] if len(asked) <= 2 else [])
+        return {"received": len(body["items"]) - len(newer), "newer": newer}
+    client = direct_cluster(on_write_many=refusing)
+    results = client.mput({"k0": b"a", "k1": b"b", "k2": b"c"})
+    stamps = {i[0]: i[2] for _, m in client.sent if m.type == MsgType.DIRECT_WRITE_MANY
+              for i in m.body["items"]}
+    mputs = [m.body["items"] for _, m in client.sent if m.type == MsgType.MPUT]
+    assert [[i[0] for i in items] for items in mputs] == [["k1"], ["k0"]]
+    assert mputs[0][0][2] == stamps["k1"]                 # the same write, not a new one
+    assert mputs[1][0][2] > held[0] > stamps["k0"]        # stamped again above the newer
+    assert results[2].stored_on and len(results) == 3

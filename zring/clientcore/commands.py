@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from zring.clientcore import results
 from zring.clientcore.batches import entry_bytes
-from zring.clientcore.direct import direct_mget
+from zring.clientcore.direct import direct_mget, direct_mput
 from zring.clientcore.options import (
     check_count,
     check_key,
@@ -211,7 +211,22 @@ class Commands(Session):
                                lambda chunk: {"items": [items[indexes[i]] for i in chunk],
                                               "w": w, "n": None, "writer": stamps.writer},
                                "items")
-        entries, uncertain = yield from frames(list(range(len(items))))
+        direct = None
+        if self.token_aware:   # written to the replicas here while the ring is settled
+            if (steps := self._routing_steps()) is not None:
+                yield from steps
+            direct = yield from direct_mput(self._routes, self._ids, self.timeout, keys,
+                                            items, sizes, w, stamps.writer, self._monotonic())
+        if direct is None:
+            entries, uncertain = yield from frames(list(range(len(items))))
+        else:   # those short of W stored: a node finishes them, with their stamps
+            entries, uncertain = direct
+            rest = [index for index, entry in enumerate(entries) if entry is None]
+            if rest:
+                got, unsure = yield from frames(rest)
+                for index, entry in zip(rest, got, strict=True):
+                    entries[index] = entry
+                uncertain.update(rest[i] for i in unsure)
         for _ in range(CONFLICT_RETRIES):
             for entry in entries:
                 if isinstance(entry, dict):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from zring.clientcore.routing import Routing, RoutingTable
 
-__all__ = ["direct_mget", "direct_read", "direct_write", "replica_endpoints"]
+__all__ = ["direct_mget", "direct_mput", "direct_read", "direct_write", "replica_endpoints"]
 
 
 def replica_endpoints(routes: RoutingTable, key: str, n: int | None,
@@ -312,3 +312,76 @@ def _agreed(key: str, wires: list, served_by: list[str]) -> dict | None:
     found = first[1] is not None
     return {"found": found, "value": first[1] if found else None,
             "version": [first[2], first[3]], "served_by": served_by}
+
+
+def direct_mput(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: list[str],
+                items: list[list], sizes: list[int], w: int | None, writer: str,
+                now: float) -> Steps:
+    """Coordinate an MPUT of stamped ``items`` ([key, value, ts]) over their replicas: keys
+    sharing a preference list go in one DIRECT_WRITE_MANY to each of its N replicas. Returns
+    (each key's reply entry as a node would give it, or None for the keys a node must
+    finish with their stamps; the indexes of keys whose copies went unanswered), or None
+    for the whole batch when the ring is not settled or a replica seems down."""
+    routing = routes.routing
+    if routing is None or routes.stale or not routing.settled or not keys:
+        return None
+    n = routing.replicas
+    w = w or min(routing.write_quorum, n)
+    if not 1 <= w <= n:
+        return None
+    groups = _replica_groups(routes, routing, keys, n, n, now)
+    if groups is None:
+        return None
+    fingerprint = routing.fingerprint
+    chunks: list[tuple[tuple[str, ...], list[int], list[Request]]] = []
+    for nodes, indexes in groups.items():
+        for chunk in cut_indexes(indexes, sizes):
+            body = {"items": [items[i] for i in chunk], "writer": writer,
+                    "ring": fingerprint, "n": n}
+            endpoints = [routing.addresses[node] for node in nodes]
+            chunks.append((nodes, chunk, _requests(ids, MsgType.DIRECT_WRITE_MANY, body,
+                                                   endpoints)))
+    requests = [request for *_, requests in chunks for request in requests]
+    # one frame per replica (the usual batch): done once W replicas answered (each key's
+    # refusals, if any, then go to a node); more frames: every reply is waited for
+    exchange = Exchange(requests, timeout, quorum=w if len(chunks) == 1 else None)
+    replies = _outcome((yield exchange))
+    early = exchange.ended_early(replies)
+    entries: list[dict | None] = [None] * len(keys)
+    uncertain: set[int] = set()
+    at = 0
+    for nodes, chunk, chunk_requests in chunks:
+        answers = replies[at:at + len(chunk_requests)]
+        at += len(chunk_requests)
+        stored: list[list[str]] = [[] for _ in chunk]
+        refused: list[list] = [[] for _ in chunk]
+        for node, reply in zip(nodes, answers, strict=True):
+            if reply is None or reply.type != MsgType.OK:
+                continue
+            newer = {}
+            for row in reply.body.get("newer") or ():
+                if isinstance(row, list) and len(row) == 3 and type(row[0]) is int:
+                    newer[row[0]] = row[1:]
+            for position in range(len(chunk)):
+                held = newer.get(position)
+                if held is None:
+                    stored[position].append(node)
+                else:
+                    refused[position].append(held)
+        silent = not early and None in answers
+        for position, index in enumerate(chunk):
+            if len(stored[position]) >= w:
+                entries[index] = {"version": [items[index][2], writer],
+                                  "stored_on": stored[position], "replicated_to": list(nodes)}
+            elif len(refused[position]) == n:
+                held = max(refused[position])
+                entries[index] = {
+                    "error": VersionConflict.code, "held": held, "all_refused": True,
+                    "message": f"replicas of {keys[index]!r} hold a newer version {held} "
+                               "than this write's: no replica took it; put again to "
+                               "write over it"}
+            elif silent:
+                uncertain.add(index)
+    if any(entry is None for entry in entries):
+        _note_failures(routes, exchange, replies, now)
+    return entries, uncertain

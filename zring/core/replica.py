@@ -33,6 +33,7 @@ class Replica(Part):
             MsgType.DIRECT_WRITE: self._on_direct_write,
             MsgType.DIRECT_READ: self._on_direct_read,
             MsgType.DIRECT_READ_MANY: self._on_direct_read_many,
+            MsgType.DIRECT_WRITE_MANY: self._on_direct_write_many,
             MsgType.REPLICA_WRITE: self._on_replica_write,
             MsgType.REPLICA_READ: self._on_replica_read,
             MsgType.REPLICA_READ_MANY: self._on_replica_read_many,
@@ -149,6 +150,40 @@ class Replica(Part):
             raise InvalidRequest("these records are too large for one reply")
         self.ctx.stats["direct_reads"] += len(keys)
         return [ok(route, message.request_id, {"records": wires}, only_reads=True)]
+
+    def _on_direct_write_many(self, route, message: Message, now: float) -> list[Effect]:
+        """A client's writes of many keys to us, a replica of each: each taken unless we
+        hold a newer version of its key; the reply names the refused, after the commit.
+        Any bad item refuses the whole frame (the client has a node coordinate it, which
+        tells each key's error)."""
+        body = message.body
+        items, writer = body["items"], body["writer"]
+        if len(items) > MAX_BATCH_KEYS or not 0 < len(writer) <= 256:
+            raise InvalidRequest(f"at most {MAX_BATCH_KEYS} items, and a writer id of 1 to "
+                                 "256 characters")
+        max_value = self.ctx.config.max_value_bytes
+        for item in items:
+            if item.__class__ is not list or len(item) != 3 or item[1].__class__ not in (
+                    bytes, str) or item[2].__class__ is not int or not 0 <= item[2] < 1 << 63:
+                raise InvalidRequest("an item must be [key, value, ts]")
+            if len(item[1]) > max_value:
+                raise InvalidRequest(f"a value exceeds the limit of {max_value} bytes")
+        keys = self._direct_keys(body, [item[0] for item in items], now)
+        if not items:
+            return [ok(route, message.request_id, {"received": 0})]
+        newest = max(item[2] for item in items)
+        self.clock.check_peer_timestamp(newest, now)
+        wires = [[key, item[1], item[2], writer] for key, item in zip(keys, items, strict=True)]
+        answers = self.ctx.store.write_if_newer(wires)
+        refused = [[index, *held] for index, held in enumerate(answers) if held is not None]
+        reply = {"received": len(items) - len(refused)}
+        if refused:
+            reply["newer"] = refused
+            self.ctx.stats["replica_writes_refused_newer"] += len(refused)
+        self.ctx.stats["direct_writes"] += len(items)
+        self.clock.hlc.observe(newest)
+        self.clock.note_stamp(newest)
+        return [ok(route, message.request_id, reply)]
 
     # -------------------------------------------------------------- records
 

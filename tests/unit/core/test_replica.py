@@ -205,3 +205,25 @@ def test_a_client_write_stamped_beyond_the_clock_offset_is_refused():
     with pytest.raises(InvalidRequest):
         direct_write(replica, "k", TS, n=0)
     assert replica.ctx.store.get("k") is None
+
+
+def test_many_client_writes_and_reads_of_a_replica_s_keys():
+    replica = replica_of(peers=("b", "c", "d"))
+    ring = replica.topology.ring.fingerprint()
+    mine = [k for k in (f"key{i}" for i in range(200))
+            if "a" in replica.topology.ring.get_nodes(k, 3)][:5]
+    replica.ctx.store.put(Record(mine[1], b"newer", Version(TS + 50, "x"),
+                                 key_position(mine[1])))
+    body = {"items": [[k, b"v", TS + 10] for k in mine], "writer": "client-1", "ring": ring,
+            "n": 3}
+    reply = ask(replica, MsgType.DIRECT_WRITE_MANY, body).body
+    assert reply == {"received": 4, "newer": [[1, TS + 50, "x"]]}
+    read = ask(replica, MsgType.DIRECT_READ_MANY, {"keys": mine, "ring": ring, "n": 3}).body
+    assert [r[1] for r in read["records"]] == [b"v", b"newer", b"v", b"v", b"v"]
+    assert replica.ctx.stats["direct_writes"] == 5 and replica.ctx.stats["direct_reads"] == 5
+    # one key that is not ours, or one bad item: the whole frame is a node's
+    other = own_key(replica, mine=False)
+    with pytest.raises(NotCoordinated):
+        ask(replica, MsgType.DIRECT_READ_MANY, {"keys": [*mine, other], "ring": ring, "n": 3})
+    with pytest.raises(InvalidRequest):
+        ask(replica, MsgType.DIRECT_WRITE_MANY, {**body, "items": [[mine[0], None, TS]]})
