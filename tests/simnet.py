@@ -14,6 +14,14 @@ requests lost on the way) and ``apply`` (effects of a core a test called directl
 Each node reads its own clock: the network's time plus the node's ``offsets`` entry (a node
 whose clock runs ahead or behind). A node in ``paused`` (SIGSTOP) runs no timers and takes
 no messages; what is sent to it waits, and arrives when it resumes, as TCP delivers it.
+
+Clients: ``send``/``request`` speak for one anonymous client whose replies land in
+``client_replies`` by request id. A client with a name of its own (tests/simclient.py)
+attaches a :class:`ClientPort` (``attach_client``): its requests travel as any message
+(``send_from_client``), the replies the nodes address to its route come to its port, and so
+does the gossip of the nodes it subscribed to (``subscribe_client``). Clients are never
+partitioned or paused. ``call_at`` is a timer (a client's timeouts and sleeps): never lost,
+delayed or duplicated, whatever a subclass does to messages.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from zring.config import NodeConfig
 from zring.core.batching import coalesce_sends
@@ -33,6 +42,32 @@ from zring.storage import MemoryStore
 
 CLIENT = b"client"
 GONE_CLIENT = b"gone-client"  # a route whose replies are dropped (fuzzed requests)
+
+
+class ClientPort(Protocol):
+    """Where the network hands what arrives for an attached client."""
+
+    def reply_arrived(self, sender: str, frame: bytes) -> None:
+        """A node at address ``sender`` answered one of the client's requests."""
+
+    def gossip_arrived(self, sender: str, frame: bytes) -> None:
+        """A node the client subscribed to published ``frame`` (a GOSSIP)."""
+
+
+class Timer:
+    """A pending ``SimCluster.call_at``: ``cancel()`` keeps it from running."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action: Callable[[], None] | None = action
+
+    def cancel(self) -> None:
+        self.action = None
+
+    def __call__(self) -> None:
+        if self.action is not None:
+            self.action()
 
 
 class SimCluster:
@@ -48,6 +83,8 @@ class SimCluster:
         self.held: dict[str, list] = defaultdict(list)  # address -> deliveries while paused
         self.offsets: dict[str, float] = defaultdict(float)  # address -> clock offset (s)
         self.client_replies: dict[int, Message] = {}
+        self.client_ports: dict[bytes, ClientPort] = {}   # client route -> its port
+        self.client_subscriptions: dict[bytes, set[str]] = {}  # client route -> gossip addrs
         self.next_sync_at: dict[str, float] = {}
         self._last_ticks: dict[str, float] = {}   # address -> network time of its last tick
         self._queue: list = []
@@ -118,7 +155,22 @@ class SimCluster:
     # ---------------------------------------------------------------- traffic
 
     def _schedule(self, delay: float, action) -> None:
+        """A message under way: ``action`` delivers it ``delay`` seconds from now (a subclass
+        may lose, delay or duplicate it)."""
         heapq.heappush(self._queue, (self.now + delay, next(self._seq), action))
+
+    def call_at(self, when: float, action: Callable[[], None]) -> Timer:
+        """A timer: ``action`` runs at network time ``when`` (now if that passed), unless
+        the timer returned is cancelled first."""
+        timer = Timer(action)
+        heapq.heappush(self._queue, (max(when, self.now), next(self._seq), timer))
+        return timer
+
+    def _drop_cancelled_timers(self) -> None:
+        """Cancelled timers at the head of the queue go: none costs a step of the loop."""
+        queue = self._queue
+        while queue and queue[0][2].__class__ is Timer and queue[0][2].action is None:
+            heapq.heappop(queue)
 
     def _run_core(self, address: str, call) -> None:
         """``call(now)`` on the node's core inside one group commit, as a loop cycle of
@@ -162,6 +214,11 @@ class SimCluster:
                     if gossip in subs:
                         self._schedule(self.latency_s, lambda t=subscriber, f=frame, s=address:
                                        self._deliver_gossip(t, s, f))
+                for route, subs in self.client_subscriptions.items():
+                    if gossip in subs:
+                        port = self.client_ports[route]
+                        self._schedule(self.latency_s, lambda p=port, f=frame, s=address:
+                                       p.gossip_arrived(s, f))
             elif isinstance(effect, Subscribe):
                 self.subscriptions[address].add(effect.gossip_address)
             elif isinstance(effect, Unsubscribe):
@@ -176,6 +233,8 @@ class SimCluster:
         if effect.route[0] == CLIENT:
             self._schedule(self.latency_s, lambda m=decode(frame):
                            self.client_replies.__setitem__(m.request_id, m))
+        elif (port := self.client_ports.get(effect.route[0])) is not None:
+            self._schedule(self.latency_s, lambda p=port, f=frame: p.reply_arrived(address, f))
         else:
             requester = effect.route[0].decode()
             self._schedule(self.latency_s, lambda t=requester, s=address, f=frame:
@@ -212,12 +271,15 @@ class SimCluster:
             core = self.cores[target]
             self._run_core(target, lambda now: core.handle_frame((sender.encode(),), frame, now))
 
-    def _deliver_client(self, target: str, frame: bytes) -> None:
-        if self._held(target, lambda: self._deliver_client(target, frame)):
+    def _deliver_client(self, target: str, frame: bytes, route: tuple[bytes, ...] = (CLIENT,)
+                        ) -> None:
+        """A client's request arrives at ``target`` (lost to a crashed node, held for a
+        paused one); the node answers at ``route``."""
+        if self._held(target, lambda: self._deliver_client(target, frame, route)):
             return
         if self.alive(target):
             core = self.cores[target]
-            self._run_core(target, lambda now: core.handle_frame((CLIENT,), frame, now))
+            self._run_core(target, lambda now: core.handle_frame(route, frame, now))
 
     def _deliver_reply(self, target: str, sender: str, frame: bytes) -> None:
         if self._held(target, lambda: self._deliver_reply(target, sender, frame)):
@@ -262,6 +324,7 @@ class SimCluster:
         while not condition():
             next_timer = min((self._deadline(a, c) for a, c in self.cores.items()
                               if self._running(a)), default=end)
+            self._drop_cancelled_timers()
             next_message = self._queue[0][0] if self._queue else end
             step = min(next_timer, next_message, end)
             if step >= end and self.now >= end:
@@ -293,6 +356,27 @@ class SimCluster:
         else:
             self._run_core(address, lambda now: core.handle_frame((CLIENT,), frame, now))
         return request_id
+
+    def attach_client(self, name: str, port: ClientPort) -> None:
+        """A client named ``name`` (its route to the nodes): what arrives for it goes to
+        ``port``."""
+        route = name.encode()
+        if route in (CLIENT, GONE_CLIENT) or route in self.client_ports or \
+                name in self.cores:
+            raise ValueError(f"the client name {name!r} is taken")
+        self.client_ports[route] = port
+        self.client_subscriptions[route] = set()
+
+    def send_from_client(self, name: str, endpoint: str, frame: bytes) -> None:
+        """The attached client ``name`` sends ``frame`` to the node at ``endpoint``; it
+        travels like any message, and the node answers at the client's route."""
+        route = (name.encode(),)
+        self._schedule(self.latency_s, lambda: self._deliver_client(endpoint, frame, route))
+
+    def subscribe_client(self, name: str, gossip_addresses: Iterable[str]) -> None:
+        """The attached client ``name`` hears the gossip published at these addresses from
+        now on (a SUB socket's connects: they last through the node's restarts)."""
+        self.client_subscriptions[name.encode()].update(gossip_addresses)
 
     def request(self, node_id: str, msg_type: MsgType, body: dict,
                 max_seconds: float = 5.0) -> Message:

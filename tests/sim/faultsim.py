@@ -10,11 +10,13 @@ and undone), and lose power all at once (each store keeps only what it synced: w
 ``fsync="always"`` that is everything it acknowledged). Seeds may start a moment apart while
 the clients already write. Nodes join and leave.
 
-Clients behave as zring.Client does: each write is stamped once by the client's own hybrid
-clock (its wall clock is off too, within the maximum) and resent with that stamp to another
-node when a reply does not come within the client timeout (3 retries); a write that every
-replica refused for a newer version, and that never went unanswered, is stamped again above
-it; a node whose clock is off sends it elsewhere.
+The clients ARE the client core (zring.clientcore, which zring.Client and AsyncClient
+run): about four tests/simclient.py SimClients, each with its own wall clock off (within the
+maximum), a 1 s timeout and 3 retries; most route by the ring (token-aware: they fetch it,
+follow the nodes' gossip and go straight to a key's replicas), one goes through the seeds so
+the nodes' coordination stays covered. They put, get (R=2), mput and mget at random times,
+many commands in flight at once; retries, resends with the same stamp, restamps of a write
+every replica refused, and routing around silent or skewed nodes are the client core's.
 
 The checker judges only what the clients saw: the values written and read, and the real
 (network) times at which each operation was invoked and completed. It never reads zring's
@@ -27,8 +29,9 @@ versions or timestamps:
 - every replica of every key holds the same record after healing and repair;
 - every node holds the same ring.
 
-Everything follows from the seed: ``python tests/sim/faultsim.py SEED`` replays one and
-prints its schedule.
+Everything follows from the seed (the module ``random`` the client core draws from is seeded
+with it for the run, and each client's writer id is its name): ``python
+tests/sim/faultsim.py SEED`` replays one and prints its schedule.
 """
 
 from __future__ import annotations
@@ -42,19 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/simnet.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))   # lincheck
 
 import lincheck  # noqa: E402
+from simclient import SimClient, longest_command_s  # noqa: E402
 from simnet import SimCluster  # noqa: E402
 from simstore import SimStore  # noqa: E402
 
+from zring.errors import Timeout, ZringError  # noqa: E402
 from zring.membership import MemberStatus  # noqa: E402
 from zring.protocol import MsgType  # noqa: E402
-from zring.versions import HybridClock  # noqa: E402
 
 N = 3
 CLIENT_TIMEOUT_S = 1.0      # the clients' reply timeout (the nodes' request timeout is 0.5 s)
 CLIENT_RETRIES = 3
-CONFLICT_RETRIES = 5
 MAX_CLOCK_OFFSET_S = 0.5
 CLIENTS = 4
+SEED_ROUTED_CLIENTS = 1     # of them, those not token-aware: every request via the seeds
 
 
 @dataclass
@@ -62,35 +66,10 @@ class Op:
     kind: str                 # "put" or "get"
     key: str
     value: bytes | None       # written, or read
-    node: str
-    started: float
-    outcome: str = "pending"  # ok / failed / unknown
-    finished: float | None = None
-
-
-@dataclass
-class Attempt:
-    """A request in flight: a single-key op, or a batch of them, and how to resend it."""
-
-    ops: list[Op]
-    msg_type: MsgType
-    body: dict
-    client: SimClient
-    node: str
-    sent_at: float
-    tries: int = 1
-    conflicts: int = 0
-    unanswered: bool = False   # resent after a silence: the earlier copy's fate is unknown
-
-
-@dataclass
-class SimClient:
-    writer: str
-    offset_s: float           # its wall clock minus real time
-    clock: HybridClock = field(default_factory=HybridClock)
-
-    def stamp(self, now: float) -> int:
-        return self.clock.now(int((now + self.offset_s) * 1000))
+    client: str
+    started: float            # when the command was started
+    outcome: str = "pending"  # ok / failed (the cluster answered an error) / unknown (Timeout)
+    finished: float | None = None   # when it returned or raised
 
 
 @dataclass
@@ -144,7 +123,6 @@ class Simulation:
         self.report = Report(seed)
         self.net = FaultyNet(self.rng)
         self.seconds = seconds
-        self.inflight: dict[int, Attempt] = {}   # request id -> the attempt it carries
         self.history: list[Op] = []
         self.keys = [f"k{i}" for i in range(24)]
         self.sequence = 0
@@ -156,8 +134,7 @@ class Simulation:
         self.start = self.net.now
         # per seed: how nodes sync, and whether seeds start apart while clients write
         self.fsync = self.rng.choice(["always", "periodic"])
-        self.clients = [SimClient(f"client-{i}", self.rng.uniform(-0.2, 0.2))
-                        for i in range(CLIENTS)]
+        self.clients: list[SimClient] = []   # made once the seeds are known (run)
 
     def log(self, event: str) -> None:
         self.report.schedule.append(f"{self.net.now - self.start:7.3f}s {event}")
@@ -186,106 +163,71 @@ class Simulation:
 
     # ---------------------------------------------------------------- workload
 
+    def start_clients(self, seeds: list[str]) -> None:
+        """The clients, each with its own wall clock off; the last ones go via the seeds."""
+        for index in range(CLIENTS):
+            self.clients.append(SimClient(
+                self.net, f"client-{index}", seeds, timeout=CLIENT_TIMEOUT_S,
+                retries=CLIENT_RETRIES, token_aware=index < CLIENTS - SEED_ROUTED_CLIENTS,
+                clock_offset_s=self.rng.uniform(-0.2, 0.2)))
+
     def start_op(self) -> None:
-        nodes = [n for n in self.up()
-                 if self.net.node(n).members.own.status != MemberStatus.LEFT]
-        if not nodes:
-            return
-        node = self.rng.choice(nodes)
         client = self.rng.choice(self.clients)
         now = self.net.now
         if self.rng.random() < 0.2:  # a client batch: the MPUT/MGET fast paths
             keys = self.rng.sample(self.keys, self.rng.randint(2, 4))
             if self.rng.random() < 0.6:
-                ops = [Op("put", key, self.new_value(key), node, now) for key in keys]
-                body = {"items": [[op.key, op.value, client.stamp(now)] for op in ops],
-                        "writer": client.writer}
-                self.send(Attempt(ops, MsgType.MPUT, body, client, node, now))
+                ops = [Op("put", key, self.new_value(key), client.name, now) for key in keys]
+                items = [(op.key, op.value) for op in ops]
+                self.launch(client, ops, lambda: client.mput(items))
             else:
-                ops = [Op("get", key, None, node, now) for key in keys]
-                self.send(Attempt(ops, MsgType.MGET, {"keys": keys}, client, node, now))
+                ops = [Op("get", key, None, client.name, now) for key in keys]
+                self.launch(client, ops, lambda: client.mget(keys))
             return
         key = self.rng.choice(self.keys)
         if self.rng.random() < 0.6:
-            op = Op("put", key, self.new_value(key), node, now)
-            body = {"key": key, "value": op.value, "ts": client.stamp(now),
-                    "writer": client.writer}
-            self.send(Attempt([op], MsgType.PUT, body, client, node, now))
+            op = Op("put", key, self.new_value(key), client.name, now)
+            self.launch(client, [op], lambda: client.put(key, op.value))
         else:
-            op = Op("get", key, None, node, now)
-            self.send(Attempt([op], MsgType.GET, {"key": key}, client, node, now))
+            op = Op("get", key, None, client.name, now)
+            self.launch(client, [op], lambda: client.get(key))
 
     def new_value(self, key: str) -> bytes:
         self.sequence += 1
         return f"{key}={self.sequence}".encode()
 
-    def send(self, attempt: Attempt) -> None:
-        if attempt.tries == 1 and attempt.conflicts == 0:
-            self.history += attempt.ops
-        attempt.sent_at = self.net.now
-        request_id = self.net.send(attempt.node, attempt.msg_type, attempt.body,
-                                   via_network=True)
-        self.inflight[request_id] = attempt
+    def launch(self, client: SimClient, ops: list[Op], make) -> None:
+        """Start the command ``make()`` builds on ``client``; its ops enter the history now
+        and end when it returns or raises."""
+        self.history += ops
+        client.launch(make, lambda result, error: self.ended(ops, result, error))
 
-    def resend_elsewhere(self, attempt: Attempt) -> bool:
-        """Lazy Pirate: the same request (the same stamp) to another node, if tries remain."""
-        if attempt.tries > CLIENT_RETRIES:
-            return False
-        others = [n for n in self.up() if n != attempt.node] or [attempt.node]
-        attempt.node = self.rng.choice(others)
-        attempt.tries += 1
-        self.send(attempt)
-        return True
-
-    def collect_replies(self) -> None:
+    def ended(self, ops: list[Op], result, error: ZringError | None) -> None:
+        """A command returned ``result`` (a result, or a batch's list of them) or raised
+        ``error``: a Timeout leaves its ops unknown, any other error failed (the cluster
+        answered, but a write may still have taken effect). A batch's error names the first
+        key that failed: those before it succeeded (a write acknowledged; a read whose
+        value the error does not carry is left out)."""
         now = self.net.now
-        for request_id in list(self.inflight):
-            attempt = self.inflight[request_id]
-            reply = self.net.client_replies.pop(request_id, None)
-            if reply is None:
-                if now - attempt.sent_at > CLIENT_TIMEOUT_S:   # silence: resend elsewhere
-                    del self.inflight[request_id]
-                    attempt.unanswered = True
-                    if not self.resend_elsewhere(attempt):
-                        self.finish(attempt.ops, [None] * len(attempt.ops), "unknown")
-                continue
-            del self.inflight[request_id]
-            self.answered(attempt, reply)
-        self.net.client_replies.clear()   # replies to attempts given up on
-
-    def answered(self, attempt: Attempt, reply) -> None:
-        body = reply.body
-        if reply.type == MsgType.ERROR:
-            code = body.get("code")
-            details = body.get("details") or {}
-            if code == "version_conflict":
-                held = details.get("held")
-                if held:
-                    attempt.client.clock.observe(held[0])
-            # stamped again only if it was applied nowhere (as zring.client.WriteStamps)
-            if code == "version_conflict" and attempt.msg_type == MsgType.PUT and \
-                    attempt.conflicts < CONFLICT_RETRIES and details.get("all_refused") and \
-                    not attempt.unanswered:
-                attempt.conflicts += 1
-                attempt.body = {**attempt.body, "ts": attempt.client.stamp(self.net.now)}
-                self.send(attempt)
-                return
-            if code == "clock_skew" and "node" in details and self.resend_elsewhere(attempt):
-                return
-            self.finish(attempt.ops, [None] * len(attempt.ops), "failed")
+        for op in ops:
+            op.finished = now
+        if error is None:
+            results = result if isinstance(result, list) else [result]
+            for op, got in zip(ops, results, strict=True):
+                op.outcome = "ok"
+                if op.kind == "get":
+                    op.value = got.value if got.found else None
             return
-        bodies = body["results"] if "results" in body else [body]
-        self.finish(attempt.ops, bodies, "ok")
+        outcome = "unknown" if isinstance(error, Timeout) else "failed"
+        failed_at = error.details.get("index")
+        acknowledged = failed_at if len(ops) > 1 and isinstance(failed_at, int) and \
+            0 <= failed_at < len(ops) and error.details.get("key") == ops[failed_at].key \
+            else 0
+        for position, op in enumerate(ops):
+            op.outcome = "ok" if position < acknowledged and op.kind == "put" else outcome
 
-    def finish(self, ops: list[Op], bodies: list, outcome: str) -> None:
-        for op, body in zip(ops, bodies, strict=True):
-            op.finished = self.net.now
-            if outcome != "ok" or body is None or "error" in body:
-                op.outcome = "unknown" if outcome == "unknown" else "failed"
-                continue
-            op.outcome = "ok"
-            if op.kind == "get":
-                op.value = body["value"] if body["found"] else None
+    def running(self) -> int:
+        return sum(client.commands_running for client in self.clients)
 
     # ---------------------------------------------------------------- faults
 
@@ -385,9 +327,10 @@ class Simulation:
         net = self.net
         count = self.rng.randint(3, 5)
         staggered = self.rng.random() < 0.3
+        seeds = [net.address_of(i) for i in range(1, count + 1)]
+        self.start_clients(seeds)
         if staggered:
             # seeds started a moment apart, each listing all of them, while clients write
-            seeds = [net.address_of(i) for i in range(1, count + 1)]
             self.start = net.now
             self.log(f"start: {count} seeds, started apart under writes")
             for _ in range(count):
@@ -397,7 +340,6 @@ class Simulation:
                 while net.now < until:
                     net.run(self.rng.uniform(0.005, 0.03))
                     self.start_op()
-                    self.collect_replies()
         else:
             for _ in range(count):
                 self.add_node(True)
@@ -412,7 +354,6 @@ class Simulation:
         while net.now < end:
             net.run(self.rng.uniform(0.005, 0.03))
             self.start_op()
-            self.collect_replies()
             self.recover_due()
             if net.now >= next_fault:
                 self.fault()
@@ -430,11 +371,12 @@ class Simulation:
         net.cut.clear()
         self.recover_due(everything=True)
         self.log("heal everything")
-        net.run_until(lambda: not self.inflight or (self.collect_replies() or not self.inflight),
-                      (CLIENT_RETRIES + 2) * CLIENT_TIMEOUT_S)
-        for attempt in self.inflight.values():
-            self.finish(attempt.ops, [None] * len(attempt.ops), "unknown")
-        self.inflight.clear()
+        # every command ends within its bound (each of its waits has a deadline); any left
+        # then is given up, its ops unknown
+        net.run_until(lambda: not self.running(),
+                      max(longest_command_s(client) for client in self.clients))
+        for client in self.clients:
+            client.abandon()
         if not net.run_until(lambda: net.converged() and not self.changing(), 60):
             self.report.violations.append("membership never converged after healing")
             return
@@ -448,13 +390,16 @@ class Simulation:
     def final_reads(self) -> None:
         """Every key read once more at r=N, after everything healed: part of the history."""
         for key in self.keys:
-            op = Op("get", key, None, "node1", self.net.now)
+            op = Op("get", key, None, "final-read", self.net.now)
             self.history.append(op)
             reply = self.net.request("node1", MsgType.GET, {"key": key, "r": N})
-            self.finish([op], [reply.body if reply.type == MsgType.OK else None],
-                        "ok" if reply.type == MsgType.OK else "failed")
-            if op.outcome != "ok":
+            op.finished = self.net.now
+            if reply.type != MsgType.OK:
+                op.outcome = "failed"
                 self.report.violations.append(f"final read of {key} failed: {reply.body}")
+                continue
+            op.outcome = "ok"
+            op.value = reply.body["value"] if reply.body["found"] else None
 
     # ---------------------------------------------------------------- checks
 
@@ -500,7 +445,14 @@ class Simulation:
 
 
 def simulate(seed: int, seconds: float = 8.0) -> Report:
-    return Simulation(seed, seconds=seconds).run()
+    """Run seed ``seed``. The module ``random`` (the client core's first seed, request
+    ids, node orders) is seeded with it for the run and restored after."""
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        return Simulation(seed, seconds=seconds).run()
+    finally:
+        random.setstate(saved)
 
 
 def main(argv: list[str]) -> int:

@@ -1,8 +1,9 @@
-"""The deterministic fault simulation over many seeds (see faultsim.py). A failing seed
-names the command that replays it and prints its schedule.
+"""The deterministic fault simulation over many seeds (see faultsim.py): the node cores and
+the client core on a simulated network. A failing seed names the command that replays it
+and prints its schedule.
 
-The default run takes seeds 0-249 (about a minute); ``ZRING_SIM_SEEDS=START:STOP`` takes
-others (``.ci/run``'s longer tier runs 250-599)."""
+The default run takes seeds 0-249 (about a minute and a half); ``ZRING_SIM_SEEDS=START:STOP``
+takes others (``.ci/run``'s longer tier runs 250-599)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from faultsim import simulate
 
 _START, _STOP = (int(part) for part in os.environ.get("ZRING_SIM_SEEDS", "0:250").split(":"))
 SEEDS = range(_START, _STOP)
-SECONDS = 6.0  # simulated seconds of faults per seed (~0.25 s of real time each)
+SECONDS = 6.0  # simulated seconds of faults per seed (~0.35 s of real time each)
 
 
 @pytest.fixture(autouse=True, scope="module")
