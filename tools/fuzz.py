@@ -273,6 +273,8 @@ def field_values(ctx: FuzzContext) -> dict[str, st.SearchStrategy]:
         # write stamps: tiny (older than anything held), now-ish, or from the far future
         "ts": st.one_of(st.none(), ints, _stamps_now()), "writer": st.one_of(st.none(), _TEXT),
         "cond": st.booleans(),
+        # a client-coordinated request's ring: a made-up fingerprint (refused) or any int
+        "ring": ints,
     }
 
 

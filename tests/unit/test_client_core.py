@@ -822,3 +822,16 @@ def test_mput_keys_short_of_w_go_to_a_node_with_their_stamps_and_refused_ones_re
     assert mputs[0][0][2] == stamps["k1"]                 # the same write, not a new one
     assert mputs[1][0][2] > held[0] > stamps["k0"]        # stamped again above the newer
     assert results[2].stored_on and len(results) == 3
+
+
+def test_a_replica_the_cluster_sees_down_is_a_node_s_to_write_until_its_gossip_is_heard():
+    ring = ring_body()
+    ring["members"][1]["liveness"] = "down"
+    client = direct_cluster(ring=ring)
+    nodes, _ = replicas_of("key")
+    client.put("key", b"v")   # every key has all 3 nodes as replicas: n2 among them
+    assert sent_types(client) == [MsgType.PUT]
+    client._routes.heard({"sender": "n2", "members": []}, client.now)
+    client.sent.clear()
+    client.put("key", b"w")
+    assert sent_types(client) == [MsgType.DIRECT_WRITE] * 3

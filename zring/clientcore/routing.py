@@ -68,6 +68,9 @@ class RoutingTable:
         self.heard_at: dict[str, float] = {}
         self.listening_since: float | None = None
         self.gossip_read_at = -1e9
+        # members the node that gave us the ring saw down, and when we learnt it: avoided
+        # until we hear their gossip (a new client has heard nobody yet)
+        self.reported_down: dict[str, float] = {}
 
     def avoided(self, endpoint: str, now: float) -> bool:
         """Whether ``endpoint`` went silent lately, or its node's gossip did."""
@@ -76,12 +79,20 @@ class RoutingTable:
     def _avoided(self, endpoint: str, now: float) -> bool:
         if self.avoid.get(endpoint, 0.0) > now:
             return True
-        since = self.listening_since
-        if since is None or now - since < GOSSIP_SILENCE_S or self.routing is None:
+        routing = self.routing
+        if routing is None:
             return False
-        node_id = self.routing.node_of.get(endpoint)
-        return node_id is not None and now - self.heard_at.get(node_id, since) > \
-            GOSSIP_SILENCE_S
+        node_id = routing.node_of.get(endpoint)
+        if node_id is None:
+            return False
+        if self.reported_down:
+            down_at = self.reported_down.get(node_id)
+            if down_at is not None and self.heard_at.get(node_id, -1e9) < down_at:
+                return True
+        since = self.listening_since
+        if since is None or now - since < GOSSIP_SILENCE_S:
+            return False
+        return now - self.heard_at.get(node_id, since) > GOSSIP_SILENCE_S
 
     def gossip_due(self, now: float) -> bool:
         """Read the gossip that arrived before this request? Nodes gossip every 0.5 s:
@@ -122,6 +133,8 @@ class RoutingTable:
             ring = self.routing.ring
         self.routing = Routing(ring, state)
         self.stale = False
+        self.reported_down = {m.node_id: now for m in state.members
+                              if m.liveness == "down" and m.status != "left"}
         if self.listening_since is None:
             self.listening_since = now
         return [m.gossip_address for m in state.members
