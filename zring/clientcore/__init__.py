@@ -7,6 +7,8 @@ Its modules, each one concern:
 - ``stamps``: the client's write stamps and when a refused write may be stamped again;
 - ``retry``: the retry policy (attempts and backoff) and one request's tries;
 - ``routing``: the ring a token-aware client routes by (time is passed in);
+- ``direct``: the quorums a token-aware client coordinates itself while the ring is
+  settled (reads, writes, batches over the key's replicas; a node coordinates the rest);
 - ``batches``: cutting a batch into frames and putting its results back in order;
 - ``commands``: the public API as generators of transport effects (Exchange, Sleep,
   Gossip), driven by a transport: zring.client (blocking) and zring.aio (asyncio).
