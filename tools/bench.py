@@ -50,7 +50,9 @@ a second one, echo in a third):
             Without etcd or etcd3 the tool prints "etcd: skipped: <why>" and goes on.
     memory  (``--memory``) VmRSS of each node of a fresh 3-node cluster preloaded with
             --memory-keys (1,000,000) keys of --value-size bytes (N=3: every node holds all of
-            them), after a pass of gets over --memory-sample random keys, beside redis-server
+            them), after a pass of gets over --memory-sample random keys, and again after
+            --memory-writes (default half of them) random overwrites through mput (a store
+            holds written records in memory before it flushes them), beside redis-server
             holding the same keys (its VmRSS and INFO used_memory_rss). It always uses its own
             cluster and redis-server, after the other workloads are done and stopped.
 
@@ -864,6 +866,7 @@ class MemoryRow:
     rss: int | None                 # bytes: after the warm-up gets (zring) / the load (redis)
     rss_start: int | None           # bytes: right after start (zring) / empty (redis)
     note: str = ""
+    rss_writes: int | None = None   # bytes: after the overwrites (zring)
 
 
 def preload_value(size: int) -> bytes:
@@ -904,11 +907,28 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
         print(f"  {warm.ops:,} gets (R={read_quorum}) of random keys in {warm.elapsed_s:.1f}s: "
               f"{warm.misses} misses, {warm.errors} errors"
               + (f" (first: {warm.first_error})" if warm.first_error else ""), flush=True)
+        after_gets = {name: vm_rss(pid) for name, pid in pids.items()}
+        writes = count // 2 if args.memory_writes is None else args.memory_writes
+        if writes:
+            rng = random.Random(2)
+            value = preload_value(args.value_size)
+            client = Client(cluster.seeds, timeout=args.timeout)
+            try:
+                wrote = run_workload(
+                    "zring overwrites", lambda i: len(client.mput(
+                        {f"key{rng.randrange(count):08d}": value for _ in range(args.batch)})),
+                    -(-writes // args.batch), args.max_seconds, batch=args.batch)
+            finally:
+                client.close()
+            print(f"  {wrote.ops * args.batch:,} overwrites (mput of {args.batch}) in "
+                  f"{wrote.elapsed_s:.1f}s: {wrote.errors} errors"
+                  + (f" (first: {wrote.first_error})" if wrote.first_error else ""), flush=True)
         held = count * min(cluster.replicas, len(names)) // len(names)
         for name in names:
             disk = tree_size(cluster.root / "data" / name)
-            rows.append(MemoryRow(f"zring {name}", held, vm_rss(pids[name]), at_start[name],
-                                  f"pid {pids[name]}, store on disk {disk / MIB:,.1f} MiB"))
+            rows.append(MemoryRow(f"zring {name}", held, after_gets[name], at_start[name],
+                                  f"pid {pids[name]}, store on disk {disk / MIB:,.1f} MiB",
+                                  vm_rss(pids[name]) if writes else None))
         harness.stop_cluster(cluster, args.keep_cluster_files)  # before loading redis: 2 cores
 
         if use_redis and redis_binary is None:
@@ -956,16 +976,17 @@ def bench_memory(args: argparse.Namespace, use_redis: bool,
 def format_memory_table(rows: list[MemoryRow]) -> str:
     """The memory rows with the ratio of each VmRSS to redis-server's (if measured)."""
     redis_rss = next((row.rss for row in rows if row.process == "redis-server"), None)
-    header = ["process", "keys", "VmRSS MiB", "at start MiB", "VmRSS z/r", "notes"]
+    header = ["process", "keys", "VmRSS MiB", "at start MiB", "after writes MiB",
+              "VmRSS z/r", "notes"]
     table = [header]
     for row in rows:
         if row.process == "redis-server":
             ratio = ""
         else:
             ratio = ratio_text(row.rss, redis_rss) if row.rss is not None and redis_rss else "-"
-        table.append([row.process, f"{row.keys:,}", _mib(row.rss), _mib(row.rss_start), ratio,
-                      row.note])
-    return layout(table, left={0, 5})
+        table.append([row.process, f"{row.keys:,}", _mib(row.rss), _mib(row.rss_start),
+                      _mib(row.rss_writes), ratio, row.note])
+    return layout(table, left={0, 6})
 
 
 def _mib(size: int | None) -> str:
@@ -1202,6 +1223,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keys preloaded for the memory comparison")
     parser.add_argument("--memory-sample", type=int, default=20_000,
                         help="random keys read once before measuring zring's memory")
+    parser.add_argument("--memory-writes", type=int, default=None,
+                        help="random keys overwritten (mput) before measuring zring's memory "
+                             "again (default: half of --memory-keys; 0: none)")
     parser.add_argument("--timeout", type=float, default=5.0, help="zring client timeout (s)")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="stop any one workload (or load) after this long")
@@ -1350,10 +1374,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.py: error: {exc}", file=sys.stderr)
         return 2
     if min(args.ops, args.concurrency, args.batch, args.memory_keys, args.rounds) < 1 \
-            or args.value_size < 0 or args.memory_sample < 0:
+            or args.value_size < 0 or args.memory_sample < 0 \
+            or (args.memory_writes or 0) < 0:
         print("bench.py: error: --ops, --concurrency, --batch, --memory-keys and --rounds "
               "must be >= 1, "
-              "--value-size and --memory-sample >= 0", file=sys.stderr)
+              "--value-size, --memory-sample and --memory-writes >= 0", file=sys.stderr)
         return 2
     if args.start_cluster and args.seeds:
         print("bench.py: error: --seeds and --start-cluster exclude each other", file=sys.stderr)
@@ -1417,7 +1442,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(format_memory_table(rows))
             print("\nVmRSS: after start and a pass of gets over the sample (zring) / after the "
-                  "load (redis); at start: before those gets (zring) / empty (redis). "
+                  "load (redis); at start: before those gets (zring) / empty (redis); "
+                  "after writes: after the overwrites that followed (zring). "
                   "z/r: VmRSS divided by redis-server's.")
         return status
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ pipelined ZeroMQ rate of the same machine, in one run.
     python tools/rebalbench.py --keys 100000               # ~1.5 minutes
     python tools/rebalbench.py                             # 1,000,000 keys, ~6 minutes
     python tools/rebalbench.py --clients 4 --json out.json --skip-leave
+    python tools/rebalbench.py --store sqlite              # the nodes on SQLite
 
 What it measures, in this order:
 
@@ -29,7 +30,10 @@ What it measures, in this order:
    and MB/s (keys x (100 + key length) / duration), client ops/s and errors before and
    during. Then, with a deadline, how long until the old replicas dropped what they handed
    over (each holds what the 4-node ring gives it), and the keys an old node holds now that
-   it did not hold before (should be 0).
+   it did not hold before (should be 0). Each node's and load process's CPU time and VmRSS
+   are sampled throughout: the table shows the cores each used while node4 streamed, and
+   each node's VmRSS per million keys held once the old replicas dropped what they handed
+   over (node4 then holds what it took in by writes alone).
 3. Leave (unless ``--skip-leave``). ``remove_node("node4")``, timed until node1..node3 all
    report node4 as left; keys/s and MB/s over the placements node4 held, client ops/s and
    errors during it, and whether node1..node3 hold every key again.
@@ -319,6 +323,101 @@ class Watcher:
             thread.join(timeout=10)
 
 
+# ---------------------------------------------------------------------- CPU and memory
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+THREAD_KINDS = ("python", "rocksdb", "zmq", "other")
+
+
+def process_figures(pid: int) -> tuple[tuple[float, ...], int] | None:
+    """(CPU seconds used by its threads of each THREAD_KINDS: the main (Python) thread,
+    RocksDB's background threads, ZeroMQ's I/O threads, the rest; VmRSS bytes) of ``pid``
+    from /proc; None once it is gone."""
+    used = dict.fromkeys(THREAD_KINDS, 0.0)
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                text = stat.read()
+            name = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            kind = ("python" if tid == str(pid) else "rocksdb" if name.startswith("rocksdb")
+                    else "zmq" if name.startswith("ZMQbg") else "other")
+            used[kind] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        with open(f"/proc/{pid}/status") as status:
+            rss = next(int(line.split()[1]) * 1024 for line in status
+                       if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return tuple(used.values()), rss
+
+
+class Sampler:
+    """CPU time and VmRSS of the nodes and the load processes every SAMPLE_S, so any window
+    (the streaming phase, known from node4's log afterwards) can be read: where the CPU went
+    on a machine whose cores the nodes and the clients share."""
+
+    def __init__(self, cluster: LocalCluster, load: Load) -> None:
+        self.cluster, self.load = cluster, load
+        self.pids: dict[str, int] = {}
+        self.samples: list[tuple[float, dict[str, tuple]]] = []  # (Unix time, figures)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _pid(self, name: str) -> int | None:
+        if name not in self.pids:
+            try:
+                pid = int(self.cluster.supervisor().getProcessInfo(name)["pid"])
+            except Exception:  # supervisord busy or gone: ask again next time
+                return None
+            if not pid:
+                return None   # not started yet
+            self.pids[name] = pid
+        return self.pids[name]
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            now = time.time()
+            sample = {}
+            for name in ALL:
+                pid = self._pid(name)
+                figures = pid and process_figures(pid)
+                if figures:
+                    sample[name] = figures
+            for index, process in enumerate(self.load.processes):
+                figures = process.pid and process_figures(process.pid)
+                if figures:
+                    sample[f"client{index + 1}"] = figures
+            self.samples.append((now, sample))
+
+    def rss(self) -> dict[str, int]:
+        """The last VmRSS of each process."""
+        return {name: figures[1] for name, figures in (self.samples[-1][1] if self.samples
+                                                       else {}).items()}
+
+    def cpu(self, since: float, until: float) -> dict:
+        """CPU seconds each process used between two Unix times (the samples nearest them;
+        a process started after ``since`` counts from its start), in all and by thread kind,
+        and the window's length."""
+        if not self.samples:
+            return {}
+        first = min(self.samples, key=lambda sample: abs(sample[0] - since))
+        last = min(self.samples, key=lambda sample: abs(sample[0] - until))
+        span = last[0] - first[0]
+        zero = (0.0,) * len(THREAD_KINDS)
+        kinds = {name: {kind: now - then for kind, now, then in zip(
+                    THREAD_KINDS, figures[0], first[1].get(name, (zero, 0))[0])}
+                 for name, figures in last[1].items()}
+        return {"window_s": span, "cpu_s": {name: sum(by.values()) for name, by in kinds.items()},
+                "cpu_s_by_thread": kinds}
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+
 # ---------------------------------------------------------------------- key sets
 
 def key_bitmap(keys: list[str], total: int) -> tuple[np.ndarray, int]:
@@ -375,7 +474,7 @@ class Report:
 
 def run_join(cluster: LocalCluster, admin: Client, load: Load, watcher: Watcher,
              expected: dict[str, np.ndarray], args: argparse.Namespace,
-             report: Report) -> bool:
+             report: Report, sampler: Sampler | None = None) -> bool:
     keys = args.keys
     before_held = holdings(admin, OLD, keys)
     for name, (bitmap, foreign) in before_held.items():
@@ -437,6 +536,9 @@ def run_join(cluster: LocalCluster, admin: Client, load: Load, watcher: Watcher,
         seconds = joined["at_s"] - streamed["at_s"]
         join["stream_phase_s"] = seconds
         join["stream_wire_records_per_s"] = rate(joined["records"], seconds)
+        if sampler is not None:
+            join["stream_cpu"] = sampler.cpu(started_wall + streamed["at_s"],
+                                             started_wall + joined["at_s"])
     report.figures["join"] = join
     progress(f"join: {duration:.1f}s, {received:,} placements on {NEW} "
              f"({join['keys_per_s']:,.0f} keys/s), clients {during['ops_per_s']:,.0f} ops/s")
@@ -480,6 +582,12 @@ def run_join(cluster: LocalCluster, admin: Client, load: Load, watcher: Watcher,
         if (old[name]["moved_between_old_nodes"] or old[name]["missing_vs_ring"]
                 or old[name]["still_holding_given_away"]):
             report.problem(f"{name} after the join: {old[name]}")
+    if sampler is not None:
+        rss = sampler.rss()
+        held_now = {**{name: v["held_after"] for name, v in old.items()},
+                    NEW: report.figures["join"]["placements_received"]}
+        report.figures["rss_after_join"] = {name: {"rss": rss[name], "keys": held_now[name]}
+                                            for name in ALL if name in rss}
     report.figures["trim"] = {
         "ok": trim_ok, "waited_s": trim_done[0] - ended, "tolerance_keys": tolerance,
         "nodes": old, "load_during": load.window(t1, trim_done),
@@ -645,6 +753,18 @@ def table(report: Report, args: argparse.Namespace) -> str:
         if "stream_wire_records_per_s" in join:
             row("  wire records/s while streaming (log)",
                 num(join["stream_wire_records_per_s"]))
+        cpu = join.get("stream_cpu")
+        if cpu and cpu["window_s"] > 0:
+            used, window = cpu["cpu_s"], cpu["window_s"]
+            row("  CPU while streaming (cores)", ", ".join(
+                f"{name} {seconds / window:.2f}" for name, seconds in sorted(used.items()))
+                + f"; all {sum(used.values()) / window:.2f} of {os.cpu_count()}")
+            records = (joined or {}).get("records")
+            for name in ALL:
+                by = cpu["cpu_s_by_thread"].get(name)
+                if by and records:
+                    row(f"    {name} CPU us per record streamed", " ".join(
+                        f"{kind} {seconds / records * 1e6:.2f}" for kind, seconds in by.items()))
         row("placements node4 received", f"{num(join['placements_received'])}  (ideal 3K/4 = "
             f"{num(join['ideal_3k_over_4'])}, this ring: {num(join['exact_expected'])})")
         row("movement ratio (received / 3K/4)", num(join["movement_ratio"], 3))
@@ -657,6 +777,10 @@ def table(report: Report, args: argparse.Namespace) -> str:
         row("client errors before | during", f"{before['errors']:,} | {during['errors']:,}")
         row("worst 1 s ops/s before | during", f"{num(before['worst_1s_ops_per_s'])} | "
             f"{num(during['worst_1s_ops_per_s'])}")
+    rss = f.get("rss_after_join")
+    if rss:
+        row("VmRSS after the join, MiB (keys held)", ", ".join(
+            f"{name} {v['rss'] / 2**20:,.0f} ({v['keys'] / 1e6:.2f}M)" for name, v in rss.items()))
     trim = f.get("trim")
     if trim:
         section("old replicas after the join" + ("" if trim["ok"] else " (TIMED OUT)"))
@@ -743,6 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the cluster's files")
     parser.add_argument("--skip-leave", action="store_true", help="measure the join only")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--store", choices=("rocksdb", "sqlite"),
+                        help="the nodes' store (default: the node's default, rocksdb)")
     harness.add_numbers(parser, [
         ("--keys", int, 1_000_000, "preloaded keys (K)"),
         ("--clients", int, 2, "load processes"),
@@ -769,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     report.figures["setup"] = {
         "keys": args.keys, "clients": args.clients, "value_size": VALUE_SIZE,
+        "store": args.store or "default",
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "zmq": zmq.zmq_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -779,9 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.root and os.path.isdir(args.root) and os.listdir(args.root):
         raise SystemExit(f"--root {args.root} is not empty (preload needs fresh stores)")
     root = args.root or tempfile.mkdtemp(prefix="rebalbench-")
-    cluster = LocalCluster(root, nodes=3, spares=1, log_level="info")
+    cluster = LocalCluster(root, nodes=3, spares=1, log_level="info", store=args.store)
     load = None
     watcher = None
+    sampler = None
     failed = False
     try:
         progress(f"preloading {args.keys:,} keys into {root}")
@@ -800,7 +928,9 @@ def main(argv: list[str] | None = None) -> int:
             2 * args.trim_timeout + 600
         load = Load(cluster.seeds, args.clients, args.keys, lifetime)
         load.start()
-        if run_join(cluster, admin, load, watcher, expected, args, report) and not args.skip_leave:
+        sampler = Sampler(cluster, load)
+        if run_join(cluster, admin, load, watcher, expected, args, report, sampler) \
+                and not args.skip_leave:
             run_leave(cluster, admin, load, watcher, args, report)
         failed = bool(report.problems)
     except Exception as exc:
@@ -814,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
             load.stop()
             report.figures["client_errors"] = dict(load.errors)
             report.figures["client_first_errors"] = load.first_errors[:4]
+        if sampler is not None:
+            sampler.close()
         if watcher is not None:
             watcher.close()
             report.figures["status_poll_failures"] = dict(watcher.failures)

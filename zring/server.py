@@ -164,7 +164,7 @@ class NodeServer:
         """Sleep up to ``timeout_s`` unless input is known to wait; add every socket whose
         events say input arrived to ``readable``."""
         for sock in self.used:
-            if sock.getsockopt(_EVENTS) & _POLLIN:
+            if sock.get(_EVENTS) & _POLLIN:
                 self.readable.add(sock)
         self.used.clear()
         # rounded up: waking a little before a deadline would only spin until it
@@ -179,7 +179,7 @@ class NodeServer:
                     pass
                 continue
             # asking for its events takes the socket's pending commands (clears the fd)
-            if sock not in self.readable and sock.getsockopt(_EVENTS) & _POLLIN:
+            if sock not in self.readable and sock.get(_EVENTS) & _POLLIN:
                 self.readable.add(sock)
 
     # ------------------------------------------------------------------ loop
@@ -232,12 +232,37 @@ class NodeServer:
             effects = self.core.commit_failed(effects, exc, time.time())
         return effects
 
+    # a store that refuses syncs (a full disk) fails every period: its first failure is
+    # logged, then a count at most every SYNC_FAILURE_SUMMARY_S, then the recovery
+    SYNC_FAILURE_SUMMARY_S = 5.0
+    _sync_failing_since: float | None = None
+    _sync_failures = _sync_failures_logged = 0
+    _sync_failure_logged_at = 0.0
+
     def _sync(self) -> None:
+        now = time.monotonic()
         try:
             self.store.sync()
         except StorageError as exc:   # the data stays committed; the next period retries
             self.core.count("syncs_failed")
-            self.log.error("sync_failed", error=str(exc))
+            self._sync_failures += 1
+            if self._sync_failing_since is None:
+                self._sync_failing_since = now
+                self.log.error("sync_failed", error=str(exc))
+            elif now - self._sync_failure_logged_at < self.SYNC_FAILURE_SUMMARY_S:
+                return
+            else:
+                self.log.error("sync_still_failing", error=str(exc),
+                               failures=self._sync_failures - self._sync_failures_logged,
+                               failing_s=round(now - self._sync_failing_since, 1))
+            self._sync_failures_logged = self._sync_failures
+            self._sync_failure_logged_at = now
+            return
+        if self._sync_failing_since is not None:
+            self.log.info("sync_recovered", failures=self._sync_failures,
+                          failed_s=round(now - self._sync_failing_since, 1))
+            self._sync_failing_since = None
+            self._sync_failures = self._sync_failures_logged = 0
 
     def _drain(self, sock: zmq.Socket, effects: list, budget: int = 1000) -> bool:
         """Read ``sock``'s messages into ``effects``, called when its events said input
@@ -245,7 +270,7 @@ class NodeServer:
         True: the budget ran out first."""
         take, copy = self.take[sock]
         for n in range(budget):
-            if n and not sock.getsockopt(_EVENTS) & _POLLIN:
+            if n and not sock.get(_EVENTS) & _POLLIN:
                 return False
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)

@@ -326,14 +326,16 @@ def test_table_notes_name_each_skipped_group_once():
 
 def test_memory_table_ratio_to_redis():
     mib = bench.MIB
-    rows = [bench.MemoryRow("zring node1", 1_000_000, 300 * mib, 100 * mib, "pid 1"),
+    rows = [bench.MemoryRow("zring node1", 1_000_000, 300 * mib, 100 * mib, "pid 1",
+                            rss_writes=320 * mib),
             bench.MemoryRow("zring node2", 1_000_000, None, None),
             bench.MemoryRow("redis-server", 1_000_000, 150 * mib, 8 * mib, "pid 3")]
     text = bench.format_memory_table(rows)
     lines = text.splitlines()
-    assert lines[2].split()[:6] == ["zring", "node1", "1,000,000", "300.0", "100.0", "2.00x"]
-    assert lines[3].split()[3:6] == ["-", "-", "-"]
-    assert lines[4].split()[:4] == ["redis-server", "1,000,000", "150.0", "8.0"]
+    assert lines[2].split()[:7] == ["zring", "node1", "1,000,000", "300.0", "100.0", "320.0",
+                                    "2.00x"]
+    assert lines[3].split()[3:7] == ["-", "-", "-", "-"]
+    assert lines[4].split()[:5] == ["redis-server", "1,000,000", "150.0", "8.0", "-"]
 
 
 def test_cpu_steal_reads_the_all_cpus_line_and_the_note_gives_its_share():

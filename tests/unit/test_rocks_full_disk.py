@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from zring.errors import StorageError
@@ -187,3 +188,38 @@ def test_fill_refuses_a_directory_that_is_not_a_mount_point(tmp_path):
     with pytest.raises(RuntimeError, match="not a mount point"):
         fill(tmp_path)
     assert not (tmp_path / "filler").exists()
+
+
+def test_a_node_logs_failing_syncs_once_then_a_count_every_few_seconds(monkeypatch):
+    # a full disk fails the node's sync every fsync period: one event when it starts, a
+    # count at most every SYNC_FAILURE_SUMMARY_S, one when it ends (not one a period)
+    from types import SimpleNamespace
+
+    from zring import server
+
+    node = server.NodeServer.__new__(server.NodeServer)   # no sockets: _sync uses these
+    full = [True]
+
+    def sync():
+        if full[0]:
+            raise StorageError("store s: the disk is full")
+    counted: list[str] = []
+    node.store = SimpleNamespace(sync=sync)
+    node.core = SimpleNamespace(count=counted.append)
+    node.log = structlog.get_logger()
+    clock = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    with capture_logs() as logs:
+        for _ in range(12):   # one a second, as with fsync_period_s = 1
+            node._sync()
+            clock[0] += 1
+        full[0] = False
+        node._sync()
+        node._sync()
+        full[0] = True
+        node._sync()
+    assert [(e["event"], e.get("failures")) for e in logs] == [
+        ("sync_failed", None), ("sync_still_failing", 5), ("sync_still_failing", 5),
+        ("sync_recovered", 12), ("sync_failed", None)]
+    assert logs[3]["failed_s"] == 12.0 and logs[2]["failing_s"] == 10.0
+    assert counted == ["syncs_failed"] * 13

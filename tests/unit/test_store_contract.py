@@ -628,6 +628,74 @@ def test_random_purges_agree_between_stores(writes, cutoff, limit):
             store.close()
 
 
+@settings(max_examples=60, deadline=None)
+@given(held=writes, batch=st.lists(st.tuples(
+    st.sampled_from(["a", "b", "c", "ключ", "e", "f", "g", "h"]),
+    st.one_of(st.none(), st.binary(max_size=4), st.text(max_size=4)),
+    st.integers(min_value=0, max_value=5), st.sampled_from(["n1", "n2", "ü"])),
+    max_size=8, unique_by=lambda item: item[0]), through=st.sampled_from(
+        ["write_if_newer", "put_wire"]))
+def test_a_batch_of_distinct_keys_part_held_agrees_between_stores(held, batch, through):
+    # a joiner's page: most keys new, a few written meanwhile (each answered on its own)
+    with tempfile.TemporaryDirectory() as directory:
+        stores = every_store(Path(directory))
+        answers = []
+        for store in stores:
+            store.put_many(record(k, v, t, n) for k, v, t, n in held)
+            answers.append(getattr(store, through)([list(item) for item in batch]))
+        assert answers == [answers[0]] * len(stores)
+        memory, *durables = (store.scan_range(0, TOP) for store in stores)
+        assert all(durable == memory for durable in durables)
+        assert_same_figures(stores)
+        for store in stores:
+            if not isinstance(store, MemoryStore):
+                assert store.check() == []
+            store.close()
+
+
+# range bounds at, just before and just after the positions of the keys ``writes`` uses
+edges = st.sampled_from(sorted({0, TOP} | {min(max(key_position(k) + d, 0), TOP)
+                                           for k in ["a", "b", "c", "ключ", "e"]
+                                           for d in (-1, 0, 1)}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=writes, bounds=st.tuples(edges, edges), in_cycle=st.booleans())
+def test_range_figures_pages_and_drops_agree_with_the_records(writes, bounds, in_cycle):
+    # range_stats counts characters of str keys and values; a drop takes its records out of
+    # the figures. ``in_cycle``: the writes are still pending in the cycle's group commit
+    low, high = sorted(bounds)
+    with tempfile.TemporaryDirectory() as directory:
+        stores = every_store(Path(directory))
+        for store in stores:
+            with store.group_commit():
+                store.put_many(record(k, v, t, n) for k, v, t, n in writes)
+                if not in_cycle:
+                    store.put(record("outside", b"x", 1))
+            with store.group_commit():
+                if not in_cycle:
+                    store.put(record("outside", b"y", 2))   # a pending write elsewhere
+                else:
+                    store.put_many(record(k, v, t + 10, n) for k, v, t, n in writes[:3])
+                inside = store.scan_range(low, high)
+                assert page_through(store, low, high, 1) == [r.key for r in inside]
+                expected = (len(inside), sum(len(r.key) + len(r.value or "") for r in inside))
+                stats = store.range_stats(low, high)
+                if not isinstance(store, SQLiteStore):   # see assert_same_figures
+                    assert stats == expected
+                assert store.delete_range(low, high) == len(inside)
+                assert store.scan_range(low, high) == []
+            held = store.stats()
+            rest = store.scan_range(0, TOP)
+            assert (held.keys, held.tombstones) == (
+                sum(not r.is_tombstone for r in rest), sum(r.is_tombstone for r in rest))
+            if not isinstance(store, SQLiteStore):
+                assert held.bytes == sum(len(r.key.encode()) + len(r.value or "") for r in rest)
+        assert_same_figures(stores)
+        for store in stores:
+            store.close()
+
+
 hint_ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.lists(st.tuples(

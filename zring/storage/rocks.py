@@ -11,7 +11,9 @@ is its own batch. Reads merge the pending writes over the database, so a cycle s
 writes. Last writer wins is decided here (a read before each write: one multi-get per call),
 and the figures ``stats`` reports (records, tombstones, bytes, hints per target: as the SQLite
 store's triggers keep them) are kept in memory and written in every batch, so they commit,
-and survive a crash, with the writes they count.
+and survive a crash, with the writes they count. A stream's page, a range's count and a drop's
+read RocksDB into lists (no Python step per item), bypassing the block cache; a page whose
+keys are not held (a joiner's) is taken without comparing versions.
 
 Durability (``sync``): True (``--fsync always``) writes each batch with a synced WAL write;
 False (``periodic``) leaves the WAL write in the OS until ``sync()`` syncs the WAL (the node
@@ -40,7 +42,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import structlog
@@ -50,7 +52,7 @@ from zring.errors import StorageError
 from zring.hashing import RING_SIZE, key_position
 from zring.storage import rocks_check
 from zring.storage.base import Record, Store, StoreStats, position_group_cut
-from zring.storage.rocks_batch import Families, Pending
+from zring.storage.rocks_batch import Families, Pending, Scanner
 from zring.storage.rocks_format import (
     CF_META,
     CF_RECORDS,
@@ -71,14 +73,34 @@ from zring.storage.rocks_format import (
 )
 from zring.storage.rocks_hints import HintMethods
 from zring.storage.rocks_open import open_database, open_read_only
-from zring.storage.rocks_records import counted, decode_record, record_row, wire_rows
+from zring.storage.rocks_records import (
+    counted,
+    decode_record,
+    decode_records,
+    range_figures,
+    record_row,
+    wire_rows,
+)
 
 __all__ = ["RocksStore"]
 
 _KEYS_BATCH = 1000
+_SCAN_PAGE = 10_000   # records read at once by a count or a drop
 _HEADER = VALUE_HEADER.size
 _unpack_header = VALUE_HEADER.unpack_from
 log = structlog.get_logger("zring.storage")
+
+
+class _Positions:
+    """``position_group_cut``'s positions of a page of items, compared as their 8 bytes
+    (big-endian: equal and ordered as the integers), taken only where it looks."""
+
+    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
+        self.items = items
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.items[index][0][:8]
+
 
 class RocksStore(HintMethods, Store):
     """A ``Store`` in the RocksDB directory at ``path`` (created, with its parent, if
@@ -92,6 +114,7 @@ class RocksStore(HintMethods, Store):
         self._closed = False
         self._depth = 0   # group commits entered
         self._pending = Pending(COLUMN_FAMILIES)
+        self._scan: Scanner | None = None   # the cycle's reused iterator
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self._live = self._tombstones = self._bytes = 0
@@ -172,10 +195,28 @@ class RocksStore(HintMethods, Store):
         timestamp, writer bytes, stored value, counted size); per row None (stored, or with
         ``equal_taken`` an equal version held) or the held (timestamp, writer bytes) that
         refused it. The only read (one multi-get) comes before the first change."""
-        held = self._pending.lookup_records([row[0] for row in rows], self._records)
-        current: dict[bytes, bytes | None] = {}
-        for row, raw in zip(rows, held):
-            current.setdefault(row[0], raw)
+        keys = [row[0] for row in rows]
+        held = self._pending.lookup_records(keys, self._records)
+        current = dict(zip(keys, held))
+        fresh = held.count(None)
+        if len(current) < len(rows) or not fresh:   # a key twice, or every key held
+            return self._compare(rows, current, equal_taken)
+        # no key twice: a row whose key is not held is taken whatever the others do (a
+        # joiner's page: all but the few keys clients wrote meanwhile)
+        if fresh == len(rows):
+            return self._insert(rows)
+        self._insert([row for row, raw in zip(rows, held) if raw is None])
+        contested = [i for i, raw in enumerate(held) if raw is not None]
+        answers: list = [None] * len(rows)
+        for i, answer in zip(contested, self._compare([rows[i] for i in contested], current,
+                                                      equal_taken)):
+            answers[i] = answer
+        return answers
+
+    def _compare(self, rows: list[tuple], current: dict[bytes, bytes | None],
+                 equal_taken: bool) -> list:
+        """``_upsert`` of ``rows`` in order, each against ``current[row key]`` (what is held,
+        updated with each row taken)."""
         put = self._pending.put
         answers: list = []
         for row_key, timestamp, writer, stored, size in rows:
@@ -199,6 +240,17 @@ class RocksStore(HintMethods, Store):
             answers.append(None)
         return answers
 
+    def _insert(self, rows: list[tuple]) -> list:
+        """``_upsert`` of ``rows`` (distinct keys) none of which is held: every one taken."""
+        self._pending.put_records((row[0], row[3]) for row in rows)
+        tombstones = [row for row in rows if row[3][8] == KIND_TOMBSTONE]
+        for row_key, _, _, stored, _ in tombstones:
+            self._pending.put(CF_TOMBSTONES, stored[:8] + row_key, b"")
+        self._bytes += sum(row[4] for row in rows)
+        self._tombstones += len(tombstones)
+        self._live += len(rows) - len(tombstones)
+        return [None] * len(rows)
+
     def _forget_counted(self, row_key: bytes, raw: bytes) -> None:
         """Take the stored record ``raw`` out of the figures and the tombstone index."""
         is_tombstone, size = counted(row_key, raw)
@@ -211,11 +263,7 @@ class RocksStore(HintMethods, Store):
 
     @translating_errors
     def range_stats(self, low: int, high: int) -> tuple[int, int]:
-        records = size = 0
-        for row_key, raw in self._range(low, high):
-            records += 1
-            record = decode_record(row_key, raw)
-            size += len(record.key) + (0 if record.value is None else len(record.value))
+        records, _, _, size = range_figures(self._pages(low, high))
         return records, size
 
     @translating_errors
@@ -226,15 +274,15 @@ class RocksStore(HintMethods, Store):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         start = low if after is None else max(low, after + 1)
-        items = list(islice(self._range(start, high), limit + 1))
+        items = self._page(start, high, limit + 1)
         if len(items) > limit:
-            cut = position_group_cut([int.from_bytes(k[:8], "big") for k, _ in items], limit)
+            cut = position_group_cut(_Positions(items), limit)
             if cut:
-                items = items[:cut]
+                del items[cut:]
             else:
                 last = int.from_bytes(items[limit - 1][0][:8], "big")
                 items = list(self._range(last, last))
-        return [decode_record(row_key, raw) for row_key, raw in items]
+        return decode_records(items)
 
     def _range(self, low: int, high: int) -> Iterator[tuple[bytes, bytes]]:
         low, high = max(low, 0), min(high, RING_SIZE - 1)
@@ -243,21 +291,39 @@ class RocksStore(HintMethods, Store):
         return self._pending.iterate(CF_RECORDS, self._records, position_start(low),
                                      position_end(high))
 
+    def _page(self, low: int, high: int, count: int) -> list[tuple[bytes, bytes]]:
+        """The first ``count`` items of ``_range``, read at once (a stream's page)."""
+        low, high = max(low, 0), min(high, RING_SIZE - 1)
+        if low > high:
+            return []
+        return self._pending.page(CF_RECORDS, self._records, position_start(low),
+                                  position_end(high), count, self._scanner())
+
+    def _pages(self, low: int, high: int) -> Iterator[tuple[bytes, bytes]]:
+        """``_range`` read a page at a time (no Python step per item between them)."""
+        low, high = max(low, 0), min(high, RING_SIZE - 1)
+        if low > high:
+            return iter(())
+        return chain.from_iterable(self._pending.pages(
+            CF_RECORDS, self._records, position_start(low), position_end(high), _SCAN_PAGE,
+            self._scanner()))
+
+    def _scanner(self) -> Scanner | None:
+        """The cycle's reused iterator over the records (None outside a group commit:
+        nothing would end its life before the next write)."""
+        if not self._depth:
+            return None
+        if self._scan is None:
+            self._scan = Scanner(self._records)
+        return self._scan
+
     @translating_errors
     def delete_range(self, low: int, high: int) -> int:
         low, high = max(low, 0), min(high, RING_SIZE - 1)
         if low > high:
             return 0
-        gone = live = size = 0
-        index: list[bytes] = []
-        for row_key, raw in self._range(low, high):   # read all before changing anything
-            is_tombstone, counted_size = counted(row_key, raw)
-            gone += 1
-            size += counted_size
-            if is_tombstone:
-                index.append(raw[:8] + row_key)
-            else:
-                live += 1
+        index: list[bytes] = []   # read all before changing anything
+        gone, live, size, _ = range_figures(self._pages(low, high), index)
         with self.group_commit():
             for entry in index:
                 self._pending.put(CF_TOMBSTONES, entry, None)
@@ -364,9 +430,11 @@ class RocksStore(HintMethods, Store):
             yield
         except BaseException:
             self._depth = 0
+            self._scan = None
             self._abandon(saved)
             raise
         self._depth = 0
+        self._scan = None   # it sees the database before this cycle's writes
         if not self._pending.dirty:
             return
         if self._write_failure is not None:   # RocksDB would refuse it: not reopened yet
@@ -494,6 +562,7 @@ class RocksStore(HintMethods, Store):
         failed one cannot flush on the way: dropping it, with its column families, closes
         it and frees the lock)."""
         old_db, old_families = self._db, self._families
+        self._scan = None
         self._db, self._families = db, families
         self._tables = families.tables
         self._records = self._tables[CF_RECORDS]
@@ -507,7 +576,7 @@ class RocksStore(HintMethods, Store):
     def _release(self) -> None:
         # rocksdict quirk: every column-family object must go before close, or the LOCK
         # file stays held and the next open in this process fails
-        self._tables = self._records = None   # type: ignore[assignment]
+        self._tables = self._records = self._scan = None   # type: ignore[assignment]
         self._families.release()
         self._db.close()
 

@@ -13,13 +13,14 @@ reaches the database until ``commit``: abandoning a cycle is dropping this objec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from zring.storage.rocks_format import CF_RECORDS
 
-__all__ = ["Families", "Pending", "items"]
+__all__ = ["Families", "Pending", "items", "page"]
 
 _ABSENT = object()
 
@@ -60,6 +61,11 @@ class Pending:
         self.writes[family][key] = value
         self.dirty = True
 
+    def put_records(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        """``put`` of many (record key, stored value) at once."""
+        self.records.update(pairs)
+        self.dirty = True
+
     def drop_records(self, begin: bytes, end: bytes) -> None:
         """Every record with ``begin <= key < end`` goes (pending ones included)."""
         pending = self.records
@@ -79,7 +85,7 @@ class Pending:
     def lookup_records(self, keys: list[bytes], table: Rdict) -> list[bytes | None]:
         """``lookup`` of many record keys, those not pending read in one multi-get."""
         pending = self.records
-        if not pending and not self.dropped:
+        if not self.dropped and pending.keys().isdisjoint(keys):   # a cycle's next page
             return table.get(keys) if keys else []
         found: list = [pending.get(key, _ABSENT) for key in keys]
         missing = [i for i, value in enumerate(found) if value is _ABSENT]
@@ -94,12 +100,43 @@ class Pending:
         """(key, value) with ``begin <= key < end`` (None: to the end) in key order, pending
         writes over the database's. One RocksDB iterator: a consistent view by itself."""
         stored = items(table, begin, end)
-        pending = self.writes[family]
-        dropped = self.dropped if family == CF_RECORDS else []
-        if not pending and not dropped:
+        ours, dropped = self._touching(family, begin, end)
+        if not ours and not dropped:   # the cycle wrote elsewhere: no merge per item
             return stored
-        ours = sorted(key for key in pending if begin <= key and (end is None or key < end))
-        return _merge(stored, iter(ours), pending, dropped)
+        return _merge(stored, iter(ours), self.writes[family], dropped)
+
+    def page(self, family: str, table: Rdict, begin: bytes, end: bytes, count: int,
+             scanner: Scanner | None = None) -> list[tuple[bytes, bytes]]:
+        """The first ``count`` items ``iterate`` gives; when the pending writes touch none of
+        them, read through ``scanner`` (see ``Scanner``) or by RocksDB into a list at once."""
+        ours, dropped = self._touching(family, begin, end)
+        if ours or dropped:
+            return list(islice(_merge(items(table, begin, end), iter(ours),
+                                      self.writes[family], dropped), count))
+        if scanner is not None:
+            return scanner.page(table, begin, end, count)
+        return page(table, begin, end, count)
+
+    def pages(self, family: str, table: Rdict, begin: bytes, end: bytes, count: int,
+              scanner: Scanner | None = None) -> Iterator[list[tuple[bytes, bytes]]]:
+        """``iterate`` as lists of up to ``count`` items (each a ``page``), until the end."""
+        while True:
+            found = self.page(family, table, begin, end, count, scanner)
+            if found:
+                yield found
+            if len(found) < count:
+                return
+            begin = found[-1][0] + b"\x00"
+
+    def _touching(self, family: str, begin: bytes, end: bytes | None
+                  ) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+        """The pending keys in [begin, end), sorted, and the dropped ranges meeting it."""
+        pending = self.writes[family]
+        ours = sorted(key for key in pending if begin <= key and (end is None or key < end)) \
+            if pending else []
+        dropped = [(b, e) for b, e in self.dropped if e > begin and (end is None or b < end)] \
+            if family == CF_RECORDS else []
+        return ours, dropped
 
     def commit(self, families: Families, options: WriteOptions) -> None:
         """One WriteBatch of everything pending, written with ``options``; raises what
@@ -159,6 +196,61 @@ def items(table: Rdict, begin: bytes, end: bytes | None, *,
     if probe.valid():
         raise Exception(f"Corruption: a scan ended early, before {probe.key()!r}")
     del probe, options, end
+
+
+def page(table: Rdict, begin: bytes, end: bytes, count: int) -> list[tuple[bytes, bytes]]:
+    """``list(islice(items(table, begin, end), count))`` without a Python step per item:
+    the same bound kept alive and the same check of a scan that ended early. Its blocks
+    stay out of the block cache (a stream or a count reads each once: the cache keeps what
+    clients read)."""
+    options = ReadOptions()
+    options.set_iterate_upper_bound(end)
+    options.fill_cache(False)
+    found = list(islice(table.items(from_key=begin, read_opt=options), count))
+    if len(found) < count:
+        probe = table.iter(options)
+        probe.seek(found[-1][0] + b"\x00" if found else begin)
+        probe.status()
+        if probe.valid():
+            raise Exception(f"Corruption: a scan ended early, before {probe.key()!r}")
+        del probe
+    del options, end
+    return found
+
+
+class Scanner:
+    """One iterator over a table, reused by the scans of one loop cycle. A join asks for
+    thousands of intervals of ~20 records each: a new iterator for each (and the second one
+    that checks where a bulk read ended) cost twice what reading their records does, a seek
+    of this one a fraction. It sees the table as it was when it was made, so it lives no
+    longer than a cycle (whose writes commit when it ends); it has no upper bound, so it
+    reads one key past a range, and a long range goes on in bulk after ``ONE_BY_ONE``."""
+
+    ONE_BY_ONE = 64
+
+    def __init__(self, table: Rdict) -> None:
+        self.options = ReadOptions()   # kept alive with the iterator (see ``items``)
+        self.options.fill_cache(False)
+        self.iterator = table.iter(self.options)
+
+    def page(self, table: Rdict, begin: bytes, end: bytes, count: int
+             ) -> list[tuple[bytes, bytes]]:
+        """``page(table, begin, end, count)``."""
+        found: list[tuple[bytes, bytes]] = []
+        iterator = self.iterator
+        iterator.seek(begin)
+        while iterator.valid():
+            key = iterator.key()
+            if key >= end:
+                return found
+            found.append((key, iterator.value()))
+            if len(found) == count:
+                return found
+            if len(found) == self.ONE_BY_ONE:
+                return found + page(table, key + b"\x00", end, count - len(found))
+            iterator.next()
+        iterator.status()   # raises the error that ended it, if one did
+        return found
 
 
 def _merge(stored: Iterator[tuple[bytes, bytes]], pending_keys: Iterator[bytes],
