@@ -835,3 +835,18 @@ def test_a_replica_the_cluster_sees_down_is_a_node_s_to_write_until_its_gossip_i
     client.sent.clear()
     client.put("key", b"w")
     assert sent_types(client) == [MsgType.DIRECT_WRITE] * 3
+
+
+def test_a_seed_that_left_sends_the_request_to_the_next_seed():
+    def answer(endpoint, message):
+        if endpoint == S1:
+            return NotMember("n1 has left the cluster", left="n1")
+        return {"pong": True}
+    client = Scripted(answer, seeds=(S1, S2))
+    assert client.ping() == {"pong": True}
+    assert [e for e, _ in client.sent] == [S1, S2] and client.seed == S2
+    # a NotMember about another node (an operator's request) is the answer itself
+    client = Scripted(lambda e, m: NotMember("n9 is not a member"), seeds=(S1, S2))
+    with pytest.raises(NotMember, match="n9"):
+        client.ping()
+    assert len(client.sent) == 1

@@ -144,7 +144,13 @@ class Session:
             if isinstance(reply, ZringError):
                 raise reply
             if request.key is None:
-                request.body = unwrap(reply, request.type)
+                try:
+                    request.body = unwrap(reply, request.type)
+                except NotMember as exc:
+                    if "left" not in exc.details or not may_retry:
+                        raise
+                    self._seeds.move_off(endpoint)   # a seed that left: the next one
+                    return False
             else:
                 request.body = self._routes.unwrap(endpoint, reply, request.type,
                                                    may_retry=may_retry, now=now)

@@ -73,7 +73,8 @@ class NodeContext:
     def check_serving(self) -> None:
         """A node that left (or was removed) holds no replicas: it must not pretend to."""
         if self.members.own.status == MemberStatus.LEFT:
-            raise NotMember(f"{self.node_id} has left the cluster")
+            # ``left``: the node asked is the one gone (a client moves on to another)
+            raise NotMember(f"{self.node_id} has left the cluster", left=self.node_id)
 
     def key_too_long(self, key: str) -> bool:
         """Over max_key_bytes in UTF-8 (a key of up to a quarter of it is never encoded)."""
