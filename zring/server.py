@@ -41,6 +41,7 @@ from zring.core.batching import coalesce_sends
 from zring.core.effects import Publish, Reply, Send, Shutdown, Subscribe, Unsubscribe
 from zring.core.node import NodeCore
 from zring.errors import InvalidRequest, StorageError
+from zring.log import FailureStreak
 from zring.protocol import MAX_FRAME_BYTES, encode
 from zring.security import (
     HANDSHAKE_FAILURES,
@@ -118,6 +119,7 @@ class NodeServer:
         self.reload_requested = False   # SIGHUP: read the allowed keys again
         self.allowed_users = user_ids(self.keys.allowed) if self.keys else frozenset()
         self.log = log.bind(node_id=config.node_id)
+        self.sync_failures = FailureStreak(self.log, "sync")
         # a signal's handler runs between byte codes: this pipe (``signal.set_wakeup_fd``)
         # ends the wait it arrived in, or a SIGTERM would wait for the poll's timeout
         self.wakeup_fd, self.wakeup_write_fd = os.pipe()
@@ -232,37 +234,17 @@ class NodeServer:
             effects = self.core.commit_failed(effects, exc, time.time())
         return effects
 
-    # a store that refuses syncs (a full disk) fails every period: its first failure is
-    # logged, then a count at most every SYNC_FAILURE_SUMMARY_S, then the recovery
-    SYNC_FAILURE_SUMMARY_S = 5.0
-    _sync_failing_since: float | None = None
-    _sync_failures = _sync_failures_logged = 0
-    _sync_failure_logged_at = 0.0
-
     def _sync(self) -> None:
+        """Sync the store (fsync periodic). A store that refuses syncs (a full disk) fails
+        every period: logged once, then a count every few seconds, then its recovery."""
         now = time.monotonic()
         try:
             self.store.sync()
         except StorageError as exc:   # the data stays committed; the next period retries
             self.core.count("syncs_failed")
-            self._sync_failures += 1
-            if self._sync_failing_since is None:
-                self._sync_failing_since = now
-                self.log.error("sync_failed", error=str(exc))
-            elif now - self._sync_failure_logged_at < self.SYNC_FAILURE_SUMMARY_S:
-                return
-            else:
-                self.log.error("sync_still_failing", error=str(exc),
-                               failures=self._sync_failures - self._sync_failures_logged,
-                               failing_s=round(now - self._sync_failing_since, 1))
-            self._sync_failures_logged = self._sync_failures
-            self._sync_failure_logged_at = now
+            self.sync_failures.failed(now, error=str(exc))
             return
-        if self._sync_failing_since is not None:
-            self.log.info("sync_recovered", failures=self._sync_failures,
-                          failed_s=round(now - self._sync_failing_since, 1))
-            self._sync_failing_since = None
-            self._sync_failures = self._sync_failures_logged = 0
+        self.sync_failures.recovered(now)
 
     def _drain(self, sock: zmq.Socket, effects: list, budget: int = 1000) -> bool:
         """Read ``sock``'s messages into ``effects``, called when its events said input

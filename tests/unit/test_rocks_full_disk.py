@@ -207,6 +207,7 @@ def test_a_node_logs_failing_syncs_once_then_a_count_every_few_seconds(monkeypat
     node.store = SimpleNamespace(sync=sync)
     node.core = SimpleNamespace(count=counted.append)
     node.log = structlog.get_logger()
+    node.sync_failures = server.FailureStreak(node.log, "sync")   # as __init__ makes it
     clock = [100.0]
     monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
     with capture_logs() as logs:

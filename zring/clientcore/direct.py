@@ -34,7 +34,7 @@ from zring.errors import NotCoordinated, ProtocolError, VersionConflict, ZringEr
 from zring.protocol import Message, MsgType, record_from_wire
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from zring.clientcore.routing import Routing, RoutingTable
 
@@ -234,13 +234,8 @@ def direct_mget(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
     if groups is None:
         return None
     fingerprint = routing.fingerprint
-    chunks: list[tuple[tuple[str, ...], list[int], list[Request]]] = []
-    for chosen, indexes in groups.items():
-        for chunk in cut_indexes(indexes, sizes):
-            body = {"keys": [keys[i] for i in chunk], "ring": fingerprint, "n": n}
-            endpoints = [routing.addresses[node] for node in chosen]
-            chunks.append((chosen, chunk, _requests(ids, MsgType.DIRECT_READ_MANY, body,
-                                                    endpoints)))
+    chunks = _frames(ids, routing, groups, sizes, MsgType.DIRECT_READ_MANY, lambda chunk: {
+        "keys": [keys[i] for i in chunk], "ring": fingerprint, "n": n})
     exchange = Exchange([request for *_, requests in chunks for request in requests],
                         timeout)
     replies = _outcome((yield exchange))
@@ -262,6 +257,19 @@ def direct_mget(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
     if failed:
         _note_failures(routes, exchange, replies, now)
     return entries
+
+
+def _frames(ids: Iterator[int], routing: Routing, groups: dict[tuple[str, ...], list[int]],
+            sizes: list[int], msg_type: MsgType, body_of: Callable[[list[int]], dict]
+            ) -> list[tuple[tuple[str, ...], list[int], list[Request]]]:
+    """Each group's keys cut into frames (as a batch's), each frame one request to each of
+    the group's nodes: (nodes, key indexes, requests)."""
+    chunks = []
+    for nodes, indexes in groups.items():
+        endpoints = [routing.addresses[node] for node in nodes]
+        for chunk in cut_indexes(indexes, sizes):
+            chunks.append((nodes, chunk, _requests(ids, msg_type, body_of(chunk), endpoints)))
+    return chunks
 
 
 def _replica_groups(routes: RoutingTable, routing: Routing, keys: list[str], n: int, r: int,
@@ -333,14 +341,8 @@ def direct_mput(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
     if groups is None:
         return None
     fingerprint = routing.fingerprint
-    chunks: list[tuple[tuple[str, ...], list[int], list[Request]]] = []
-    for nodes, indexes in groups.items():
-        for chunk in cut_indexes(indexes, sizes):
-            body = {"items": [items[i] for i in chunk], "writer": writer,
-                    "ring": fingerprint, "n": n}
-            endpoints = [routing.addresses[node] for node in nodes]
-            chunks.append((nodes, chunk, _requests(ids, MsgType.DIRECT_WRITE_MANY, body,
-                                                   endpoints)))
+    chunks = _frames(ids, routing, groups, sizes, MsgType.DIRECT_WRITE_MANY, lambda chunk: {
+        "items": [items[i] for i in chunk], "writer": writer, "ring": fingerprint, "n": n})
     requests = [request for *_, requests in chunks for request in requests]
     # one frame per replica (the usual batch): done once W replicas answered (each key's
     # refusals, if any, then go to a node); more frames: every reply is waited for

@@ -40,6 +40,7 @@ from zring.core.replica import Replica
 from zring.core.status import Status
 from zring.core.topology import Topology
 from zring.errors import Forbidden, InvalidRequest, ProtocolError, StorageError
+from zring.log import FailureStreak
 from zring.membership import MemberStatus
 from zring.protocol import (
     CLIENT_TYPES,
@@ -62,6 +63,9 @@ class NodeCore:
         self.config = config
         self.store = store
         self.log = log.bind(node_id=config.node_id)
+        # a store refusing every commit (a full disk) fails each loop cycle: logged once,
+        # then a count every few seconds, then its recovery
+        self.commit_failures = FailureStreak(self.log, "commit")
         self.members = load_member_table(config, store, now)
         ctx = self.ctx = NodeContext(config, store, self.members, self.log)
         self.clock_part = NodeClock(ctx, now)
@@ -212,8 +216,9 @@ class NodeCore:
         self._last_tick = now
         ctx = self.ctx
         ctx.own_acks.committed_before(ctx.ticks)   # earlier cycles' writes are on disk
-        if self._commit_failing_since is not None:
-            self._note_commits_recovered(now)
+        failures = self.commit_failures
+        if failures.since is not None and now - failures.last_at >= 1.0:
+            failures.recovered(failures.last_at)   # a second without a failed commit
         effects = self._guarded(self.multikey, now)   # first: what earlier cycles queued
         effects += self._reacting(lambda: ctx.calls.expire(now), now)
         for part in self._parts[1:]:
@@ -235,7 +240,7 @@ class NodeCore:
         and each part forgets what the cycle wrote."""
         ctx = self.ctx
         ctx.stats["commits_failed"] += 1
-        self._log_commit_failure(exc, len(effects), now)
+        self.commit_failures.failed(now, error=str(exc), effects=len(effects))
         failure = StorageError(f"{self.config.node_id} could not commit to its store: {exc}")
         cycle = ctx.ticks - 1   # the tick that ended the cycle counted itself
         effects = effects + ctx.own_acks.revoke_from(cycle, now)
@@ -253,38 +258,6 @@ class NodeCore:
         for part in self._parts:
             part.commit_failed(cycle, now)
         return out
-
-    # a store that refuses commits (a full disk) fails every loop cycle, thousands a second:
-    # the first failure is logged, then a count at most every COMMIT_FAILURE_SUMMARY_S, then
-    # the recovery (a second without a failure)
-    COMMIT_FAILURE_SUMMARY_S = 5.0
-    _commit_failing_since: float | None = None
-    _commit_failures = _commit_failures_logged = 0
-    _commit_failure_logged_at = _last_commit_failure_at = 0.0
-
-    def _log_commit_failure(self, exc: Exception, effects: int, now: float) -> None:
-        self._commit_failures += 1
-        self._last_commit_failure_at = now
-        if self._commit_failing_since is None:
-            self._commit_failing_since = now
-            self.log.error("commit_failed", error=str(exc), effects=effects)
-        elif now - self._commit_failure_logged_at < self.COMMIT_FAILURE_SUMMARY_S:
-            return
-        else:
-            self.log.error("commit_still_failing", error=str(exc),
-                           failures=self._commit_failures - self._commit_failures_logged,
-                           failing_s=round(now - self._commit_failing_since, 1))
-        self._commit_failures_logged = self._commit_failures
-        self._commit_failure_logged_at = now
-
-    def _note_commits_recovered(self, now: float) -> None:
-        if self._commit_failing_since is not None and \
-                now - self._last_commit_failure_at >= 1.0:
-            self.log.info("commit_recovered", failures=self._commit_failures,
-                          failed_s=round(self._last_commit_failure_at
-                                         - self._commit_failing_since, 1))
-            self._commit_failing_since = None
-            self._commit_failures = self._commit_failures_logged = 0
 
     def next_deadline(self) -> float:
         now = self._last_tick

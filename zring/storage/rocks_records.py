@@ -94,19 +94,7 @@ def wire_rows(items: list) -> tuple[list[tuple], int]:
 def decode_record(row_key: bytes, raw: bytes) -> Record:
     """The record stored as ``raw`` under ``row_key``; struct.error, UnicodeDecodeError or
     DamagedEntry if it is damaged."""
-    timestamp, kind, length = _unpack_header(raw)
-    start = _HEADER + length
-    writer = raw[_HEADER:start].decode("utf-8")
-    if kind == KIND_BYTES:
-        value: bytes | str | None = raw[start:]
-    elif kind == KIND_STR:
-        value = raw[start:].decode("utf-8")
-    elif kind == KIND_TOMBSTONE:
-        value = None
-    else:
-        raise DamagedEntry(f"unknown value kind {kind}")
-    return Record(row_key[8:].decode("utf-8"), value, Version(timestamp, writer),
-                  int.from_bytes(row_key[:8], "big"))
+    return decode_records([(row_key, raw)])[0]
 
 
 def decode_records(items: list[tuple[bytes, bytes]]) -> list[Record]:

@@ -3,7 +3,6 @@ first failure, then a count every few seconds, then the recovery, not one event 
 
 from __future__ import annotations
 
-import structlog
 from structlog.testing import capture_logs
 
 from zring.config import NodeConfig
@@ -15,10 +14,8 @@ from zring.storage import MemoryStore
 def test_failed_commits_are_logged_once_then_counted_then_their_recovery():
     config = NodeConfig(node_id="a", address="tcp://a:1", gossip_address="tcp://a:2",
                         seeds=["tcp://a:1"], vnodes=16)
-    core = NodeCore(config, MemoryStore(), 1000.0)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))
     with capture_logs() as logs:
-        core.log = structlog.get_logger("test")
+        core = NodeCore(config, MemoryStore(), 1000.0)
         now = 1000.0
         for _ in range(12_000):   # 12 s of a full disk, a thousand cycles a second
             now += 0.001
@@ -32,4 +29,3 @@ def test_failed_commits_are_logged_once_then_counted_then_their_recovery():
     assert 9_990 <= counted <= 10_010   # the failures of the two 5 s summaries
     assert [e for e in logs if e["event"] == "commit_recovered"][0]["failures"] == 12_000
     assert core.stats["commits_failed"] == 12_000
-    structlog.reset_defaults()
