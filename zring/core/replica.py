@@ -48,23 +48,33 @@ class Replica(Part):
         self.ctx.check_serving()
         items = message.body["records"]
         self._check_record_sizes(items)
+        received, refused = self._take(items, bool(message.body.get("cond")), now)
+        body = {"received": received}
+        if refused:
+            body["newer"] = refused
+        return [ok(route, message.request_id, body)]
+
+    def _take(self, items: list, cond: bool, now: float) -> tuple[int, list]:
+        """Store wire records (the store checks each one's fields), after checking their
+        newest timestamp against our clock. ``cond``: a client write, each record taken
+        only where we hold no newer version of its key; otherwise the newer of the two
+        copies stays. Returns (records taken, [[index, timestamp, writer] of each refused
+        record and the newer version held])."""
         newest = max((item[2] for item in items if type(item[2]) is int), default=None)
         if newest is not None:
             self.clock.check_peer_timestamp(newest, now)
-        if message.body.get("cond"):
-            answers = self.ctx.store.write_if_newer(items)  # checks each record's fields
+        if cond:
+            answers = self.ctx.store.write_if_newer(items)
             refused = [[index, *held] for index, held in enumerate(answers) if held is not None]
-            body = {"received": len(items) - len(refused)}
+            received = len(items) - len(refused)
             if refused:
-                body["newer"] = refused
                 self.ctx.stats["replica_writes_refused_newer"] += len(refused)
         else:
-            received, _ = self.ctx.store.put_wire(items)  # checks each record's fields
-            body = {"received": received}
+            (received, _), refused = self.ctx.store.put_wire(items), []
         if newest is not None:
             self.clock.hlc.observe(newest)
             self.clock.note_stamp(newest)
-        return [ok(route, message.request_id, body)]
+        return received, refused
 
     # -------------------------------------------------- a client coordinating its own quorum
 
@@ -116,20 +126,11 @@ class Replica(Part):
         if not ts < 1 << 63 or not 0 < len(writer) <= 256:
             raise InvalidRequest("a write's ts must be an int in [0, 2**63) with a writer id "
                                  "of 1 to 256 characters")
-        self.clock.check_peer_timestamp(ts, now)
-        wire = [key, value, ts, writer]
+        _, refused = self._take([[key, value, ts, writer]], body.get("cond", True), now)
         self.ctx.stats["direct_writes"] += 1
-        if body.get("cond", True):
-            held = self.ctx.store.write_if_newer([wire])[0]
-            reply = {"stored": held is None}
-            if held is not None:
-                reply["newer"] = held
-                self.ctx.stats["replica_writes_refused_newer"] += 1
-        else:
-            self.ctx.store.put_wire([wire])
-            reply = {"stored": True}
-        self.clock.hlc.observe(ts)
-        self.clock.note_stamp(ts)
+        reply = {"stored": not refused}
+        if refused:
+            reply["newer"] = refused[0][1:]
         return [ok(route, message.request_id, reply)]
 
     def _on_direct_read(self, route, message: Message, now: float) -> list[Effect]:
@@ -171,18 +172,12 @@ class Replica(Part):
         keys = self._direct_keys(body, [item[0] for item in items], now)
         if not items:
             return [ok(route, message.request_id, {"received": 0})]
-        newest = max(item[2] for item in items)
-        self.clock.check_peer_timestamp(newest, now)
         wires = [[key, item[1], item[2], writer] for key, item in zip(keys, items, strict=True)]
-        answers = self.ctx.store.write_if_newer(wires)
-        refused = [[index, *held] for index, held in enumerate(answers) if held is not None]
-        reply = {"received": len(items) - len(refused)}
+        received, refused = self._take(wires, True, now)
+        reply = {"received": received}
         if refused:
             reply["newer"] = refused
-            self.ctx.stats["replica_writes_refused_newer"] += len(refused)
         self.ctx.stats["direct_writes"] += len(items)
-        self.clock.hlc.observe(newest)
-        self.clock.note_stamp(newest)
         return [ok(route, message.request_id, reply)]
 
     # -------------------------------------------------------------- records
