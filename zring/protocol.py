@@ -23,11 +23,12 @@ from typing import Any
 import msgpack
 
 from zring.errors import ProtocolError
-from zring.storage.base import record_from_wire, record_to_wire
+from zring.storage.base import Record, record_from_wire, record_to_wire
 
 __all__ = ["MsgType", "Message", "cut", "encode", "decode", "validate", "message_to_wire",
            "record_to_wire", "record_from_wire", "MAX_FRAME_BYTES", "CLIENT_TYPES",
-           "PEER_TYPES", "ADMIN_TYPES", "permitted"]
+           "PEER_TYPES", "ADMIN_TYPES", "permitted", "read_body", "wire_read_body",
+           "is_read_wire", "newest_of", "write_body"]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # also the sockets' MAXMSGSIZE
 _MAX_INT = (1 << 64) - 1
@@ -306,3 +307,43 @@ def cut(items: list, size_of: Callable[[Any], int], max_count: int,
         runs[-1].append(item)
         size += item_size
     return runs if runs[-1] else []
+
+
+# ---------------------------------------------------------------- reads' and writes' answers
+
+
+def write_body(version: list, acks: list[str], replicas: list[str]) -> dict:
+    """A write's answer without the ring hint (a PUT's or DELETE's, or one key's of an
+    MPUT): its version, the replicas that stored it, and the key's preference list."""
+    return {"version": version, "stored_on": list(acks), "replicated_to": list(replicas)}
+
+
+def read_body(value, version: list | None, served_by: list[str]) -> dict:
+    """A read's answer without the ring hint (``value`` None with a version: a tombstone)."""
+    found = version is not None and value is not None
+    return {"found": found, "value": value if found else None, "version": version,
+            "served_by": served_by}
+
+
+def wire_read_body(wire: list | None, served_by: list[str]) -> dict:
+    """``read_body`` of a wire record ``[key, value, timestamp, writer]`` (None: unseen)."""
+    if wire is None:
+        return read_body(None, None, served_by)
+    return read_body(wire[1], [wire[2], wire[3]], served_by)
+
+
+def is_read_wire(wire: object, key: str) -> bool:
+    """A peer's answer for ``key`` in a batch read: ``[key, value, timestamp, writer]``."""
+    return (wire.__class__ is list and len(wire) == 4 and wire[0] == key
+            and (wire[1] is None or wire[1].__class__ in (bytes, str))
+            and wire[2].__class__ is int and 0 <= wire[2] < 1 << 64
+            and wire[3].__class__ is str)
+
+
+def newest_of(records) -> Record | None:
+    """The record of the greatest version among ``records`` (None entries: unseen)."""
+    newest = None
+    for record in records:
+        if record is not None and (newest is None or record.version > newest.version):
+            newest = record
+    return newest

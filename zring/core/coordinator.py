@@ -8,15 +8,7 @@ from zring.core.clocks import NodeClock
 from zring.core.context import NodeContext, Part
 from zring.core.effects import Effect, answer, error
 from zring.core.hints import Hints
-from zring.core.quorum import (
-    Quorum,
-    newest_of,
-    quorum_in_each,
-    read_body,
-    wire_read_body,
-    write_outcome,
-    write_quorum_state,
-)
+from zring.core.quorum import Quorum, quorum_in_each, write_outcome, write_quorum_state
 from zring.core.topology import Topology
 from zring.errors import (
     ClockSkew,
@@ -28,7 +20,16 @@ from zring.errors import (
     ZringError,
 )
 from zring.hashing import key_position
-from zring.protocol import Message, MsgType, record_from_wire, record_to_wire
+from zring.protocol import (
+    Message,
+    MsgType,
+    newest_of,
+    read_body,
+    record_from_wire,
+    record_to_wire,
+    wire_read_body,
+    write_body,
+)
 from zring.storage.base import Hint, Record
 from zring.versions import Version, seconds_ahead
 
@@ -405,8 +406,7 @@ class Coordinator(Part):
 
     def put_body(self, version: list, acks: list[str], replicas: list[str]) -> dict:
         """A write's answer (a PUT's or DELETE's, or one key's of an MPUT)."""
-        return self.with_ring_hint({"version": version, "stored_on": list(acks),
-                                     "replicated_to": list(replicas)}, replicas)
+        return self.with_ring_hint(write_body(version, acks, replicas), replicas)
 
     def with_ring_hint(self, body: dict, replicas: list[str]) -> dict:
         if self.ctx.node_id not in replicas:

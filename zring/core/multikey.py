@@ -13,11 +13,19 @@ from zring.core.context import Handler, NodeContext, Part
 from zring.core.coordinator import Coordinator
 from zring.core.effects import Effect, Reply, Slot, answer, error, error_entry
 from zring.core.hints import Hints
-from zring.core.quorum import batch_write_outcome, is_read_wire, wire_read_body
+from zring.core.quorum import batch_write_outcome
 from zring.core.topology import Topology
 from zring.errors import InvalidRequest, ProtocolError, StorageError, ZringError, error_from_code
 from zring.hashing import key_position
-from zring.protocol import Message, MsgType, message_to_wire, record_from_wire, validate
+from zring.protocol import (
+    Message,
+    MsgType,
+    is_read_wire,
+    message_to_wire,
+    record_from_wire,
+    validate,
+    wire_read_body,
+)
 from zring.storage.base import Hint
 
 __all__ = ["MultiKey"]

@@ -1,5 +1,6 @@
 """Quorum accounting, pure: what replicas answered and whether a read or write is done
-(riak_kv's put_core/get_core under the coordinator), and the shapes of replicas' answers."""
+(riak_kv's put_core/get_core under the coordinator), and the shapes of replicas' answers
+(a read's answer and its records' are zring.protocol's: the client core counts reads too)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass, field
 from zring.protocol import Message, MsgType
 from zring.storage.base import Record
 
-__all__ = ["Quorum", "batch_write_outcome", "is_read_wire", "newest_of", "quorum_in_each",
-           "read_body", "wire_read_body", "write_outcome", "write_quorum_state"]
+__all__ = ["Quorum", "batch_write_outcome", "quorum_in_each", "write_outcome",
+           "write_quorum_state"]
 
 
 @dataclass(slots=True)
@@ -98,33 +99,3 @@ def is_refusal(item: object) -> bool:
     """``[index, timestamp, writer]``: a replica refused the record at ``index``."""
     return (item.__class__ is list and len(item) == 3 and type(item[0]) is int
             and type(item[1]) is int and 0 <= item[1] < 1 << 63 and item[2].__class__ is str)
-
-
-def newest_of(records) -> Record | None:
-    newest = None
-    for record in records:
-        if record is not None and (newest is None or record.version > newest.version):
-            newest = record
-    return newest
-
-
-def read_body(value, version: list | None, served_by: list[str]) -> dict:
-    """A read's answer without the ring hint (``value`` None with a version: a tombstone)."""
-    found = version is not None and value is not None
-    return {"found": found, "value": value if found else None, "version": version,
-            "served_by": served_by}
-
-
-def wire_read_body(wire: list | None, served_by: list[str]) -> dict:
-    """``_read_body`` of a wire record ``[key, value, timestamp, writer]`` (None: unseen)."""
-    if wire is None:
-        return read_body(None, None, served_by)
-    return read_body(wire[1], [wire[2], wire[3]], served_by)
-
-
-def is_read_wire(wire: object, key: str) -> bool:
-    """A peer's answer for ``key`` in a batch read: ``[key, value, timestamp, writer]``."""
-    return (wire.__class__ is list and len(wire) == 4 and wire[0] == key
-            and (wire[1] is None or wire[1].__class__ in (bytes, str))
-            and wire[2].__class__ is int and 0 <= wire[2] < 1 << 64
-            and wire[3].__class__ is str)

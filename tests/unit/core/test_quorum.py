@@ -8,15 +8,11 @@ from coresim import CLIENT
 from zring.core.quorum import (
     Quorum,
     batch_write_outcome,
-    is_read_wire,
-    newest_of,
     quorum_in_each,
-    read_body,
-    wire_read_body,
     write_outcome,
     write_quorum_state,
 )
-from zring.protocol import Message, MsgType
+from zring.protocol import Message, MsgType, is_read_wire, newest_of, read_body, wire_read_body
 from zring.storage.base import Record
 from zring.versions import Version
 
