@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING
 from zring.clientcore.batches import cut_indexes
 from zring.clientcore.requests import Exchange, Request, Steps
 from zring.errors import NotCoordinated, ProtocolError, VersionConflict, ZringError
-from zring.protocol import Message, MsgType, record_from_wire
+from zring.protocol import (
+    Message,
+    MsgType,
+    is_read_wire,
+    newest_of,
+    record_from_wire,
+    record_to_wire,
+    wire_read_body,
+    write_body,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -41,13 +50,21 @@ if TYPE_CHECKING:
 __all__ = ["direct_mget", "direct_mput", "direct_read", "direct_write", "replica_endpoints"]
 
 
+def _settled(routes: RoutingTable) -> Routing | None:
+    """The ring the client may coordinate quorums over: known, fresh and settled."""
+    routing = routes.routing
+    if routing is None or routes.stale or not routing.settled:
+        return None
+    return routing
+
+
 def replica_endpoints(routes: RoutingTable, key: str, n: int | None,
                       now: float) -> tuple[Routing, list[str], list[str]] | None:
     """(routing, the key's replica ids, their endpoints) if the client may coordinate the
     key's quorum itself now: a ring known, fresh and settled, and each of the ``n``
     replicas up as far as the client can tell. None: a node coordinates."""
-    routing = routes.routing
-    if routing is None or routes.stale or not routing.settled:
+    routing = _settled(routes)
+    if routing is None:
         return None
     nodes = routing.ring.get_nodes(key, n or routing.replicas)
     if len(nodes) < (n or routing.replicas):
@@ -129,30 +146,40 @@ def direct_write(routes: RoutingTable, ids: Iterator[int], timeout: float, body:
             if isinstance(held, list) and (newer is None or held > newer):
                 newer = held
     if len(stored) >= w:
-        return {"version": [body["ts"], body["writer"]], "stored_on": stored,
-                "replicated_to": nodes}, False
+        return write_body([body["ts"], body["writer"]], stored, nodes), False
     if refused == n:
-        raise VersionConflict(
-            f"replicas of {body['key']!r} hold a newer version {newer} than this write's, "
-            "from a concurrent write or a clock ahead of this client's: no replica took "
-            "it; put again to write over it", held=newer, acked=[], all_refused=True)
+        raise _refused_everywhere(body["key"], newer)
     _note_failures(routes, exchange, replies, now)
     unanswered = not exchange.ended_early(replies) and None in replies
     return None, unanswered
 
 
+def _refused_everywhere(key: str, held: list | None) -> VersionConflict:
+    """Every replica refused a write for the newer version ``held``: it was applied nowhere
+    (the client may stamp it again above that version)."""
+    return VersionConflict(
+        f"replicas of {key!r} hold a newer version {held} than this write's, from a "
+        "concurrent write or a clock ahead of this client's: no replica took it; put again "
+        "to write over it", held=held, acked=[], all_refused=True)
+
+
 def direct_read(routes: RoutingTable, ids: Iterator[int], timeout: float, body: dict,
                 now: float) -> Steps:
     """Coordinate a GET ``body`` (``key``, ``n``, ``r``) over the key's replicas; returns
-    the reply body a node would give, or None when a node must coordinate it."""
+    the reply body a node would give, or None when a node must coordinate it (r=1
+    included: the replica a token-aware GET goes to answers from its own copy, one hop
+    already)."""
     key = body["key"]
+    routing = _settled(routes)
+    if routing is None or (body.get("r") or routing.read_quorum) < 2:
+        return None
     found = replica_endpoints(routes, key, body.get("n"), now)
     if found is None:
         return None
     routing, nodes, endpoints = found
     n = len(nodes)
     r = body.get("r") or min(routing.read_quorum, n)
-    if not 1 <= r <= n:
+    if not 1 < r <= n:
         return None
     wire = {"key": key, "ring": routing.fingerprint, "n": n}
     exchange = Exchange(_requests(ids, MsgType.DIRECT_READ, wire, endpoints[:r]), timeout,
@@ -169,8 +196,7 @@ def direct_read(routes: RoutingTable, ids: Iterator[int], timeout: float, body: 
             if record.key != key:
                 raise ProtocolError(f"a replica answered a read of {key!r} with another key")
         records.append(record)
-    newest = max((r for r in records if r is not None), key=lambda r: r.version,
-                 default=None)
+    newest = newest_of(records)
     asked = nodes[:r]
     if newest is not None and any(r is None or r.version != newest.version for r in records):
         holders = {node for node, record in zip(asked, records, strict=True)
@@ -179,7 +205,7 @@ def direct_read(routes: RoutingTable, ids: Iterator[int], timeout: float, body: 
                                       holders, now)
         if not held:
             return None
-    return _read_body(newest, asked)
+    return wire_read_body(None if newest is None else record_to_wire(newest), asked)
 
 
 def _write_back(routes: RoutingTable, ids: Iterator[int], timeout: float, routing: Routing,
@@ -204,17 +230,6 @@ def _write_back(routes: RoutingTable, ids: Iterator[int], timeout: float, routin
     return False
 
 
-def _read_body(newest, served_by: list[str]) -> dict:
-    """As a node answers a read: the newest value and version (a tombstone: not found)."""
-    if newest is None:
-        return {"found": False, "value": None, "version": None, "served_by": served_by}
-    version = [newest.version.timestamp, newest.version.node_id]
-    found = newest.value is not None
-    return {"found": found, "value": newest.value if found else None, "version": version,
-            "served_by": served_by}
-
-
-
 def direct_mget(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: list[str],
                 sizes: list[int], r: int | None, now: float) -> Steps:
     """Coordinate an MGET of ``keys`` over their replicas: each key read from R of them,
@@ -223,8 +238,8 @@ def direct_mget(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
     node must read (their replicas disagree: a node writes the newest back first; a
     replica failed, was silent, refused, or seems down), or None for the whole batch when
     the ring is not settled or r is 1 (a node coordinates it: one hop already)."""
-    routing = routes.routing
-    if routing is None or routes.stale or not routing.settled or not keys:
+    routing = _settled(routes)
+    if routing is None or not keys:
         return None
     n = routing.replicas
     r = r or min(routing.read_quorum, n)
@@ -309,17 +324,12 @@ def _agreed(key: str, wires: list, served_by: list[str]) -> dict | None:
     it); None if they differ (a node reads it, writing the newest back first)."""
     first = wires[0]
     for wire in wires:
-        if wire is not None and (wire.__class__ is not list or len(wire) != 4
-                                 or wire[0] != key):
+        if wire is not None and not is_read_wire(wire, key):
             raise ProtocolError(f"a replica answered a batch read of {key!r} with junk")
         if (wire is None) != (first is None) or (
                 wire is not None and (wire[2] != first[2] or wire[3] != first[3])):
             return None
-    if first is None:
-        return {"found": False, "value": None, "version": None, "served_by": served_by}
-    found = first[1] is not None
-    return {"found": found, "value": first[1] if found else None,
-            "version": [first[2], first[3]], "served_by": served_by}
+    return wire_read_body(first, served_by)
 
 
 def direct_mput(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: list[str],
@@ -330,8 +340,8 @@ def direct_mput(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
     (each key's reply entry as a node would give it, or None for the keys a node must
     finish with their stamps; the indexes of keys whose copies went unanswered), or None
     for the whole batch when the ring is not settled or a replica seems down."""
-    routing = routes.routing
-    if routing is None or routes.stale or not routing.settled or not keys:
+    routing = _settled(routes)
+    if routing is None or not keys:
         return None
     n = routing.replicas
     w = w or min(routing.write_quorum, n)
@@ -373,15 +383,13 @@ def direct_mput(routes: RoutingTable, ids: Iterator[int], timeout: float, keys: 
         silent = not early and None in answers
         for position, index in enumerate(chunk):
             if len(stored[position]) >= w:
-                entries[index] = {"version": [items[index][2], writer],
-                                  "stored_on": stored[position], "replicated_to": list(nodes)}
+                entries[index] = write_body([items[index][2], writer], stored[position],
+                                            nodes)
             elif len(refused[position]) == n:
                 held = max(refused[position])
-                entries[index] = {
-                    "error": VersionConflict.code, "held": held, "all_refused": True,
-                    "message": f"replicas of {keys[index]!r} hold a newer version {held} "
-                               "than this write's: no replica took it; put again to "
-                               "write over it"}
+                entries[index] = {"error": VersionConflict.code, "held": held,
+                                  "all_refused": True, "message": _refused_everywhere(
+                                      keys[index], held).message}
             elif silent:
                 uncertain.add(index)
     if any(entry is None for entry in entries):

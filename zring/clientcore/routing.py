@@ -73,10 +73,8 @@ class RoutingTable:
         self.reported_down: dict[str, float] = {}
 
     def avoided(self, endpoint: str, now: float) -> bool:
-        """Whether ``endpoint`` went silent lately, or its node's gossip did."""
-        return self._avoided(endpoint, now)
-
-    def _avoided(self, endpoint: str, now: float) -> bool:
+        """Whether ``endpoint`` went silent lately, its node's gossip did, or the node we
+        had the ring from saw it down and we have not heard it since."""
         if self.avoid.get(endpoint, 0.0) > now:
             return True
         routing = self.routing
@@ -122,7 +120,7 @@ class RoutingTable:
         """Where to ask for the ring: known nodes that seem alive, then the seeds."""
         if self.routing is None:
             return seeds
-        known = [e for e in self.routing.addresses.values() if not self._avoided(e, now)]
+        known = [e for e in self.routing.addresses.values() if not self.avoided(e, now)]
         return known + [e for e in seeds if e not in known]
 
     def update(self, state: RingState, now: float) -> list[str]:
@@ -164,7 +162,7 @@ class RoutingTable:
         if self.routing is None:
             return seeds
         replicas = self.routing.endpoints(key)
-        fresh = [e for e in replicas if not self._avoided(e, now)]
+        fresh = [e for e in replicas if not self.avoided(e, now)]
         ordered = fresh + [e for e in replicas if e not in fresh]
         return ordered + [e for e in seeds if e not in ordered]
 
@@ -174,7 +172,7 @@ class RoutingTable:
         if routing is None:
             return seed
         endpoint = routing.addresses.get(routing.ring.get_node(key), seed)
-        if self._avoided(endpoint, now):
+        if self.avoided(endpoint, now):
             return self.endpoints_for(key, [seed], now)[0]  # its owner seems down
         return endpoint
 
@@ -188,7 +186,7 @@ class RoutingTable:
         if routing is None:
             return {seed: list(range(len(keys)))}
         if len(routing.addresses) <= routing.replicas:
-            endpoint = next((e for e in routing.preferred if not self._avoided(e, now)),
+            endpoint = next((e for e in routing.preferred if not self.avoided(e, now)),
                             None) or self.owner_endpoint(keys[0], seed, now)
             return {endpoint: list(range(len(keys)))}
         groups: dict[str, list[int]] = {}
@@ -198,7 +196,7 @@ class RoutingTable:
             endpoint = addresses.get(get_node(key), seed)
             ok = usable.get(endpoint)
             if ok is None:
-                ok = usable[endpoint] = not self._avoided(endpoint, now)
+                ok = usable[endpoint] = not self.avoided(endpoint, now)
             if not ok:
                 endpoint = self.endpoints_for(key, [seed], now)[0]  # its owner seems down
             groups.setdefault(endpoint, []).append(index)

@@ -266,18 +266,15 @@ class Session:
 
     def _read(self, body: dict, result: Callable[[dict], Any]) -> Steps:
         """A GET (its reply body made a ``result``): coordinated here over the key's
-        replicas while the ring is settled and r > 1 (at r=1 the replica a token-aware
-        request goes to answers from its own copy: one hop already), else by a node."""
-        if self.token_aware and body.get("r") != 1:
+        replicas while the ring is settled and r > 1 (see direct_read), else by a node."""
+        if self.token_aware:
             if (steps := self._routing_steps()) is not None:
                 yield from steps
-            routing = self._routes.routing
-            if routing is not None and (body.get("r") or routing.read_quorum) > 1:
-                reply = yield from direct_read(self._routes, self._ids, self.timeout, body,
-                                               self._monotonic())
-                if reply is not None:
-                    self._stamps.observe_body(reply)
-                    return result(reply)
+            reply = yield from direct_read(self._routes, self._ids, self.timeout, body,
+                                           self._monotonic())
+            if reply is not None:
+                self._stamps.observe_body(reply)
+                return result(reply)
         return (yield from self._call(MsgType.GET, body, body["key"], convert=result,
                                       observe=True))
 
